@@ -1,0 +1,28 @@
+"""Where binsight keeps things: the experiment store and the default data folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_COUNT = 5  # the paper's task: bins holding 0..5 items, six classes
+SHARED_SAMPLE = PROJECT_ROOT.parent / "shared" / "abid-sample"
+
+
+def store_dir() -> Path:
+    """The experiment store and model files: `BINSIGHT_STORE`, default `models/`."""
+    return Path(os.environ.get("BINSIGHT_STORE", PROJECT_ROOT / "models"))
+
+
+def find_data_dir() -> Path | None:
+    """The default data folder: `ABID_DATA`, else `data/abid`, else the shared ABID sample."""
+    env = os.environ.get("ABID_DATA")
+    if env:
+        return Path(env)
+    for candidate in (PROJECT_ROOT / "data" / "abid", SHARED_SAMPLE):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+DOWNLOAD_HINT = "python train.py download --n 2000 --out data/abid"

@@ -1,0 +1,81 @@
+"""The one place that turns bytes or files into RGB pixels.
+
+Training, the image cache, the counting service and the dashboard all decode through
+`open_image`, so a photo is pre-processed the same way wherever it comes from.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+ImageSource = str | Path | bytes | BinaryIO
+
+
+class ImageError(ValueError):
+    """A file that is not a usable photo; the message says why, for the user."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float grey: rescale, don't clip
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max()
+        scale = 255.0 / 65535.0 if hi > 255 else 1.0
+        arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def open_image(source: ImageSource, draft_size: int | None = None) -> Image.Image:
+    """Decode a photo to an upright RGB image, or raise `ImageError` with a clear reason.
+
+    Handles EXIF orientation, grayscale, CMYK, palette, alpha (composited on white), 16-bit PNG
+    and animated images (first frame). `draft_size` lets JPEG decode at a reduced scale that is
+    still at least that many pixels on each side, which is much faster for cache building.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError("empty file")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, Path)) and Path(source).stat().st_size == 0:
+        raise ImageError(f"empty file: {source}")
+    try:
+        img = Image.open(source)
+    except UnidentifiedImageError as err:
+        raise ImageError("not an image (unrecognised format)") from err
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"image too large (over {MAX_PIXELS // 1_000_000} megapixels)") from err
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large: {width}x{height} is over {MAX_PIXELS // 1_000_000} megapixels")
+    if width == 0 or height == 0:
+        raise ImageError("image has no pixels")
+    if draft_size and img.format == "JPEG":
+        img.draft("RGB", (draft_size, draft_size))
+    try:
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"truncated or corrupt image ({err})") from err
+    return _to_rgb(img)
+
+
+def load_rgb(source: ImageSource, size: int) -> np.ndarray:
+    """Decode and resize to a `size` x `size` uint8 RGB array (the whole bin, squashed, not cropped)."""
+    img = open_image(source, draft_size=size)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
