@@ -43,6 +43,43 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print(f"skipped {row.path}: {row.reason}")
 
 
+def load_model(name: str):
+    """A counter for --model, or a clear exit (no finished experiment, unknown name)."""
+    from core.predict import ModelNotFound, load_counter
+
+    try:
+        return load_counter(name)
+    except ModelNotFound as err:
+        sys.exit(str(err))
+
+
+def cmd_count(args: argparse.Namespace) -> None:
+    counter = load_model(args.model)
+    for path, result in zip(args.images, counter.count_batch(args.images)):
+        if isinstance(result, Exception):
+            print(f"{path}: cannot count: {result}")
+        else:
+            print(f"{path}: {result.count} items (confidence {result.confidence:.0%}, expected {result.expected:.2f})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from core.predict import evaluate_folder
+
+    print(json.dumps(evaluate_folder(load_model(args.model), data_dir(args.data)), indent=2))
+
+
+def cmd_reconcile(args: argparse.Namespace) -> None:
+    from core.reconcile import reconcile, records_from_folder, write_report
+
+    counter = load_model(args.model)
+    records, images = records_from_folder(data_dir(args.data), args.records)
+    report = reconcile(counter, records, images, threshold=args.threshold, progress=True)
+    write_report(report, args.out)
+    flagged = int(report["mismatch"].fillna(False).astype(bool).sum())
+    print(f"{len(report)} bins checked with {counter.name}: {flagged} flagged as likely mismatches "
+          f"(P(mismatch) >= {args.threshold}), {int((report['error'] != '').sum())} with errors -> {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.download import DEFAULT_BASE_URL
 
@@ -63,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--max-count", type=int, default=MAX_COUNT)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("count", help="count the items in photos")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("evaluate", help="score a model on a labelled collection (prints JSON)")
+    p.add_argument("--model", default="best")
+    p.add_argument("--data", help="collection folder in any supported layout")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity")
+    p.add_argument("--model", default="best")
+    p.add_argument("--data", help="folder of photos (its own labels are the recorded quantities unless --records)")
+    p.add_argument("--records", help="CSV with columns image,recorded_quantity (image = file name in --data)")
+    p.add_argument("--out", default="report.csv", help=".csv or .json")
+    p.add_argument("--threshold", type=float, default=0.5, help="flag bins with P(mismatch) at or above this")
+    p.set_defaults(func=cmd_reconcile)
     return parser
 
 
