@@ -1,0 +1,29 @@
+"""Image-cache build: draft JPEG decoding on all cores vs a full PIL decode and resize per image."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.common import seconds
+from core.cache import build_cache
+from core.data import load_collection
+
+
+def naive_decode(paths: list[str], size: int) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in paths])
+
+
+def run(data: Path, n: int, size: int) -> list[tuple[str, str, str, str]]:
+    load_s = seconds(lambda: load_collection(data))
+    paths = load_collection(data).table["path"].tolist()[:n]
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = seconds(lambda: build_cache(paths, size, Path(tmp) / "c.npy", progress=False))
+    naive = seconds(lambda: naive_decode(paths, size))
+    return [
+        (f"load collection ({len(load_collection(data).table)} images)", f"{load_s:.2f} s", "-", "-"),
+        (f"cache build {len(paths)} imgs @{size}px", f"{len(paths) / ours:.0f} img/s ({ours:.1f} s)",
+         f"{len(paths) / naive:.0f} img/s ({naive:.1f} s)", f"{naive / ours:.1f}x"),
+    ]

@@ -1,0 +1,34 @@
+"""Shared bench helpers: timing and the side-by-side table."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def seconds(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Best wall time of `repeat` calls (the least disturbed by other work on the machine)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    return float(np.percentile(samples, 50)), float(np.percentile(samples, 95))
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    """rows: (what, binsight, naive baseline, speed-up)."""
+    header = ("benchmark", "binsight", "naive baseline", "speed-up")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        if row is header:
+            print(line)
+    print(line)
