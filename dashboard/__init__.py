@@ -1,0 +1,1 @@
+"""The managers' dashboard: a multipage Streamlit app over the experiment store and the counter."""

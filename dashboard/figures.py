@@ -1,0 +1,207 @@
+"""Every chart of the dashboard, as pure functions: plain data in, a plotly figure out.
+
+Pages only fetch data and place these figures; keeping them here makes them testable without
+Streamlit and keeps one look (axis titles, colours, percent formats) across pages.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from core.config import MAX_COUNT
+
+COUNT_TITLE = "items in the bin"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+NEUTRAL = "#b0b7c3"
+MATCH = "#2ca02c"
+MISMATCH = "#d62728"
+PHASES = ("train", "val", "valid", "test")
+PHASE_DASH = {"train": "solid", "val": "dash", "valid": "dash", "test": "dot", "": "solid"}
+
+
+def _layout(fig: go.Figure, title: str | None = None, height: int = 360) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+    return fig
+
+
+def _count_axis(num_classes: int) -> dict:
+    return dict(title=COUNT_TITLE, tickmode="array", tickvals=list(range(num_classes)),
+                range=[-0.5, num_classes - 0.5])
+
+
+def colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def count_histogram(counts: Sequence[int], num_classes: int = MAX_COUNT + 1, title: str | None = None) -> go.Figure:
+    """How many photos hold each count: bars 0..num_classes-1, labelled with number and share."""
+    counts = np.asarray(counts, dtype=int)
+    per_class = np.bincount(counts[(counts >= 0) & (counts < num_classes)], minlength=num_classes)
+    share = per_class / max(per_class.sum(), 1)
+    fig = go.Figure(go.Bar(
+        x=list(range(num_classes)), y=per_class, marker_color=colour(0),
+        text=[f"{n:,}<br>{s:.0%}" for n, s in zip(per_class, share)], textposition="outside",
+        hovertemplate="%{x} items: %{y} photos<extra></extra>",
+    ))
+    fig.update_xaxes(**_count_axis(num_classes))
+    fig.update_yaxes(title="photos", range=[0, per_class.max() * 1.25 + 1])
+    return _layout(fig, title)
+
+
+def split_curve_column(column: str) -> tuple[str, str]:
+    """`val_loss` -> ("val", "loss"); a column without a phase prefix (`lr`) -> ("", "lr")."""
+    phase, _, rest = column.partition("_")
+    return (phase, rest) if phase in PHASES and rest else ("", column)
+
+
+def curve_metrics(curves: Mapping[str, pd.DataFrame]) -> list[str]:
+    """The metrics found in per-epoch frames (loss first), whatever phases they were logged for."""
+    found: list[str] = []
+    for frame in curves.values():
+        for column in frame.columns:
+            if column == "epoch" or not pd.api.types.is_numeric_dtype(frame[column]):
+                continue
+            metric = split_curve_column(column)[1]
+            if metric not in found:
+                found.append(metric)
+    return sorted(found, key=lambda m: (m != "loss", "loss" not in m, m))
+
+
+def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | None = None) -> go.Figure:
+    """One metric per epoch for several experiments: colour = experiment, dash = train/val."""
+    fig = go.Figure()
+    for i, (label, frame) in enumerate(curves.items()):
+        for column in frame.columns:
+            phase, name = split_curve_column(column)
+            if name != metric or column == "epoch":
+                continue
+            fig.add_trace(go.Scatter(
+                x=frame["epoch"], y=frame[column], mode="lines+markers", name=f"{label} · {phase or metric}",
+                line=dict(color=colour(i), dash=PHASE_DASH.get(phase, "solid")), marker=dict(size=5),
+                hovertemplate=f"{label}<br>{column}: %{{y:.4g}} at epoch %{{x}}<extra></extra>",
+            ))
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title=metric.replace("_", " "))
+    if "acc" in metric:
+        fig.update_yaxes(tickformat=".0%")
+    return _layout(fig, title)
+
+
+def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "accuracy",
+                   title: str | None = None) -> go.Figure:
+    """A value per count class (accuracy or RMSE) for one or more experiments, as grouped bars."""
+    percent = what == "accuracy"
+    fig = go.Figure()
+    num_classes = max((len(v) for v in values.values()), default=MAX_COUNT + 1)
+    for i, (label, per_class) in enumerate(values.items()):
+        y = [math.nan if v is None else v for v in per_class]
+        fig.add_trace(go.Bar(
+            x=list(range(len(y))), y=y, name=label, marker_color=colour(i),
+            text=[("" if math.isnan(v) else f"{v:.0%}" if percent else f"{v:.2f}") for v in y],
+            textposition="outside",
+            hovertemplate=f"{label}<br>%{{x}} items: %{{y:{'.1%' if percent else '.3f'}}}<extra></extra>",
+        ))
+    fig.update_layout(barmode="group", showlegend=len(values) > 1)
+    fig.update_xaxes(**_count_axis(num_classes))
+    if percent:
+        fig.update_yaxes(title=what, tickformat=".0%", range=[0, 1.12])
+    else:
+        fig.update_yaxes(title=what)
+    return _layout(fig, title)
+
+
+def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, title: str | None = None) -> go.Figure:
+    """Rows = true count, columns = predicted count; cells show photo counts (and row shares).
+
+    Each cell also carries an invisible marker with customdata [true, predicted], so that a
+    click on the chart (Streamlit's `on_select`) says which cell was chosen.
+    """
+    counts = np.asarray(matrix, dtype=int)
+    n = counts.shape[0]
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    z = shares if normalise else counts
+    text = [[f"{counts[t, p]}<br>{shares[t, p]:.0%}" if normalise else f"{counts[t, p]}" for p in range(n)]
+            for t in range(n)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n)), y=list(range(n)), text=text, texttemplate="%{text}", colorscale="Blues",
+        zmin=0, zmax=1 if normalise else max(int(counts.max()), 1), showscale=False, hoverinfo="skip",
+    ))
+    true_idx, pred_idx = np.meshgrid(range(n), range(n), indexing="ij")
+    fig.add_trace(go.Scatter(
+        x=pred_idx.ravel(), y=true_idx.ravel(), mode="markers",
+        marker=dict(size=28, symbol="square", color="rgba(0,0,0,0)"),
+        customdata=np.stack([true_idx.ravel(), pred_idx.ravel(), counts.ravel()], axis=1),
+        hovertemplate="true %{customdata[0]}, predicted %{customdata[1]}: %{customdata[2]} photos<extra></extra>",
+        showlegend=False,
+    ))
+    fig.update_xaxes(title="predicted count", tickmode="array", tickvals=list(range(n)), side="top")
+    fig.update_yaxes(title="true count", tickmode="array", tickvals=list(range(n)), autorange="reversed",
+                     scaleanchor="x")
+    return _layout(fig, title, height=420)
+
+
+def lr_finder_figure(curves: Sequence[Mapping]) -> go.Figure:
+    """Loss against learning rate (log scale), one line per curve, its suggested rate starred.
+
+    Each curve: {"label", "lrs", "losses", "suggested" (float or None)}.
+    """
+    fig = go.Figure()
+    for i, curve in enumerate(curves):
+        lrs = np.asarray(curve["lrs"], dtype=float)
+        losses = np.asarray(curve["losses"], dtype=float)
+        fig.add_trace(go.Scatter(x=lrs, y=losses, mode="lines", name=curve["label"], line=dict(color=colour(i)),
+                                 hovertemplate="lr %{x:.2e}: loss %{y:.4f}<extra></extra>"))
+        suggested = curve.get("suggested")
+        if suggested and len(lrs) and lrs.min() <= suggested <= lrs.max():
+            order = np.argsort(lrs)
+            loss_at = float(np.interp(np.log10(suggested), np.log10(lrs[order]), losses[order]))
+            fig.add_trace(go.Scatter(
+                x=[suggested], y=[loss_at], mode="markers+text", name=f"{curve['label']} · suggested",
+                marker=dict(symbol="star", size=16, color=colour(i), line=dict(color="black", width=1)),
+                text=[f"{suggested:.1e}"], textposition="top center",
+                hovertemplate="suggested lr %{x:.2e}<extra></extra>",
+            ))
+    fig.update_xaxes(title="learning rate", type="log", exponentformat="power")
+    fig.update_yaxes(title="loss")
+    return _layout(fig, None, height=400)
+
+
+def probability_bars(probs: Sequence[float], recorded: int | None = None, title: str | None = None) -> go.Figure:
+    """The model's probability for each count; the most likely count is coloured, the recorded one marked."""
+    probs = np.asarray(probs, dtype=float)
+    predicted = int(np.argmax(probs))
+    colours = [colour(0) if k == predicted else NEUTRAL for k in range(len(probs))]
+    lines = [3 if k == recorded else 0 for k in range(len(probs))]
+    fig = go.Figure(go.Bar(
+        x=list(range(len(probs))), y=probs, marker=dict(color=colours, line=dict(color="black", width=lines)),
+        text=[f"{p:.0%}" for p in probs], textposition="outside",
+        hovertemplate="%{x} items: %{y:.1%}<extra></extra>",
+    ))
+    if recorded is not None and 0 <= recorded < len(probs):
+        fig.add_annotation(x=recorded, y=probs[recorded], yshift=28, text="recorded", showarrow=False)
+    fig.update_xaxes(**_count_axis(len(probs)))
+    fig.update_yaxes(title="probability", tickformat=".0%", range=[0, 1.15])
+    return _layout(fig, title, height=300)
+
+
+def mismatch_bars(report: pd.DataFrame, threshold: float) -> go.Figure:
+    """Probability of a mismatch per bin (a reconcile report), red above the threshold."""
+    report = report.dropna(subset=["p_mismatch"]).sort_values("p_mismatch", ascending=False)
+    fig = go.Figure(go.Bar(
+        x=report["image"], y=report["p_mismatch"],
+        marker_color=[MISMATCH if p > threshold else MATCH for p in report["p_mismatch"]],
+        customdata=np.stack([report["recorded_quantity"], report["predicted_count"]], axis=1) if len(report) else None,
+        hovertemplate="%{x}<br>recorded %{customdata[0]}, counted %{customdata[1]}<br>"
+                      "probability of a mismatch %{y:.0%}<extra></extra>",
+    ))
+    fig.add_hline(y=threshold, line_dash="dash", line_color="black", annotation_text="threshold")
+    fig.update_xaxes(title="bin photo", type="category")
+    fig.update_yaxes(title="probability of a mismatch", tickformat=".0%", range=[0, 1.05])
+    return _layout(fig, None, height=320)

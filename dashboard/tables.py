@@ -1,0 +1,123 @@
+"""The dashboard's tables, as pure functions over what `core.store.Store` returns."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def labels(experiments: Sequence[dict]) -> dict[str, str]:
+    """A short, unique label per experiment id: its name, plus its start time when names repeat."""
+    names = Counter(e["name"] for e in experiments)
+    out = {}
+    for e in experiments:
+        label = e["name"]
+        if names[label] > 1:
+            label += time.strftime(" (%m-%d %H:%M:%S)", time.localtime(e["started_at"]))
+        out[e["id"]] = label
+    return out
+
+
+def _per_class_columns(values: Sequence[float | None] | None, prefix: str) -> dict[str, float]:
+    return {f"{prefix} {k}": (np.nan if v is None else v) for k, v in enumerate(values or [])}
+
+
+def leaderboard(experiments: Sequence[dict]) -> pd.DataFrame:
+    """Finished experiments, best test balanced accuracy first, with per-class accuracy and costs."""
+    names = labels(experiments)
+    rows = []
+    for e in experiments:
+        if e["status"] != "finished":
+            continue
+        m, d = e["metrics"], e["details"]
+        rows.append({
+            "experiment": names[e["id"]], "family": e["family"], "model": e["model"],
+            "accuracy": m.get("accuracy"), "balanced accuracy": m.get("balanced_accuracy"), "RMSE": m.get("rmse"),
+            **_per_class_columns(m.get("per_class_accuracy"), "acc"),
+            "test photos": m.get("n"), "train time (s)": d.get("train_seconds"),
+            "device": e.get("device") or "", "weights": e.get("weights") or "", "id": e["id"],
+        })
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.sort_values("balanced accuracy", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def metrics_side_by_side(experiments: Sequence[dict]) -> pd.DataFrame:
+    """The paper's Table III: one column per experiment, one row per test metric."""
+    names = labels(experiments)
+    columns = {}
+    for e in experiments:
+        m = e["metrics"]
+        columns[names[e["id"]]] = {
+            "accuracy": m.get("accuracy"), "balanced accuracy": m.get("balanced_accuracy"), "RMSE": m.get("rmse"),
+            **_per_class_columns(m.get("per_class_accuracy"), "accuracy on"),
+            "test photos": m.get("n"), "train time (s)": e["details"].get("train_seconds"),
+        }
+    return pd.DataFrame(columns)
+
+
+def per_class_table(metrics: dict) -> pd.DataFrame:
+    """The paper's Tables I and II for one experiment: photos, accuracy and RMSE per true count."""
+    matrix = np.asarray(metrics.get("confusion_matrix") or [], dtype=int)
+    accuracy = metrics.get("per_class_accuracy") or []
+    rmse = metrics.get("per_class_rmse") or []
+    n = max(len(accuracy), len(rmse), len(matrix))
+    frame = pd.DataFrame({
+        "items in the bin": range(n),
+        "test photos": matrix.sum(axis=1) if len(matrix) else [0] * n,
+        "accuracy": [np.nan if v is None else v for v in accuracy] or [np.nan] * n,
+        "RMSE": [np.nan if v is None else v for v in rmse] or [np.nan] * n,
+    })
+    return frame
+
+
+def running(experiments: Sequence[dict]) -> list[dict]:
+    return [e for e in experiments if e["status"] == "running"]
+
+
+def others(experiments: Sequence[dict]) -> pd.DataFrame:
+    """Experiments that are not finished (running, interrupted, failed), newest first."""
+    rows = [{"experiment": e["name"], "status": e["status"], "family": e["family"], "model": e["model"],
+             "started": pd.to_datetime(e["started_at"], unit="s"), "error": (e.get("error") or "").split("\n")[0],
+             "id": e["id"]}
+            for e in experiments if e["status"] != "finished"]
+    return pd.DataFrame(rows)
+
+
+def misclassified(predictions: pd.DataFrame, true_counts: Iterable[int] | None = None,
+                  predicted_counts: Iterable[int] | None = None, most_confident_first: bool = True) -> pd.DataFrame:
+    """Wrong test predictions, optionally only some true / predicted counts, sorted by confidence."""
+    wrong = predictions[predictions["true_count"] != predictions["pred_count"]]
+    if true_counts is not None:
+        wrong = wrong[wrong["true_count"].isin(list(true_counts))]
+    if predicted_counts is not None:
+        wrong = wrong[wrong["pred_count"].isin(list(predicted_counts))]
+    return wrong.sort_values(["confidence", "image_id"], ascending=[not most_confident_first, True]).reset_index(drop=True)
+
+
+def cell(predictions: pd.DataFrame, true_count: int, predicted_count: int) -> pd.DataFrame:
+    """The photos of one confusion-matrix cell, most confident first."""
+    chosen = predictions[(predictions["true_count"] == true_count) & (predictions["pred_count"] == predicted_count)]
+    return chosen.sort_values(["confidence", "image_id"], ascending=[False, True]).reset_index(drop=True)
+
+
+def item_names(items_json: str) -> list[str]:
+    """Item names from a collection's `items` column (ABID metadata as JSON); [] when unknown."""
+    if not items_json:
+        return []
+    try:
+        items = json.loads(items_json)
+    except (TypeError, ValueError):
+        return []
+    names = []
+    for item in items if isinstance(items, list) else []:
+        name = (item.get("name") or item.get("asin") or "").strip() if isinstance(item, dict) else ""
+        quantity = item.get("quantity") if isinstance(item, dict) else None
+        if name:
+            names.append(f"{quantity} × {name}" if isinstance(quantity, int) and quantity > 1 else name)
+    return names

@@ -1,0 +1,175 @@
+"""The dashboard's pure figure and table functions: plain data in, the right chart or table out."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard import figures, tables
+
+
+def test_count_histogram_counts_each_class_and_ignores_out_of_range():
+    fig = figures.count_histogram([0, 1, 1, 5, 5, 5, 7, -1], num_classes=6)
+    bar = fig.data[0]
+    assert list(bar.x) == [0, 1, 2, 3, 4, 5]
+    assert list(bar.y) == [1, 2, 0, 0, 0, 3]
+    assert bar.text[5] == "3<br>50%"
+
+
+def test_curve_columns_split_into_phase_and_metric():
+    assert figures.split_curve_column("val_loss") == ("val", "loss")
+    assert figures.split_curve_column("train_balanced_accuracy") == ("train", "balanced_accuracy")
+    assert figures.split_curve_column("lr") == ("", "lr")
+    assert figures.split_curve_column("seconds_per_epoch") == ("", "seconds_per_epoch")
+
+
+def test_curve_metrics_puts_loss_first_and_skips_epoch():
+    frames = {"a": pd.DataFrame({"epoch": [1], "val_accuracy": [0.5], "lr": [0.1], "train_loss": [1.0],
+                                 "val_loss": [1.1], "note": ["x"]})}
+    assert figures.curve_metrics(frames) == ["loss", "accuracy", "lr"]
+
+
+def test_curves_figure_draws_train_solid_and_val_dashed_per_experiment():
+    frame = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.6], "val_loss": [1.1, 0.9, 0.95],
+                          "val_accuracy": [0.3, 0.4, 0.45]})
+    fig = figures.curves_figure({"resnet18": frame, "resnet34": frame * 0.9}, "loss")
+    assert len(fig.data) == 4  # two experiments x (train, val); accuracy is not drawn
+    dashes = {t.name: t.line.dash for t in fig.data}
+    assert dashes["resnet18 · train"] == "solid" and dashes["resnet18 · val"] == "dash"
+    assert fig.data[0].line.color != fig.data[2].line.color
+    assert list(fig.data[1].y) == [1.1, 0.9, 0.95]
+    accuracy = figures.curves_figure({"resnet18": frame}, "accuracy")
+    assert accuracy.layout.yaxis.tickformat == ".0%"
+
+
+def test_per_class_bars_groups_experiments_and_leaves_absent_classes_blank():
+    fig = figures.per_class_bars({"svm": [0.5, None, 1.0], "cnn": [0.25, 0.75, 0.0]}, "accuracy")
+    assert fig.layout.barmode == "group" and len(fig.data) == 2
+    assert math.isnan(fig.data[0].y[1]) and fig.data[0].text[1] == ""
+    assert fig.data[1].text[1] == "75%"
+    assert fig.layout.yaxis.tickformat == ".0%"
+    rmse = figures.per_class_bars({"svm": [0.5, 1.25]}, "RMSE")
+    assert rmse.data[0].text == ("0.50", "1.25") and rmse.layout.yaxis.tickformat is None
+
+
+def test_confusion_heatmap_counts_and_row_shares():
+    matrix = [[3, 1, 0], [0, 0, 0], [2, 2, 4]]
+    counts = figures.confusion_heatmap(matrix)
+    heat, cells = counts.data
+    assert np.array_equal(np.asarray(heat.z), matrix)
+    assert heat.text[2][2] == "4"
+    shares = figures.confusion_heatmap(matrix, normalise=True).data[0]
+    z = np.asarray(shares.z)
+    assert z[0].sum() == pytest.approx(1) and z[2].sum() == pytest.approx(1)
+    assert z[1].sum() == 0  # a count absent from the test set: no division by zero
+    assert shares.text[0][0] == "3<br>75%"
+    # clickable markers: x = predicted, y = true, customdata = [true, predicted, photos]
+    k = list(zip(cells.y, cells.x)).index((2, 0))
+    assert list(cells.customdata[k]) == [2, 0, 2]
+
+
+def test_lr_finder_stars_the_suggested_rate_on_its_curve():
+    lrs = np.logspace(-5, 0, 11)
+    losses = np.linspace(2.0, 1.0, 11)
+    fig = figures.lr_finder_figure([
+        {"label": "resnet18", "lrs": lrs, "losses": losses, "suggested": 1e-3},
+        {"label": "resnet34", "lrs": lrs, "losses": losses, "suggested": None},
+        {"label": "broken", "lrs": lrs, "losses": losses, "suggested": 10.0},  # outside the swept range
+    ])
+    assert fig.layout.xaxis.type == "log"
+    stars = [t for t in fig.data if t.mode == "markers+text"]
+    assert len(stars) == 1 and stars[0].x == (1e-3,)
+    assert stars[0].y[0] == pytest.approx(1.6)  # 1e-3 is 2/5 of the way along the log axis: 2 - 0.4
+    assert len(fig.data) == 4
+
+
+def test_probability_bars_colour_the_count_and_mark_the_record():
+    fig = figures.probability_bars([0.1, 0.6, 0.3], recorded=2)
+    bar = fig.data[0]
+    assert bar.marker.color[1] == figures.colour(0) and bar.marker.color[0] == figures.NEUTRAL
+    assert list(bar.marker.line.width) == [0, 0, 3]
+    assert fig.layout.annotations[0].text == "recorded" and fig.layout.annotations[0].x == 2
+    assert not figures.probability_bars([0.1, 0.6, 0.3]).layout.annotations
+
+
+def test_mismatch_bars_red_above_threshold_and_skip_unchecked_bins():
+    report = pd.DataFrame({"image": ["a.jpg", "b.jpg", "c.jpg"], "recorded_quantity": [1, 2, 3],
+                           "predicted_count": [1, 0, None], "p_mismatch": [0.2, 0.9, None]})
+    fig = figures.mismatch_bars(report, threshold=0.5)
+    bar = fig.data[0]
+    assert list(bar.x) == ["b.jpg", "a.jpg"]
+    assert list(bar.marker.color) == [figures.MISMATCH, figures.MATCH]
+    empty = figures.mismatch_bars(report.iloc[2:], threshold=0.5)
+    assert len(empty.data[0].x) == 0
+
+
+def experiment(exp_id, name, status="finished", bal=0.5, started=0.0, family="classical"):
+    metrics = {"accuracy": bal + 0.1, "balanced_accuracy": bal, "rmse": 1.0 - bal, "n": 10,
+               "per_class_accuracy": [bal, None, 1.0], "per_class_rmse": [0.5, None, 0.0],
+               "confusion_matrix": [[2, 1, 0], [0, 0, 0], [0, 0, 3]]} if status == "finished" else {}
+    return {"id": exp_id, "name": name, "family": family, "model": "svm", "status": status, "started_at": started,
+            "metrics": metrics, "details": {"train_seconds": 2.5}, "device": "cpu", "weights": "", "error": None}
+
+
+def test_labels_stay_unique_when_names_repeat():
+    exps = [experiment("a", "svm", started=0), experiment("b", "svm", started=3600), experiment("c", "cnn")]
+    names = tables.labels(exps)
+    assert names["c"] == "cnn"
+    assert names["a"] != names["b"] and names["a"].startswith("svm (")
+
+
+def test_leaderboard_ranks_finished_runs_by_balanced_accuracy():
+    exps = [experiment("a", "tree", bal=0.3), experiment("b", "resnet", bal=0.6),
+            experiment("c", "running", status="running")]
+    board = tables.leaderboard(exps)
+    assert list(board["experiment"]) == ["resnet", "tree"]
+    assert board.loc[0, "acc 0"] == 0.6 and math.isnan(board.loc[0, "acc 1"])
+    assert board.loc[0, "train time (s)"] == 2.5
+    assert tables.leaderboard([experiment("c", "x", status="failed")]).empty
+
+
+def test_per_class_table_is_the_papers_tables_one_and_two():
+    frame = tables.per_class_table(experiment("a", "svm", bal=0.5)["metrics"])
+    assert list(frame["items in the bin"]) == [0, 1, 2]
+    assert list(frame["test photos"]) == [3, 0, 3]
+    assert frame.loc[0, "accuracy"] == 0.5 and math.isnan(frame.loc[1, "RMSE"])
+
+
+def test_others_lists_unfinished_runs_with_the_first_line_of_their_error():
+    failed = experiment("f", "cnn", status="failed")
+    failed["error"] = "RuntimeError: out of memory\ntraceback..."
+    frame = tables.others([experiment("a", "svm"), failed])
+    assert list(frame["id"]) == ["f"] and frame.loc[0, "error"] == "RuntimeError: out of memory"
+
+
+@pytest.fixture
+def preds():
+    return pd.DataFrame({
+        "image_id": ["a", "b", "c", "d", "e"], "path": ["pa", "pb", "pc", "pd", "pe"],
+        "true_count": [1, 1, 2, 3, 3], "pred_count": [1, 2, 1, 1, 3],
+        "confidence": [0.9, 0.8, 0.4, 0.6, 0.7],
+    })
+
+
+def test_misclassified_filters_and_sorts_by_confidence(preds):
+    assert list(tables.misclassified(preds)["image_id"]) == ["b", "d", "c"]
+    assert list(tables.misclassified(preds, most_confident_first=False)["image_id"]) == ["c", "d", "b"]
+    assert list(tables.misclassified(preds, true_counts=[3])["image_id"]) == ["d"]
+    assert list(tables.misclassified(preds, predicted_counts=[1])["image_id"]) == ["d", "c"]
+    assert tables.misclassified(preds, true_counts=[1], predicted_counts=[1]).empty
+
+
+def test_cell_holds_exactly_that_true_and_predicted_count(preds):
+    assert list(tables.cell(preds, 3, 1)["image_id"]) == ["d"]
+    assert list(tables.cell(preds, 1, 1)["image_id"]) == ["a"]
+    assert tables.cell(preds, 0, 0).empty
+
+
+def test_item_names_from_abid_metadata():
+    items = json.dumps([{"asin": "B001", "name": "Phone case", "quantity": 2},
+                        {"asin": "B002", "name": "", "quantity": 1}])
+    assert tables.item_names(items) == ["2 × Phone case", "B002"]
+    assert tables.item_names("") == [] and tables.item_names("not json") == []
