@@ -119,8 +119,8 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
 def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, title: str | None = None) -> go.Figure:
     """Rows = true count, columns = predicted count; cells show photo counts (and row shares).
 
-    Each cell also carries an invisible marker with customdata [true, predicted], so that a
-    click on the chart (Streamlit's `on_select`) says which cell was chosen.
+    Each cell also carries an invisible marker (x = predicted, y = true): heatmaps report no
+    clicks, markers do, so a click on the chart (Streamlit's `on_select`) says which cell it was.
     """
     counts = np.asarray(matrix, dtype=int)
     n = counts.shape[0]
@@ -141,9 +141,10 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, 
         hovertemplate="true %{customdata[0]}, predicted %{customdata[1]}: %{customdata[2]} photos<extra></extra>",
         showlegend=False,
     ))
-    fig.update_xaxes(title="predicted count", tickmode="array", tickvals=list(range(n)), side="top")
+    fig.update_xaxes(title="predicted count", tickmode="array", tickvals=list(range(n)), side="top", showgrid=False,
+                     zeroline=False)
     fig.update_yaxes(title="true count", tickmode="array", tickvals=list(range(n)), autorange="reversed",
-                     scaleanchor="x")
+                     showgrid=False, zeroline=False)
     return _layout(fig, title, height=420)
 
 

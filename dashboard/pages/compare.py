@@ -1,0 +1,40 @@
+"""Compare experiments: metrics side by side, curves overlaid, per-class bars, confusion matrices."""
+import streamlit as st
+
+from dashboard import figures, state, tables, ui
+
+st.title("Compare experiments")
+exps = ui.finished_or_stop()
+chosen = ui.pick_experiments(exps, key="compare", default_n=2, label="Experiments to compare (two or more)")
+if len(chosen) < 2:
+    st.info("Pick at least two experiments.")
+    st.stop()
+
+names = tables.labels(chosen)
+
+st.subheader("Test metrics")
+st.dataframe(tables.leaderboard(chosen), hide_index=True, column_config=ui.metric_columns())
+
+st.subheader("Training curves")
+curves = {names[e["id"]]: frame for e in chosen if not (frame := state.epochs(e["id"])).empty}
+if curves:
+    options = figures.curve_metrics(curves)
+    metric = st.segmented_control("Curve", options, default=options[0], key="compare-metric") or options[0]
+    st.plotly_chart(figures.curves_figure(curves, metric), key="compare-curves")
+    st.caption("Solid: training; dashed: validation. Models fitted in one go (classical ones) have no curves.")
+else:
+    st.caption("None of these experiments logged per-epoch curves (classical models are fitted in one go).")
+
+st.subheader("Accuracy by number of items")
+what = st.segmented_control("Per class", ["accuracy", "RMSE"], default="accuracy", key="compare-what") or "accuracy"
+key = "per_class_accuracy" if what == "accuracy" else "per_class_rmse"
+st.plotly_chart(figures.per_class_bars({names[e["id"]]: e["metrics"].get(key) or [] for e in chosen}, what),
+                key="compare-bars")
+
+st.subheader("Confusion matrices")
+normalise = st.toggle("Row-normalised (share of each true count)", value=True, key="compare-normalise")
+for start in range(0, len(chosen), 3):
+    for col, exp in zip(st.columns(3), chosen[start:start + 3]):
+        col.plotly_chart(figures.confusion_heatmap(exp["metrics"]["confusion_matrix"], normalise,
+                                                   title=names[exp["id"]]),
+                         key=f"compare-cm-{exp['id']}")

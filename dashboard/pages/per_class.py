@@ -1,0 +1,27 @@
+"""Per-class accuracy and RMSE of one experiment (the paper's Tables I and II)."""
+import streamlit as st
+
+from dashboard import figures, tables, ui
+
+st.title("Accuracy by number of items")
+exps = ui.finished_or_stop()
+exp = ui.pick_experiment(exps, key="per-class")
+metrics = exp["metrics"]
+
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Accuracy", f"{metrics['accuracy']:.1%}")
+c2.metric("Balanced accuracy", f"{metrics['balanced_accuracy']:.1%}")
+c3.metric("RMSE", f"{metrics['rmse']:.2f}")
+c4.metric("Test photos", f"{metrics['n']:,}")
+
+per_class = tables.per_class_table(metrics)
+left, right = st.columns(2)
+left.plotly_chart(figures.per_class_bars({exp["name"]: metrics["per_class_accuracy"]}, "accuracy",
+                                         title="Accuracy: share counted exactly right"), key="pc-acc")
+right.plotly_chart(figures.per_class_bars({exp["name"]: metrics["per_class_rmse"]}, "RMSE",
+                                          title="RMSE: typical error in items"), key="pc-rmse")
+st.dataframe(per_class, hide_index=True, column_config={
+    "accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
+    "RMSE": st.column_config.NumberColumn(format="%.3f"),
+})
+st.caption("Counts with few test photos give noisy numbers; a blank means no test photo holds that count.")

@@ -1,0 +1,50 @@
+"""Upload and count: photos (or a sample photo) in, a count, its probabilities and a verdict out."""
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import counting, figures, state, ui
+
+st.title("Count the items in a bin")
+exps = ui.finished_or_stop()
+exp = ui.pick_experiment(exps, key="up-model", label="Model (the best one is preselected)")
+counter = ui.counter_or_stop(exp)
+
+files = st.file_uploader("Bin photos", type=counting.IMAGE_TYPES, accept_multiple_files=True, key="up-files")
+photos = [(f.name, f.getvalue()) for f in files or []]
+
+if not photos:
+    data_root = state.default_data_root()
+    samples = state.sample_paths(data_root, per_count=1) if data_root else None
+    if samples is not None and not samples.empty:
+        by_name = {Path(p).name: p for p in samples["path"]}
+        choice = st.selectbox("…or try a sample photo", [None, *by_name], key="up-sample",
+                              format_func=lambda n: "choose a sample" if n is None else n)
+        if choice:
+            photos = [(choice, Path(by_name[choice]).read_bytes())]
+
+if not photos:
+    st.info("Upload one or more photos of bins (JPEG or PNG). Enter the recorded quantity to check it.")
+    st.stop()
+
+for i, photo in enumerate(counting.count_photos(counter, photos)):
+    with st.container(border=True):
+        if photo.result is None:
+            st.error(photo.error)
+            continue
+        left, right = st.columns([2, 3])
+        left.image(photos[i][1], caption=photo.name, width="stretch")
+        with right:
+            result = photo.result
+            c1, c2 = st.columns(2)
+            c1.metric("Items counted", result.count)
+            c2.metric("Confidence", f"{result.confidence:.0%}", help=f"expected count {result.expected:.2f}")
+            recorded = st.number_input("Recorded quantity (optional)", min_value=0, step=1, value=None,
+                                       key=f"up-recorded-{i}-{photo.name}")
+            if recorded is not None:
+                check = counting.verdict(counter, result, int(recorded))
+                if check.mismatch:
+                    st.warning(check.text, icon=":material/warning:")
+                else:
+                    st.success(check.text, icon=":material/check_circle:")
+            st.plotly_chart(figures.probability_bars(result.probs, recorded), key=f"up-probs-{i}")

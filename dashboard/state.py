@@ -1,0 +1,166 @@
+"""What the pages read, cached: experiments and their curves from the store, collections, photos.
+
+Store reads are keyed by the store's version (the SQLite file and its write-ahead log), so a page
+re-renders from memory until training writes something; experiment lists also expire after a few
+seconds, because a run whose process died changes status without a write.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.config import find_data_dir, store_dir
+from core.data import DataError, load_collection
+from core.images import ImageError, open_image
+from core.store import Store
+
+from dashboard.tables import item_names
+
+Version = tuple[tuple[int, int], ...]
+THUMBNAIL_PX = 240
+
+
+def store_root() -> str:
+    return str(store_dir())
+
+
+def version(root: str) -> Version:
+    """Changes whenever the store is written (size and mtime of the database and its WAL)."""
+    out = []
+    for name in ("experiments.sqlite", "experiments.sqlite-wal"):
+        try:
+            stat = (Path(root) / name).stat()
+            out.append((stat.st_mtime_ns, stat.st_size))
+        except FileNotFoundError:
+            out.append((0, 0))
+    return tuple(out)
+
+
+@st.cache_data(ttl=5, show_spinner=False, max_entries=8)
+def _experiments(root: str, _version: Version) -> list[dict]:
+    if not (Path(root) / "experiments.sqlite").is_file():
+        return []  # an empty store is not created just by looking at it
+    return Store(root).experiments()
+
+
+def experiments() -> list[dict]:
+    """All experiments of the store, newest first."""
+    root = store_root()
+    return _experiments(root, version(root))
+
+
+def finished() -> list[dict]:
+    return [e for e in experiments() if e["status"] == "finished"]
+
+
+def best_id(metric: str = "balanced_accuracy") -> str | None:
+    """The finished experiment with the highest test `metric` (as `Store.best`, from the cached list)."""
+    scored = [e for e in finished() if e["metrics"].get(metric) is not None]
+    return max(scored, key=lambda e: e["metrics"][metric])["id"] if scored else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _epochs(root: str, exp_id: str, _version: Version) -> pd.DataFrame:
+    return Store(root).epochs(exp_id)
+
+
+def epochs(exp_id: str) -> pd.DataFrame:
+    root = store_root()
+    return _epochs(root, exp_id, version(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _lr_curves(root: str, exp_id: str, _version: Version) -> list[dict]:
+    return Store(root).lr_curves(exp_id)
+
+
+def lr_curves(exp_id: str) -> list[dict]:
+    root = store_root()
+    return _lr_curves(root, exp_id, version(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _predictions(root: str, exp_id: str, _version: Version) -> pd.DataFrame:
+    return Store(root).predictions(exp_id)
+
+
+def predictions(exp_id: str) -> pd.DataFrame:
+    root = store_root()
+    return _predictions(root, exp_id, version(root))
+
+
+def data_root_of(exp: dict) -> str:
+    return exp["details"].get("root") or exp.get("data_root") or ""
+
+
+def default_data_root() -> str | None:
+    """The data of the best experiment, else of the newest one, else the default data folder."""
+    exps = finished() or experiments()
+    best = best_id()
+    for exp in sorted(exps, key=lambda e: e["id"] != best):
+        root = data_root_of(exp)
+        if root and Path(root).is_dir():
+            return root
+    found = find_data_dir()
+    return str(found) if found and found.is_dir() else None
+
+
+@st.cache_data(ttl=600, show_spinner="Reading the photo collection…", max_entries=4)
+def collection(data_root: str) -> pd.DataFrame | None:
+    """image_id, path, count, items of a collection (read with `core.data`); None if unreadable."""
+    if not data_root:
+        return None
+    try:
+        return load_collection(data_root).table
+    except (DataError, OSError):
+        return None
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=4)
+def items_by_image(data_root: str) -> dict[str, list[str]]:
+    """Item names per image id, where the collection's metadata names them."""
+    table = collection(data_root)
+    if table is None:
+        return {}
+    return {row.image_id: names for row in table.itertuples() if (names := item_names(row.items))}
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail(path: str, size: int = THUMBNAIL_PX) -> np.ndarray | None:
+    """A small upright RGB copy of a photo for grids (None if the file is gone or unreadable)."""
+    try:
+        img = open_image(path, draft_size=size)
+    except (ImageError, OSError):
+        return None
+    img.thumbnail((size, size))
+    return np.asarray(img)
+
+
+@st.cache_data(ttl=600, show_spinner=False, max_entries=4)
+def sample_paths(data_root: str, per_count: int = 2, seed: int = 0) -> pd.DataFrame:
+    """A few photos of each count from a collection, for the photo strip and the sample uploads."""
+    table = collection(data_root)
+    if table is None or table.empty:
+        return pd.DataFrame(columns=["image_id", "path", "count"])
+    picked = table.sample(frac=1.0, random_state=seed).groupby("count").head(per_count)
+    return picked[["image_id", "path", "count"]].sort_values(["count", "image_id"]).reset_index(drop=True)
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def counter(exp_id: str, root: str):
+    """The counting service for one experiment (`core.predict.load_counter`), kept in memory."""
+    from core.predict import load_counter
+
+    return load_counter(exp_id, Store(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def variance_report(exp_id: str, root: str, records: pd.DataFrame, photos: dict[str, bytes],
+                    threshold: float) -> pd.DataFrame:
+    """`core.reconcile.reconcile` for uploaded photos, kept so that other widget changes do not recount the batch."""
+    from core.reconcile import reconcile
+
+    return reconcile(counter(exp_id, root), records, photos, threshold)

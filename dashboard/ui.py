@@ -1,0 +1,96 @@
+"""Page parts used on several pages: the how-to-train notice, experiment pickers, photo grids."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import state
+from dashboard.tables import labels
+
+TRAIN_COMMANDS = (
+    "python train.py classical            # logistic regression, decision tree, SVMs (minutes)",
+    "python train.py cnn --preset quick   # a small ResNet (CPU: tens of minutes)",
+)
+
+
+def how_to_train(reason: str = "No finished experiment in the store yet.") -> None:
+    st.info(f"{reason} Train a model from the project folder, then come back to this page:")
+    st.code("\n".join(TRAIN_COMMANDS), language="bash")
+    st.caption(f"Experiments are read from `{state.store_root()}` (set `BINSIGHT_STORE` to use another store).")
+
+
+def finished_or_stop() -> list[dict]:
+    """The finished experiments; if there are none, explain how to train and end the page here."""
+    exps = state.finished()
+    if not exps:
+        how_to_train()
+        st.stop()
+    return exps
+
+
+def _ordered(exps: Sequence[dict]) -> list[dict]:
+    """Best first: the default choice is the model the counter uses."""
+    best = state.best_id()
+    return sorted(exps, key=lambda e: (e["id"] != best, -(e["metrics"].get("balanced_accuracy") or 0)))
+
+
+def pick_experiment(exps: Sequence[dict], key: str, label: str = "Experiment") -> dict:
+    ordered = _ordered(exps)
+    names = labels(ordered)
+    best = state.best_id()
+    by_id = {e["id"]: e for e in ordered}
+    chosen = st.selectbox(label, list(by_id), key=key,
+                          format_func=lambda i: f"{names[i]}  ·  {by_id[i]['model']}" + ("  ★ best" if i == best else ""))
+    return by_id[chosen]
+
+
+def pick_experiments(exps: Sequence[dict], key: str, default_n: int = 2, label: str = "Experiments") -> list[dict]:
+    ordered = _ordered(exps)
+    names = labels(ordered)
+    by_id = {e["id"]: e for e in ordered}
+    chosen = st.multiselect(label, list(by_id), default=list(by_id)[:default_n], key=key,
+                            format_func=lambda i: f"{names[i]}  ·  {by_id[i]['model']}")
+    return [by_id[i] for i in chosen]
+
+
+def metric_columns() -> dict:
+    """Column formats shared by every table of experiments."""
+    pct = st.column_config.NumberColumn(format="percent")
+    return {
+        "accuracy": st.column_config.ProgressColumn("accuracy", min_value=0.0, max_value=1.0, format="percent"),
+        "balanced accuracy": st.column_config.ProgressColumn("balanced accuracy", min_value=0.0, max_value=1.0,
+                                                             format="percent"),
+        "RMSE": st.column_config.NumberColumn(format="%.3f"),
+        **{f"acc {k}": pct for k in range(10)},
+        "train time (s)": st.column_config.NumberColumn(format="%.1f"),
+        "id": None,
+    }
+
+
+def photo_grid(photos: pd.DataFrame, caption, columns: int = 4, details=None) -> None:
+    """Photos (a frame with a `path` column) in a grid; `caption(row)` under each, `details(row)` below it."""
+    rows = list(photos.itertuples(index=False))
+    for start in range(0, len(rows), columns):
+        for col, row in zip(st.columns(columns), rows[start:start + columns]):
+            with col.container(border=True):
+                image = state.thumbnail(row.path)
+                if image is None:
+                    st.warning(f"photo not found: {row.path}")
+                else:
+                    st.image(image, width="stretch")
+                st.markdown(caption(row))
+                if details is not None:
+                    details(row)
+
+
+def counter_or_stop(exp: dict):
+    """The loaded counter for `exp`; if the model cannot be loaded, say why and end the page here."""
+    from core.predict import ModelNotFound
+
+    try:
+        return state.counter(exp["id"], state.store_root())
+    except (ModelNotFound, ImportError, KeyError, OSError, ValueError) as err:
+        st.error(f"The model {exp['name']} cannot be loaded: {err}")
+        st.stop()
