@@ -61,16 +61,15 @@ def split_curve_column(column: str) -> tuple[str, str]:
 
 
 def curve_metrics(curves: Mapping[str, pd.DataFrame]) -> list[str]:
-    """The metrics found in per-epoch frames (loss first), whatever phases they were logged for."""
-    found: list[str] = []
+    """The metrics logged per phase (`train_loss`, `val_rmse`...) in per-epoch frames, loss first,
+    then the learning rate if logged; bookkeeping columns (image size, seconds...) are not curves."""
+    found: set[str] = set()
     for frame in curves.values():
         for column in frame.columns:
-            if column == "epoch" or not pd.api.types.is_numeric_dtype(frame[column]):
-                continue
-            metric = split_curve_column(column)[1]
-            if metric not in found:
-                found.append(metric)
-    return sorted(found, key=lambda m: (m != "loss", "loss" not in m, m))
+            phase, metric = split_curve_column(column)
+            if (phase or column == "lr") and pd.api.types.is_numeric_dtype(frame[column]):
+                found.add(metric)
+    return sorted(found, key=lambda m: (m == "lr", m != "loss", m))
 
 
 def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | None = None) -> go.Figure:
@@ -160,7 +159,7 @@ def lr_finder_figure(curves: Sequence[Mapping]) -> go.Figure:
         fig.add_trace(go.Scatter(x=lrs, y=losses, mode="lines", name=curve["label"], line=dict(color=colour(i)),
                                  hovertemplate="lr %{x:.2e}: loss %{y:.4f}<extra></extra>"))
         suggested = curve.get("suggested")
-        if suggested and len(lrs) and lrs.min() <= suggested <= lrs.max():
+        if suggested and suggested > 0 and len(lrs):  # starred even outside the sweep, at the edge's loss
             order = np.argsort(lrs)
             loss_at = float(np.interp(np.log10(suggested), np.log10(lrs[order]), losses[order]))
             fig.add_trace(go.Scatter(

@@ -17,7 +17,7 @@ from core.data import DataError, load_collection
 from core.images import ImageError, open_image
 from core.store import Store
 
-from dashboard.tables import item_names
+from dashboard.tables import is_scored, item_names
 
 Version = tuple[tuple[int, int], ...]
 THUMBNAIL_PX = 240
@@ -53,7 +53,8 @@ def experiments() -> list[dict]:
 
 
 def finished() -> list[dict]:
-    return [e for e in experiments() if e["status"] == "finished"]
+    """Finished models with test metrics: what the model pickers offer."""
+    return [e for e in experiments() if is_scored(e)]
 
 
 def best_id(metric: str = "balanced_accuracy") -> str | None:

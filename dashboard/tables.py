@@ -22,16 +22,21 @@ def labels(experiments: Sequence[dict]) -> dict[str, str]:
     return out
 
 
+def is_scored(exp: dict) -> bool:
+    """A finished model with test metrics (LR-finder sweeps finish too, but count nothing)."""
+    return exp["status"] == "finished" and exp["metrics"].get("balanced_accuracy") is not None
+
+
 def _per_class_columns(values: Sequence[float | None] | None, prefix: str) -> dict[str, float]:
     return {f"{prefix} {k}": (np.nan if v is None else v) for k, v in enumerate(values or [])}
 
 
 def leaderboard(experiments: Sequence[dict]) -> pd.DataFrame:
-    """Finished experiments, best test balanced accuracy first, with per-class accuracy and costs."""
+    """Scored experiments, best test balanced accuracy first, with per-class accuracy and costs."""
     names = labels(experiments)
     rows = []
     for e in experiments:
-        if e["status"] != "finished":
+        if not is_scored(e):
             continue
         m, d = e["metrics"], e["details"]
         rows.append({
@@ -45,20 +50,6 @@ def leaderboard(experiments: Sequence[dict]) -> pd.DataFrame:
     if frame.empty:
         return frame
     return frame.sort_values("balanced accuracy", ascending=False, na_position="last").reset_index(drop=True)
-
-
-def metrics_side_by_side(experiments: Sequence[dict]) -> pd.DataFrame:
-    """The paper's Table III: one column per experiment, one row per test metric."""
-    names = labels(experiments)
-    columns = {}
-    for e in experiments:
-        m = e["metrics"]
-        columns[names[e["id"]]] = {
-            "accuracy": m.get("accuracy"), "balanced accuracy": m.get("balanced_accuracy"), "RMSE": m.get("rmse"),
-            **_per_class_columns(m.get("per_class_accuracy"), "accuracy on"),
-            "test photos": m.get("n"), "train time (s)": e["details"].get("train_seconds"),
-        }
-    return pd.DataFrame(columns)
 
 
 def per_class_table(metrics: dict) -> pd.DataFrame:

@@ -26,10 +26,11 @@ def test_curve_columns_split_into_phase_and_metric():
     assert figures.split_curve_column("seconds_per_epoch") == ("", "seconds_per_epoch")
 
 
-def test_curve_metrics_puts_loss_first_and_skips_epoch():
+def test_curve_metrics_puts_loss_first_and_skips_bookkeeping():
     frames = {"a": pd.DataFrame({"epoch": [1], "val_accuracy": [0.5], "lr": [0.1], "train_loss": [1.0],
-                                 "val_loss": [1.1], "note": ["x"]})}
-    assert figures.curve_metrics(frames) == ["loss", "accuracy", "lr"]
+                                 "val_loss": [1.1], "image_size": [64], "seconds": [3.0], "val_note": ["x"]}),
+              "b": pd.DataFrame({"epoch": [1], "val_rmse": [0.9]})}
+    assert figures.curve_metrics(frames) == ["loss", "accuracy", "rmse", "lr"]
 
 
 def test_curves_figure_draws_train_solid_and_val_dashed_per_experiment():
@@ -77,13 +78,14 @@ def test_lr_finder_stars_the_suggested_rate_on_its_curve():
     fig = figures.lr_finder_figure([
         {"label": "resnet18", "lrs": lrs, "losses": losses, "suggested": 1e-3},
         {"label": "resnet34", "lrs": lrs, "losses": losses, "suggested": None},
-        {"label": "broken", "lrs": lrs, "losses": losses, "suggested": 10.0},  # outside the swept range
+        {"label": "odd", "lrs": lrs, "losses": losses, "suggested": 1e-8},  # below the swept range
     ])
     assert fig.layout.xaxis.type == "log"
     stars = [t for t in fig.data if t.mode == "markers+text"]
-    assert len(stars) == 1 and stars[0].x == (1e-3,)
+    assert [s.x[0] for s in stars] == [1e-3, 1e-8]
     assert stars[0].y[0] == pytest.approx(1.6)  # 1e-3 is 2/5 of the way along the log axis: 2 - 0.4
-    assert len(fig.data) == 4
+    assert stars[1].y[0] == pytest.approx(2.0)  # shown at the loss of the sweep's first step
+    assert len(fig.data) == 5
 
 
 def test_probability_bars_colour_the_count_and_mark_the_record():
@@ -129,6 +131,8 @@ def test_leaderboard_ranks_finished_runs_by_balanced_accuracy():
     assert board.loc[0, "acc 0"] == 0.6 and math.isnan(board.loc[0, "acc 1"])
     assert board.loc[0, "train time (s)"] == 2.5
     assert tables.leaderboard([experiment("c", "x", status="failed")]).empty
+    sweep = {**experiment("d", "lr-find quick"), "metrics": {}}  # finished, but scores nothing
+    assert not tables.is_scored(sweep) and tables.leaderboard([sweep]).empty
 
 
 def test_per_class_table_is_the_papers_tables_one_and_two():
