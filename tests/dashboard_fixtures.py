@@ -1,0 +1,40 @@
+"""A tiny experiment store filled by real training runs, shared by the dashboard's test modules.
+
+Generated photos (36, six per count), trained for seconds: CNN runs at 32 px whose phases start
+with the LR finder (so pages have curves and LR sweeps), a standalone LR sweep (a finished
+experiment without test metrics, which model pickers must leave out) and classical models.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.cnn import find_lr, train_cnn
+from core.predict import load_counter
+from core.store import Store
+from tests.conftest import write_manifest_collection
+
+CNN_TINY = {"batch_size": 8, "lr_finder_steps": 8, "patience": 5}
+_BUILT: dict[str, Path] = {}  # one build per test session, whichever module asks first
+
+
+def build_trained_store(root: Path) -> Path:
+    """Train the tiny experiments into `root/store` (data in `root/data`); returns the store folder."""
+    data = write_manifest_collection(root / "data", per_class=6)
+    store = Store(root / "store")
+    train_cnn(data, "quick", store, progress=False, overrides={
+        **CNN_TINY, "phases": [{"epochs": 1, "image_size": 32, "train_body": False},
+                               {"epochs": 1, "image_size": 32, "differential": True}]})
+    train_cnn(data, "quick", store, progress=False, overrides={
+        **CNN_TINY, "phases": [{"epochs": 2, "image_size": 32, "train_body": False, "lr": 3e-3}]})
+    find_lr(data, "quick", store, progress=False, overrides={**CNN_TINY, "phases": [{"epochs": 1, "image_size": 32}]})
+    load_counter("best", store)  # calibrates the best model once, before any page or server reads it
+    return store.root
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory) -> Path:
+    if "store" not in _BUILT:
+        _BUILT["store"] = build_trained_store(tmp_path_factory.mktemp("dashboard"))
+    return _BUILT["store"]

@@ -1,0 +1,309 @@
+"""Every dashboard page through Streamlit's AppTest: an empty store, a store filled by real tiny
+training runs, a run in progress, good and bad uploads."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shlex
+import threading
+import zipfile
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import train
+from core.cnn import train_cnn
+from core.config import PROJECT_ROOT
+from core.predict import load_counter
+from core.reconcile import read_records, reconcile
+from core.store import Store
+from dashboard import counting, tables, ui
+from tests.conftest import bin_photo
+from tests.dashboard_fixtures import CNN_TINY, trained_store  # noqa: F401  (session fixture)
+
+APP = str(PROJECT_ROOT / "dashboard" / "app.py")
+PAGES = ("overview", "compare", "per_class", "confusion", "lr_finder", "misclassified", "upload", "reconcile")
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    if page != "overview":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+def rerun(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+def _decode(node):
+    """Plotly's JSON keeps numeric arrays as base64 typed arrays: {"dtype", "bdata", "shape"}."""
+    if isinstance(node, dict) and "bdata" in node and "dtype" in node:
+        array = np.frombuffer(base64.b64decode(node["bdata"]), dtype=node["dtype"])
+        return array.reshape([int(n) for n in str(node["shape"]).split(",")]) if "shape" in node else array
+    if isinstance(node, dict):
+        return {k: _decode(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_decode(v) for v in node]
+    return node
+
+
+def charts(at: AppTest) -> list[go.Figure]:
+    return [go.Figure(_decode(json.loads(el.proto.spec))) for el in at.get("plotly_chart")]
+
+
+def jpeg(count: int, seed: int) -> bytes:
+    buf = io.BytesIO()
+    bin_photo(count, seed).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def zipped(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def store(trained_store, monkeypatch) -> Store:  # noqa: F811
+    monkeypatch.setenv("BINSIGHT_STORE", str(trained_store))
+    return Store(trained_store)
+
+
+@pytest.fixture
+def counter(store):
+    return load_counter("best", store)
+
+
+# ---- an empty store ------------------------------------------------------------------------
+@pytest.mark.parametrize("page", PAGES)
+def test_empty_store_says_how_to_train(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("BINSIGHT_STORE", str(tmp_path / "store"))
+    at = open_page(page)
+    assert not at.error
+    assert "python train.py" in at.code[0].value
+    assert not (tmp_path / "store").exists()  # looking does not create a store
+
+
+def test_the_train_commands_shown_are_real_commands():
+    lr_page = (PROJECT_ROOT / "dashboard" / "pages" / "lr_finder.py").read_text()
+    lr_command = lr_page.split('st.code("')[1].split('"')[0]
+    for line in [*ui.TRAIN_COMMANDS, lr_command]:
+        words = shlex.split(line.split("#")[0])
+        assert words[:2] == ["python", "train.py"]
+        train.build_parser().parse_args(words[2:])  # exits (fails the test) on an unknown command
+
+
+# ---- pages over trained experiments --------------------------------------------------------
+def test_overview_ranks_the_models_and_shows_the_data(store):
+    at = open_page("overview")
+    scored = [e for e in store.experiments() if tables.is_scored(e)]
+    board = at.dataframe[0].value
+    assert len(board) == len(scored)  # the LR sweep is no model
+    assert board["balanced accuracy"].tolist() == sorted(board["balanced accuracy"], reverse=True)
+    best = store.experiment(store.best())
+    assert at.metric[0].label == "Best model" and at.metric[0].value == tables.labels(scored)[best["id"]]
+    histogram = charts(at)[-1]
+    assert list(histogram.data[0].y) == [6] * 6
+    assert len(at.image[0].value) == 6  # one photo of each count
+    assert "No training is running." in [c.value for c in at.caption]
+
+
+def test_overview_shows_a_run_in_progress_with_its_curves(trained_store, tmp_path, monkeypatch):  # noqa: F811
+    """A real training run, held after its first epoch while the page is rendered."""
+    store = Store(tmp_path / "live")
+    monkeypatch.setenv("BINSIGHT_STORE", str(store.root))
+    first_epoch, release = threading.Event(), threading.Event()
+
+    def hold(epoch, values):
+        first_epoch.set()
+        release.wait(timeout=120)
+
+    overrides = {**CNN_TINY, "phases": [{"epochs": 2, "image_size": 32, "train_body": False, "lr": 1e-3}]}
+    run = threading.Thread(target=train_cnn, args=(trained_store.parent / "data", "quick", store, overrides),
+                           kwargs={"progress": False, "on_epoch": hold})
+    run.start()
+    try:
+        assert first_epoch.wait(timeout=120)
+        at = open_page("overview")
+        assert any("1 epoch(s) so far" in m.value for m in at.markdown)
+        loss = charts(at)[0]
+        assert {t.name.split(" · ")[1] for t in loss.data} == {"train", "val"}
+        assert len(loss.data[0].x) == 1
+    finally:
+        release.set()
+        run.join(timeout=120)
+    assert store.experiments()[0]["status"] == "finished"
+
+
+def test_compare_puts_experiments_side_by_side(store):
+    at = open_page("compare")
+    chosen = at.multiselect(key="compare").value
+    assert len(chosen) == 2
+    assert len(at.dataframe[0].value) == 2
+    figs = charts(at)
+    assert len(figs) == 4  # curves, per-class bars, two confusion matrices
+    assert {t.line.dash for t in figs[0].data} == {"solid", "dash"}
+    assert len(figs[1].data) == 2 and figs[1].layout.barmode == "group"
+    at.segmented_control(key="compare-what").set_value("RMSE")
+    rerun(at)
+    assert charts(at)[1].layout.yaxis.title.text == "RMSE"
+    at.multiselect(key="compare").set_value(chosen[:1])
+    rerun(at)
+    assert "Pick at least two experiments." in [i.value for i in at.info]
+
+
+def test_per_class_table_is_the_experiments_test_metrics(store):
+    at = open_page("per_class")
+    exp = store.experiment(at.selectbox(key="per-class").value)
+    table = at.dataframe[0].value
+    expected = [np.nan if v is None else v for v in exp["metrics"]["per_class_accuracy"]]
+    np.testing.assert_allclose(table["accuracy"].to_numpy(dtype=float), expected)
+    assert table["test photos"].sum() == exp["metrics"]["n"]
+
+
+def test_confusion_cell_shows_its_photos(store):
+    at = open_page("confusion")
+    exp = store.experiment(at.selectbox(key="cm-exp").value)
+    matrix = np.asarray(exp["metrics"]["confusion_matrix"])
+    heat = charts(at)[0].data[0]
+    np.testing.assert_array_equal(np.asarray(heat.z), matrix)
+    true, pred = map(int, np.unravel_index(matrix.argmax(), matrix.shape))
+    at.selectbox(key="cm-true").set_value(true)
+    at.selectbox(key="cm-pred").set_value(pred)
+    rerun(at)
+    assert at.subheader[0].value.startswith(f"{matrix[true, pred]} test photo(s) holding {true} item(s)")
+    assert len(at.image) == min(matrix[true, pred], 12)
+    at.segmented_control(key="cm-view").set_value("row-normalised")
+    rerun(at)
+    assert np.asarray(charts(at)[0].data[0].z).sum(axis=1)[true] == pytest.approx(1)
+
+
+def test_lr_finder_overlays_the_sweeps_with_their_suggestions(store):
+    at = open_page("lr_finder")
+    chosen = at.multiselect(key="lr-exps").value
+    assert set(chosen) == {e["id"] for e in store.experiments() if store.lr_curves(e["id"])}
+    curves = [c for i in chosen for c in store.lr_curves(i)]
+    fig = charts(at)[0]
+    assert fig.layout.xaxis.type == "log"
+    assert len([t for t in fig.data if t.mode == "lines"]) == len(curves)
+    suggested = at.dataframe[0].value["suggested learning rate"].tolist()
+    assert suggested == pytest.approx([c["suggested"] for c in curves])
+
+
+def test_misclassified_filters_by_count(store):
+    at = open_page("misclassified")
+    preds = store.predictions(at.selectbox(key="mis-exp").value)
+    wrong = preds[preds["true_count"] != preds["pred_count"]]
+    assert at.subheader[0].value == f"{len(wrong)} of {len(preds)} test photos counted wrong"
+    true = int(wrong["true_count"].mode()[0])
+    at.multiselect(key="mis-true").set_value([true])
+    rerun(at)
+    shown = (wrong["true_count"] == true).sum()
+    assert at.subheader[0].value.startswith(f"{shown} of")
+    assert len(at.image) == min(shown, 12)
+    assert all(f"**true {true}**" in m.value for m in at.markdown if m.value.startswith("**true"))
+
+
+def test_upload_counts_a_photo_and_reports_a_bad_file(store, counter):
+    at = open_page("upload")
+    assert at.selectbox(key="up-model").value == store.best()
+    good = jpeg(3, seed=77)
+    at.file_uploader(key="up-files").set_value([("bin.jpg", good, "image/jpeg"),
+                                                ("broken.jpg", b"these bytes are no photo", "image/jpeg")])
+    rerun(at)
+    result = counter.count(good)
+    assert "broken.jpg" in at.error[0].value and "not an image" in at.error[0].value
+    assert [m.value for m in at.metric if m.label == "Items counted"] == [str(result.count)]
+    probs = charts(at)[0].data[0].y
+    assert list(probs) == pytest.approx(result.probs)
+
+    recorded = int(np.argmin(result.probs))  # the least likely quantity
+    at.number_input[0].set_value(recorded)
+    rerun(at)
+    p_mismatch = 1 - counter.p_count(result, recorded)
+    alerts = at.warning if p_mismatch >= counting.MISMATCH_THRESHOLD else at.success
+    assert f"{p_mismatch:.0%}" in alerts[0].value
+
+
+def test_upload_only_a_bad_file_keeps_the_page_serving(store):
+    at = open_page("upload")
+    at.file_uploader(key="up-files").set_value(("notes.png", b"\x89PNG but truncated", "image/png"))
+    rerun(at)
+    assert "notes.png" in at.error[0].value
+    assert not at.metric
+    at.file_uploader(key="up-files").set_value(("bin.jpg", jpeg(2, seed=5), "image/jpeg"))
+    rerun(at)
+    assert not at.error and at.metric[0].label == "Items counted"
+
+
+def test_upload_a_sample_photo(store):
+    at = open_page("upload")
+    samples = at.selectbox(key="up-sample").options
+    at.selectbox(key="up-sample").set_value(samples[1])
+    rerun(at)
+    assert at.metric[0].label == "Items counted" and at.image[0].captions == [samples[1]]
+
+
+def test_reconcile_report_from_a_csv_and_a_zip(store, counter):
+    at = open_page("reconcile")
+    photos = {f"bin-{k}.jpg": jpeg(k, seed=100 + k) for k in range(4)}
+    csv = "image,recorded_quantity\nbin-0.jpg,0\nbin-1.jpg,5\nbin-2.jpg,2\nbin-3.jpg,3\nmissing.jpg,1\n"
+    at.file_uploader(key="rec-csv").set_value(("records.csv", csv.encode(), "text/csv"))
+    at.file_uploader(key="rec-photos").set_value([("day1.zip", zipped({f"bins/{n}": d for n, d in photos.items()}),
+                                                   "application/zip")])
+    rerun(at)
+    report = at.dataframe[0].value
+    expected = reconcile(counter, read_records(csv.encode()), photos)
+    pd.testing.assert_frame_equal(report.reset_index(drop=True), expected, check_dtype=False)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Bins checked"] == "5" and metrics["Problems"] == "1"
+    assert metrics["Probable mismatches"] == str(int(expected["mismatch"].fillna(False).astype(bool).sum()))
+    assert at.download_button  # the report can be downloaded
+
+
+def test_reconcile_bad_inputs_are_explained(store):
+    at = open_page("reconcile")
+    at.file_uploader(key="rec-csv").set_value(("records.csv", b"bin,qty\na.jpg,1\n", "text/csv"))
+    at.file_uploader(key="rec-photos").set_value([("a.jpg", jpeg(1, seed=1), "image/jpeg")])
+    rerun(at)
+    assert "image,recorded_quantity" in at.error[0].value
+    at.file_uploader(key="rec-csv").set_value(("records.csv", b"image,recorded_quantity\na.jpg,1\n", "text/csv"))
+    at.file_uploader(key="rec-photos").set_value([("a.jpg", jpeg(1, seed=1), "image/jpeg"),
+                                                  ("old.zip", b"PK not really a zip", "application/zip")])
+    rerun(at)
+    assert "old.zip: not a readable zip file" in at.warning[0].value
+    assert len(at.dataframe[0].value) == 1
+
+
+# ---- the upload handling, directly ---------------------------------------------------------
+def test_photos_from_uploads_unpacks_zips_by_path_and_name():
+    archive = zipped({"day/a.jpg": b"A", "day/sub/b.JPG": b"B", "x/c.jpg": b"C1", "y/c.jpg": b"C2",
+                      "__MACOSX/day/._a.jpg": b"junk", "notes.txt": b"text"})
+    photos, problems = counting.photos_from_uploads([("loose.png", b"L"), ("batch.zip", archive)])
+    assert photos["loose.png"] == b"L"
+    assert photos["a.jpg"] == photos["day/a.jpg"] == b"A" and photos["b.JPG"] == b"B"
+    assert "c.jpg" not in photos and photos["y/c.jpg"] == b"C2"  # an ambiguous bare name is not guessed
+    assert not any("MACOSX" in k or k.endswith(".txt") for k in photos)
+    assert problems == ["batch.zip: 2 photos are named c.jpg; use their paths in the CSV."]
+    _, problems = counting.photos_from_uploads([("empty.zip", zipped({"readme.md": b"no photos"}))])
+    assert problems == ["empty.zip: no photos inside."]
+
+
+def test_verdict_flags_a_likely_mismatch(counter):
+    result = counter.count(jpeg(2, seed=3))
+    likely = counting.verdict(counter, result, result.count)
+    unlikely = counting.verdict(counter, result, int(np.argmin(result.probs)))
+    assert likely.p_mismatch == pytest.approx(1 - result.confidence)
+    assert unlikely.p_mismatch > likely.p_mismatch
+    assert unlikely.mismatch == (unlikely.p_mismatch >= counting.MISMATCH_THRESHOLD)
+    assert counting.verdict(counter, result, 99).mismatch  # beyond what the model counts
