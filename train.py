@@ -43,6 +43,38 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print(f"skipped {row.path}: {row.reason}")
 
 
+def cmd_classical(args: argparse.Namespace) -> None:
+    import time
+
+    from core.classical import results_table, suite_experiments, train_classical
+    from core.store import Store
+
+    def json_arg(flag: str, text: str | None):
+        try:
+            return None if text is None else json.loads(text)
+        except json.JSONDecodeError as err:
+            sys.exit(f"{flag} must be JSON ({err}): {text!r}")
+
+    store, root, started = Store(), data_dir(args.data), time.perf_counter()
+    options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size}
+    options = {k: v for k, v in options.items() if v is not None}
+    common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet}
+    try:
+        if args.suite:
+            configs = suite_experiments(args.suite)
+        else:
+            configs = [{"features": args.features, "model": args.model, "pca": args.pca, "name": args.name,
+                        "feature_params": json_arg("--feature-params", args.feature_params),
+                        "grid": json_arg("--grid", args.grid)}]
+        ids = [train_classical(root, **{**config, **options}, **common) for config in configs]
+    except ValueError as err:
+        sys.exit(str(err))
+    table = results_table(store, ids)
+    print(table.drop(columns=["id"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print("experiments: " + ", ".join(ids))
+    print(f"wall time {time.perf_counter() - started:.0f} s")
+
+
 def load_model(name: str):
     """A counter for --model, or a clear exit (no finished experiment, unknown name)."""
     from core.predict import ModelNotFound, load_counter
@@ -80,6 +112,55 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
           f"(P(mismatch) >= {args.threshold}), {int((report['error'] != '').sum())} with errors -> {args.out}")
 
 
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """`field=value` pairs; values are JSON where they parse (numbers, lists, objects), else text."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"--set expects FIELD=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def cmd_cnn(args: argparse.Namespace) -> None:
+    import os
+
+    from core.cnn import train_cnn
+    from core.store import Store
+
+    store = Store()
+    exp_id = train_cnn(data_dir(args.data), args.preset, store, parse_overrides(args.set), progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    exp = store.experiment(exp_id)
+    metrics, details = exp["metrics"], exp["details"]
+    print(f"{exp_id}: {exp['model']} ({exp['weights']}) on {exp['device']}, "
+          f"{details['train_seconds']:.0f} s training, best epoch {details['best_epoch']} at {details['image_size']} px")
+    val = details.get("val", {})
+    print(f"  val : accuracy {val.get('val_accuracy', float('nan')):.3f}  balanced {val.get('val_balanced_accuracy', float('nan')):.3f}"
+          f"  RMSE {val.get('val_rmse', float('nan')):.3f}")
+    print(f"  test: accuracy {metrics['accuracy']:.3f}  balanced {metrics['balanced_accuracy']:.3f}"
+          f"  RMSE {metrics['rmse']:.3f}  per-class {[None if a is None else round(a, 2) for a in metrics['per_class_accuracy']]}")
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    import os
+
+    from core.cnn import find_lr
+    from core.store import Store
+
+    store = Store()
+    exp_id = find_lr(data_dir(args.data), args.preset, store, parse_overrides(args.set), progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        curve = store.lr_curves(exp_id)[0]
+        print(f"{exp_id}: {len(curve['lrs'])} steps from {curve['lrs'][0]:.1e} to {curve['lrs'][-1]:.1e}, "
+              f"suggested lr {curve['suggested']:.2e}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.download import DEFAULT_BASE_URL
 
@@ -101,6 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-count", type=int, default=MAX_COUNT)
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("classical", help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
+                       description="Cross-validated grid search on train+val, one test evaluation; a configuration "
+                                   "already trained on the same data is served from the store.")
+    p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+    p.add_argument("--suite", help="a suite from core/classical.py SUITES: paper-classical (Tables I and II), default")
+    p.add_argument("--features", default="hog", help="raw, hog or blobs (default: hog)")
+    p.add_argument("--feature-params", help='JSON, e.g. \'{"size": 64, "edges": "sobel"}\'')
+    p.add_argument("--pca", type=int, help="add a randomized PCA with at most this many components (e.g. 1000)")
+    p.add_argument("--model", default="svc", help="logreg, tree, linearsvc, nusvc, svc (RBF), svc-poly, svc-linear")
+    p.add_argument("--grid", help='JSON dict or list of dicts of value lists, e.g. \'{"C": [1, 10], "gamma": ["scale"]}\'')
+    p.add_argument("--folds", type=int, help="cross-validation folds (default: 10, fewer if a class is smaller)")
+    p.add_argument("--selection", choices=["balanced", "paper"],
+                   help="best CV balanced accuracy (default), or the paper's: best accuracy with no class at zero")
+    p.add_argument("--image-size", type=int, help="image cache resolution the features read (default: 128)")
+    p.add_argument("--name", help="experiment name (default: <features>-<model>)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel processes for features and the search")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_classical)
+
     p = sub.add_parser("count", help="count the items in photos")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
@@ -118,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.csv", help=".csv or .json")
     p.add_argument("--threshold", type=float, default=0.5, help="flag bins with P(mismatch) at or above this")
     p.set_defaults(func=cmd_reconcile)
+
+    for name, func, help_ in (("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run"),
+                              ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase")):
+        p = sub.add_parser(name, help=help_, description=help_ + ". Runs under `torchrun --nproc_per_node N` too.")
+        p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+        p.add_argument("--preset", default="quick", help="recipe from core/cnn/recipes.py PRESETS (default: quick)")
+        p.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
+                       help='override recipe fields, values in JSON, e.g. batch_size=64 \'phases=[{"epochs": 3, "image_size": 128}]\'')
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
     return parser
 
 

@@ -1,0 +1,49 @@
+"""Class probabilities for a split of the image cache, and the figures reported per epoch."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from core.cnn.inputs import CachedImages, Normalization, batches, class_probabilities
+from core.cnn.runtime import Runtime
+from core.metrics import classification_report
+
+
+def predict(model: nn.Module, data: CachedImages, normalization: Normalization, runtime: Runtime, tta: bool,
+            batch_size: int = 64, progress: bool = False, desc: str = "evaluating") -> np.ndarray:
+    """(N, classes) probabilities in `data`'s order (eval mode; the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    loader = batches(data, batch_size, pin_memory=runtime.cuda, workers=runtime.loader_workers)
+    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+        images = images.to(runtime.device, non_blocking=True)
+        out.append(class_probabilities(model, images, normalization, tta, runtime.autocast(), runtime.cuda).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def summary(y_true, y_pred, num_classes: int, prefix: str) -> dict[str, float]:
+    """Accuracy, balanced accuracy and RMSE, keys prefixed ("val_accuracy", ...)."""
+    with warnings.catch_warnings():  # small splits may lack a class the model predicts
+        warnings.simplefilter("ignore", UserWarning)
+        report = classification_report(y_true, y_pred, num_classes)
+    return {f"{prefix}_{k}": report[k] for k in ("accuracy", "balanced_accuracy", "rmse")}
+
+
+def score(probs: np.ndarray, counts: np.ndarray, num_classes: int, prefix: str = "val") -> dict[str, float]:
+    """`summary` of the most probable counts, plus the mean negative log-likelihood as `<prefix>_loss`."""
+    counts = np.asarray(counts, dtype=int)
+    nll = -np.log(np.clip(probs[np.arange(len(counts)), counts], 1e-12, None)).mean()
+    return {f"{prefix}_loss": float(nll), **summary(counts, probs.argmax(axis=1), num_classes, prefix)}
+
+
+def confusion_summary(confusion: np.ndarray, prefix: str) -> dict[str, float]:
+    """`summary` from a (true x predicted) confusion matrix of counts."""
+    true, pred = np.nonzero(confusion)
+    reps = confusion[true, pred].astype(int)
+    return summary(np.repeat(true, reps), np.repeat(pred, reps), confusion.shape[0], prefix)

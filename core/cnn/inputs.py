@@ -1,0 +1,66 @@
+"""From cached uint8 pixels to network inputs and class probabilities.
+
+`to_model_input` is the one preprocessing path: training, evaluation and the counting
+service (`load_predictor`) all go through it, starting from the same uint8 arrays the image
+cache and `core.images.load_rgb` produce.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+def to_model_input(images: torch.Tensor, normalization: Normalization, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W), scaled to [0, 1] then normalised per channel."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) for v in normalization)
+    x = (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror about half of a uint8 (N, H, W, 3) batch left-right (a bin's contents have no handedness)."""
+    mirror = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(mirror.view(-1, 1, 1, 1).to(images.device), images.flip(2), images)
+
+
+@torch.no_grad()
+def class_probabilities(model: nn.Module, images: torch.Tensor, normalization: Normalization, tta: bool,
+                        autocast: AbstractContextManager | None = None, channels_last: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, classes) for a uint8 batch already on the model's device.
+
+    With `tta` the prediction is the mean of the image's and its mirror's probabilities.
+    """
+    x = to_model_input(images, normalization, channels_last)
+    views = (x, x.flip(3)) if tta else (x,)
+    with autocast or nullcontext():
+        probs = [model(v).float().softmax(dim=1) for v in views]
+    return torch.stack(probs).mean(dim=0)
+
+
+class CachedImages(Dataset):
+    """Rows of the image cache (a uint8 memmap) with their counts, one (pixels, count) an item."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, counts: np.ndarray):
+        if len(rows) != len(counts):
+            raise ValueError("rows and counts differ in length")
+        self.images, self.rows, self.counts = images, np.asarray(rows), np.asarray(counts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.images[self.rows[index]])), int(self.counts[index])
+
+
+def batches(dataset: Dataset, batch_size: int, pin_memory: bool, workers: int, sampler=None) -> DataLoader:
+    """A loader in the dataset's order, or the sampler's."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=pin_memory, persistent_workers=False, drop_last=False)

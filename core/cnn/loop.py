@@ -1,0 +1,207 @@
+"""The training loop: phases of epochs, validation, early stopping, checkpoints, resume.
+
+Every epoch ends with a validation pass on rank 0, a store entry (through `log_epoch`) and an
+atomic checkpoint in `folder`; if `folder` already holds a checkpoint, training continues
+from it. Early stopping ends the current phase (a head-only phase that stalls still leads on
+to unfreezing). The weights kept are those of the best validation epoch.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from core.backbones import input_normalization, set_body_trainable
+from core.cnn.checkpoint import BEST, FitState, load_checkpoint, load_state_dict, save_checkpoint, save_state_dict
+from core.cnn.evaluate import confusion_summary, predict, score
+from core.cnn.inputs import CachedImages, batches, random_flip
+from core.cnn.lr_finder import LRCurve, lr_sweep
+from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer, set_lr
+from core.cnn.recipes import MONITORS, Phase, Recipe
+from core.cnn.runtime import Runtime
+from core.cnn.step import train_step
+
+
+@dataclass
+class Split:
+    """One split of a prepared data set: cache rows and their counts."""
+
+    rows: np.ndarray
+    counts: np.ndarray
+
+
+@dataclass
+class TrainingData:
+    images: Callable[[int], np.ndarray]  # image size -> the (N, S, S, 3) uint8 cache
+    train: Split
+    val: Split
+    num_classes: int
+
+
+def phase_plan(recipe: Recipe) -> list[tuple[int, Phase, int]]:
+    """(index, phase, first global epoch) for each phase."""
+    starts = itertools.accumulate((p.epochs for p in recipe.phases), initial=0)
+    return [(i, phase, start) for i, (phase, start) in enumerate(zip(recipe.phases, starts))]
+
+
+def make_loss(recipe: Recipe, data: TrainingData, runtime: Runtime) -> nn.Module:
+    weights = class_weights(data.train.counts, data.num_classes, recipe.class_weights)
+    return CountingLoss(data.num_classes, weights, recipe.label_smoothing, recipe.count_weight).to(runtime.device)
+
+
+class Trainer:
+    """Runs one recipe on one model; see the module docstring."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, data: TrainingData, runtime: Runtime, folder: Path,
+                 log_epoch: Callable[[int, dict], None] | None = None,
+                 log_curve: Callable[[str, LRCurve], None] | None = None,
+                 log_resume: Callable[[int], None] | None = None, progress: bool = True):
+        self.model, self.recipe, self.data, self.runtime, self.folder = model, recipe, data, runtime, folder
+        self.log_epoch, self.log_curve, self.log_resume = log_epoch, log_curve, log_resume
+        self.progress = progress and runtime.is_main
+        self.normalization = input_normalization(recipe.backbone)
+        self.loss_fn = make_loss(recipe, data, runtime)
+
+    # ---- data ----------------------------------------------------------------------------
+    def _train_loader(self, size: int) -> tuple[torch.utils.data.DataLoader, DistributedSampler]:
+        dataset = CachedImages(self.data.images(size), self.data.train.rows, self.data.train.counts)
+        # one sampler for 1 or N processes: a seeded shuffle per epoch, each rank its own share
+        sampler = DistributedSampler(dataset, num_replicas=self.runtime.world_size, rank=self.runtime.rank,
+                                     shuffle=True, seed=self.recipe.seed,
+                                     drop_last=len(dataset) >= 2 * self.runtime.world_size)
+        loader = batches(dataset, self.recipe.batch_size, self.runtime.cuda, self.runtime.loader_workers, sampler)
+        return loader, sampler
+
+    def _flip_generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch * 1_009 + self.runtime.rank)
+
+    def _endless(self, loader, sampler) -> Iterator:
+        for round_ in itertools.count():
+            sampler.set_epoch(10_000 + round_)
+            yield from loader
+
+    # ---- one epoch -----------------------------------------------------------------------
+    def _train_epoch(self, model: nn.Module, loader, optimizer, phase: Phase, t0: int, epoch: int) -> dict:
+        model.train()
+        k = self.data.num_classes
+        totals = torch.zeros(2 + k * k, dtype=torch.float64, device=self.runtime.device)  # loss sum, n, confusion
+        flips = self._flip_generator(epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.epochs} ({phase.image_size}px)", unit="batch",
+                   leave=False, disable=not self.progress)
+        for i, (images, counts) in enumerate(bar):
+            set_lr(optimizer, lr_factor(self.recipe, t0 + i / len(loader), phase.epochs))
+            if self.recipe.flip:
+                images = random_flip(images, flips)
+            loss, logits = train_step(model, images, counts, self.loss_fn, optimizer, self.runtime,
+                                      self.normalization)
+            counts = counts.to(self.runtime.device)
+            totals[0] += loss * len(counts)
+            totals[1] += len(counts)
+            totals[2:] += torch.bincount(counts * k + logits.argmax(dim=1), minlength=k * k)
+            if self.progress and i % 5 == 0:
+                bar.set_postfix(loss=f"{totals[0].item() / totals[1].item():.3f}")
+        totals = self.runtime.all_sum(totals).cpu().numpy()
+        confusion = totals[2:].reshape(k, k)
+        return {"train_loss": float(totals[0] / max(totals[1], 1)), **confusion_summary(confusion, "train"),
+                "lr": optimizer.param_groups[-1]["lr"]}
+
+    def _validate(self, size: int) -> dict:
+        data = CachedImages(self.data.images(size), self.data.val.rows, self.data.val.counts)
+        probs = predict(self.model, data, self.normalization, self.runtime, self.recipe.tta)
+        return score(probs, self.data.val.counts, self.data.num_classes)
+
+    def _improved(self, state: FitState, value: float) -> bool:
+        if state.best_score is None:
+            return True
+        return value < state.best_score - 1e-6 if MONITORS[self.recipe.monitor] == "min" \
+            else value > state.best_score + 1e-6
+
+    # ---- the recipe ----------------------------------------------------------------------
+    def _sweep(self, phase: Phase, model: nn.Module, loader, sampler) -> LRCurve:
+        optimizer = make_optimizer(self.model, self.recipe, phase, lr=1.0)  # only the groups' ratios matter
+        return lr_sweep(model, self._endless(loader, sampler), self.loss_fn, optimizer, self.runtime,
+                        self.normalization, steps=self.recipe.lr_finder_steps)
+
+    def find_lr(self) -> LRCurve:
+        """LR-finder sweep for the recipe's first phase, from the model as it is (weights restored after)."""
+        phase = self.recipe.phases[0]
+        set_body_trainable(self.model, self.recipe.backbone, phase.train_body)
+        loader, sampler = self._train_loader(phase.image_size)
+        return self._sweep(phase, self.runtime.wrap(self.model), loader, sampler)
+
+    def _phase_lr(self, index: int, phase: Phase, state: FitState, model: nn.Module, loader, sampler) -> float:
+        """The phase's lr: fixed by the recipe, or found by a sweep (once: a resumed run reuses it)."""
+        if phase.lr is not None:
+            return phase.lr
+        if str(index) not in state.phase_lrs:
+            curve = self._sweep(phase, model, loader, sampler)
+            if self.runtime.is_main and self.log_curve:
+                self.log_curve(f"phase {index}", curve)
+            state.phase_lrs[str(index)] = self.runtime.broadcast(curve.suggested)
+        return state.phase_lrs[str(index)]
+
+    def fit(self, on_epoch: Callable[[int, dict], None] | None = None) -> FitState:
+        """Train (or continue training) to the end of the recipe; the model ends with the best weights."""
+        state, optimizer_state = FitState(), None
+        resumed = load_checkpoint(self.folder)
+        if resumed:
+            model_state, optimizer_state, state = resumed
+            self.model.load_state_dict(model_state)
+            if self.runtime.is_main and self.log_resume:
+                self.log_resume(state.epoch)
+        for index, phase, first in phase_plan(self.recipe):
+            if state.epoch < first + phase.epochs:
+                self._run_phase(index, phase, first, state, optimizer_state, on_epoch)
+        self.runtime.barrier()
+        if self.runtime.is_main:
+            self.model.load_state_dict(load_state_dict(self.folder / BEST))
+        return state
+
+    def _run_phase(self, index: int, phase: Phase, first: int, state: FitState, optimizer_state: dict | None,
+                   on_epoch: Callable[[int, dict], None] | None) -> None:
+        """Epochs `state.epoch` .. end of the phase (a fresh DDP wrapper: trainable parameters changed)."""
+        started = time.perf_counter()
+        last = first + phase.epochs
+        set_body_trainable(self.model, self.recipe.backbone, phase.train_body)
+        model = self.runtime.wrap(self.model)
+        loader, sampler = self._train_loader(phase.image_size)
+        lr = self._phase_lr(index, phase, state, model, loader, sampler)
+        optimizer = make_optimizer(self.model, self.recipe, phase, lr)
+        if state.epoch > first:  # resuming inside this phase
+            optimizer.load_state_dict(optimizer_state)
+        else:
+            state.bad_epochs = 0
+        for epoch in range(state.epoch, last):
+            sampler.set_epoch(epoch)
+            values = self._train_epoch(model, loader, optimizer, phase, epoch - first, epoch)
+            stop = False
+            if self.runtime.is_main:
+                values.update(self._validate(phase.image_size), phase=index, image_size=phase.image_size)
+                if self._improved(state, values[self.recipe.monitor]):
+                    state.best_score, state.best_epoch = values[self.recipe.monitor], epoch + 1
+                    state.best_size, state.best_values, state.bad_epochs = phase.image_size, values, 0
+                    save_state_dict(self.folder / BEST, self.model.state_dict())
+                else:
+                    state.bad_epochs += 1
+                stop = state.bad_epochs >= self.recipe.patience
+            stop = self.runtime.broadcast(stop)
+            state.epoch = last if stop else epoch + 1  # an early stop skips the rest of the phase
+            state.seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            if self.runtime.is_main:
+                values["seconds"] = state.seconds
+                save_checkpoint(self.folder, self.model, optimizer, state)
+                if self.log_epoch:
+                    self.log_epoch(epoch + 1, values)
+                if on_epoch:
+                    on_epoch(epoch + 1, values)
+            if stop:
+                return

@@ -1,0 +1,78 @@
+"""Learning-rate finder (Smith 2017): train for one exponential sweep of learning rates, watch the loss.
+
+The suggestion is the lr where the smoothed loss falls fastest (steepest negative slope
+against log lr), looked for before the loss bottoms out. The model's weights are restored
+afterwards, so the sweep leaves no trace on training.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.cnn.inputs import Normalization
+from core.cnn.runtime import Runtime
+from core.cnn.step import train_step
+
+
+@dataclass
+class LRCurve:
+    lrs: list[float]
+    losses: list[float]  # smoothed (bias-corrected exponential moving average)
+    suggested: float
+
+
+def suggest_lr(lrs, losses, skip_start: int = 3) -> float:
+    """The lr of steepest descent of `losses` against log(lr), before the loss minimum."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    if len(lrs) < 2:
+        raise ValueError("an lr curve needs at least two points")
+    lowest = int(np.nanargmin(losses))
+    start = min(skip_start, max(lowest - 1, 0))
+    if lowest - start < 2:  # the loss bottoms out at once: stay well below that lr
+        return float(lrs[lowest] / 10)
+    slopes = np.gradient(losses[start:lowest + 1], np.log(lrs[start:lowest + 1]))
+    return float(lrs[start + int(np.argmin(slopes))])
+
+
+def lr_sweep(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
+             optimizer: torch.optim.Optimizer, runtime: Runtime, normalization: Normalization,
+             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smoothing: float = 0.98,
+             diverge: float = 4.0) -> LRCurve:
+    """Sweep the lr of `optimizer`'s last group from `start_lr` to `end_lr` over `steps` batches.
+
+    Groups keep their ratios (differential lrs sweep together). Stops early once the smoothed
+    loss exceeds `diverge` x its minimum. Losses are averaged over ranks, so every rank stops
+    at the same step. `model` may be DDP-wrapped; its weights are restored at the end.
+    """
+    module = model.module if hasattr(model, "module") else model
+    saved = copy.deepcopy(module.state_dict())
+    top = max(g["base_lr"] for g in optimizer.param_groups)
+    ratio = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+    lrs, losses, average, best = [], [], 0.0, math.inf
+    model.train()
+    try:
+        for i in range(steps):
+            images, counts = next(batches)
+            lr = start_lr * ratio**i
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] / top * lr
+            loss, _ = train_step(model, images, counts, loss_fn, optimizer, runtime, normalization)
+            loss = float(runtime.all_sum(loss).item()) / runtime.world_size
+            average = smoothing * average + (1 - smoothing) * loss
+            smoothed = average / (1 - smoothing ** (i + 1))
+            if not math.isfinite(smoothed):
+                break
+            lrs.append(lr)
+            losses.append(smoothed)
+            best = min(best, smoothed)
+            if smoothed > diverge * best:
+                break
+    finally:
+        module.load_state_dict(saved)
+    return LRCurve(lrs, losses, suggest_lr(lrs, losses))

@@ -1,0 +1,153 @@
+"""Training recipes: the paper's (SGD step decay, SGDR, Adam, freeze-then-unfreeze with
+differential learning rates, progressive resizing, TTA) as named, overridable presets.
+
+A recipe is plain data. Its `params()` dict is the experiment's configuration, so two runs
+with equal params on the same data are the same experiment (reused or resumed, not redone).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from core.backbones import BACKBONES
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "sgdr", "cosine", "constant")
+CLASS_WEIGHTS = ("none", "sqrt", "balanced")
+MONITORS = {"val_loss": "min", "val_rmse": "min", "val_accuracy": "max", "val_balanced_accuracy": "max"}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with one image size, one set of trainable layers and one optimiser.
+
+    `lr` is the learning rate of the last layer group; None runs the LR finder at the start of
+    the phase and uses its suggestion. `differential` trains early/middle/last groups at
+    lr/9, lr/3 and lr (it needs `train_body`).
+    """
+
+    epochs: int
+    image_size: int
+    train_body: bool = True
+    lr: float | None = None
+    differential: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    backbone: str
+    phases: tuple[Phase, ...]
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # the lr shape inside each phase
+    step_epochs: int = 10  # "step": multiply by step_gamma every step_epochs
+    step_gamma: float = 0.1
+    restart_epochs: float = 1.0  # "sgdr": first cycle length, then x restart_mult
+    restart_mult: int = 2
+    warmup_epochs: float = 0.0  # linear warm-up at the start of each phase
+    batch_size: int = 32
+    class_weights: str = "none"  # cross-entropy weights from train class frequencies
+    count_weight: float = 0.0  # adds count_weight * (expected count - true count)^2 to the loss
+    label_smoothing: float = 0.0
+    flip: bool = True  # random horizontal flips while training
+    tta: bool = True  # average predictions over the image and its mirror
+    monitor: str = "val_loss"  # validation metric for early stopping and for the kept weights
+    patience: int = 3  # epochs without improvement that end a phase
+    pretrained: bool = True
+    lr_finder_steps: int = 100
+    seed: int = 0
+    notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone {self.backbone!r} not in {BACKBONES}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} not in {SCHEDULES}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            problems.append(f"class_weights {self.class_weights!r} not in {CLASS_WEIGHTS}")
+        if self.monitor not in MONITORS:
+            problems.append(f"monitor {self.monitor!r} not in {tuple(MONITORS)}")
+        if not self.phases:
+            problems.append("a recipe needs at least one phase")
+        for i, phase in enumerate(self.phases):
+            if phase.epochs < 1 or phase.image_size < 16:
+                problems.append(f"phase {i}: needs epochs >= 1 and image_size >= 16")
+            if phase.differential and not phase.train_body:
+                problems.append(f"phase {i}: differential learning rates need train_body")
+        if problems:
+            raise ValueError("invalid recipe: " + "; ".join(problems))
+
+    @property
+    def epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def params(self) -> dict:
+        """The configuration as stored with the experiment (notes left out: they are not config)."""
+        params = dataclasses.asdict(self)
+        params.pop("notes")
+        return params
+
+
+def with_overrides(recipe: Recipe, overrides: dict | None) -> Recipe:
+    """A copy of `recipe` with fields replaced; `phases` may be given as a list of dicts."""
+    if not overrides:
+        return recipe
+    overrides = dict(overrides)
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Recipe)}
+    if unknown:
+        raise ValueError(f"unknown recipe fields: {sorted(unknown)}")
+    if "phases" in overrides:
+        overrides["phases"] = tuple(p if isinstance(p, Phase) else Phase(**p) for p in overrides["phases"])
+    return dataclasses.replace(recipe, **overrides)
+
+
+def _paper_sgd(backbone: str) -> Recipe:
+    return Recipe(backbone, (Phase(30, 224, lr=0.1),), optimizer="sgd", weight_decay=1e-4,
+                  schedule="step", step_epochs=10, step_gamma=0.1, monitor="val_loss", patience=5,
+                  notes="SGD + momentum, lr 0.1 divided by 10 every 10 epochs, 224 px")
+
+
+def _staged(backbone: str, optimizer: str, schedule: str, lr: float, weight_decay: float) -> Recipe:
+    """Freeze-then-unfreeze with differential lrs and progressive resizing 64 -> 128 -> 224.
+
+    With "sgdr", each 7-epoch phase holds cycles of 1, 2 and 4 epochs.
+    """
+    phases = (
+        Phase(2, 64, train_body=False, lr=lr),
+        Phase(7, 64, differential=True, lr=lr),
+        Phase(7, 128, differential=True, lr=lr),
+        Phase(7, 224, differential=True, lr=lr),
+    )
+    return Recipe(backbone, phases, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
+                  restart_epochs=1, restart_mult=2, monitor="val_loss", patience=4,
+                  notes=f"{optimizer} + {schedule}: head first, then unfreeze at lr/9, lr/3, lr; 64->128->224 px")
+
+
+PRESETS: dict[str, Recipe] = {
+    # Table III of the paper
+    "resnet18-sgd": _paper_sgd("resnet18"),
+    "resnet34-sgd": _paper_sgd("resnet34"),
+    "resnet34-sgdr": _staged("resnet34", "sgd", "sgdr", lr=0.01, weight_decay=1e-4),
+    "resnet34-adam": _staged("resnet34", "adam", "cosine", lr=1e-3, weight_decay=1e-4),
+    "resnet50-adam": _staged("resnet50", "adam", "cosine", lr=1e-3, weight_decay=1e-4),
+    # the same recipes on EfficientNet-Lite0, whose ImageNet weights load offline
+    "effnet-sgdr": _staged("efficientnet_lite0", "sgd", "sgdr", lr=0.01, weight_decay=1e-4),
+    "effnet-adam": _staged("efficientnet_lite0", "adam", "cosine", lr=1e-3, weight_decay=1e-4),
+    # finishes in under 10 minutes on the 2-core CPU with the shared sample; settings chosen on val
+    "quick": Recipe(
+        "efficientnet_lite0",
+        (Phase(1, 160, train_body=False, lr=3e-3), Phase(4, 160, differential=True, lr=1e-3)),
+        optimizer="adamw", weight_decay=1e-2, schedule="cosine", warmup_epochs=0.2, batch_size=32,
+        class_weights="sqrt", count_weight=0.1, monitor="val_loss", patience=2,
+        notes="EfficientNet-Lite0: head 1 epoch, then 4 epochs unfrozen at lr/9, lr/3, lr; 160 px"),
+}
+
+
+def get_recipe(preset: str, overrides: dict | None = None) -> Recipe:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return with_overrides(PRESETS[preset], overrides)

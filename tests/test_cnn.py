@@ -1,0 +1,205 @@
+"""CNN transfer learning on tiny generated bins: weights, recipes, store conventions, resume, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.backbones import build_model, input_normalization
+from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
+from core.cnn.checkpoint import CHECKPOINT
+from core.cnn.inputs import random_flip, to_model_input
+from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer
+from core.dataset import prepare_dataset
+from core.store import Store
+
+TINY = {"batch_size": 8, "lr_finder_steps": 8, "patience": 5}
+
+
+def tiny(*phases: dict, **fields) -> dict:
+    """Overrides for a quick run on the tiny collection."""
+    return {**TINY, "phases": list(phases), **fields}
+
+
+@pytest.fixture
+def store(store_root) -> Store:
+    return Store(store_root)
+
+
+# ---- pieces ---------------------------------------------------------------------------------
+def test_model_input_is_normalised_channels_first():
+    images = torch.tensor([[[[0, 127, 255]]]], dtype=torch.uint8).expand(2, 4, 5, 3).contiguous()
+    x = to_model_input(images, ((0.5, 0.5, 0.5), (0.25, 0.5, 1.0)))
+    assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
+    assert torch.allclose(x[:, :, 0, 0], torch.tensor([-2.0, 127 / 255 / 0.5 - 1, 0.5]))
+    with pytest.raises(ValueError):
+        to_model_input(images.float(), ((0, 0, 0), (1, 1, 1)))
+
+
+def test_random_flip_mirrors_some_images_only():
+    images = torch.arange(16 * 2 * 3 * 3, dtype=torch.int64).reshape(16, 2, 3, 3).to(torch.uint8)
+    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(f, i.flip(1)) for f, i in zip(flipped, images)]
+    unchanged = [torch.equal(f, i) for f, i in zip(flipped, images)]
+    assert all(m or u for m, u in zip(mirrored, unchanged)) and any(mirrored) and any(unchanged)
+
+
+def test_lr_schedules():
+    step = get_recipe("resnet18-sgd")
+    assert [lr_factor(step, t, 30) for t in (0, 9.9, 10, 20.5)] == pytest.approx([1, 1, 0.1, 0.01])
+    sgdr = get_recipe("resnet34-sgdr")  # cycles of 1, 2, 4 epochs
+    assert lr_factor(sgdr, 0, 7) == pytest.approx(1)
+    assert lr_factor(sgdr, 0.5, 7) == pytest.approx(0.5)
+    assert lr_factor(sgdr, 0.999, 7) < 0.01 and lr_factor(sgdr, 1.0, 7) == pytest.approx(1)  # restart
+    assert lr_factor(sgdr, 2.0, 7) == pytest.approx(0.5) and lr_factor(sgdr, 3.0, 7) == pytest.approx(1)
+    warm = get_recipe("quick", {"warmup_epochs": 1.0, "schedule": "constant"})
+    assert lr_factor(warm, 0.5, 4) == pytest.approx(0.5, abs=0.01) and lr_factor(warm, 2, 4) == 1
+
+
+def test_differential_learning_rates_and_frozen_head_phase():
+    recipe = get_recipe("effnet-adam")
+    model, _ = build_model(recipe.backbone, 6, pretrained=False)
+    opt = make_optimizer(model, recipe, Phase(1, 64, differential=True, lr=0.9), lr=0.9)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.3, 0.9])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    head = make_optimizer(model, recipe, Phase(1, 64, train_body=False, lr=0.5), lr=0.5)
+    assert len(head.param_groups) == 1 and len(head.param_groups[0]["params"]) == 2  # weight and bias
+
+
+def test_class_weights_and_counting_loss():
+    counts = np.array([1] * 8 + [2] * 2)
+    balanced = class_weights(counts, 4, "balanced")
+    assert balanced[0] == 0 and balanced[3] == 0 and balanced[2] == pytest.approx(4 * balanced[1])
+    assert class_weights(counts, 4, "sqrt")[2] == pytest.approx(2 * class_weights(counts, 4, "sqrt")[1])
+    assert class_weights(counts, 4, "none") is None
+    logits = torch.tensor([[0.0, 0.0, 9.0], [9.0, 0.0, 0.0]])
+    target = torch.tensor([2, 2])
+    plain, counting = CountingLoss(3), CountingLoss(3, count_weight=1.0)
+    assert counting(logits, target) > plain(logits, target)  # the far-off guess (0 for 2) costs extra
+    close = torch.tensor([[0.0, 9.0, 0.0]])
+    assert counting(close, target[:1]) - plain(close, target[:1]) < counting(logits[1:], target[1:]) - plain(logits[1:], target[1:])
+
+
+def test_presets_cover_table_iii_and_reject_bad_fields():
+    for name in ("resnet18-sgd", "resnet34-sgd", "resnet34-sgdr", "resnet34-adam", "resnet50-adam", "quick"):
+        assert name in PRESETS
+    assert PRESETS["resnet18-sgd"].phases[0].lr == 0.1 and PRESETS["resnet18-sgd"].step_epochs == 10
+    assert [p.image_size for p in PRESETS["resnet34-adam"].phases] == [64, 64, 128, 224]
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        get_recipe("quick", {"learning_rate": 1})
+    with pytest.raises(ValueError, match="differential"):
+        get_recipe("quick", {"phases": [{"epochs": 1, "image_size": 32, "train_body": False, "differential": True}]})
+
+
+def test_pretrained_efficientnet_weights_load():
+    model, weights = build_model("efficientnet_lite0", 6, pretrained=True)
+    assert weights.startswith("ImageNet")
+    stem = model.conv_stem.weight.detach()
+    assert stem.abs().mean() > 0.05  # trained filters, not a fresh init
+    assert input_normalization("efficientnet_lite0")[0][0] == pytest.approx(127 / 255)
+
+
+# ---- whole runs -----------------------------------------------------------------------------
+def test_train_records_conventions_and_serves_the_same_predictions(tiny_collection, store):
+    overrides = tiny({"epochs": 1, "image_size": 32, "train_body": False, "lr": 1e-2},
+                     {"epochs": 1, "image_size": 32, "differential": True, "lr": 1e-3})
+    seen = []
+    exp_id = train_cnn(tiny_collection, "quick", store, overrides, progress=False,
+                       on_epoch=lambda epoch, values: seen.append(epoch))
+    exp = store.experiment(exp_id)
+    assert exp["status"] == "finished" and exp["family"] == "cnn" and seen == [1, 2]
+    assert exp["weights"].startswith("ImageNet") and exp["device"].startswith("cpu")
+    details = exp["details"]
+    assert details["image_size"] == 32 and details["num_classes"] == 6 and details["train_seconds"] > 0
+    assert details["root"] == str(tiny_collection)
+    folder = store.artifact_dir(exp_id)
+    assert (folder / details["artifact"]).is_file() and not (folder / CHECKPOINT).exists()
+    assert json.loads((folder / "model.json").read_text())["tta"] is True
+    epochs = store.epochs(exp_id)
+    assert list(epochs["epoch"]) == [1, 2]
+    for column in ("train_loss", "train_accuracy", "train_balanced_accuracy", "train_rmse",
+                   "val_loss", "val_accuracy", "val_balanced_accuracy", "val_rmse"):
+        assert epochs[column].notna().all()
+    assert set(exp["metrics"]) >= {"accuracy", "balanced_accuracy", "rmse", "per_class_accuracy"}
+
+    stored = store.predictions(exp_id)
+    dataset = prepare_dataset(tiny_collection, 32, store=store.root, progress=False)
+    test = dataset.split("test")
+    assert sorted(stored["image_id"]) == sorted(test["image_id"])
+    images, _ = dataset.arrays("test", 32)
+    probs = load_predictor(store, exp)(images)
+    assert probs.shape == (len(test), 6) and np.allclose(probs.sum(axis=1), 1)
+    expected = np.array(stored.set_index("image_id").loc[test["image_id"], "probs"].tolist())
+    assert np.allclose(probs, expected, atol=1e-4)  # serving = training's evaluation path
+
+    again = train_cnn(tiny_collection, "quick", store, overrides, progress=False,
+                      on_epoch=lambda epoch, values: seen.append(epoch))
+    assert again == exp_id and seen == [1, 2]  # served from the store, not retrained
+
+
+@pytest.mark.parametrize("preset, overrides", [
+    ("resnet18-sgd", tiny({"epochs": 2, "image_size": 32, "lr": 0.1}, pretrained=False, step_epochs=1)),
+    ("resnet34-sgdr", tiny({"epochs": 1, "image_size": 32, "train_body": False, "lr": 0.01},
+                           {"epochs": 2, "image_size": 32, "differential": True, "lr": 0.01},
+                           backbone="resnet18", pretrained=False)),
+    ("effnet-adam", tiny({"epochs": 1, "image_size": 32, "train_body": False, "lr": 1e-3},
+                         {"epochs": 1, "image_size": 48, "differential": True, "lr": 1e-3})),
+    ("quick", tiny({"epochs": 1, "image_size": 32, "lr": 1e-3}, {"epochs": 1, "image_size": 48, "lr": 1e-3},
+                   tta=False, flip=False, count_weight=0.5, class_weights="balanced")),
+])
+def test_each_recipe_runs_a_step_or_two(tiny_collection, store, preset, overrides):
+    recipe = get_recipe(preset, overrides)
+    exp = store.experiment(train_cnn(tiny_collection, preset, store, overrides, progress=False))
+    assert exp["status"] == "finished" and exp["model"] == recipe.backbone
+    epochs = store.epochs(exp["id"])
+    assert list(epochs["image_size"]) == [s for p in recipe.phases for s in [p.image_size] * p.epochs]
+    if recipe.schedule == "step":
+        assert epochs["lr"].iloc[1] == pytest.approx(0.01)  # divided by 10 after step_epochs=1
+    if not recipe.pretrained:
+        assert "random init" in exp["weights"]
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tiny_collection, store):
+    overrides = tiny({"epochs": 2, "image_size": 32, "train_body": False, "lr": 1e-2},
+                     {"epochs": 2, "image_size": 32, "differential": True, "lr": 1e-3})
+
+    def crash_after_first(epoch, values):
+        if epoch == 1:
+            raise KeyboardInterrupt  # what Ctrl-C looks like
+
+    with pytest.raises(KeyboardInterrupt):
+        train_cnn(tiny_collection, "quick", store, overrides, progress=False, on_epoch=crash_after_first)
+    (crashed,) = store.experiments()
+    assert crashed["status"] == "failed" and (store.artifact_dir(crashed["id"]) / CHECKPOINT).is_file()
+
+    def stop_after_third(epoch, values):
+        if epoch == 3:  # inside the second phase: the optimiser state must come back too
+            raise SystemExit
+
+    with pytest.raises(SystemExit):
+        train_cnn(tiny_collection, "quick", store, overrides, progress=False, on_epoch=stop_after_third)
+    store.update(crashed["id"], status="running", pid=2**22 + 17, ended_at=None)  # as if killed: pid is gone
+    assert store.experiment(crashed["id"])["status"] == "interrupted"
+
+    seen = []
+    exp_id = train_cnn(tiny_collection, "quick", store, overrides, progress=False,
+                       on_epoch=lambda epoch, values: seen.append(epoch))
+    assert exp_id == crashed["id"] and len(store.experiments()) == 1
+    assert seen == [4]  # continued after epoch 3, not from scratch
+    exp = store.experiment(exp_id)
+    assert exp["status"] == "finished" and exp["details"]["resumed_from_epochs"] == [1, 3]
+    assert list(store.epochs(exp_id)["epoch"]) == [1, 2, 3, 4]
+
+
+def test_cli_trains_with_overrides(tiny_collection, store_root, capsys):
+    from train import main
+
+    phases = json.dumps([{"epochs": 1, "image_size": 32, "lr": 1e-3}])
+    main(["cnn", "--data", str(tiny_collection), "--preset", "quick", "--quiet",
+          "--set", f"phases={phases}", "batch_size=8", "tta=false"])
+    out = capsys.readouterr().out
+    assert "test: accuracy" in out and "ImageNet" in out
+    (exp,) = Store(store_root).experiments()
+    assert exp["params"]["batch_size"] == 8 and exp["params"]["tta"] is False
