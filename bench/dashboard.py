@@ -68,7 +68,7 @@ def render_times(store: Path, batch: int = 20, repeat: int = 3) -> list[tuple[st
         at = AppTest.from_file(str(APP), default_timeout=600)
         first = _timed(at)  # the first run shows the default page, the overview
         if page != "overview":
-            first = _timed(at.switch_page(f"pages/{page}.py"))
+            first = _timed(at.switch_page(f"views/{page}.py"))
         if _prepare(at, page, photos):
             first = _timed(at)
         warm = min(_timed(at) for _ in range(repeat))

@@ -75,6 +75,7 @@ def curve_metrics(curves: Mapping[str, pd.DataFrame]) -> list[str]:
 def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | None = None) -> go.Figure:
     """One metric per epoch for several experiments: colour = experiment, dash = train/val."""
     fig = go.Figure()
+    last_epoch = max((frame["epoch"].max() for frame in curves.values() if len(frame)), default=1)
     for i, (label, frame) in enumerate(curves.items()):
         for column in frame.columns:
             phase, name = split_curve_column(column)
@@ -85,7 +86,7 @@ def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | 
                 line=dict(color=colour(i), dash=PHASE_DASH.get(phase, "solid")), marker=dict(size=5),
                 hovertemplate=f"{label}<br>{column}: %{{y:.4g}} at epoch %{{x}}<extra></extra>",
             ))
-    fig.update_xaxes(title="epoch")
+    fig.update_xaxes(title="epoch", dtick=1 if last_epoch <= 20 else None)
     fig.update_yaxes(title=metric.replace("_", " "))
     if "acc" in metric:
         fig.update_yaxes(tickformat=".0%")
@@ -157,13 +158,14 @@ def lr_finder_figure(curves: Sequence[Mapping]) -> go.Figure:
         lrs = np.asarray(curve["lrs"], dtype=float)
         losses = np.asarray(curve["losses"], dtype=float)
         fig.add_trace(go.Scatter(x=lrs, y=losses, mode="lines", name=curve["label"], line=dict(color=colour(i)),
-                                 hovertemplate="lr %{x:.2e}: loss %{y:.4f}<extra></extra>"))
+                                 legendgroup=str(i), hovertemplate="lr %{x:.2e}: loss %{y:.4f}<extra></extra>"))
         suggested = curve.get("suggested")
         if suggested and suggested > 0 and len(lrs):  # starred even outside the sweep, at the edge's loss
             order = np.argsort(lrs)
             loss_at = float(np.interp(np.log10(suggested), np.log10(lrs[order]), losses[order]))
             fig.add_trace(go.Scatter(
                 x=[suggested], y=[loss_at], mode="markers+text", name=f"{curve['label']} · suggested",
+                legendgroup=str(i), showlegend=False,
                 marker=dict(symbol="star", size=16, color=colour(i), line=dict(color="black", width=1)),
                 text=[f"{suggested:.1e}"], textposition="top center",
                 hovertemplate="suggested lr %{x:.2e}<extra></extra>",

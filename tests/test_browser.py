@@ -90,6 +90,8 @@ def test_upload_a_photo_and_read_the_count(dashboard_url, trained_store, tmp_pat
             expect(metric).to_be_visible(timeout=60_000)
             shown = metric.locator('[data-testid="stMetricValue"]').inner_text()
             expect(page.get_by_text("bin.jpg").first).to_be_visible()
+            # served through the app's navigation (its page titles), even when opened by URL
+            expect(page.get_by_test_id("stSidebarNav").get_by_text("Reconcile a batch")).to_be_visible()
         finally:
             browser.close()
     assert int(shown) == expected

@@ -32,7 +32,7 @@ PAGES = ("overview", "compare", "per_class", "confusion", "lr_finder", "misclass
 def open_page(page: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120).run()
     if page != "overview":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, at.exception[0].value
     return at
 
@@ -95,7 +95,7 @@ def test_empty_store_says_how_to_train(page, tmp_path, monkeypatch):
 
 
 def test_the_train_commands_shown_are_real_commands():
-    lr_page = (PROJECT_ROOT / "dashboard" / "pages" / "lr_finder.py").read_text()
+    lr_page = (PROJECT_ROOT / "dashboard" / "views" / "lr_finder.py").read_text()
     lr_command = lr_page.split('st.code("')[1].split('"')[0]
     for line in [*ui.TRAIN_COMMANDS, lr_command]:
         words = shlex.split(line.split("#")[0])

@@ -19,7 +19,8 @@ st.subheader("Training curves")
 curves = {names[e["id"]]: frame for e in chosen if not (frame := state.epochs(e["id"])).empty}
 if curves:
     options = figures.curve_metrics(curves)
-    metric = st.segmented_control("Curve", options, default=options[0], key="compare-metric") or options[0]
+    metric = st.segmented_control("Curve", options, default=options[0], key="compare-metric",
+                                  format_func=lambda m: m.replace("_", " ")) or options[0]
     st.plotly_chart(figures.curves_figure(curves, metric), key="compare-curves")
     st.caption("Solid: training; dashed: validation. Models fitted in one go (classical ones) have no curves.")
 else:
