@@ -45,7 +45,7 @@ def _predictor(store: Store, exp: dict) -> Predictor:
 def resolve_experiment(store: Store, model: str = "best") -> dict:
     """`best` (highest test balanced accuracy), an experiment id, or the newest finished run of that name."""
     exp_id = store.best() if model == "best" else model
-    finished = store.experiments("finished")
+    finished = [e for e in store.experiments("finished") if e["family"] in FAMILY_MODULES]
     match = [e for e in finished if e["id"] == exp_id] or [e for e in finished if e["name"] == model]
     if not match:
         hint = "no finished experiment yet: train one with `python train.py suite`" if not finished else \
@@ -87,8 +87,8 @@ class Counter:
     @staticmethod
     def _result(probs: np.ndarray) -> CountResult:
         count = int(np.argmax(probs))
-        return CountResult(count, probs.round(6).tolist(), float(np.dot(probs, np.arange(len(probs)))),
-                           float(probs[count]))
+        rounded = probs.round(6)
+        return CountResult(count, rounded.tolist(), float(np.dot(probs, np.arange(len(probs)))), float(rounded[count]))
 
     def count(self, source: ImageSource) -> CountResult:
         """Count one photo; raises `ImageError` for anything that is not a usable image."""
