@@ -161,6 +161,15 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
               f"suggested lr {curve['suggested']:.2e}")
 
 
+def cmd_suite(args: argparse.Namespace) -> None:
+    from core.suite import run_default_suite
+
+    root = data_dir(args.data)
+    print(f"data: {root}")
+    run_default_suite(root, cnn_overrides=json.loads(args.cnn_overrides) if args.cnn_overrides else None,
+                      classical_overrides=json.loads(args.classical_overrides) if args.classical_overrides else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.download import DEFAULT_BASE_URL
 
@@ -201,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_classical)
 
+    p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)")
+    p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+    p.add_argument("--cnn-overrides", help='JSON recipe overrides for the CNN, e.g. \'{"batch_size": 16}\'')
+    p.add_argument("--classical-overrides", help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
+    p.set_defaults(func=cmd_suite)
+
     p = sub.add_parser("count", help="count the items in photos")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
@@ -232,8 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from core.data import DataError
+
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except DataError as err:
+        sys.exit(f"{err}\nTo get photos from ABID's public bucket: {DOWNLOAD_HINT}")
 
 
 if __name__ == "__main__":
