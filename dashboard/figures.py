@@ -207,3 +207,19 @@ def mismatch_bars(report: pd.DataFrame, threshold: float) -> go.Figure:
     fig.update_xaxes(title="bin photo", type="category")
     fig.update_yaxes(title="probability of a mismatch", tickformat=".0%", range=[0, 1.05])
     return _layout(fig, None, height=320)
+
+
+def coverage_curve(coverage: Sequence[float], accuracy: Sequence[float], title: str | None = None) -> go.Figure:
+    """Accuracy on the model's most certain bins against the share of bins it decides.
+
+    Read it as: "if people recount only the bins the model is least sure of, how often is the
+    model right on the rest?" The right end is the plain test accuracy.
+    """
+    fig = go.Figure(go.Scatter(
+        x=coverage, y=accuracy, mode="lines", line=dict(color=colour(0), width=3), fill="tozeroy",
+        fillcolor="rgba(31,119,180,0.12)",
+        hovertemplate="the model decides the %{x:.0%} bins it is surest of: right on %{y:.0%}<extra></extra>",
+    ))
+    fig.update_xaxes(title="share of bins the model decides (the rest are recounted)", tickformat=".0%", range=[0, 1])
+    fig.update_yaxes(title="accuracy on the bins it decides", tickformat=".0%", range=[0, 1.02])
+    return _layout(fig, title)

@@ -109,7 +109,7 @@ def default_data_root() -> str | None:
     return str(found) if found and found.is_dir() else None
 
 
-@st.cache_data(ttl=600, show_spinner="Reading the photo collection…", max_entries=4)
+@st.cache_data(ttl=3600, show_spinner="Reading the photo collection…", max_entries=4)
 def collection(data_root: str) -> pd.DataFrame | None:
     """image_id, path, count, items of a collection (read with `core.data`); None if unreadable."""
     if not data_root:
@@ -120,7 +120,7 @@ def collection(data_root: str) -> pd.DataFrame | None:
         return None
 
 
-@st.cache_data(ttl=600, show_spinner=False, max_entries=4)
+@st.cache_data(ttl=3600, show_spinner=False, max_entries=4)
 def items_by_image(data_root: str) -> dict[str, list[str]]:
     """Item names per image id, where the collection's metadata names them."""
     table = collection(data_root)
@@ -140,7 +140,7 @@ def thumbnail(path: str, size: int = THUMBNAIL_PX) -> np.ndarray | None:
     return np.asarray(img)
 
 
-@st.cache_data(ttl=600, show_spinner=False, max_entries=4)
+@st.cache_data(ttl=3600, show_spinner=False, max_entries=4)
 def sample_paths(data_root: str, per_count: int = 2, seed: int = 0) -> pd.DataFrame:
     """A few photos of each count from a collection, for the photo strip and the sample uploads."""
     table = collection(data_root)

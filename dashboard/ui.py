@@ -10,7 +10,8 @@ from dashboard import state
 from dashboard.tables import labels
 
 TRAIN_COMMANDS = (
-    "python train.py cnn --preset quick   # EfficientNet-Lite0, about 10 minutes on a laptop CPU",
+    ".venv/bin/python train.py suite                  # the default experiments: PCA and HOG SVMs, a small CNN",
+    ".venv/bin/python train.py cnn --preset quick     # or one at a time (see: train.py --help)",
 )
 
 

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from core.classical import train_classical
 from core.cnn import find_lr, train_cnn
 from core.predict import load_counter
 from core.store import Store
 from tests.conftest import write_manifest_collection
 
 CNN_TINY = {"batch_size": 8, "lr_finder_steps": 8, "patience": 5}
+CLASSICAL_TINY = {"image_size": 32, "feature_params": {"size": 32}, "folds": 3, "n_jobs": 1, "progress": False}
 _BUILT: dict[str, Path] = {}  # one build per test session, whichever module asks first
 
 
@@ -29,6 +31,8 @@ def build_trained_store(root: Path) -> Path:
     train_cnn(data, "quick", store, progress=False, overrides={
         **CNN_TINY, "phases": [{"epochs": 2, "image_size": 32, "train_body": False, "lr": 3e-3}]})
     find_lr(data, "quick", store, progress=False, overrides={**CNN_TINY, "phases": [{"epochs": 1, "image_size": 32}]})
+    train_classical(data, "hog", "svc", store=store, grid={"C": [1, 10]}, **CLASSICAL_TINY)
+    train_classical(data, "raw", "logreg", store=store, grid={"C": [1]}, **CLASSICAL_TINY)
     load_counter("best", store)  # calibrates the best model once, before any page or server reads it
     return store.root
 

@@ -108,6 +108,12 @@ def test_mismatch_bars_red_above_threshold_and_skip_unchecked_bins():
     assert len(empty.data[0].x) == 0
 
 
+def test_coverage_curve_in_percent_from_most_certain_to_all_bins():
+    fig = figures.coverage_curve([0.25, 0.5, 1.0], [1.0, 0.8, 0.55])
+    assert list(fig.data[0].x) == [0.25, 0.5, 1.0] and list(fig.data[0].y) == [1.0, 0.8, 0.55]
+    assert fig.layout.xaxis.tickformat == ".0%" and fig.layout.yaxis.tickformat == ".0%"
+
+
 def experiment(exp_id, name, status="finished", bal=0.5, started=0.0, family="classical"):
     metrics = {"accuracy": bal + 0.1, "balanced_accuracy": bal, "rmse": 1.0 - bal, "n": 10,
                "per_class_accuracy": [bal, None, 1.0], "per_class_rmse": [0.5, None, 0.0],

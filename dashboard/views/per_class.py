@@ -25,3 +25,15 @@ st.dataframe(per_class, hide_index=True, column_config={
     "RMSE": st.column_config.NumberColumn(format="%.3f"),
 })
 st.caption("Counts with few test photos give noisy numbers; a blank means no test photo holds that count.")
+
+st.subheader("How far can we trust it?")
+calibration = exp["details"].get("calibration")
+if calibration and calibration.get("coverage"):
+    coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
+    half = accuracy[min(range(len(coverage)), key=lambda i: abs(coverage[i] - 0.5))]
+    st.caption(f"If the model decides only the half of the bins it is surest of and people recount the rest, "
+               f"it is right on {half:.0%} of the bins it decides (test photos; {accuracy[-1]:.0%} when it decides all).")
+    st.plotly_chart(figures.coverage_curve(coverage, accuracy), key="pc-coverage")
+else:
+    st.caption("Not known yet: the model's confidence is calibrated the first time it counts a photo "
+               "(Upload and count page), or by `.venv/bin/python train.py suite`.")
