@@ -1,0 +1,216 @@
+"""Classical models: grids, fold fallback, selection rules, every model family, the experiment
+record, the saved pipeline as the counting service loads it, and the store cache."""
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+import train
+from core import classical
+from core.classical import (MODELS, choose_folds, class_probabilities, grid_search, load_predictor, model_grid,
+                            select_balanced, select_paper, suite_experiments, train_classical)
+from core.dataset import prepare_dataset
+from core.store import Store
+
+FAST = {"image_size": 32, "feature_params": {"size": 32}, "grid": {"C": [1, 10]}, "n_jobs": 1, "progress": False}
+
+
+def six_classes(n: int = 120, seed: int = 0):
+    return make_classification(n_samples=n, n_features=12, n_informative=8, n_classes=6, n_clusters_per_class=1,
+                               class_sep=2.0, random_state=seed)
+
+
+def test_model_grid_prefixes_model_parameters_and_keeps_step_parameters():
+    assert model_grid("svc", {"C": [1, 10], "pca__n_components": [50], "gamma": "scale"}) == [
+        {"model__C": [1, 10], "pca__n_components": [50], "model__gamma": ["scale"]}]
+    assert model_grid("tree") == [{"model__max_depth": [4, 8, 16, None], "model__min_samples_leaf": [1, 10]}]
+    assert len(model_grid("linearsvc", [{"C": [1]}, {"penalty": ["l1"], "dual": [False]}])) == 2
+    with pytest.raises(ValueError, match="unknown model"):
+        model_grid("forest")
+    with pytest.raises(ValueError, match="non-empty"):
+        model_grid("svc", [{}])
+
+
+def test_folds_fall_back_with_a_warning_when_a_class_is_small():
+    y = np.array([0] * 3 + [1] * 20 + [2] * 20)
+    with pytest.warns(UserWarning, match="count 0 has only 3"):
+        assert choose_folds(y, 10) == (3, "count 0 has only 3 training images, so cross-validation uses 3 folds "
+                                          "instead of 10")
+    assert choose_folds(np.repeat([0, 1], 10), 10) == (10, None)
+
+
+def results(accuracy, balanced, recalls) -> dict:
+    recalls = np.asarray(recalls, dtype=float)
+    out = {"mean_test_accuracy": np.array(accuracy, dtype=float),
+           "mean_test_balanced_accuracy": np.array(balanced, dtype=float)}
+    for cls in range(recalls.shape[1]):
+        out[f"mean_test_recall_{cls}"] = recalls[:, cls]
+    return out
+
+
+def test_paper_rule_takes_best_accuracy_where_no_class_is_at_zero():
+    cv = results([0.60, 0.50, 0.40], [0.30, 0.35, 0.45], [[0.0, 0.9, 0.5], [0.1, 0.7, 0.4], [0.3, 0.5, 0.5]])
+    assert select_paper(cv) == 1  # 0 has the best accuracy but never finds class 0
+    assert select_balanced(cv) == 2
+    none_qualify = results([0.6, 0.5], [0.3, 0.4], [[0.0, 1.0], [0.5, 0.0]])
+    assert select_paper(none_qualify) == 1  # falls back to balanced accuracy
+    failed = results([np.nan, 0.5], [np.nan, 0.4], [[np.nan, np.nan], [0.5, 0.2]])
+    assert select_paper(failed) == 1 and select_balanced(failed) == 1
+    with pytest.raises(RuntimeError, match="every setting"):
+        select_balanced(results([np.nan], [np.nan], [[np.nan]]))
+
+
+FAMILY_GRIDS = {
+    "logreg": {"C": [0.1, 1]},
+    "tree": {"max_depth": [2, None]},
+    "linearsvc": [{"penalty": ["l2"], "loss": ["hinge", "squared_hinge"], "C": [1, 1e4]},
+                  {"penalty": ["l1"], "loss": ["squared_hinge"], "dual": [False], "C": [1]},
+                  {"multi_class": ["crammer_singer"], "C": [1]}],
+    "nusvc": {"nu": [0.05, 0.1]},
+    "svc": {"C": [1, 10], "gamma": ["scale", 0.01]},
+    "svc-poly": {"C": [1], "degree": [2, 3]},
+    "svc-linear": {"C": [1, 10]},
+}
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_family_searches_and_gives_probabilities(model):
+    X, y = six_classes()
+    search = grid_search(X[:90], y[:90], model, model_grid(model, FAMILY_GRIDS[model]), pca=None, folds=3,
+                         selection="paper", n_jobs=1, progress=False)
+    n_settings = len(search.cv_results_["params"])
+    assert n_settings == sum(len(list(classical.ParameterGrid(g))) for g in model_grid(model, FAMILY_GRIDS[model]))
+    probs = class_probabilities(search.best_estimator_, X[90:], 6)
+    assert probs.shape == (30, 6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1)
+    assert np.mean(probs.argmax(axis=1) == y[90:]) > 0.4  # well above chance (1/6) on separable classes
+
+
+def test_infeasible_settings_are_recorded_as_failed_not_fatal():
+    X = np.random.default_rng(0).normal(size=(120, 5))
+    y = np.array([0] * 18 + [1] * 102)  # NuSVC needs nu <= 2 * 12 / 80 on the training folds
+    search = grid_search(X, y, "nusvc", model_grid("nusvc", {"nu": [0.1, 0.6]}), None, 3, "balanced",
+                         n_jobs=1, progress=False)
+    assert search.cv_results_["params"] == [{"model__nu": 0.1}]
+    (failed,) = classical.failed_rows(search.failed_)
+    assert failed["params"] == {"nu": 0.6} and "nu is infeasible" in failed["error"]
+    with pytest.raises(RuntimeError, match="every setting of the grid failed"):
+        grid_search(X, y, "nusvc", model_grid("nusvc", {"nu": [0.6]}), None, 3, "balanced", n_jobs=1,
+                    progress=False)
+
+
+def test_pca_step_is_searched_in_parallel_with_a_shared_cache():
+    X, y = six_classes(150)
+    search = grid_search(X, y, "svc", model_grid("svc", {"C": [1, 10], "pca__n_components": [4, 1000]}), pca=1000,
+                         folds=3, selection="balanced", n_jobs=2, progress=False)
+    assert [name for name, _ in search.best_estimator_.steps] == ["scale", "pca", "model"]
+    assert search.best_estimator_.memory is None
+    assert search.best_estimator_["pca"].n_components_ in (4, 12)
+
+
+def test_probabilities_cover_classes_missing_from_training():
+    X, y = six_classes()
+    keep = y != 3
+    pipe = Pipeline([("scale", StandardScaler()), ("model", SVC())]).fit(X[keep], y[keep])
+    probs = class_probabilities(pipe, X[:10], 6)
+    assert probs.shape == (10, 6) and not probs[:, 3].any()
+    np.testing.assert_allclose(probs.sum(axis=1), 1)
+    binary = Pipeline([("model", SVC())]).fit(X[y < 2], y[y < 2])
+    assert class_probabilities(binary, X[:5], 6)[:, 2:].sum() == 0
+
+
+def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_collection, store_root):
+    store = Store(store_root)
+    exp_id = train_classical(tiny_collection, "hog", "svc", store=store, **FAST)
+    exp = store.experiment(exp_id)
+    assert exp["status"] == "finished" and exp["family"] == "classical" and exp["model"] == "svc"
+    details = exp["details"]
+    for key in ("image_size", "num_classes", "train_seconds", "artifact", "root", "cv_results", "chosen_params",
+                "probabilities", "feature_seconds", "search_seconds"):
+        assert key in details, key
+    assert details["image_size"] == 32 and details["num_classes"] == 6
+    assert details["cv_folds"] == 5 and "5 folds instead of 10" in details["warnings"][0]  # 5 per class in train+val
+    assert len(details["cv_results"]) == 2 and sum(row["chosen"] for row in details["cv_results"]) == 1
+    assert details["probabilities"].startswith("softmax")
+    assert exp["metrics"]["n"] == 6 and len(exp["metrics"]["per_class_accuracy"]) == 6
+
+    # the saved pipeline, as the counting service loads it, reproduces the logged test predictions
+    predictions = store.predictions(exp_id).sort_values("image_id")
+    dataset = prepare_dataset(tiny_collection, image_size=32, store=store_root, progress=False)
+    test = dataset.split("test").sort_values("image_id")
+    probs = load_predictor(store, exp)(dataset.images(32)[test["row"].to_numpy()])
+    np.testing.assert_allclose(probs, np.stack(predictions["probs"]), atol=1e-4)
+    assert list(predictions["true_count"]) == list(test["count"])
+
+    def refit(*args, **kwargs):
+        raise AssertionError("refitted a configuration the store already has")
+
+    original = classical.grid_search
+    classical.grid_search = refit
+    try:
+        assert train_classical(tiny_collection, "hog", "svc", store=store, **FAST) == exp_id
+    finally:
+        classical.grid_search = original
+    assert len(store.experiments()) == 1
+    other = train_classical(tiny_collection, "hog", "svc", store=store, **{**FAST, "grid": {"C": [1]}})
+    assert other != exp_id and len(store.experiments()) == 2
+
+
+def test_raw_pixels_pca_and_blobs_train_end_to_end(tiny_collection, store_root):
+    store = Store(store_root)
+    for features, pca in (("raw", 10), ("blobs", None)):
+        exp_id = train_classical(tiny_collection, features, "logreg", pca=pca, store=store, selection="paper",
+                                 folds=3, **{**FAST, "grid": {"C": [1]}})
+        exp = store.experiment(exp_id)
+        assert exp["status"] == "finished"
+        assert exp["details"]["pipeline"] == ["features", "scale", *(["pca"] if pca else []), "model"]
+        assert exp["details"]["probabilities"] == "predict_proba"
+
+
+def test_a_crash_leaves_the_experiment_failed_with_its_error(tiny_collection, store_root, monkeypatch):
+    store = Store(store_root)
+
+    def broken(*args, **kwargs):
+        raise MemoryError("out of memory in the search")
+
+    monkeypatch.setattr(classical, "grid_search", broken)
+    with pytest.raises(MemoryError):
+        train_classical(tiny_collection, "hog", "svc", store=store, **FAST)
+    (exp,) = store.experiments()
+    assert exp["status"] == "failed" and "out of memory in the search" in exp["error"]
+
+
+def test_suites_are_train_classical_arguments():
+    paper = suite_experiments("paper-classical")
+    assert [(c["features"], c["model"], c.get("pca")) for c in paper] == [
+        ("raw", "logreg", None), ("raw", "tree", None), ("raw", "svc", None),
+        ("blobs", "svc", None), ("hog", "svc", None), ("raw", "svc", 1000)]
+    assert all(c["selection"] == "paper" for c in paper)
+    names = {c["name"] for c in suite_experiments("default")}
+    assert names == {"pca-svm", "hog-svm"}
+    signature = inspect.signature(train_classical)
+    for config in paper + suite_experiments("default"):
+        signature.bind("data", **config)
+    paper[0]["model"] = "changed"
+    assert suite_experiments("paper-classical")[0]["model"] == "logreg"  # callers get copies
+    with pytest.raises(ValueError, match="unknown suite"):
+        suite_experiments("nope")
+
+
+def test_cli_trains_one_model_and_prints_its_figures(tiny_collection, store_root, capsys):
+    train.main(["classical", "--data", str(tiny_collection), "--features", "raw", "--model", "tree",
+                "--feature-params", json.dumps({"size": 16}), "--grid", json.dumps({"max_depth": [2, 4]}),
+                "--image-size", "32", "--folds", "3", "--jobs", "1", "--quiet"])
+    out = capsys.readouterr().out
+    assert "raw-tree" in out and "balanced_accuracy" in out and "wall time" in out
+    (exp,) = Store(store_root).experiments()
+    assert exp["details"]["cv_folds"] == 3 and exp["params"]["grid"] == [{"model__max_depth": [2, 4]}]
+    with pytest.raises(SystemExit, match="--grid must be JSON"):
+        train.main(["classical", "--data", str(tiny_collection), "--grid", "{C: 1}"])
