@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import ImageOps
 
 from core.config import find_data_dir, store_dir
 from core.data import DataError, load_collection
@@ -130,14 +131,13 @@ def items_by_image(data_root: str) -> dict[str, list[str]]:
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
-def thumbnail(path: str, size: int = THUMBNAIL_PX) -> np.ndarray | None:
-    """A small upright RGB copy of a photo for grids (None if the file is gone or unreadable)."""
+def thumbnail(path: str, width: int = THUMBNAIL_PX) -> np.ndarray | None:
+    """A small upright copy of a photo, letterboxed to 4:3 so grids line up (None if unreadable)."""
     try:
-        img = open_image(path, draft_size=size)
+        img = open_image(path, draft_size=width)
     except (ImageError, OSError):
         return None
-    img.thumbnail((size, size))
-    return np.asarray(img)
+    return np.asarray(ImageOps.pad(img, (width, width * 3 // 4), color=(255, 255, 255)))
 
 
 @st.cache_data(ttl=3600, show_spinner=False, max_entries=4)

@@ -57,14 +57,15 @@ def pick_experiments(exps: Sequence[dict], key: str, default_n: int = 2, label: 
 
 def metric_columns() -> dict:
     """Column formats shared by every table of experiments."""
-    pct = st.column_config.NumberColumn(format="percent")
+    pct = st.column_config.NumberColumn(format="percent", width="small")
     return {
         "accuracy": st.column_config.ProgressColumn("accuracy", min_value=0.0, max_value=1.0, format="percent"),
         "balanced accuracy": st.column_config.ProgressColumn("balanced accuracy", min_value=0.0, max_value=1.0,
                                                              format="percent"),
-        "RMSE": st.column_config.NumberColumn(format="%.3f"),
+        "RMSE": st.column_config.NumberColumn(format="%.2f", width="small"),
         **{f"acc {k}": pct for k in range(10)},
-        "train time (s)": st.column_config.NumberColumn(format="%.1f"),
+        "test photos": st.column_config.NumberColumn(width="small"),
+        "train time (s)": st.column_config.NumberColumn(format="%.0f", width="small"),
         "id": None,
     }
 
