@@ -147,12 +147,14 @@ def test_overview_shows_a_run_in_progress_with_its_curves(trained_store, tmp_pat
 
 def test_compare_puts_experiments_side_by_side(store):
     at = open_page("compare")
-    chosen = at.multiselect(key="compare").value
-    assert len(chosen) == 2
+    assert at.multiselect(key="compare").value[0] == store.best()  # the best and the runner-up
     assert len(at.dataframe[0].value) == 2
-    figs = charts(at)
-    assert len(figs) == 4  # curves, per-class bars, two confusion matrices
-    assert {t.line.dash for t in figs[0].data} == {"solid", "dash"}
+    by_family = {e["family"]: e["id"] for e in store.experiments() if tables.is_scored(e)}
+    chosen = [by_family["cnn"], by_family["classical"]]
+    at.multiselect(key="compare").set_value(chosen)
+    figs = charts(rerun(at))
+    assert len(figs) == 4  # curves (of the CNN only), per-class bars, two confusion matrices
+    assert {t.line.dash for t in figs[0].data} == {"solid", "dash"} and len(figs[0].data) == 2
     assert len(figs[1].data) == 2 and figs[1].layout.barmode == "group"
     at.segmented_control(key="compare-what").set_value("RMSE")
     rerun(at)
@@ -208,13 +210,16 @@ def test_misclassified_filters_by_count(store):
     preds = store.predictions(at.selectbox(key="mis-exp").value)
     wrong = preds[preds["true_count"] != preds["pred_count"]]
     assert at.subheader[0].value == f"{len(wrong)} of {len(preds)} test photos counted wrong"
-    true = int(wrong["true_count"].mode()[0])
+    true = int(wrong.loc[wrong["true_count"] > 0, "true_count"].mode()[0])  # a bin with items to name
     at.multiselect(key="mis-true").set_value([true])
     rerun(at)
     shown = (wrong["true_count"] == true).sum()
     assert at.subheader[0].value.startswith(f"{shown} of")
     assert len(at.image) == min(shown, 12)
     assert all(f"**true {true}**" in m.value for m in at.markdown if m.value.startswith("**true"))
+    # item names come from the collection's metadata: "item 0".."item k-1" for a bin of k items
+    items = [c.value for c in at.caption if c.value.startswith("Items: ")]
+    assert items and all(c == "Items: " + ", ".join(f"item {j}" for j in range(true)) for c in items)
 
 
 def test_upload_counts_a_photo_and_reports_a_bad_file(store, counter):
