@@ -145,6 +145,22 @@ def test_overview_shows_a_run_in_progress_with_its_curves(trained_store, tmp_pat
     assert store.experiments()[0]["status"] == "finished"
 
 
+def test_overview_lists_a_crashed_run_with_its_error(trained_store, tmp_path, monkeypatch):  # noqa: F811
+    store = Store(tmp_path / "crashed")
+    monkeypatch.setenv("BINSIGHT_STORE", str(store.root))
+
+    def crash(epoch, values):
+        raise RuntimeError("disk full")
+
+    overrides = {**CNN_TINY, "phases": [{"epochs": 2, "image_size": 32, "train_body": False, "lr": 1e-3}]}
+    with pytest.raises(RuntimeError):
+        train_cnn(trained_store.parent / "data", "quick", store, overrides, progress=False, on_epoch=crash)
+    at = open_page("overview")
+    assert "No finished experiment" in at.info[0].value  # nothing to rank yet: how to train
+    others = at.dataframe[0].value
+    assert others.loc[0, "status"] == "failed" and others.loc[0, "error"] == "RuntimeError: disk full"
+
+
 def test_compare_puts_experiments_side_by_side(store):
     at = open_page("compare")
     assert at.multiselect(key="compare").value[0] == store.best()  # the best and the runner-up
