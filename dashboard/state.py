@@ -18,6 +18,7 @@ from core.data import DataError, load_collection
 from core.images import ImageError, open_image
 from core.store import Store
 
+from dashboard.counting import PhotoCount, count_photos
 from dashboard.tables import is_scored, item_names
 
 Version = tuple[tuple[int, int], ...]
@@ -165,3 +166,9 @@ def variance_report(exp_id: str, root: str, records: pd.DataFrame, photos: dict[
     from core.reconcile import reconcile
 
     return reconcile(counter(exp_id, root), records, photos, threshold)
+
+
+@st.cache_data(show_spinner="Counting…", max_entries=16)
+def photo_counts(exp_id: str, root: str, photos: list[tuple[str, bytes]]) -> list[PhotoCount]:
+    """`dashboard.counting.count_photos` for uploads, kept so that typing a recorded quantity does not recount."""
+    return count_photos(counter(exp_id, root), photos)

@@ -27,7 +27,7 @@ if not photos:
     st.info("Upload one or more photos of bins (JPEG or PNG). Enter the recorded quantity to check it.")
     st.stop()
 
-for i, photo in enumerate(counting.count_photos(counter, photos)):
+for i, photo in enumerate(state.photo_counts(exp["id"], state.store_root(), photos)):
     with st.container(border=True):
         if photo.result is None:
             st.error(photo.error)
