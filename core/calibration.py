@@ -36,14 +36,21 @@ def fit_temperature(probs: np.ndarray, y_true) -> float:
 
 def calibration_summary(val_probs: np.ndarray, val_true, test_probs: np.ndarray, test_true,
                         points: int = 50) -> dict:
-    """Fit on validation, report ECE before/after on both splits, and the test accuracy-coverage curve."""
+    """Fit on validation, report ECE before/after on both splits, and the test accuracy-coverage curve.
+
+    A temperature that makes validation ECE worse (it minimises log-loss, which a handful of
+    validation photos can mislead) is not used: the model then keeps temperature 1.
+    """
     temperature = fit_temperature(val_probs, val_true)
+    ece_before = expected_calibration_error(val_probs, val_true)
+    if expected_calibration_error(apply_temperature(val_probs, temperature), val_true) > ece_before:
+        temperature = 1.0
     test_scaled = apply_temperature(test_probs, temperature)
     coverage, accuracy = accuracy_coverage(test_scaled.max(axis=1), test_scaled.argmax(axis=1) == np.asarray(test_true))
     keep = np.unique(np.linspace(0, len(coverage) - 1, min(points, len(coverage))).round().astype(int))
     return {
         "temperature": temperature,
-        "ece_val_before": expected_calibration_error(val_probs, val_true),
+        "ece_val_before": ece_before,
         "ece_val_after": expected_calibration_error(apply_temperature(val_probs, temperature), val_true),
         "ece_test_before": expected_calibration_error(test_probs, test_true),
         "ece_test_after": expected_calibration_error(test_scaled, test_true),
