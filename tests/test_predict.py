@@ -202,18 +202,28 @@ def test_evaluate_cli_prints_one_json_object(trained_store):
 
 
 def test_reconcile_cli_writes_csv_and_json(trained_store, tmp_path):
-    data = trained_store.parent / "data"
+    data = trained_store.parent / "data"  # ABID layout: bin-images/<id>.jpg + metadata/<id>.json
     records = tmp_path / "recorded.csv"
-    records.write_text("image,recorded_quantity\nimages/c0_0.jpg,0\nimages/c5_1.jpg,2\n")
+    records.write_text("image,recorded_quantity\nbin-images/1.jpg,0\nbin-images/36.jpg,2\n")
     for suffix in ("csv", "json"):
         out = tmp_path / f"report.{suffix}"
         run = _cli("reconcile", "--data", str(data), "--records", str(records), "--out", str(out),
                    store=trained_store)
         assert run.returncode == 0, run.stderr
-        assert "2 bins checked" in run.stdout
+        assert "2 bins checked" in run.stdout and "0 with errors" in run.stdout
         report = pd.read_csv(out) if suffix == "csv" else pd.read_json(out)
-        assert set(report["image"]) == {"images/c0_0.jpg", "images/c5_1.jpg"}
+        assert set(report["image"]) == {"bin-images/1.jpg", "bin-images/36.jpg"}
         assert report["p_mismatch"].is_monotonic_decreasing
+
+
+def test_reconcile_cli_reads_recorded_quantities_from_abid_metadata(trained_store, tmp_path):
+    out = tmp_path / "report.csv"
+    run = _cli("reconcile", "--data", str(trained_store.parent / "data"), "--out", str(out), store=trained_store)
+    assert run.returncode == 0, run.stderr
+    report = pd.read_csv(out)
+    assert len(report) == 36 and report["error"].isna().all()
+    recorded = dict(zip(report["image"], report["recorded_quantity"]))
+    assert recorded["1.jpg"] == 0 and recorded["36.jpg"] == 5
 
 
 def test_cli_without_models_says_how_to_train(tmp_path):
