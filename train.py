@@ -138,13 +138,15 @@ def cmd_cnn(args: argparse.Namespace) -> None:
         return
     exp = store.experiment(exp_id)
     metrics, details = exp["metrics"], exp["details"]
-    print(f"{exp_id}: {exp['model']} ({exp['weights']}) on {exp['device']}, "
-          f"{details['train_seconds']:.0f} s training, best epoch {details['best_epoch']} at {details['image_size']} px")
-    val = details.get("val", {})
-    print(f"  val : accuracy {val.get('val_accuracy', float('nan')):.3f}  balanced {val.get('val_balanced_accuracy', float('nan')):.3f}"
-          f"  RMSE {val.get('val_rmse', float('nan')):.3f}")
-    print(f"  test: accuracy {metrics['accuracy']:.3f}  balanced {metrics['balanced_accuracy']:.3f}"
-          f"  RMSE {metrics['rmse']:.3f}  per-class {[None if a is None else round(a, 2) for a in metrics['per_class_accuracy']]}")
+    val = {k.removeprefix("val_"): v for k, v in details.get("val", {}).items()}
+    print(f"{exp_id}: {exp['model']} ({exp['weights']}) on {exp['device']}")
+    print(f"  {details['train_seconds']:.0f} s training, best epoch {details['best_epoch']} at {details['image_size']} px")
+    for split, scores in (("val", val), ("test", metrics)):
+        if scores:
+            print(f"  {split:4}: accuracy {scores['accuracy']:.3f}  balanced accuracy {scores['balanced_accuracy']:.3f}"
+                  f"  RMSE {scores['rmse']:.3f}")
+    per_class = ", ".join(f"{c}: {'-' if a is None else f'{a:.2f}'}" for c, a in enumerate(metrics["per_class_accuracy"]))
+    print(f"  test accuracy per count: {per_class}")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
@@ -234,13 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="flag bins with P(mismatch) at or above this")
     p.set_defaults(func=cmd_reconcile)
 
-    for name, func, help_ in (("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run"),
-                              ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase")):
-        p = sub.add_parser(name, help=help_, description=help_ + ". Runs under `torchrun --nproc_per_node N` too.")
+    for name, func, help_ in (
+        ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run"),
+        ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase"),
+    ):
+        p = sub.add_parser(name, help=help_, description=f"{help_}. Runs under `torchrun --nproc_per_node N` too.")
         p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
         p.add_argument("--preset", default="quick", help="recipe from core/cnn/recipes.py PRESETS (default: quick)")
         p.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
-                       help='override recipe fields, values in JSON, e.g. batch_size=64 \'phases=[{"epochs": 3, "image_size": 128}]\'')
+                       help="override recipe fields, values in JSON, e.g. batch_size=64 "
+                            '\'phases=[{"epochs": 3, "image_size": 128}]\'')
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=func)
     return parser

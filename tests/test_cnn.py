@@ -203,3 +203,18 @@ def test_cli_trains_with_overrides(tiny_collection, store_root, capsys):
     assert "test: accuracy" in out and "ImageNet" in out
     (exp,) = Store(store_root).experiments()
     assert exp["params"]["batch_size"] == 8 and exp["params"]["tta"] is False
+
+
+def test_counting_loss_matches_cross_entropy_and_ordinal_targets_favour_neighbours():
+    logits, target = torch.randn(5, 6), torch.tensor([0, 1, 2, 5, 5])
+    weights = torch.tensor([0.5, 1.0, 2.0, 1.0, 1.0, 3.0])
+    expected = torch.nn.functional.cross_entropy(logits, target, weight=weights)
+    assert CountingLoss(6, weights)(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    expected = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    assert CountingLoss(6, label_smoothing=0.1)(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    soft = CountingLoss(6, ordinal_sigma=1.0).targets(torch.tensor([2]))[0]
+    assert soft.argmax() == 2 and soft[1] == pytest.approx(soft[3]) and soft[1] > soft[0] > soft[5]
+    near, far = torch.full((1, 6), -5.0), torch.full((1, 6), -5.0)
+    near[0, 4], far[0, 0] = 5.0, 5.0
+    ordinal = CountingLoss(6, ordinal_sigma=1.0)
+    assert ordinal(near, torch.tensor([5])) < ordinal(far, torch.tensor([5]))  # 4 for 5 beats 0 for 5

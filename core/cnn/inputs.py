@@ -60,7 +60,8 @@ class CachedImages(Dataset):
         return torch.from_numpy(np.array(self.images[self.rows[index]])), int(self.counts[index])
 
 
-def batches(dataset: Dataset, batch_size: int, pin_memory: bool, workers: int, sampler=None) -> DataLoader:
+def batches(dataset: Dataset, batch_size: int, pin_memory: bool, workers: int, sampler=None,
+            drop_last: bool = False) -> DataLoader:
     """A loader in the dataset's order, or the sampler's."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory, persistent_workers=False, drop_last=False)
+                      pin_memory=pin_memory, drop_last=drop_last)

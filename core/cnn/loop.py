@@ -54,7 +54,14 @@ def phase_plan(recipe: Recipe) -> list[tuple[int, Phase, int]]:
 
 def make_loss(recipe: Recipe, data: TrainingData, runtime: Runtime) -> nn.Module:
     weights = class_weights(data.train.counts, data.num_classes, recipe.class_weights)
-    return CountingLoss(data.num_classes, weights, recipe.label_smoothing, recipe.count_weight).to(runtime.device)
+    return CountingLoss(data.num_classes, weights, recipe.label_smoothing, recipe.count_weight,
+                        recipe.ordinal_sigma).to(runtime.device)
+
+
+def _epoch_line(epoch: int, epochs: int, v: dict) -> str:
+    return (f"epoch {epoch}/{epochs} ({v['image_size']}px): train loss {v['train_loss']:.3f} acc "
+            f"{v['train_accuracy']:.3f} | val loss {v['val_loss']:.3f} acc {v['val_accuracy']:.3f} balanced "
+            f"{v['val_balanced_accuracy']:.3f} RMSE {v['val_rmse']:.3f} | {v['seconds']:.0f} s")
 
 
 class Trainer:
@@ -75,9 +82,10 @@ class Trainer:
         dataset = CachedImages(self.data.images(size), self.data.train.rows, self.data.train.counts)
         # one sampler for 1 or N processes: a seeded shuffle per epoch, each rank its own share
         sampler = DistributedSampler(dataset, num_replicas=self.runtime.world_size, rank=self.runtime.rank,
-                                     shuffle=True, seed=self.recipe.seed,
-                                     drop_last=len(dataset) >= 2 * self.runtime.world_size)
-        loader = batches(dataset, self.recipe.batch_size, self.runtime.cuda, self.runtime.loader_workers, sampler)
+                                     shuffle=True, seed=self.recipe.seed)
+        # a last batch of one image breaks BatchNorm on 1x1 feature maps; drop short batches if there are full ones
+        loader = batches(dataset, self.recipe.batch_size, self.runtime.cuda, self.runtime.loader_workers, sampler,
+                         drop_last=len(sampler) >= self.recipe.batch_size)
         return loader, sampler
 
     def _flip_generator(self, epoch: int) -> torch.Generator:
@@ -198,6 +206,8 @@ class Trainer:
             started = time.perf_counter()
             if self.runtime.is_main:
                 values["seconds"] = state.seconds
+                if self.progress:
+                    tqdm.write(_epoch_line(epoch + 1, self.recipe.epochs, values))
                 save_checkpoint(self.folder, self.model, optimizer, state)
                 if self.log_epoch:
                     self.log_epoch(epoch + 1, values)

@@ -37,23 +37,36 @@ def class_weights(counts: np.ndarray, num_classes: int, mode: str) -> torch.Tens
 
 
 class CountingLoss(nn.Module):
-    """Cross-entropy plus `count_weight` x the squared error of the expected count.
+    """Cross-entropy against soft count targets, plus `count_weight` x the squared error of the expected count.
 
-    Plain cross-entropy treats "4 instead of 5" like "1 instead of 5"; the expected-count term
-    makes far-off guesses cost more, which is what the RMSE measures.
+    Plain cross-entropy treats "4 instead of 5" like "1 instead of 5". With `ordinal_sigma` the
+    target spreads over neighbouring counts (a Gaussian of that width around the true count), so
+    the network learns that counts are ordered; the expected-count term makes far-off guesses cost
+    more, as the RMSE does. `label_smoothing` mixes in a uniform share. Class weights weigh each
+    sample by its true count's weight (a weighted mean, like `F.cross_entropy(weight=...)`).
     """
 
     def __init__(self, num_classes: int, weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
-                 count_weight: float = 0.0):
+                 count_weight: float = 0.0, ordinal_sigma: float = 0.0):
         super().__init__()
         self.register_buffer("weights", weights if weights is not None else torch.ones(num_classes))
         self.register_buffer("values", torch.arange(num_classes, dtype=torch.float32))
-        self.label_smoothing = label_smoothing
-        self.count_weight = count_weight
+        self.label_smoothing, self.count_weight, self.ordinal_sigma = label_smoothing, count_weight, ordinal_sigma
+
+    def targets(self, target: torch.Tensor) -> torch.Tensor:
+        """(N, classes) target distributions."""
+        if self.ordinal_sigma > 0:
+            distance = self.values.view(1, -1) - target.float().view(-1, 1)
+            soft = torch.softmax(-distance**2 / (2 * self.ordinal_sigma**2), dim=1)
+        else:
+            soft = F.one_hot(target, len(self.values)).float()
+        return (1 - self.label_smoothing) * soft + self.label_smoothing / len(self.values)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        loss = F.cross_entropy(logits, target, weight=self.weights, label_smoothing=self.label_smoothing)
+        sample_weights = self.weights[target]
+        per_sample = -(self.targets(target) * logits.log_softmax(dim=1)).sum(dim=1)
+        loss = (sample_weights * per_sample).sum() / sample_weights.sum().clamp_min(1e-12)
         if self.count_weight:
             expected = logits.softmax(dim=1) @ self.values
             loss = loss + self.count_weight * ((expected - target.float()) ** 2).mean()

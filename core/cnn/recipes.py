@@ -50,6 +50,7 @@ class Recipe:
     class_weights: str = "none"  # cross-entropy weights from train class frequencies
     count_weight: float = 0.0  # adds count_weight * (expected count - true count)^2 to the loss
     label_smoothing: float = 0.0
+    ordinal_sigma: float = 0.0  # > 0: soft targets spread over neighbouring counts (Gaussian of this width)
     flip: bool = True  # random horizontal flips while training
     tta: bool = True  # average predictions over the image and its mirror
     monitor: str = "val_loss"  # validation metric for early stopping and for the kept weights
