@@ -16,14 +16,17 @@ def naive_decode(paths: list[str], size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in paths])
 
 
+ALL_COUNTS = 10**6  # the cache rows cover every photo, not only the 0..5 task
+
+
 def run(data: Path, n: int, size: int) -> list[tuple[str, str, str, str]]:
-    load_s = seconds(lambda: load_collection(data))
-    paths = load_collection(data).table["path"].tolist()[:n]
+    load_s = seconds(lambda: load_collection(data, max_count=ALL_COUNTS))
+    paths = load_collection(data, max_count=ALL_COUNTS).table["path"].tolist()[:n]
     with tempfile.TemporaryDirectory() as tmp:
         ours = seconds(lambda: build_cache(paths, size, Path(tmp) / "c.npy", progress=False))
     naive = seconds(lambda: naive_decode(paths, size))
     return [
-        (f"load collection ({len(load_collection(data).table)} images)", f"{load_s:.2f} s", "-", "-"),
-        (f"cache build {len(paths)} imgs @{size}px", f"{len(paths) / ours:.0f} img/s ({ours:.1f} s)",
+        (f"load collection ({len(paths)} photos)", f"{load_s:.2f} s", "-", "-"),
+        (f"cache build {len(paths)} photos @{size}px", f"{len(paths) / ours:.0f} img/s ({ours:.1f} s)",
          f"{len(paths) / naive:.0f} img/s ({naive:.1f} s)", f"{naive / ours:.1f}x"),
     ]
