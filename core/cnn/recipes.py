@@ -138,13 +138,18 @@ PRESETS: dict[str, Recipe] = {
     # the same recipes on EfficientNet-Lite0, whose ImageNet weights load offline
     "effnet-sgdr": _staged("efficientnet_lite0", "sgd", "sgdr", lr=0.01, weight_decay=1e-4),
     "effnet-adam": _staged("efficientnet_lite0", "adam", "cosine", lr=1e-3, weight_decay=1e-4),
-    # finishes in under 10 minutes on the 2-core CPU with the shared sample; settings chosen on val
+    # under 10 minutes on the 2-core CPU with the shared sample (about 5 when the machine is quiet);
+    # settings chosen on the validation split: balanced class weights lift balanced accuracy
+    # (0.33 -> 0.42 on val), ordinal targets + the expected-count term keep the RMSE down
     "quick": Recipe(
         "efficientnet_lite0",
-        (Phase(1, 160, train_body=False, lr=3e-3), Phase(4, 160, differential=True, lr=1e-3)),
+        (Phase(1, 128, train_body=False, lr=3e-3),
+         Phase(2, 128, differential=True, lr=1e-3),
+         Phase(3, 160, differential=True, lr=5e-4)),
         optimizer="adamw", weight_decay=1e-2, schedule="cosine", warmup_epochs=0.2, batch_size=32,
-        class_weights="sqrt", count_weight=0.1, monitor="val_loss", patience=2,
-        notes="EfficientNet-Lite0: head 1 epoch, then 4 epochs unfrozen at lr/9, lr/3, lr; 160 px"),
+        class_weights="balanced", ordinal_sigma=1.0, count_weight=0.5, monitor="val_loss", patience=5,
+        notes="EfficientNet-Lite0: head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px; "
+              "balanced, ordinal counting loss"),
 }
 
 
