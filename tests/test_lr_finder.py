@@ -18,8 +18,18 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
     lrs = np.logspace(-6, 1, 71)
     # the loss falls fastest at lr 1e-3, bottoms out near 1e-1, then explodes
     losses = 2 - np.tanh(np.log10(lrs) + 3) + np.where(lrs > 0.1, (np.log10(lrs) + 1) ** 2 * 20, 0)
-    assert suggest_lr(lrs, losses) == pytest.approx(1e-3, rel=0.3)
-    assert suggest_lr([1e-3, 1e-2, 1e-1], [1.0, 5.0, 9.0]) == pytest.approx(1e-4)  # no descent at all
+    assert suggest_lr(lrs, losses) == pytest.approx(1e-3, rel=0.5)
+    assert suggest_lr([1e-3, 1e-2, 1e-1], [1.0, 5.0, 9.0]) == pytest.approx(1e-3)  # no descent at all
+
+
+def test_suggestion_ignores_a_lucky_first_batch():
+    """As seen on the shared sample: the first smoothed loss (one easy batch) was the sweep's lowest."""
+    rng = np.random.default_rng(0)
+    lrs = np.logspace(-7, 0.5, 93)
+    losses = 3.3 - 0.15 * (np.tanh((np.log10(lrs) + 2) * 2) + 1) / 2 + rng.normal(0, 0.01, 93)
+    losses = np.where(lrs > 0.05, losses + (np.log10(lrs) + 1.3) ** 2 * 3, losses)
+    losses[0] = 3.05
+    assert 2e-3 < suggest_lr(lrs, losses) < 3e-2
 
 
 class Linear(nn.Module):

@@ -27,17 +27,25 @@ class LRCurve:
     suggested: float
 
 
-def suggest_lr(lrs, losses, skip_start: int = 3) -> float:
-    """The lr of steepest descent of `losses` against log(lr), before the loss minimum."""
+def suggest_lr(lrs, losses) -> float:
+    """The lr of steepest descent of `losses` against log(lr), before the loss minimum.
+
+    The first tenth of the sweep is left out of the search: there the moving average rests on
+    a few batches, and one easy batch can look like the lowest loss of the whole sweep. Slopes
+    are taken over windows of 5% of the sweep, so a single noisy step cannot win.
+    """
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) < 2:
         raise ValueError("an lr curve needs at least two points")
-    lowest = int(np.nanargmin(losses))
-    start = min(skip_start, max(lowest - 1, 0))
-    if lowest - start < 2:  # the loss bottoms out at once: stay well below that lr
+    skip = min(max(1, len(lrs) // 10), len(lrs) - 1)
+    lowest = skip + int(np.nanargmin(losses[skip:]))
+    window = max(1, len(lrs) // 20)
+    if lowest - skip <= window:  # no descent to speak of: stay well below where the loss bottoms out
         return float(lrs[lowest] / 10)
-    slopes = np.gradient(losses[start:lowest + 1], np.log(lrs[start:lowest + 1]))
-    return float(lrs[start + int(np.argmin(slopes))])
+    log_lrs = np.log(lrs)
+    starts = np.arange(skip, lowest - window + 1)
+    slopes = (losses[starts + window] - losses[starts]) / (log_lrs[starts + window] - log_lrs[starts])
+    return float(lrs[starts[int(np.argmin(slopes))] + window // 2])
 
 
 def lr_sweep(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
