@@ -22,7 +22,7 @@ def predict(model: nn.Module, data: CachedImages, normalization: Normalization, 
     loader = batches(data, batch_size, pin_memory=runtime.cuda, workers=runtime.loader_workers)
     for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         images = images.to(runtime.device, non_blocking=True)
-        out.append(class_probabilities(model, images, normalization, tta, runtime.autocast(), runtime.cuda).cpu())
+        out.append(class_probabilities(model, images, normalization, tta, runtime.autocast()).cpu())
     model.train(was_training)
     return torch.cat(out).numpy().astype(np.float64)
 

@@ -16,13 +16,17 @@ from torch.utils.data import DataLoader, Dataset
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
-def to_model_input(images: torch.Tensor, normalization: Normalization, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W), scaled to [0, 1] then normalised per channel."""
+def to_model_input(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W), scaled to [0, 1] then normalised per channel.
+
+    The result is channels_last, like the models (`Runtime.prepare`): on this CPU that made
+    EfficientNet-Lite0 train 1.9x and count 1.6x faster, and on GPUs it feeds the tensor cores.
+    """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
     mean, std = (torch.tensor(v, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) for v in normalization)
     x = (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -33,12 +37,12 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 @torch.no_grad()
 def class_probabilities(model: nn.Module, images: torch.Tensor, normalization: Normalization, tta: bool,
-                        autocast: AbstractContextManager | None = None, channels_last: bool = False) -> torch.Tensor:
+                        autocast: AbstractContextManager | None = None) -> torch.Tensor:
     """Softmax probabilities (N, classes) for a uint8 batch already on the model's device.
 
     With `tta` the prediction is the mean of the image's and its mirror's probabilities.
     """
-    x = to_model_input(images, normalization, channels_last)
+    x = to_model_input(images, normalization)
     views = (x, x.flip(3)) if tta else (x,)
     with autocast or nullcontext():
         probs = [model(v).float().softmax(dim=1) for v in views]

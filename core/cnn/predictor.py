@@ -48,9 +48,8 @@ def load_predictor(store: Store, exp: dict, batch_size: int = 64) -> Callable[[n
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), got {images.dtype} {images.shape}")
-        out = [class_probabilities(model, torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))
-                                   .to(runtime.device), normalization, config["tta"], runtime.autocast(),
-                                   runtime.cuda).cpu()
+        out = [class_probabilities(model, torch.from_numpy(np.array(images[i:i + batch_size])).to(runtime.device),
+                                   normalization, config["tta"], runtime.autocast()).cpu()
                for i in range(0, len(images), batch_size)]
         if not out:
             return np.zeros((0, config["num_classes"]))

@@ -1,8 +1,8 @@
 """Where training runs: one CPU or GPU process, or one of N under `torchrun` (DDP).
 
-On CUDA: bf16 autocast, channels_last, pinned memory, NCCL. On CPU: fp32, every core the
-process may use (shared evenly between local ranks), gloo. Every rank runs the same code;
-only rank 0 writes to the store and the artifact folder.
+Models are channels_last everywhere. On CUDA: bf16 autocast, pinned memory, NCCL. On CPU:
+fp32, every core the process may use (shared evenly between local ranks), gloo. Every rank
+runs the same code; only rank 0 writes to the store and the artifact folder.
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ class Runtime:
         return f"{where} x {self.world_size} processes (DDP)" if self.distributed else where
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move `model` to the device (channels_last on CUDA); call before building its optimiser."""
-        return model.to(self.device, memory_format=torch.channels_last) if self.cuda else model.to(self.device)
+        """Move `model` to the device, channels_last; call before building its optimiser."""
+        return model.to(self.device, memory_format=torch.channels_last)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """DDP around `model` when distributed. Re-wrap after changing which parameters train."""

@@ -14,7 +14,7 @@ def train_step(model: nn.Module, images: torch.Tensor, counts: torch.Tensor, los
     """Forward, backward, update; returns the (detached) loss and logits of this rank's batch."""
     images = images.to(runtime.device, non_blocking=True)
     counts = counts.to(runtime.device, non_blocking=True)
-    x = to_model_input(images, normalization, channels_last=runtime.cuda)
+    x = to_model_input(images, normalization)
     with runtime.autocast():
         logits = model(x)
     loss = loss_fn(logits, counts)
