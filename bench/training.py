@@ -48,19 +48,21 @@ def run(dataset: BinDataset, backbone: str, size: int, batch: int, steps: int) -
     runtime = local_runtime()
     normalization = input_normalization(backbone)
     part = dataset.split("train").head(batch * (steps + 1))
+    loss_fn = torch.nn.CrossEntropyLoss()
     model, _ = build_model(backbone, dataset.num_classes, pretrained=False)
     model = runtime.prepare(model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    plain, _ = build_model(backbone, dataset.num_classes, pretrained=False)  # as a tutorial would: no prepare
+    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-4)
 
     def ours(images, counts):
         train_step(model, images, counts, loss_fn, optimizer, runtime, normalization)
 
     def naive(x, counts):
-        loss = loss_fn(model(x), counts)
-        optimizer.zero_grad()
+        loss = loss_fn(plain.train()(x), counts)
+        plain_optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        plain_optimizer.step()
 
     cached = batches(CachedImages(dataset.images(size), part["row"].to_numpy(), part["count"].to_numpy()),
                      batch, pin_memory=False, workers=0)
