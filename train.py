@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("classical", help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
-                       description="Cross-validated grid search on train+val, one test evaluation; a configuration "
+                       description="Cross-validated grid search on the train split, one test evaluation; a configuration "
                                    "already trained on the same data is served from the store.")
     p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
     p.add_argument("--suite", help="a suite from core/classical.py SUITES: paper-classical (Tables I and II), default")

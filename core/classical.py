@@ -46,7 +46,7 @@ from core.store import Store
 FAMILY = "classical"
 ARTIFACT = "pipeline.joblib"
 IMAGE_SIZE = 128  # cache resolution; each extractor shrinks further (raw 32 px, HOG 64 px, ...)
-VERSION = 1  # part of every experiment's key: bump when a change alters what a setting trains
+VERSION = 2  # part of every experiment's key: bump when a change alters what a setting trains
 SELECTION_RULES = ("balanced", "paper")
 LINEAR_C = [1, 10, 100, 1e3, 1e4]
 
@@ -256,7 +256,7 @@ def experiment_params(features: str, extractor, pca: int | None, model: str, gri
     return {
         "version": VERSION, "features": features, "feature_params": extractor.get_params(), "pca": pca,
         "model": model, "grid": grid, "folds": folds, "selection": selection, "image_size": image_size,
-        "seed": seed, "max_count": max_count, "split": list(DEFAULT_SPLIT), "search_on": "train+val",
+        "seed": seed, "max_count": max_count, "split": list(DEFAULT_SPLIT), "search_on": "train",
     }
 
 
@@ -298,7 +298,7 @@ def train_classical(
             tqdm.write(f"{name}: served from the store ({found})")
         return found
     exp_id = store.start(name, FAMILY, model, params, dataset.fingerprint,
-                         data_root=str(Path(dataset_root).resolve()), split="cv on train+val, test once")
+                         data_root=str(Path(dataset_root).resolve()), split="cv on train, test once")
     with store.failing_on_error(exp_id):
         _train(store, exp_id, dataset, extractor, model, grid, pca, folds, selection, image_size, seed, n_jobs,
                progress)
@@ -313,7 +313,9 @@ def _train(store: Store, exp_id: str, dataset, extractor, model: str, grid: list
     matrix = feature_matrix(extractor, images, folder, n_jobs=n_jobs, progress=progress)
     feature_seconds = time.perf_counter() - started
 
-    fit_part = dataset.table[dataset.table["split"] != "test"]
+    # Validation photos stay unseen, as for the CNNs: the counting service fits its temperature
+    # on them, and a model fitted on them looks falsely sure there (test ECE 0.20 -> 0.53).
+    fit_part = dataset.table[dataset.table["split"] == "train"]
     test_part = dataset.table[dataset.table["split"] == "test"]
     X, y = matrix[fit_part["row"].to_numpy()], fit_part["count"].to_numpy()
     used_folds, fold_note = choose_folds(y, folds)

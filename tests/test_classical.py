@@ -136,7 +136,8 @@ def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_c
                 "probabilities", "feature_seconds", "search_seconds"):
         assert key in details, key
     assert details["image_size"] == 32 and details["num_classes"] == 6
-    assert details["cv_folds"] == 5 and "5 folds instead of 10" in details["warnings"][0]  # 5 per class in train+val
+    assert details["cv_folds"] == 4 and "4 folds instead of 10" in details["warnings"][0]  # 4 per class in train
+    assert details["n_fit"] == 24  # the validation photos are held out for calibration
     assert len(details["cv_results"]) == 2 and sum(row["chosen"] for row in details["cv_results"]) == 1
     assert details["probabilities"].startswith("softmax")
     assert exp["metrics"]["n"] == 6 and len(exp["metrics"]["per_class_accuracy"]) == 6
