@@ -11,7 +11,7 @@ SHARED_SAMPLE = PROJECT_ROOT.parent / "shared" / "abid-sample"
 
 def store_dir() -> Path:
     """The experiment store and model files: `BINSIGHT_STORE`, default `models/`."""
-    return Path(os.environ.get("BINSIGHT_STORE", PROJECT_ROOT / "models"))
+    return Path(os.environ.get("BINSIGHT_STORE") or PROJECT_ROOT / "models")  # unset or empty: models/
 
 
 def find_data_dir() -> Path | None:

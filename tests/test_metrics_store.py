@@ -86,3 +86,10 @@ def test_killed_run_is_shown_as_interrupted(store_root):
     (exp,) = Store().experiments()
     assert exp["status"] == "interrupted"
     assert Store().experiments("finished") == []
+
+
+def test_empty_store_variable_means_the_default_store(monkeypatch):
+    from core.config import PROJECT_ROOT, store_dir
+
+    monkeypatch.setenv("BINSIGHT_STORE", "")
+    assert store_dir() == PROJECT_ROOT / "models"
