@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from core.backbones import build_model, input_normalization
 from core.cnn.checkpoint import BEST, CHECKPOINT
@@ -49,6 +50,19 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, runtime: Runtime,
         runtime.barrier()
     data = TrainingData(dataset.images, _split(dataset, "train"), _split(dataset, "val"), dataset.num_classes)
     return dataset, data
+
+
+def _finished_or_fresh_model(family: str, recipe: Recipe, dataset: Dataset, data: TrainingData, store: Store,
+                             runtime: Runtime) -> tuple[str | None, nn.Module | None, str]:
+    """(id of the finished run of this configuration, None, "") on every rank, or else
+    (None, a freshly built model on the device, the description of its weights)."""
+    done = runtime.broadcast(store.find_finished(family, recipe.backbone, recipe.params(), dataset.fingerprint)
+                             if runtime.is_main else None)
+    if done:
+        return done, None, ""
+    torch.manual_seed(recipe.seed)  # the same fresh head on every rank and every run
+    model, weights = build_model(recipe.backbone, data.num_classes, pretrained=recipe.pretrained)
+    return None, runtime.prepare(model), weights
 
 
 def _resumable(store: Store, recipe: Recipe, fingerprint: str) -> str | None:
@@ -123,14 +137,9 @@ def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | No
     runtime = setup_runtime()
     try:
         dataset, data = load_data(dataset_root, recipe, store, runtime, progress)
-        done = store.find_finished(FAMILY, recipe.backbone, recipe.params(), dataset.fingerprint) \
-            if runtime.is_main else None
-        done = runtime.broadcast(done)
+        done, model, weights = _finished_or_fresh_model(FAMILY, recipe, dataset, data, store, runtime)
         if done:
             return done
-        torch.manual_seed(recipe.seed)  # the same fresh head on every rank and every run
-        model, weights = build_model(recipe.backbone, data.num_classes, pretrained=recipe.pretrained)
-        model = runtime.prepare(model)
         exp_id = runtime.broadcast(
             _open_experiment(store, preset, recipe, dataset, runtime, weights) if runtime.is_main else None)
         with store.failing_on_error(exp_id) if runtime.is_main else nullcontext():
@@ -158,14 +167,9 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
     runtime = setup_runtime()
     try:
         dataset, data = load_data(dataset_root, recipe, store, runtime, progress)
-        done = store.find_finished(LR_FAMILY, recipe.backbone, recipe.params(), dataset.fingerprint) \
-            if runtime.is_main else None
-        done = runtime.broadcast(done)
+        done, model, weights = _finished_or_fresh_model(LR_FAMILY, recipe, dataset, data, store, runtime)
         if done:
             return done
-        torch.manual_seed(recipe.seed)
-        model, weights = build_model(recipe.backbone, data.num_classes, pretrained=recipe.pretrained)
-        model = runtime.prepare(model)
         exp_id = runtime.broadcast(
             store.start(f"lr-find {preset}", LR_FAMILY, recipe.backbone, recipe.params(), dataset.fingerprint,
                         data_root=str(dataset.collection.root), split=SPLIT, device=runtime.describe(),
