@@ -7,6 +7,7 @@ accuracy-coverage curve then tells a manager how many bins can be trusted withou
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize_scalar
 
 from core.metrics import accuracy_coverage, expected_calibration_error
@@ -57,3 +58,16 @@ def calibration_summary(val_probs: np.ndarray, val_true, test_probs: np.ndarray,
         "coverage": coverage[keep].round(4).tolist(),
         "coverage_accuracy": accuracy[keep].round(4).tolist(),
     }
+
+
+def calibrated_predictions(predictions: pd.DataFrame, exp: dict) -> pd.DataFrame:
+    """Stored test predictions with the experiment's temperature applied, so every page shows the
+    same confidence the counting service gives (the predicted counts do not change)."""
+    temperature = (exp["details"].get("calibration") or {}).get("temperature")
+    if not temperature or predictions.empty:
+        return predictions
+    probs = apply_temperature(np.array(predictions["probs"].tolist()), temperature)
+    out = predictions.copy()
+    out["probs"] = [row.round(5).tolist() for row in probs]
+    out["confidence"] = probs.max(axis=1)
+    return out

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 from PIL import ImageOps
 
+from core.calibration import calibrated_predictions
 from core.config import find_data_dir, store_dir
 from core.data import DataError, load_collection
 from core.images import ImageError, open_image
@@ -87,7 +88,8 @@ def lr_curves(exp_id: str) -> list[dict]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _predictions(root: str, exp_id: str, _version: Version) -> pd.DataFrame:
-    return Store(root).predictions(exp_id)
+    store = Store(root)
+    return calibrated_predictions(store.predictions(exp_id), store.experiment(exp_id))
 
 
 def predictions(exp_id: str) -> pd.DataFrame:

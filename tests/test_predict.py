@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.calibration import apply_temperature, calibration_summary, fit_temperature
+from core.calibration import apply_temperature, calibrated_predictions, calibration_summary, fit_temperature
 from core.config import PROJECT_ROOT
 from core.images import ImageError
 from core.metrics import expected_calibration_error
@@ -243,3 +243,16 @@ def test_a_temperature_that_worsens_validation_ece_is_not_used():
     summary = calibration_summary(probs, y, probs, y)
     assert summary["temperature"] == 1.0
     assert summary["ece_val_after"] == pytest.approx(summary["ece_val_before"])
+
+
+def test_pages_show_calibrated_test_predictions(counters, trained_store):
+    """The dashboard's per-photo confidences match what the counting service would say."""
+    store = Store(trained_store)
+    exp = store.experiment(counters["cnn"].exp_id)
+    raw = store.predictions(exp["id"])
+    shown = calibrated_predictions(raw, exp)
+    expected = apply_temperature(np.array(raw["probs"].tolist()), counters["cnn"].temperature)
+    assert np.allclose(np.array(shown["probs"].tolist()), expected, atol=1e-5)
+    assert (np.array(shown["probs"].tolist()).argmax(1) == shown["pred_count"]).all()
+    assert np.allclose(shown["confidence"], expected.max(1))
+    assert calibrated_predictions(raw, {**exp, "details": {}}) is raw  # never calibrated: shown as stored
