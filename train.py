@@ -174,6 +174,7 @@ def cmd_suite(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.download import DEFAULT_BASE_URL
+    from core.reconcile import MISMATCH_THRESHOLD
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="folder of photos (its own labels are the recorded quantities unless --records)")
     p.add_argument("--records", help="CSV with columns image,recorded_quantity (image = file name in --data)")
     p.add_argument("--out", default="report.csv", help=".csv or .json")
-    p.add_argument("--threshold", type=float, default=0.5, help="flag bins with P(mismatch) at or above this")
+    p.add_argument("--threshold", type=float, default=MISMATCH_THRESHOLD,
+                   help="flag bins with P(mismatch) at or above this")
     p.set_defaults(func=cmd_reconcile)
 
     for name, func, help_ in (

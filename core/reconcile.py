@@ -15,6 +15,7 @@ from core.data import load_collection, parse_count
 from core.images import ImageError
 from core.predict import Counter
 
+MISMATCH_THRESHOLD = 0.5  # default: flag a bin when it more likely than not differs from its record
 REPORT_COLUMNS = ["image", "recorded_quantity", "predicted_count", "expected_count", "confidence",
                   "p_match", "p_mismatch", "mismatch", "error"]
 
@@ -56,8 +57,13 @@ def records_from_folder(root: str | Path, records_csv: str | Path | None = None)
             dict(zip(names, map(Path, table["path"]))))
 
 
+def is_mismatch(p_mismatch: float, threshold: float = MISMATCH_THRESHOLD) -> bool:
+    """The one flagging rule, shared by the report, the upload page's verdict and its charts."""
+    return p_mismatch >= threshold
+
+
 def reconcile(counter: Counter, records: pd.DataFrame, images: Mapping[str, bytes | Path],
-              threshold: float = 0.5, progress: bool = False) -> pd.DataFrame:
+              threshold: float = MISMATCH_THRESHOLD, progress: bool = False) -> pd.DataFrame:
     """The variance report, riskiest bins first. A bin is flagged when P(mismatch) >= threshold.
 
     Bins whose photo is missing or unreadable, or whose recorded quantity is beyond what the
@@ -79,7 +85,7 @@ def reconcile(counter: Counter, records: pd.DataFrame, images: Mapping[str, byte
             p_match = counter.p_count(result, int(recorded))
             row.update(predicted_count=result.count, expected_count=round(result.expected, 3),
                        confidence=round(result.confidence, 4), p_match=round(p_match, 4),
-                       p_mismatch=round(1 - p_match, 4), mismatch=1 - p_match >= threshold)
+                       p_mismatch=round(1 - p_match, 4), mismatch=is_mismatch(1 - p_match, threshold))
             if recorded >= counter.num_classes:
                 row["error"] = f"recorded quantity is above what the model counts (0..{counter.num_classes - 1})"
         rows.append(row)

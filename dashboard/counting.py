@@ -12,8 +12,8 @@ from pathlib import PurePosixPath
 
 from core.images import ImageError
 from core.predict import CountResult, Counter
+from core.reconcile import MISMATCH_THRESHOLD, is_mismatch
 
-MISMATCH_THRESHOLD = 0.5  # as core.reconcile: flag when P(mismatch) >= threshold
 MAX_ZIP_BYTES = 1_000_000_000  # uncompressed; refuses zip bombs
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
 
@@ -43,7 +43,7 @@ def count_photos(counter: Counter, photos: Sequence[tuple[str, bytes]]) -> list[
 def verdict(counter: Counter, result: CountResult, recorded: int, threshold: float = MISMATCH_THRESHOLD) -> Verdict:
     """Does the photo agree with the recorded quantity? With the probability that it does not."""
     p_mismatch = 1.0 - counter.p_count(result, recorded)
-    if p_mismatch >= threshold:
+    if is_mismatch(p_mismatch, threshold):
         text = (f"Probably a mismatch: recorded {recorded}, the photo shows {result.count} — "
                 f"probability of a mismatch {p_mismatch:.0%}. Recount this bin.")
         return Verdict(True, p_mismatch, text)

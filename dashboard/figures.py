@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.config import MAX_COUNT
+from core.reconcile import is_mismatch
 
 COUNT_TITLE = "items in the bin"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -194,11 +195,11 @@ def probability_bars(probs: Sequence[float], recorded: int | None = None, title:
 
 
 def mismatch_bars(report: pd.DataFrame, threshold: float) -> go.Figure:
-    """Probability of a mismatch per bin (a reconcile report), red above the threshold."""
+    """Probability of a mismatch per bin (a reconcile report), red where the bin is flagged."""
     report = report.dropna(subset=["p_mismatch"]).sort_values("p_mismatch", ascending=False)
     fig = go.Figure(go.Bar(
         x=report["image"], y=report["p_mismatch"],
-        marker_color=[MISMATCH if p > threshold else MATCH for p in report["p_mismatch"]],
+        marker_color=[MISMATCH if is_mismatch(p, threshold) else MATCH for p in report["p_mismatch"]],
         customdata=np.stack([report["recorded_quantity"], report["predicted_count"]], axis=1) if len(report) else None,
         hovertemplate="%{x}<br>recorded %{customdata[0]}, counted %{customdata[1]}<br>"
                       "probability of a mismatch %{y:.0%}<extra></extra>",

@@ -104,6 +104,8 @@ def test_mismatch_bars_red_above_threshold_and_skip_unchecked_bins():
     bar = fig.data[0]
     assert list(bar.x) == ["b.jpg", "a.jpg"]
     assert list(bar.marker.color) == [figures.MISMATCH, figures.MATCH]
+    at_threshold = figures.mismatch_bars(report.iloc[:1], threshold=0.2)  # flagged by the report: red too
+    assert list(at_threshold.data[0].marker.color) == [figures.MISMATCH]
     empty = figures.mismatch_bars(report.iloc[2:], threshold=0.5)
     assert len(empty.data[0].x) == 0
 
