@@ -1,7 +1,8 @@
 """What the pages read, cached: experiments and their curves from the store, collections, photos.
 
 Store reads are keyed by the store's version (the SQLite file and its write-ahead log), so a page
-re-renders from memory until training writes something; experiment lists also expire after a few
+re-renders from memory until training writes something (the version argument must not start
+with an underscore: Streamlit leaves such arguments out of the cache key); experiment lists also expire after a few
 seconds, because a run whose process died changes status without a write.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ def version(root: str) -> Version:
 
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
-def _experiments(root: str, _version: Version) -> list[dict]:
+def _experiments(root: str, store_version: Version) -> list[dict]:
     if not (Path(root) / "experiments.sqlite").is_file():
         return []  # an empty store is not created just by looking at it
     return Store(root).experiments()
@@ -67,7 +68,7 @@ def best_id(metric: str = "balanced_accuracy") -> str | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _epochs(root: str, exp_id: str, _version: Version) -> pd.DataFrame:
+def _epochs(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
     return Store(root).epochs(exp_id)
 
 
@@ -77,7 +78,7 @@ def epochs(exp_id: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _lr_curves(root: str, exp_id: str, _version: Version) -> list[dict]:
+def _lr_curves(root: str, exp_id: str, store_version: Version) -> list[dict]:
     return Store(root).lr_curves(exp_id)
 
 
@@ -87,7 +88,7 @@ def lr_curves(exp_id: str) -> list[dict]:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _predictions(root: str, exp_id: str, _version: Version) -> pd.DataFrame:
+def _predictions(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
     store = Store(root)
     return calibrated_predictions(store.predictions(exp_id), store.experiment(exp_id))
 
