@@ -59,7 +59,7 @@ def cmd_classical(args: argparse.Namespace) -> None:
             sys.exit(f"{flag} must be JSON ({err}): {text!r}")
 
     store, root, started = Store(), data_dir(args.data), time.perf_counter()
-    options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size}
+    options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv}
     options = {k: v for k, v in options.items() if v is not None}
     common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet}
     try:
@@ -74,22 +74,35 @@ def cmd_classical(args: argparse.Namespace) -> None:
         sys.exit(str(err))
     table = results_table(store, ids)
     print(table.drop(columns=["id"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    print("experiments: " + ", ".join(ids))
+    for exp_id in ids:
+        exp = store.experiment(exp_id)
+        print(f"{exp.name} ({exp_id}), calibration: {exp.calibration.get('method')}")
+        print_figures(exp)
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
-def load_model(name: str):
-    """A counter for --model, or a clear exit (no finished experiment, unknown name)."""
-    from core.predict import ModelNotFound, load_counter
+def counter_for(name: str, data: Path | None = None):
+    """A counter for --model, or a clear exit (no finished experiment, unknown name).
 
+    `best` is chosen on validation among the models trained on the data in use: `data` if models
+    were trained on it, else the default data folder (photos to check are often new ones)."""
+    from core.predict import ModelNotFound, load_counter
+    from core.store import Store, best_of, best_rule
+
+    trained_on = find_data_dir()
+    if data is not None and best_of(Store().experiments("finished"), data):
+        trained_on = data
     try:
-        return load_counter(name)
+        counter = load_counter(name, data_root=trained_on)
     except ModelNotFound as err:
         sys.exit(str(err))
+    if name == "best":
+        print(f"model: {counter.name} ({counter.exp_id}); {best_rule(trained_on)}", file=sys.stderr)
+    return counter
 
 
 def cmd_count(args: argparse.Namespace) -> None:
-    counter = load_model(args.model)
+    counter = counter_for(args.model)
     for path, result in zip(args.images, counter.count_batch(args.images)):
         if isinstance(result, Exception):
             print(f"{path}: cannot count: {result}")
@@ -100,14 +113,20 @@ def cmd_count(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from core.predict import evaluate_folder
 
-    print(json.dumps(evaluate_folder(load_model(args.model), data_dir(args.data)), indent=2))
+    root = data_dir(args.data)
+    try:
+        report = evaluate_folder(counter_for(args.model, root), root)
+    except ValueError as err:
+        sys.exit(str(err))
+    print(json.dumps(report, indent=2))
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import reconcile, records_from_folder, write_report
 
-    counter = load_model(args.model)
-    records, images = records_from_folder(data_dir(args.data), args.records)
+    root = data_dir(args.data)
+    counter = counter_for(args.model, root)
+    records, images = records_from_folder(root, args.records)
     report = reconcile(counter, records, images, threshold=args.threshold, progress=True)
     write_report(report, args.out)
     flagged = int(report["mismatch"].fillna(False).astype(bool).sum())
@@ -136,20 +155,38 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     from core.store import Store
 
     store = Store()
-    exp_id = train_cnn(data_dir(args.data), args.preset, store, parse_overrides(args.set), progress=not args.quiet)
+    exp_id = train_cnn(data_dir(args.data), args.preset, store, parse_overrides(args.set), progress=not args.quiet,
+                       cv=args.cv)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     exp = store.experiment(exp_id)
-    metrics, details = exp["metrics"], exp["details"]
-    val = {k.removeprefix("val_"): v for k, v in details.get("val", {}).items()}
-    print(f"{exp_id}: {exp['model']} ({exp['weights']}) on {exp['device']}")
-    print(f"  {details['train_seconds']:.0f} s training, best epoch {details['best_epoch']} at {details['image_size']} px")
-    for split, scores in (("val", val), ("test", metrics)):
-        if scores:
-            print(f"  {split:4}: accuracy {scores['accuracy']:.3f}  balanced accuracy {scores['balanced_accuracy']:.3f}"
-                  f"  RMSE {scores['rmse']:.3f}")
-    per_class = ", ".join(f"{c}: {'-' if a is None else f'{a:.2f}'}" for c, a in enumerate(metrics["per_class_accuracy"]))
-    print(f"  test accuracy per count: {per_class}")
+    print(f"{exp_id}: {exp.model} ({exp.weights}) on {exp.device}")
+    trained = f"best epoch {exp.best_epoch}" if exp.best_epoch else f"{exp.folds} folds"
+    print(f"  {exp.train_seconds or 0:.0f} s training, {trained}, {exp.image_size} px, "
+          f"calibration: {exp.calibration.get('method')}")
+    print_figures(exp)
+
+
+def figures_line(label: str, m: dict) -> str:
+    """Accuracy, balanced accuracy and RMSE with their 95% intervals, on one line."""
+    ci = m.get("intervals", {})
+
+    def one(key: str, fmt: str) -> str:
+        lo_hi = f" ({ci[key][0]:{fmt}}-{ci[key][1]:{fmt}})" if key in ci else ""
+        return f"{m[key]:{fmt}}{lo_hi}"
+
+    return (f"  {label:<12} n={m['n']:<5} accuracy {one('accuracy', '.3f')}  balanced {one('balanced_accuracy', '.3f')}"
+            f"  RMSE {one('rmse', '.2f')}  ECE {m.get('ece', float('nan')):.3f}")
+
+
+def print_figures(exp) -> None:
+    """Selection figures (validation or out-of-fold) and test figures, with intervals, and per-count accuracy."""
+    for label, m in (("validation", exp.val_metrics), ("out-of-fold", exp.cv_metrics), ("test", exp.metrics)):
+        if m:
+            print(figures_line(label, m))
+    m = exp.cv_metrics or exp.metrics
+    per_class = ", ".join(f"{c}: {'-' if a is None else f'{a:.2f}'}" for c, a in enumerate(m["per_class_accuracy"]))
+    print(f"  {'out-of-fold' if exp.cv_metrics else 'test'} accuracy per count: {per_class}")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
@@ -214,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="image cache resolution the features read (default: 128)")
     p.add_argument("--name", help="experiment name (default: <features>-<model>)")
     p.add_argument("--jobs", type=int, default=2, help="parallel processes for features and the search")
+    p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
+                   help="cross-validate: K models on K folds of train+val (K defaults to 5), served as an ensemble")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_classical)
 
@@ -253,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override recipe fields, values in JSON, e.g. batch_size=64 "
                             '\'phases=[{"epochs": 3, "image_size": 128}]\'')
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "cnn":
+            p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
+                           help="cross-validate: K models on K folds of train+val (K defaults to 5), one ensemble")
         p.set_defaults(func=func)
     return parser
 

@@ -43,7 +43,7 @@ def main() -> None:
     except ModelNotFound as err:
         print(f"(counting and dashboard rows skipped: {err})")
     else:
-        if counter.exp["family"] == "cnn":
+        if counter.exp.family == "cnn" and not counter.exp.folds:
             paths = dataset.split("test")["path"].head(args.photos).tolist()
             rows += inference.run(store, counter, paths, args.batch)
         rows += dashboard.run(store.root)

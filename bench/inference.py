@@ -12,11 +12,11 @@ from torchvision import transforms
 
 from bench.common import percentiles
 from core.cnn.predictor import load_model
-from core.predict import Counter
+from core.predict import BinCounter
 from core.store import Store
 
 
-def naive_counter(store: Store, counter: Counter):
+def naive_counter(store: Store, counter: BinCounter):
     model, config = load_model(store.artifact_dir(counter.exp_id))
     transform = transforms.Compose([transforms.Resize((config["image_size"],) * 2), transforms.ToTensor(),
                                     transforms.Normalize(config["mean"], config["std"])])
@@ -50,13 +50,13 @@ def _throughput(fn, paths: list[str], batch: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def run(store: Store, counter: Counter, paths: list[str], batch: int) -> list[tuple[str, str, str, str]]:
+def run(store: Store, counter: BinCounter, paths: list[str], batch: int) -> list[tuple[str, str, str, str]]:
     naive = naive_counter(store, counter)
     ours_lat = percentiles(_latencies(counter.count, paths))
     naive_lat = percentiles(_latencies(lambda p: naive([p]), paths))
     ours_tp = _throughput(lambda ps: counter.count_batch(ps, batch_size=batch), paths, batch)
     naive_tp = _throughput(naive, paths, batch)
-    label = f"{counter.name} @{counter.image_size}px, tta={counter.exp['details'].get('model_config', {}).get('tta')}"
+    label = f"{counter.name} @{counter.image_size}px, tta={counter.exp.model_config.get('tta')}"
     return [
         (f"count 1 photo p50 ({label})", f"{ours_lat[0] * 1e3:.0f} ms", f"{naive_lat[0] * 1e3:.0f} ms",
          f"{naive_lat[0] / ours_lat[0]:.2f}x"),

@@ -1,73 +1,129 @@
-"""Confidence that means something: temperature scaling and the accuracy-coverage curve.
+"""Confidence that means something: calibration maps and the accuracy-coverage curve.
 
-A model's raw probabilities are often over- or under-confident. One temperature, fitted on the
-validation split, rescales them so that "80% sure" is right about 80% of the time; the
-accuracy-coverage curve then tells a manager how many bins can be trusted without a recount.
+A model's raw probabilities are often over- or under-confident, and class weights or soft
+ordinal targets also shift which counts it favours, which one temperature cannot undo. Three
+maps are tried on held-out predictions (the validation split, or the out-of-fold predictions of
+a cross-validated run):
+
+- "none": the probabilities as they are;
+- "temperature": softmax(log p / T);
+- "temperature+bias": softmax(log p / T + b), a per-count bias that corrects the class priors
+  (L2-penalised, so a count with a handful of photos cannot run away).
+
+The map is chosen by 2-fold cross-fitting on the held-out predictions (fit on one half, score
+the other), so the choice is not judged on the photos it was fitted on, then refitted on all of
+them. It is scored by the negative log-likelihood, a proper scoring rule: reconciliation reads
+the probability of the recorded count, not only of the most likely one, which is all that ECE
+looks at. ECE is reported beside it. The class shares of those photos are kept as `class_prior`: the prior the
+calibrated probabilities are relative to, which reconciliation needs.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import pandas as pd
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize
+from sklearn.model_selection import StratifiedKFold
 
 from core.metrics import accuracy_coverage, expected_calibration_error
 
 EPS = 1e-7
+METHODS = ("none", "temperature", "temperature+bias")
+BIAS_PENALTY = 1.0  # L2 weight on the per-count biases (a Gaussian prior of variance 1/2), over all photos
 
 
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale probabilities as softmax(log(p) / T): T > 1 softens, T < 1 sharpens."""
-    logits = np.log(np.clip(np.asarray(probs, dtype=float), EPS, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    scaled = np.exp(logits)
-    return scaled / scaled.sum(axis=1, keepdims=True)
+def _log(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(probs, dtype=float), EPS, 1.0))
 
 
-def fit_temperature(probs: np.ndarray, y_true) -> float:
-    """The temperature minimising the negative log-likelihood of `y_true` (searched in log space)."""
-    y_true = np.asarray(y_true, dtype=int)
-
-    def nll(log_t: float) -> float:
-        scaled = apply_temperature(probs, float(np.exp(log_t)))
-        return -float(np.mean(np.log(np.clip(scaled[np.arange(len(y_true)), y_true], EPS, 1.0))))
-
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
 
 
-def calibration_summary(val_probs: np.ndarray, val_true, test_probs: np.ndarray, test_true,
-                        points: int = 50) -> dict:
-    """Fit on validation, report ECE before/after on both splits, and the test accuracy-coverage curve.
-
-    A temperature that makes validation ECE worse (it minimises log-loss, which a handful of
-    validation photos can mislead) is not used: the model then keeps temperature 1.
-    """
-    temperature = fit_temperature(val_probs, val_true)
-    ece_before = expected_calibration_error(val_probs, val_true)
-    if expected_calibration_error(apply_temperature(val_probs, temperature), val_true) > ece_before:
-        temperature = 1.0
-    test_scaled = apply_temperature(test_probs, temperature)
-    coverage, accuracy = accuracy_coverage(test_scaled.max(axis=1), test_scaled.argmax(axis=1) == np.asarray(test_true))
-    keep = np.unique(np.linspace(0, len(coverage) - 1, min(points, len(coverage))).round().astype(int))
-    return {
-        "temperature": temperature,
-        "ece_val_before": ece_before,
-        "ece_val_after": expected_calibration_error(apply_temperature(val_probs, temperature), val_true),
-        "ece_test_before": expected_calibration_error(test_probs, test_true),
-        "ece_test_after": expected_calibration_error(test_scaled, test_true),
-        "coverage": coverage[keep].round(4).tolist(),
-        "coverage_accuracy": accuracy[keep].round(4).tolist(),
-    }
+def apply_calibration(probs: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """Calibrated probabilities: softmax(log p / T + b); an empty calibration changes nothing."""
+    probs = np.asarray(probs, dtype=float)
+    if not calibration or calibration.get("method", "temperature") == "none":
+        return probs
+    temperature = float(calibration.get("temperature", 1.0))
+    bias = np.asarray(calibration.get("bias") or np.zeros(probs.shape[1]), dtype=float)
+    return _softmax(_log(probs) / temperature + bias)
 
 
-def calibrated_predictions(predictions: pd.DataFrame, exp: dict) -> pd.DataFrame:
-    """Stored test predictions with the experiment's temperature applied, so every page shows the
-    same confidence the counting service gives (the predicted counts do not change)."""
-    temperature = (exp["details"].get("calibration") or {}).get("temperature")
-    if not temperature or predictions.empty:
-        return predictions
-    probs = apply_temperature(np.array(predictions["probs"].tolist()), temperature)
-    out = predictions.copy()
-    out["probs"] = [row.round(5).tolist() for row in probs]
-    out["confidence"] = probs.max(axis=1)
+def fit_map(probs: np.ndarray, y_true: np.ndarray, method: str) -> dict[str, Any]:
+    """The map's parameters minimising the negative log-likelihood of `y_true`."""
+    k = probs.shape[1]
+    if method == "none":
+        return {"method": "none", "temperature": 1.0, "bias": [0.0] * k}
+    logp, rows = _log(probs), np.arange(len(y_true))
+    with_bias = method == "temperature+bias"
+
+    def loss(theta: np.ndarray) -> float:
+        bias = theta[1:] if with_bias else 0.0
+        logits = logp / np.exp(theta[0]) + bias
+        logits = logits - logits.max(axis=1, keepdims=True)
+        nll = -(logits[rows, y_true] - np.log(np.exp(logits).sum(axis=1))).mean()
+        return float(nll + BIAS_PENALTY * np.sum(theta[1:] ** 2) / len(y_true))
+
+    theta0 = np.zeros(1 + (k if with_bias else 0))
+    bounds = [(np.log(0.05), np.log(20.0))] + [(-5.0, 5.0)] * (k if with_bias else 0)
+    theta = minimize(loss, theta0, method="L-BFGS-B", bounds=bounds).x
+    bias = theta[1:] - theta[1:].mean() if with_bias else np.zeros(k)
+    return {"method": method, "temperature": float(np.exp(theta[0])), "bias": [round(float(b), 5) for b in bias]}
+
+
+def _cross_fitted(probs: np.ndarray, y_true: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """Each half calibrated by the map fitted on the other half (stratified by count; a count
+    with a single photo is stratified with the rest)."""
+    counts = np.bincount(y_true)
+    labels = np.where(counts[y_true] >= 2, y_true, -1)
+    if len(y_true) < 4 or np.bincount(labels + 1).min() < 2:
+        return apply_calibration(probs, fit_map(probs, y_true, method))
+    out = np.empty_like(probs)
+    for fit_idx, apply_idx in StratifiedKFold(2, shuffle=True, random_state=seed).split(probs, labels):
+        out[apply_idx] = apply_calibration(probs[apply_idx], fit_map(probs[fit_idx], y_true[fit_idx], method))
     return out
+
+
+def _nll(probs: np.ndarray, y_true: np.ndarray) -> float:
+    return float(-_log(probs[np.arange(len(y_true)), y_true]).mean())
+
+
+def fit_calibration(probs: np.ndarray, y_true, seed: int = 0) -> dict[str, Any]:
+    """Choose and fit the calibration map on held-out predictions (see the module docstring).
+
+    Returns method, temperature, bias, class_prior, the cross-fitted log-loss and ECE of every
+    method (`nll_by_method`, `ece_by_method`) and `ece_fit_before` / `ece_fit_after` (cross-fitted).
+    """
+    probs = np.asarray(probs, dtype=float)
+    y_true = np.asarray(y_true, dtype=int)
+    crossed = {m: _cross_fitted(probs, y_true, m, seed) for m in METHODS}
+    nll = {m: _nll(p, y_true) for m, p in crossed.items()}
+    ece = {m: expected_calibration_error(p, y_true) for m, p in crossed.items()}
+    method = min(METHODS, key=lambda m: (round(nll[m], 3), METHODS.index(m)))  # ties: the simpler map
+    fitted = fit_map(probs, y_true, method)
+    prior = apply_calibration(probs, fitted).mean(axis=0)
+    return {**fitted, "class_prior": [round(float(p), 5) for p in prior], "n_fit": int(len(y_true)),
+            "nll_by_method": {m: round(v, 5) for m, v in nll.items()},
+            "ece_by_method": {m: round(v, 5) for m, v in ece.items()},
+            "ece_fit_before": round(ece["none"], 5), "ece_fit_after": round(ece[method], 5)}
+
+
+def coverage_curve(probs: np.ndarray, y_true, points: int = 50) -> dict[str, list[float]]:
+    """The accuracy-coverage curve of calibrated probabilities, thinned to about `points` points."""
+    probs = np.asarray(probs, dtype=float)
+    coverage, accuracy = accuracy_coverage(probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y_true))
+    keep = np.unique(np.linspace(0, len(coverage) - 1, min(points, len(coverage))).round().astype(int))
+    return {"coverage": coverage[keep].round(4).tolist(), "coverage_accuracy": accuracy[keep].round(4).tolist()}
+
+
+def calibrate(fit_probs: np.ndarray, fit_true, test_probs: np.ndarray, test_true) -> dict[str, Any]:
+    """Fit on held-out predictions; add test ECE before/after and the test accuracy-coverage curve."""
+    calibration = fit_calibration(fit_probs, fit_true)
+    test_scaled = apply_calibration(test_probs, calibration)
+    return {**calibration,
+            "ece_test_before": round(expected_calibration_error(test_probs, test_true), 5),
+            "ece_test_after": round(expected_calibration_error(test_scaled, test_true), 5),
+            **coverage_curve(test_scaled, test_true)}

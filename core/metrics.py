@@ -5,11 +5,19 @@ beside accuracy; RMSE treats the count as a number, as the paper does.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
 
-def classification_report(y_true, y_pred, num_classes: int) -> dict:
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    with warnings.catch_warnings():  # a split may lack a count the model predicts: that is fine here
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def count_report(y_true, y_pred, num_classes: int) -> dict:
     """n, accuracy, balanced accuracy, RMSE, per-class accuracy and RMSE, confusion matrix.
 
     Per-class values are None for classes absent from `y_true`.
@@ -27,7 +35,7 @@ def classification_report(y_true, y_pred, num_classes: int) -> dict:
     return {
         "n": int(len(y_true)),
         "accuracy": float(np.mean(y_true == y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "rmse": float(np.sqrt(np.mean(errors**2))),
         "per_class_accuracy": per_class_acc,
         "per_class_rmse": per_class_rmse,
@@ -62,3 +70,90 @@ def accuracy_coverage(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
     hits = np.cumsum(correct[order])
     n = np.arange(1, len(order) + 1)
     return n / len(order), hits / n
+
+
+BOOTSTRAP_ROUNDS = 1000
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "rmse")
+
+
+def _stratified_resamples(y_true: np.ndarray, rounds: int, seed: int) -> np.ndarray:
+    """(rounds, N) photo indices, each round resampling photos with replacement within each count,
+    so every resample keeps the split's mix of counts (balanced accuracy stays defined)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((rounds, len(y_true)), dtype=np.int64)
+    for cls in np.unique(y_true):
+        where = np.flatnonzero(y_true == cls)
+        out[:, where] = where[rng.integers(0, len(where), size=(rounds, len(where)))]
+    return out
+
+
+def _figures(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(rounds, 3): accuracy, balanced accuracy (mean recall over `classes`) and RMSE of each row."""
+    correct = y_true == y_pred
+    # stratified resampling keeps every photo position's count, so row 0 tells where each count is
+    recalls = [correct[:, y_true[0] == cls].mean(axis=1) for cls in classes]
+    return np.column_stack([correct.mean(axis=1), np.mean(recalls, axis=0),
+                            np.sqrt(((y_pred - y_true) ** 2).mean(axis=1))])
+
+
+def bootstrap_intervals(y_true, y_pred, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,
+                        seed: int = 0) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals of accuracy, balanced accuracy and RMSE, resampling
+    photos stratified by count: `{"accuracy": [lo, hi], ...}`."""
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = np.asarray(y_pred, dtype=int)
+    if len(y_true) == 0:
+        raise ValueError("no samples to evaluate")
+    idx = _stratified_resamples(y_true, rounds, seed)
+    figures = _figures(y_true[idx], y_pred[idx], np.unique(y_true))
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(figures, [tail, 100 - tail], axis=0)
+    # rounded outwards, so an interval always holds the figure it brackets
+    return {name: [float(np.floor(a * 1e4) / 1e4), float(np.ceil(b * 1e4) / 1e4)]
+            for name, a, b in zip(INTERVAL_METRICS, lo, hi)}
+
+
+def paired_bootstrap(y_true, pred_a, pred_b, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,
+                     seed: int = 0) -> dict[str, dict[str, float]]:
+    """A minus B on the same photos, resampled together (stratified by count): per metric the
+    observed difference, its interval, and the share of resamples in which A is better."""
+    y_true = np.asarray(y_true, dtype=int)
+    pred_a, pred_b = np.asarray(pred_a, dtype=int), np.asarray(pred_b, dtype=int)
+    if len(y_true) == 0:
+        raise ValueError("no photos that both models scored")
+    classes = np.unique(y_true)
+    idx = _stratified_resamples(y_true, rounds, seed)
+    diff = _figures(y_true[idx], pred_a[idx], classes) - _figures(y_true[idx], pred_b[idx], classes)
+    observed = _figures(y_true[None], pred_a[None], classes)[0] - _figures(y_true[None], pred_b[None], classes)[0]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(diff, [tail, 100 - tail], axis=0)
+    out = {}
+    for k, name in enumerate(INTERVAL_METRICS):
+        better = diff[:, k] < 0 if name == "rmse" else diff[:, k] > 0
+        out[name] = {"difference": round(float(observed[k]), 4), "low": round(float(lo[k]), 4),
+                     "high": round(float(hi[k]), 4), "a_better_share": round(float(better.mean()), 4)}
+    return out
+
+
+def verdict(comparison: dict[str, dict[str, float]], name_a: str, name_b: str,
+            metric: str = "balanced_accuracy") -> str:
+    """One sentence on a paired comparison: who is better on `metric`, or that it is within noise."""
+    row = comparison[metric]
+    label = metric.replace("_", " ")
+    span = f"difference {row['difference']:+.3f}, 95% interval {row['low']:+.3f} to {row['high']:+.3f}"
+    if row["low"] > 0 or row["high"] < 0:
+        lower_is_better = metric == "rmse"
+        a_wins = (row["high"] < 0) if lower_is_better else (row["low"] > 0)
+        winner, loser = (name_a, name_b) if a_wins else (name_b, name_a)
+        return f"{winner} beats {loser} on {label} ({span})."
+    return f"{name_a} and {name_b} are within noise of each other on {label} ({span})."
+
+
+def split_figures(y_true, probs: np.ndarray, num_classes: int) -> dict:
+    """`count_report` of the most probable counts, with ECE and bootstrap intervals: a split's figures."""
+    probs = np.asarray(probs, dtype=float)
+    y_pred = probs.argmax(axis=1)
+    report = count_report(y_true, y_pred, num_classes)
+    report["ece"] = expected_calibration_error(probs, y_true)
+    report["intervals"] = bootstrap_intervals(y_true, y_pred)
+    return report

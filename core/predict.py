@@ -1,12 +1,13 @@
 """The counting service: load any finished experiment and count the items in bin photos.
 
-Every model family exposes `load_predictor(store, exp)`: uint8 RGB arrays at the experiment's
-`image_size` in, class probabilities out. Photos reach it through `core.images.load_rgb`, the
-same decoder that filled the training cache, so training and serving see identical pixels.
+Every model family exposes `load_predictor(folder, artifact, num_classes)`: uint8 RGB arrays
+at the experiment's `image_size` in, class probabilities out. A cross-validated experiment is
+K such models, served as the mean of their calibrated probabilities. Photos reach them through
+`core.images.load_rgb`, the same decoder that filled the training cache, so training and serving
+see identical pixels. Loading only loads: calibration happened when the experiment was trained.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +15,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.calibration import apply_temperature, calibration_summary
+from core.calibration import apply_calibration
+from core.classical.predictor import load_predictor as load_classical
+from core.cnn.predictor import load_predictor as load_cnn
 from core.data import load_collection
-from core.dataset import prepare_dataset
 from core.images import ImageError, ImageSource, load_rgb
-from core.metrics import classification_report
-from core.store import Store
+from core.metrics import split_figures
+from core.records import Experiment
+from core.store import Store, best_of, same_root
 
-FAMILY_MODULES = {"classical": "core.classical", "cnn": "core.cnn"}
 Predictor = Callable[[np.ndarray], np.ndarray]
+LOADERS: dict[str, Callable[[Path, str, int], Predictor]] = {"classical": load_classical, "cnn": load_cnn}
 
 
 class ModelNotFound(LookupError):
@@ -37,52 +40,52 @@ class CountResult:
     confidence: float  # probability of `count`
 
 
-def _predictor(store: Store, exp: dict) -> Predictor:
-    module = importlib.import_module(FAMILY_MODULES[exp["family"]])
-    return module.load_predictor(store, exp)
+def model_folders(store: Store, exp: Experiment) -> list[Path]:
+    """Where the experiment's model files are: its folder, or one folder per cross-validation fold."""
+    root = store.artifact_dir(exp.id)
+    return [root / f"fold-{f}" for f in range(exp.folds)] if exp.folds else [root]
 
 
-def resolve_experiment(store: Store, model: str = "best") -> dict:
-    """`best` (highest test balanced accuracy), an experiment id, or the newest finished run of that name."""
-    exp_id = store.best() if model == "best" else model
-    finished = [e for e in store.experiments("finished") if e["family"] in FAMILY_MODULES]
-    match = [e for e in finished if e["id"] == exp_id] or [e for e in finished if e["name"] == model]
+def resolve_experiment(store: Store, model: str = "best", data_root: str | Path | None = None) -> Experiment:
+    """`best` (see `core.store.best_rule`: chosen on validation, among models on `data_root`),
+    an experiment id, or the newest finished model of that name."""
+    models = [e for e in store.experiments("finished") if e.is_model and e.family in LOADERS]
+    if model == "best":
+        exp_id = best_of(models, data_root)
+        if exp_id is None:
+            hint = "train one with `python train.py suite`"
+            if models and data_root is not None:
+                roots = sorted({e.data_root for e in models})
+                hint = f"models exist for other data ({', '.join(roots)}): pass --data or --model"
+            raise ModelNotFound(f"no finished model{f' on {data_root}' if data_root else ''} in {store.path} ({hint})")
+        return next(e for e in models if e.id == exp_id)
+    match = [e for e in models if e.id == model] or [e for e in models if e.name == model]
     if not match:
-        hint = "no finished experiment yet: train one with `python train.py suite`" if not finished else \
-            f"choose one of: {', '.join(sorted({e['name'] for e in finished}))}"
+        hint = "no finished model yet: train one with `python train.py suite`" if not models else \
+            f"choose one of: {', '.join(sorted({e.name for e in models}))}"
         raise ModelNotFound(f"model {model!r} not found in {store.path} ({hint})")
     return match[0]
 
 
-def calibrate(store: Store, exp: dict, predict: Predictor | None = None) -> dict:
-    """Fit the temperature on the experiment's validation split and store it in its details."""
-    predict = predict or _predictor(store, exp)
-    details = exp["details"]
-    dataset = prepare_dataset(details["root"], image_size=details["image_size"],
-                              max_count=details["num_classes"] - 1, store=store.root, progress=False)
-    val_x, val_y = dataset.arrays("val", details["image_size"])
-    test_x, test_y = dataset.arrays("test", details["image_size"])
-    summary = calibration_summary(predict(val_x), val_y, predict(test_x), test_y)
-    store.update(exp["id"], details={**details, "calibration": summary})
-    exp["details"] = {**details, "calibration": summary}
-    return summary
+class BinCounter:
+    """A loaded model (or ensemble) with calibrated probabilities; `count` takes any photo the decoder accepts."""
 
-
-class Counter:
-    """A loaded model with calibrated probabilities; `count` takes any photo the decoder accepts."""
-
-    def __init__(self, exp: dict, predict: Predictor, temperature: float = 1.0):
+    def __init__(self, exp: Experiment, predictors: Sequence[Predictor]):
+        if exp.num_classes is None or exp.image_size is None:
+            raise ValueError(f"experiment {exp.id} has no image size or class count: not a counting model")
         self.exp = exp
-        self.exp_id: str = exp["id"]
-        self.name: str = exp["name"]
-        self.num_classes: int = exp["details"]["num_classes"]
-        self.image_size: int = exp["details"]["image_size"]
-        self.temperature = temperature
-        self._predict = predict
+        self.exp_id, self.name = exp.id, exp.name
+        self.num_classes: int = exp.num_classes
+        self.image_size: int = exp.image_size
+        self.calibration = exp.calibration
+        prior = exp.calibration.get("class_prior")
+        # the class shares the calibrated probabilities are relative to (what reconciliation needs)
+        self.class_prior = np.asarray(prior, dtype=float) if prior else np.full(self.num_classes, 1 / self.num_classes)
+        self._predictors = list(predictors)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for a batch of uint8 (N, S, S, 3) arrays."""
-        return apply_temperature(self._predict(images), self.temperature)
+        return np.mean([apply_calibration(p(images), self.calibration) for p in self._predictors], axis=0)
 
     @staticmethod
     def _result(probs: np.ndarray) -> CountResult:
@@ -109,28 +112,45 @@ class Counter:
             if arrays:
                 for i, probs in zip(where, self.probabilities(np.stack(arrays))):
                     results[i] = self._result(probs)
-        return results
+        return [r if r is not None else ImageError("not counted") for r in results]
 
     def p_count(self, result: CountResult, recorded: int) -> float:
         """Probability that the bin holds exactly `recorded` items (0 beyond the model's classes)."""
         return result.probs[recorded] if 0 <= recorded < len(result.probs) else 0.0
 
 
-def load_counter(model: str = "best", store: Store | None = None) -> Counter:
-    """Load a finished experiment for counting, calibrating it first if it never was."""
+def load_counter(model: str = "best", store: Store | None = None, data_root: str | Path | None = None) -> BinCounter:
+    """Load a finished experiment (or the best on `data_root`) for counting."""
     store = store or Store()
-    exp = resolve_experiment(store, model)
-    predict = _predictor(store, exp)
-    calibration = exp["details"].get("calibration") or calibrate(store, exp, predict)
-    return Counter(exp, predict, calibration["temperature"])
+    exp = resolve_experiment(store, model, data_root)
+    loader = LOADERS[exp.family]
+    return BinCounter(exp, [loader(folder, exp.artifact, exp.num_classes or 0) for folder in model_folders(store, exp)])
 
 
-def evaluate_folder(counter: Counter, root: str | Path, progress: bool = True) -> dict:
-    """Score a counter on any labelled collection; counts it cannot predict are left out and counted."""
+def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None = None,
+                    progress: bool = True) -> dict:
+    """Score a counter on a labelled collection, with 95% bootstrap intervals.
+
+    On the experiment's own collection only its test split is scored (`scope: "test split"`), from
+    the split stored with the experiment; elsewhere every photo (`scope: "all photos"`). Counts
+    the model cannot predict are left out and counted.
+    """
+    store = store or Store()
     collection = load_collection(root, max_count=counter.num_classes - 1)
-    results = counter.count_batch(collection.table["path"].tolist(), progress=progress)
+    table = collection.table
+    scope = "all photos"
+    if counter.exp.data_root and same_root(counter.exp.data_root, root):
+        split = store.split(counter.exp_id)
+        if split.empty:
+            raise ValueError(f"{root} is the collection {counter.name} was trained on, but its split was not stored "
+                             "with it (trained by an older binsight): retrain it, or evaluate on other photos")
+        table = table[table["image_id"].isin(split.loc[split["split"] == "test", "image_id"])]
+        scope = "test split"
+    results = counter.count_batch(table["path"].tolist(), progress=progress)
     ok = [i for i, r in enumerate(results) if isinstance(r, CountResult)]
-    truth = collection.table["count"].to_numpy()[ok]
-    report = classification_report(truth, [results[i].count for i in ok], counter.num_classes)
-    return {"model": counter.exp_id, **report, "left_out_counts": collection.out_of_range,
-            "unreadable": len(collection.skipped) + len(results) - len(ok)}
+    truth = table["count"].to_numpy()[ok]
+    if not ok:
+        raise ValueError(f"no photo in {root} could be counted")
+    probs = np.array([r.probs for r in results if isinstance(r, CountResult)])
+    return {"model": counter.exp_id, "scope": scope, **split_figures(truth, probs, counter.num_classes),
+            "left_out_counts": collection.out_of_range, "unreadable": len(collection.skipped) + len(results) - len(ok)}

@@ -13,7 +13,7 @@ import pandas as pd
 
 from core.data import load_collection, parse_count
 from core.images import ImageError
-from core.predict import Counter
+from core.predict import BinCounter
 
 MISMATCH_THRESHOLD = 0.5  # default: flag a bin when it more likely than not differs from its record
 REPORT_COLUMNS = ["image", "recorded_quantity", "predicted_count", "expected_count", "confidence",
@@ -62,7 +62,7 @@ def is_mismatch(p_mismatch: float, threshold: float = MISMATCH_THRESHOLD) -> boo
     return p_mismatch >= threshold
 
 
-def reconcile(counter: Counter, records: pd.DataFrame, images: Mapping[str, bytes | Path],
+def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, bytes | Path],
               threshold: float = MISMATCH_THRESHOLD, progress: bool = False) -> pd.DataFrame:
     """The variance report, riskiest bins first. A bin is flagged when P(mismatch) >= threshold.
 

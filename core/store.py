@@ -1,28 +1,38 @@
 """The experiment store: one SQLite file (WAL, so the dashboard reads while training writes)
 plus one folder of model files per experiment.
 
-An experiment is `running` until it finishes or fails; one whose process died without saying
-so is reported as `interrupted`, never as finished.
+An experiment is `running` while its process holds the run's lock file (an exclusive `flock`,
+released by the kernel when the process dies, however it dies) and `interrupted` once the lock
+is free without the run having said it finished or failed. A daemon thread refreshes the
+heartbeat while the run lives; the heartbeat decides only where the lock file cannot be seen
+(a run on another host without a shared artifact folder).
+
+The schema carries `PRAGMA user_version`; `MIGRATIONS` bring an older store up to date.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from core.config import store_dir
+from core.records import COLUMN_FIELDS, Experiment
 
-SCHEMA = """
+SCHEMA_VERSION = 1
+TABLES = """
 CREATE TABLE IF NOT EXISTS experiments (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, family TEXT NOT NULL, model TEXT NOT NULL,
     params TEXT NOT NULL, config_key TEXT NOT NULL, dataset TEXT NOT NULL, data_root TEXT,
@@ -43,23 +53,76 @@ CREATE TABLE IF NOT EXISTS predictions (
     pred_count INTEGER, probs TEXT, PRIMARY KEY (experiment, image_id)
 );
 """
-STALE_AFTER_S = 15 * 60  # a run on another host with no heartbeat for this long is interrupted
 
 
-def config_key(family: str, model: str, params: dict, dataset: str) -> str:
-    """The identity of a training configuration on a data set: equal keys -> reuse the model."""
-    blob = json.dumps({"family": family, "model": model, "params": params, "dataset": dataset}, sort_keys=True)
+def _migrate_to_1(db: sqlite3.Connection) -> None:
+    """Schema 0 (the first release) -> 1: predictions per split, each run's split stored, typed details."""
+    db.execute("ALTER TABLE predictions ADD COLUMN split TEXT NOT NULL DEFAULT 'test'")
+    db.execute("CREATE TABLE IF NOT EXISTS experiment_images (experiment TEXT NOT NULL, image_id TEXT NOT NULL,"
+               " split TEXT NOT NULL, PRIMARY KEY (experiment, image_id))")
+    renamed = {"recipe": "recipe_notes", "images": "split_counts"}
+    for exp_id, data_root, details in db.execute("SELECT id, data_root, details FROM experiments").fetchall():
+        old = json.loads(details) if details else {}
+        new = {renamed.get(k, k): v for k, v in old.items()}
+        if isinstance(old.get("val"), dict):  # CNN runs kept their best epoch's "val_*" values
+            new["val_metrics"] = {k.removeprefix("val_"): v for k, v in old["val"].items() if k.startswith("val_")}
+        root = new.pop("root", None)
+        db.execute("UPDATE experiments SET details = ?, data_root = ? WHERE id = ?",
+                   (json.dumps(new), data_root or root or "", exp_id))
+
+
+MIGRATIONS = {1: _migrate_to_1}  # target version -> step from the version before
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 10 * HEARTBEAT_S  # no lock file to look at and no heartbeat for this long: interrupted
+LOCK_FILE = "run.lock"
+
+
+def config_key(family: str, model: str, params: dict, dataset: str, code_version: int, world_size: int = 1) -> str:
+    """The identity of a training configuration on a data set: equal keys -> reuse the model.
+
+    `code_version` is the family's training-code version (bumped when a change alters what a
+    setting trains); `world_size` is the number of processes (a DDP run at the same per-process
+    batch size trains with a different effective batch).
+    """
+    blob = json.dumps({"family": family, "model": model, "params": params, "dataset": dataset,
+                       "code_version": code_version, "world_size": world_size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _pid_alive(pid: int) -> bool:
+def _lock_is_held(path: Path) -> bool | None:
+    """True if some process holds the lock file, False if it is free, None if there is no such file."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive `flock` on `path` for the block; yields False if `blocking` is off and it is taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 class Store:
@@ -67,8 +130,26 @@ class Store:
         self.root = Path(root) if root else store_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "experiments.sqlite"
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Create or bring the schema up to date; a store already current is only read."""
         with self._connect() as db:
-            db.executescript(SCHEMA)
+            if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return
+            db.execute("BEGIN IMMEDIATE")  # one process migrates; another opening at once waits, then sees it done
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer binsight (schema {version} > "
+                                   f"{SCHEMA_VERSION}); upgrade binsight to read it")
+            if version == SCHEMA_VERSION:
+                return
+            for statement in TABLES.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            for target in range(version, SCHEMA_VERSION):  # a new store is an empty version-0 one
+                MIGRATIONS[target + 1](db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -78,29 +159,89 @@ class Store:
             with db:  # commit on success, roll back on error
                 yield db
 
-    # ---- writing -------------------------------------------------------------------------
-    def start(self, name: str, family: str, model: str, params: dict, dataset: str,
-              data_root: str = "", split: str = "", device: str = "cpu", weights: str = "") -> str:
-        key = config_key(family, model, params, dataset)
+    # ---- runs ----------------------------------------------------------------------------
+    def start(self, name: str, family: str, model: str, params: dict, dataset: str, *, code_version: int,
+              world_size: int = 1, data_root: str = "", device: str = "cpu", weights: str = "",
+              **details: Any) -> str:
+        """A new `running` experiment; `details` are record fields (e.g. image_size=160)."""
+        key = config_key(family, model, params, dataset, code_version, world_size)
         now = time.time()
         exp_id = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{name}-{key[:6]}"
         with self._connect() as db:
             db.execute(
-                "INSERT INTO experiments (id, name, family, model, params, config_key, dataset, data_root, split,"
-                " status, started_at, heartbeat, host, pid, device, weights) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (exp_id, name, family, model, json.dumps(params, sort_keys=True), key, dataset, data_root, split,
-                 "running", now, now, socket.gethostname(), os.getpid(), device, weights),
+                "INSERT INTO experiments (id, name, family, model, params, config_key, dataset, data_root,"
+                " status, started_at, heartbeat, host, pid, device, weights, details)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (exp_id, name, family, model, json.dumps(params, sort_keys=True), key, dataset, data_root,
+                 "running", now, now, socket.gethostname(), os.getpid(), device, weights,
+                 json.dumps(self._checked(details))),
             )
         self.artifact_dir(exp_id).mkdir(parents=True, exist_ok=True)
         return exp_id
 
-    def update(self, exp_id: str, **fields) -> None:
-        """Set columns (device, weights, details, ...); dicts are stored as JSON. Also a heartbeat."""
-        fields = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()}
-        fields["heartbeat"] = time.time()
-        cols = ", ".join(f"{k} = ?" for k in fields)
+    @contextmanager
+    def running(self, exp_id: str) -> Iterator[None]:
+        """Hold the run's lock and beat its heartbeat for the block; mark it failed if the block raises
+        (Ctrl-C included). A process that dies releases the lock, so the run reads as interrupted."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                with self._connect() as db:
+                    db.execute("UPDATE experiments SET heartbeat = ? WHERE id = ?", (time.time(), exp_id))
+
+        with exclusive_lock(self.artifact_dir(exp_id) / LOCK_FILE):
+            self._set_columns(exp_id, status="running", pid=os.getpid(), host=socket.gethostname(), error=None,
+                              ended_at=None)
+            thread = threading.Thread(target=beat, name=f"heartbeat {exp_id}", daemon=True)
+            thread.start()
+            try:
+                yield
+            except BaseException as err:
+                self.fail(exp_id, f"{err.__class__.__name__}: {err}\n{traceback.format_exc(limit=5)}")
+                raise
+            finally:
+                stop.set()
+                thread.join()
+
+    @contextmanager
+    def claim(self, config: str) -> Iterator[None]:
+        """Serialise training of one configuration across processes: the second waits for the first,
+        then finds its finished result instead of training the same thing again."""
+        with exclusive_lock(self.root / "locks" / f"{config}.lock"):
+            yield
+
+    # ---- writing -------------------------------------------------------------------------
+    @staticmethod
+    def _checked(details: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(details) - set(Experiment.detail_fields())
+        if unknown:
+            raise TypeError(f"not fields of an experiment record: {sorted(unknown)}")
+        return details
+
+    def _set_columns(self, exp_id: str, **columns: Any) -> None:
+        columns = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in columns.items()}
+        columns["heartbeat"] = time.time()
+        assignments = ", ".join(f"{k} = ?" for k in columns)
         with self._connect() as db:
-            db.execute(f"UPDATE experiments SET {cols} WHERE id = ?", (*fields.values(), exp_id))
+            db.execute(f"UPDATE experiments SET {assignments} WHERE id = ?", (*columns.values(), exp_id))
+
+    def record(self, exp_id: str, **fields: Any) -> None:
+        """Set fields of the experiment's record (columns or details), in one transaction."""
+        columns = {k: v for k, v in fields.items() if k in COLUMN_FIELDS}
+        details = self._checked({k: v for k, v in fields.items() if k not in COLUMN_FIELDS})
+        if columns:
+            self._set_columns(exp_id, **columns)
+        if details:
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")  # read-modify-write without a lost update
+                row = db.execute("SELECT details FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+                merged = {**(json.loads(row["details"]) if row and row["details"] else {}), **details}
+                db.execute("UPDATE experiments SET details = ? WHERE id = ?", (json.dumps(merged), exp_id))
+
+    def add_resume(self, exp_id: str, epoch: int) -> None:
+        """Note that the run continued from a checkpoint after `epoch` epochs."""
+        self.record(exp_id, resumed_from_epochs=[*self.experiment(exp_id).resumed_from_epochs, epoch])
 
     def log_epoch(self, exp_id: str, epoch: int, **values: float) -> None:
         with self._connect() as db:
@@ -108,37 +249,39 @@ class Store:
                        (exp_id, epoch, json.dumps(values), time.time()))
             db.execute("UPDATE experiments SET heartbeat = ? WHERE id = ?", (time.time(), exp_id))
 
-    def log_lr_curve(self, exp_id: str, lrs, losses, suggested: float | None, name: str = "lr_finder") -> None:
+    def log_lr_curve(self, exp_id: str, lrs: Sequence[float], losses: Sequence[float], suggested: float | None,
+                     name: str = "lr_finder") -> None:
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO lr_curves VALUES (?,?,?,?,?)",
                        (exp_id, name, json.dumps([float(x) for x in lrs]),
                         json.dumps([float(x) for x in losses]), suggested))
 
-    def log_predictions(self, exp_id: str, image_ids, paths, true_counts, probs: np.ndarray) -> None:
-        """Per-image test predictions; the predicted count is the most probable class."""
+    def log_split(self, exp_id: str, image_ids: Sequence[str], splits: Sequence[str]) -> None:
+        """The photos the run used and the split of each (train, val, test; or oof and test)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM experiment_images WHERE experiment = ?", (exp_id,))
+            db.executemany("INSERT INTO experiment_images VALUES (?,?,?)",
+                           [(exp_id, str(i), str(s)) for i, s in zip(image_ids, splits)])
+
+    def log_predictions(self, exp_id: str, image_ids: Sequence[str], paths: Sequence[str],
+                        true_counts: Sequence[int], probs: np.ndarray, split: str = "test") -> None:
+        """Per-image probabilities of one split (test, val or oof); replaces that split's earlier rows."""
         probs = np.asarray(probs, dtype=float)
         rows = [
-            (exp_id, str(i), str(p), int(t), int(np.argmax(pr)), json.dumps([round(float(x), 5) for x in pr]))
+            (exp_id, str(i), str(p), int(t), int(np.argmax(pr)), json.dumps([round(float(x), 5) for x in pr]), split)
             for i, p, t, pr in zip(image_ids, paths, true_counts, probs)
         ]
         with self._connect() as db:
-            db.execute("DELETE FROM predictions WHERE experiment = ?", (exp_id,))
-            db.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?)", rows)
+            db.execute("DELETE FROM predictions WHERE experiment = ? AND split = ?", (exp_id, split))
+            db.executemany("INSERT OR REPLACE INTO predictions"
+                           " (experiment, image_id, path, true_count, pred_count, probs, split)"
+                           " VALUES (?,?,?,?,?,?,?)", rows)
 
-    def finish(self, exp_id: str, metrics: dict, **fields) -> None:
-        self.update(exp_id, metrics=metrics, status="finished", ended_at=time.time(), **fields)
+    def finish(self, exp_id: str, metrics: dict, **fields: Any) -> None:
+        self.record(exp_id, metrics=metrics, status="finished", ended_at=time.time(), **fields)
 
     def fail(self, exp_id: str, error: str) -> None:
-        self.update(exp_id, status="failed", ended_at=time.time(), error=error)
-
-    @contextmanager
-    def failing_on_error(self, exp_id: str) -> Iterator[None]:
-        """Mark the experiment failed (with the traceback) if the block raises, Ctrl-C included."""
-        try:
-            yield
-        except BaseException as err:
-            self.fail(exp_id, f"{err.__class__.__name__}: {err}\n{traceback.format_exc(limit=5)}")
-            raise
+        self._set_columns(exp_id, status="failed", ended_at=time.time(), error=error)
 
     # ---- reading -------------------------------------------------------------------------
     def artifact_dir(self, exp_id: str) -> Path:
@@ -147,44 +290,44 @@ class Store:
     def _effective_status(self, row: sqlite3.Row) -> str:
         if row["status"] != "running":
             return row["status"]
-        if row["host"] == socket.gethostname():
-            return "running" if row["pid"] and _pid_alive(row["pid"]) else "interrupted"
+        held = _lock_is_held(self.artifact_dir(row["id"]) / LOCK_FILE)
+        if held is not None:
+            return "running" if held else "interrupted"
         return "running" if time.time() - (row["heartbeat"] or 0) < STALE_AFTER_S else "interrupted"
 
-    def _decode(self, row: sqlite3.Row) -> dict:
-        exp = dict(row)
-        exp["status"] = self._effective_status(row)
-        for col in ("params", "metrics", "details"):
-            exp[col] = json.loads(exp[col]) if exp[col] else {}
-        return exp
+    def _decode(self, row: sqlite3.Row) -> Experiment:
+        columns = dict(row)
+        columns["status"] = self._effective_status(row)
+        for col in ("params", "metrics"):
+            columns[col] = json.loads(columns[col]) if columns[col] else {}
+        columns["data_root"] = columns["data_root"] or ""
+        return Experiment.from_row(columns, json.loads(row["details"]) if row["details"] else {})
 
-    def experiment(self, exp_id: str) -> dict:
+    def experiment(self, exp_id: str) -> Experiment:
         with self._connect() as db:
             row = db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         if row is None:
             raise KeyError(f"no experiment {exp_id!r} in {self.path}")
         return self._decode(row)
 
-    def experiments(self, status: str | None = None) -> list[dict]:
+    def experiments(self, status: str | None = None) -> list[Experiment]:
         """All experiments, newest first (optionally only those with this effective status)."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM experiments ORDER BY started_at DESC").fetchall()
         exps = [self._decode(r) for r in rows]
-        return [e for e in exps if status is None or e["status"] == status]
+        return [e for e in exps if status is None or e.status == status]
 
-    def find_finished(self, family: str, model: str, params: dict, dataset: str) -> str | None:
-        """The newest finished experiment with exactly this configuration on this data, if any."""
-        key = config_key(family, model, params, dataset)
+    def find_finished(self, key: str) -> str | None:
+        """The newest finished experiment with this configuration key, if any."""
         with self._connect() as db:
             row = db.execute("SELECT id FROM experiments WHERE config_key = ? AND status = 'finished'"
                              " ORDER BY started_at DESC LIMIT 1", (key,)).fetchone()
         return row["id"] if row else None
 
-    def best(self, metric: str = "balanced_accuracy") -> str | None:
-        """The finished experiment with the highest test `metric`."""
-        finished = self.experiments("finished")
-        scored = [e for e in finished if e["metrics"].get(metric) is not None]
-        return max(scored, key=lambda e: e["metrics"][metric])["id"] if scored else None
+    def best(self, data_root: str | Path | None = None, metric: str = "balanced_accuracy") -> str | None:
+        """The model with the highest validation (or, if cross-validated, out-of-fold) `metric`,
+        among finished models on `data_root` (all data when None). Test figures play no part."""
+        return best_of(self.experiments("finished"), data_root, metric)
 
     def epochs(self, exp_id: str) -> pd.DataFrame:
         with self._connect() as db:
@@ -198,11 +341,38 @@ class Store:
         return [{"name": r["name"], "lrs": json.loads(r["lrs"]), "losses": json.loads(r["losses"]),
                  "suggested": r["suggested"]} for r in rows]
 
-    def predictions(self, exp_id: str) -> pd.DataFrame:
+    def split(self, exp_id: str) -> pd.DataFrame:
+        """(image_id, split) of every photo the run used; empty for runs that did not record it."""
+        with self._connect() as db:
+            rows = db.execute("SELECT image_id, split FROM experiment_images WHERE experiment = ?",
+                              (exp_id,)).fetchall()
+        return pd.DataFrame([dict(r) for r in rows], columns=["image_id", "split"])
+
+    def predictions(self, exp_id: str, split: str = "test") -> pd.DataFrame:
         with self._connect() as db:
             rows = db.execute("SELECT image_id, path, true_count, pred_count, probs FROM predictions"
-                              " WHERE experiment = ?", (exp_id,)).fetchall()
+                              " WHERE experiment = ? AND split = ?", (exp_id, split)).fetchall()
         frame = pd.DataFrame([dict(r) for r in rows], columns=["image_id", "path", "true_count", "pred_count", "probs"])
         frame["probs"] = frame["probs"].map(json.loads)
         frame["confidence"] = frame["probs"].map(max)
         return frame
+
+
+def same_root(a: str | Path, b: str | Path) -> bool:
+    """Whether two data folders are the same folder (paths compared resolved)."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def best_of(experiments: Sequence[Experiment], data_root: str | Path | None = None,
+            metric: str = "balanced_accuracy") -> str | None:
+    """`Store.best` over an already-read list (the dashboard's cached one)."""
+    scored = [e for e in experiments if e.is_model and e.selection_metrics.get(metric) is not None
+              and (data_root is None or same_root(e.data_root, data_root))]
+    return max(scored, key=lambda e: e.selection_metrics[metric]).id if scored else None
+
+
+def best_rule(data_root: str | Path | None = None, metric: str = "balanced_accuracy") -> str:
+    """How `best` was chosen, in words, for the CLI and the dashboard."""
+    where = f" on {data_root}" if data_root else ""
+    return (f"best = highest validation {metric.replace('_', ' ')} (out-of-fold for cross-validated models) "
+            f"among finished models{where}; test figures play no part in the choice")

@@ -1,7 +1,9 @@
-"""The main job's default experiments: the paper's PCA+SVM and HOG+SVM, and the CNN `quick` preset.
+"""The main job's default experiments: an LR-finder sweep, the paper's PCA+SVM and HOG+SVM, and
+the CNN `quick` preset.
 
-Each is trained only if the store lacks it (same configuration, same data), then calibrated so
-the counting service and the dashboard's accuracy-coverage view are ready.
+Each is trained only if the store lacks it (same configuration, same data); training calibrates
+every model, so the counting service and the dashboard are ready when this returns. The sweep
+(about a minute) gives the dashboard's learning-rate-finder page a curve.
 """
 from __future__ import annotations
 
@@ -10,21 +12,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.classical import suite_experiments, train_classical
-from core.cnn import train_cnn
-from core.predict import calibrate
+from core.cnn import find_lr, train_cnn
+from core.records import Experiment
 from core.store import Store
+
+LR_SWEEP = {"lr_finder_steps": 60}  # enough for a readable curve in about a minute on two cores
 
 
 def default_suite() -> list[tuple[str, dict]]:
-    """(family, keyword arguments) of every default experiment, cheapest first."""
-    return [("classical", config) for config in suite_experiments("default")] + [("cnn", {"preset": "quick"})]
+    """(kind, keyword arguments) of every default experiment, cheapest first."""
+    return ([("lr-find", {"preset": "quick"})] + [("classical", config) for config in suite_experiments("default")]
+            + [("cnn", {"preset": "quick"})])
 
 
-def result_line(exp: dict, seconds: float, reused: bool) -> str:
-    m = exp["metrics"]
+def result_line(exp: Experiment, seconds: float, reused: bool) -> str:
     how = "already in the store" if reused else f"trained in {seconds:.0f} s"
-    return (f"{exp['name']:<12} accuracy {m['accuracy']:.1%}  balanced {m['balanced_accuracy']:.1%}  "
-            f"RMSE {m['rmse']:.2f}  ({how})")
+    if not exp.is_model:
+        return f"{exp.name:<14} suggested learning rate {exp.suggested_lr or float('nan'):.1e}  ({how})"
+    val, test = exp.val_metrics, exp.metrics
+    return (f"{exp.name:<14} validation balanced accuracy {val.get('balanced_accuracy', float('nan')):.1%} | test: "
+            f"accuracy {test['accuracy']:.1%}  balanced {test['balanced_accuracy']:.1%}  RMSE {test['rmse']:.2f}  ({how})")
 
 
 def run_default_suite(data_root: str | Path, store: Store | None = None, cnn_overrides: dict | None = None,
@@ -33,16 +40,17 @@ def run_default_suite(data_root: str | Path, store: Store | None = None, cnn_ove
     """Train what is missing of the default suite; print one line per experiment; return their ids."""
     store = store or Store()
     ids = []
-    for family, config in default_suite():
+    for kind, config in default_suite():
         start = time.time()
-        if family == "classical":
+        if kind == "classical":
             exp_id = train_classical(data_root, store=store, progress=progress,
                                      **{**config, **(classical_overrides or {})})
-        else:
+        elif kind == "cnn":
             exp_id = train_cnn(data_root, config["preset"], store, overrides=cnn_overrides, progress=progress)
+        else:
+            exp_id = find_lr(data_root, config["preset"], store, progress=progress,
+                             overrides={**(cnn_overrides or {}), **LR_SWEEP})
         exp = store.experiment(exp_id)
-        if "calibration" not in exp["details"]:
-            calibrate(store, exp)
-        echo(result_line(exp, time.time() - start, reused=exp["started_at"] < start))
+        echo(result_line(exp, time.time() - start, reused=exp.started_at < start))
         ids.append(exp_id)
     return ids

@@ -11,7 +11,7 @@ from io import BytesIO
 from pathlib import PurePosixPath
 
 from core.images import ImageError
-from core.predict import CountResult, Counter
+from core.predict import BinCounter, CountResult
 from core.reconcile import MISMATCH_THRESHOLD, is_mismatch
 
 MAX_ZIP_BYTES = 1_000_000_000  # uncompressed; refuses zip bombs
@@ -32,7 +32,7 @@ class Verdict:
     text: str
 
 
-def count_photos(counter: Counter, photos: Sequence[tuple[str, bytes]]) -> list[PhotoCount]:
+def count_photos(counter: BinCounter, photos: Sequence[tuple[str, bytes]]) -> list[PhotoCount]:
     """Count each (name, bytes); a file that is not a photo gets a message instead of a count."""
     results = counter.count_batch([data for _, data in photos])
     return [PhotoCount(name, None, f"{name}: {res} — upload a JPEG or PNG photo of a bin.")
@@ -40,7 +40,7 @@ def count_photos(counter: Counter, photos: Sequence[tuple[str, bytes]]) -> list[
             for (name, _), res in zip(photos, results)]
 
 
-def verdict(counter: Counter, result: CountResult, recorded: int, threshold: float = MISMATCH_THRESHOLD) -> Verdict:
+def verdict(counter: BinCounter, result: CountResult, recorded: int, threshold: float = MISMATCH_THRESHOLD) -> Verdict:
     """Does the photo agree with the recorded quantity? With the probability that it does not."""
     p_mismatch = 1.0 - counter.p_count(result, recorded)
     if is_mismatch(p_mismatch, threshold):

@@ -13,7 +13,6 @@ import pytest
 
 from core.classical import train_classical
 from core.cnn import find_lr, train_cnn
-from core.predict import load_counter
 from core.store import Store
 from tests.conftest import write_abid_collection
 
@@ -34,7 +33,6 @@ def build_trained_store(root: Path) -> Path:
     find_lr(data, "quick", store, progress=False, overrides={**CNN_TINY, "phases": [{"epochs": 1, "image_size": 32}]})
     train_classical(data, "hog", "svc", store=store, grid={"C": [1, 10]}, **CLASSICAL_TINY)
     train_classical(data, "raw", "logreg", store=store, grid={"C": [1]}, **CLASSICAL_TINY)
-    load_counter("best", store)  # calibrates the best model once, before any page or server reads it
     return store.root
 
 

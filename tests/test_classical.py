@@ -1,5 +1,6 @@
-"""Classical models: grids, fold fallback, selection rules, every model family, the experiment
-record, the saved pipeline as the counting service loads it, and the store cache."""
+"""The classical package: grids, fold fallback, selection rules, every model family, scale limits,
+the experiment record, the saved pipeline as the counting service loads it (and a tampered one
+refused), cross-validated runs, and the store cache."""
 from __future__ import annotations
 
 import inspect
@@ -8,14 +9,17 @@ import json
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
+from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 import train
-from core import classical
-from core.classical import (MODELS, choose_folds, class_probabilities, grid_search, load_predictor, model_grid,
-                            select_balanced, select_paper, suite_experiments, train_classical)
+from core.classical import experiment, suite_experiments, train_classical
+from core.classical.models import MODELS, check_scale, model_grid
+from core.classical.predictor import (ARTIFACT, UntrustedModel, class_probabilities, load_pipeline, load_predictor,
+                                      save_pipeline)
+from core.classical.search import choose_folds, failed_rows, grid_search, select_balanced, select_paper
 from core.dataset import prepare_dataset
 from core.store import Store
 
@@ -77,6 +81,7 @@ FAMILY_GRIDS = {
     "svc": {"C": [1, 10], "gamma": ["scale", 0.01]},
     "svc-poly": {"C": [1], "degree": [2, 3]},
     "svc-linear": {"C": [1, 10]},
+    "sgd-rbf": {"model__sgdclassifier__alpha": [1e-4, 1e-3]},
 }
 
 
@@ -86,7 +91,7 @@ def test_every_model_family_searches_and_gives_probabilities(model):
     search = grid_search(X[:90], y[:90], model, model_grid(model, FAMILY_GRIDS[model]), pca=None, folds=3,
                          selection="paper", n_jobs=1, progress=False)
     n_settings = len(search.cv_results_["params"])
-    assert n_settings == sum(len(list(classical.ParameterGrid(g))) for g in model_grid(model, FAMILY_GRIDS[model]))
+    assert n_settings == sum(len(list(ParameterGrid(g))) for g in model_grid(model, FAMILY_GRIDS[model]))
     probs = class_probabilities(search.best_estimator_, X[90:], 6)
     assert probs.shape == (30, 6)
     np.testing.assert_allclose(probs.sum(axis=1), 1)
@@ -99,7 +104,7 @@ def test_infeasible_settings_are_recorded_as_failed_not_fatal():
     search = grid_search(X, y, "nusvc", model_grid("nusvc", {"nu": [0.1, 0.6]}), None, 3, "balanced",
                          n_jobs=1, progress=False)
     assert search.cv_results_["params"] == [{"model__nu": 0.1}]
-    (failed,) = classical.failed_rows(search.failed_)
+    (failed,) = failed_rows(search.failed_)
     assert failed["params"] == {"nu": 0.6} and "nu is infeasible" in failed["error"]
     with pytest.raises(RuntimeError, match="every setting of the grid failed"):
         grid_search(X, y, "nusvc", model_grid("nusvc", {"nu": [0.6]}), None, 3, "balanced", n_jobs=1,
@@ -126,42 +131,81 @@ def test_probabilities_cover_classes_missing_from_training():
     assert class_probabilities(binary, X[:5], 6)[:, 2:].sum() == 0
 
 
-def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_collection, store_root):
+def test_kernel_svms_refuse_training_sets_they_cannot_fit_and_name_the_alternatives():
+    check_scale("svc", 20_000)
+    check_scale("linearsvc", 500_000)
+    with pytest.raises(ValueError, match="linearsvc.*sgd-rbf"):
+        check_scale("svc", 375_000)
+
+
+def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_collection, store_root, monkeypatch):
     store = Store(store_root)
     exp_id = train_classical(tiny_collection, "hog", "svc", store=store, **FAST)
     exp = store.experiment(exp_id)
-    assert exp["status"] == "finished" and exp["family"] == "classical" and exp["model"] == "svc"
-    details = exp["details"]
-    for key in ("image_size", "num_classes", "train_seconds", "artifact", "root", "cv_results", "chosen_params",
-                "probabilities", "feature_seconds", "search_seconds"):
-        assert key in details, key
-    assert details["image_size"] == 32 and details["num_classes"] == 6
-    assert details["cv_folds"] == 4 and "4 folds instead of 10" in details["warnings"][0]  # 4 per class in train
-    assert details["n_fit"] == 24  # the validation photos are held out for calibration
-    assert len(details["cv_results"]) == 2 and sum(row["chosen"] for row in details["cv_results"]) == 1
-    assert details["probabilities"].startswith("softmax")
-    assert exp["metrics"]["n"] == 6 and len(exp["metrics"]["per_class_accuracy"]) == 6
-
-    # the saved pipeline, as the counting service loads it, reproduces the logged test predictions
-    predictions = store.predictions(exp_id).sort_values("image_id")
+    assert exp.status == "finished" and exp.family == "classical" and exp.model == "svc" and exp.folds == 0
+    assert exp.image_size == 32 and exp.num_classes == 6 and exp.artifact == ARTIFACT
+    assert exp.data_root == str(tiny_collection.resolve())
+    assert len(exp.cv_results) == 2 and sum(row["chosen"] for row in exp.cv_results) == 1
+    assert exp.probabilities.startswith("softmax") and exp.train_seconds is not None
     dataset = prepare_dataset(tiny_collection, image_size=32, store=store_root, progress=False)
+    assert exp.metrics["n"] == len(dataset.split("test")) and exp.val_metrics["n"] == len(dataset.split("val"))
+    assert set(exp.metrics["intervals"]) == {"accuracy", "balanced_accuracy", "rmse"}
+    assert exp.calibration["method"] in ("none", "temperature", "temperature+bias")
+    assert store.split(exp_id).set_index("image_id")["split"].to_dict() == \
+        dataset.table.set_index("image_id")["split"].to_dict()
+
+    # the saved pipeline, as the counting service loads it, reproduces the logged (calibrated) test predictions
+    from core.calibration import apply_calibration
+    predictions = store.predictions(exp_id).sort_values("image_id")
     test = dataset.split("test").sort_values("image_id")
-    probs = load_predictor(store, exp)(dataset.images(32)[test["row"].to_numpy()])
+    predict = load_predictor(store.artifact_dir(exp_id), exp.artifact, 6)
+    probs = apply_calibration(predict(dataset.images(32)[test["row"].to_numpy()]), exp.calibration)
     np.testing.assert_allclose(probs, np.stack(predictions["probs"]), atol=1e-4)
     assert list(predictions["true_count"]) == list(test["count"])
 
     def refit(*args, **kwargs):
         raise AssertionError("refitted a configuration the store already has")
 
-    original = classical.grid_search
-    classical.grid_search = refit
-    try:
-        assert train_classical(tiny_collection, "hog", "svc", store=store, **FAST) == exp_id
-    finally:
-        classical.grid_search = original
+    monkeypatch.setattr(experiment, "grid_search", refit)
+    assert train_classical(tiny_collection, "hog", "svc", store=store, **FAST) == exp_id
+    monkeypatch.undo()
     assert len(store.experiments()) == 1
     other = train_classical(tiny_collection, "hog", "svc", store=store, **{**FAST, "grid": {"C": [1]}})
     assert other != exp_id and len(store.experiments()) == 2
+
+
+def test_cross_validated_run_is_one_experiment_of_k_models_with_out_of_fold_figures(tiny_collection, store_root):
+    store = Store(store_root)
+    exp_id = train_classical(tiny_collection, "hog", "svc", store=store, cv=3, folds=2, **FAST)
+    exp = store.experiment(exp_id)
+    assert exp.folds == 3 and exp.name.endswith("-cv3") and not exp.val_metrics
+    oof = store.predictions(exp_id, "oof")
+    dataset = prepare_dataset(tiny_collection, image_size=32, store=store_root, progress=False)
+    pool = dataset.table[dataset.table["split"] != "test"]
+    assert sorted(oof["image_id"]) == sorted(pool["image_id"]) and exp.cv_metrics["n"] == len(pool)
+    assert set(store.split(exp_id)["split"]) == {"oof", "test"}
+    assert all((store.artifact_dir(exp_id) / f"fold-{f}" / ARTIFACT).is_file() for f in range(3))
+    assert exp.calibration["n_fit"] == len(pool)  # calibrated on the pooled out-of-fold predictions
+
+
+def test_a_tampered_pipeline_file_is_refused(tmp_path):
+    X, y = six_classes()
+    path = tmp_path / ARTIFACT
+    save_pipeline(path, Pipeline([("scale", StandardScaler()), ("model", SVC())]).fit(X, y))
+    assert load_pipeline(path).predict(X[:3]).shape == (3,)
+
+    class Payload:  # anything a reader would have to import and build: refused, never constructed
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    save_pipeline(tmp_path / "evil.skops", Pipeline([("scale", StandardScaler()), ("model", SVC())]).fit(X, y))
+    import skops.io
+    skops.io.dump({"model": Payload()}, tmp_path / "evil.skops")
+    with pytest.raises(UntrustedModel, match="does not trust"):
+        load_pipeline(tmp_path / "evil.skops")
+    (tmp_path / "garbage.skops").write_bytes(b"not a zip file")
+    with pytest.raises(UntrustedModel, match="not a readable skops"):
+        load_pipeline(tmp_path / "garbage.skops")
 
 
 def test_raw_pixels_pca_and_blobs_train_end_to_end(tiny_collection, store_root):
@@ -170,9 +214,9 @@ def test_raw_pixels_pca_and_blobs_train_end_to_end(tiny_collection, store_root):
         exp_id = train_classical(tiny_collection, features, "logreg", pca=pca, store=store, selection="paper",
                                  folds=3, **{**FAST, "grid": {"C": [1]}})
         exp = store.experiment(exp_id)
-        assert exp["status"] == "finished"
-        assert exp["details"]["pipeline"] == ["features", "scale", *(["pca"] if pca else []), "model"]
-        assert exp["details"]["probabilities"] == "predict_proba"
+        assert exp.status == "finished" and exp.probabilities == "predict_proba"
+        pipeline = load_pipeline(store.artifact_dir(exp_id) / exp.artifact)
+        assert [name for name, _ in pipeline.steps] == ["features", "scale", *(["pca"] if pca else []), "model"]
 
 
 def test_a_crash_leaves_the_experiment_failed_with_its_error(tiny_collection, store_root, monkeypatch):
@@ -181,11 +225,11 @@ def test_a_crash_leaves_the_experiment_failed_with_its_error(tiny_collection, st
     def broken(*args, **kwargs):
         raise MemoryError("out of memory in the search")
 
-    monkeypatch.setattr(classical, "grid_search", broken)
+    monkeypatch.setattr(experiment, "grid_search", broken)
     with pytest.raises(MemoryError):
         train_classical(tiny_collection, "hog", "svc", store=store, **FAST)
     (exp,) = store.experiments()
-    assert exp["status"] == "failed" and "out of memory in the search" in exp["error"]
+    assert exp.status == "failed" and "out of memory in the search" in exp.error
 
 
 def test_suites_are_train_classical_arguments():
@@ -210,8 +254,8 @@ def test_cli_trains_one_model_and_prints_its_figures(tiny_collection, store_root
                 "--feature-params", json.dumps({"size": 16}), "--grid", json.dumps({"max_depth": [2, 4]}),
                 "--image-size", "32", "--folds", "3", "--jobs", "1", "--quiet"])
     out = capsys.readouterr().out
-    assert "raw-tree" in out and "balanced_accuracy" in out and "wall time" in out
+    assert "raw-tree" in out and "balanced_accuracy" in out and "wall time" in out and "validation" in out
     (exp,) = Store(store_root).experiments()
-    assert exp["details"]["cv_folds"] == 3 and exp["params"]["grid"] == [{"model__max_depth": [2, 4]}]
+    assert exp.params["folds"] == 3 and exp.params["grid"] == [{"model__max_depth": [2, 4]}]
     with pytest.raises(SystemExit, match="--grid must be JSON"):
         train.main(["classical", "--data", str(tiny_collection), "--grid", "{C: 1}"])

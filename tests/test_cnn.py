@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.backbones import build_model, input_normalization
+from core.calibration import apply_calibration
 from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
 from core.cnn.checkpoint import CHECKPOINT
 from core.cnn.inputs import random_flip, to_model_input
@@ -109,27 +110,28 @@ def test_train_records_conventions_and_serves_the_same_predictions(tiny_collecti
     exp_id = train_cnn(tiny_collection, "quick", store, overrides, progress=False,
                        on_epoch=lambda epoch, values: seen.append(epoch))
     exp = store.experiment(exp_id)
-    assert exp["status"] == "finished" and exp["family"] == "cnn" and seen == [1, 2]
-    assert exp["weights"].startswith("ImageNet") and exp["device"].startswith("cpu")
-    details = exp["details"]
-    assert details["image_size"] == 32 and details["num_classes"] == 6 and details["train_seconds"] > 0
-    assert details["root"] == str(tiny_collection)
+    assert exp.status == "finished" and exp.family == "cnn" and seen == [1, 2]
+    assert exp.weights.startswith("ImageNet") and exp.device.startswith("cpu")
+    assert exp.image_size == 32 and exp.num_classes == 6 and exp.train_seconds > 0
+    assert exp.data_root == str(tiny_collection.resolve())
     folder = store.artifact_dir(exp_id)
-    assert (folder / details["artifact"]).is_file() and not (folder / CHECKPOINT).exists()
+    assert (folder / exp.artifact).is_file() and not (folder / CHECKPOINT).exists()
     assert json.loads((folder / "model.json").read_text())["tta"] is True
     epochs = store.epochs(exp_id)
     assert list(epochs["epoch"]) == [1, 2]
     for column in ("train_loss", "train_accuracy", "train_balanced_accuracy", "train_rmse",
                    "val_loss", "val_accuracy", "val_balanced_accuracy", "val_rmse"):
         assert epochs[column].notna().all()
-    assert set(exp["metrics"]) >= {"accuracy", "balanced_accuracy", "rmse", "per_class_accuracy"}
+    assert set(exp.metrics) >= {"accuracy", "balanced_accuracy", "rmse", "per_class_accuracy", "intervals", "ece"}
+    assert set(exp.val_metrics) >= {"accuracy", "balanced_accuracy", "rmse", "intervals"}
+    assert exp.calibration["n_fit"] == exp.val_metrics["n"]  # calibrated on validation, when training ended
 
     stored = store.predictions(exp_id)
     dataset = prepare_dataset(tiny_collection, 32, store=store.root, progress=False)
     test = dataset.split("test")
     assert sorted(stored["image_id"]) == sorted(test["image_id"])
-    images, _ = dataset.arrays("test", 32)
-    probs = load_predictor(store, exp)(images)
+    assert sorted(store.predictions(exp_id, "val")["image_id"]) == sorted(dataset.split("val")["image_id"])
+    probs = apply_calibration(load_predictor(folder)(dataset.images(32)[test["row"].to_numpy()]), exp.calibration)
     assert probs.shape == (len(test), 6) and np.allclose(probs.sum(axis=1), 1)
     expected = np.array(stored.set_index("image_id").loc[test["image_id"], "probs"].tolist())
     assert np.allclose(probs, expected, atol=1e-4)  # serving = training's evaluation path
@@ -152,13 +154,13 @@ def test_train_records_conventions_and_serves_the_same_predictions(tiny_collecti
 def test_each_recipe_runs_a_step_or_two(tiny_collection, store, preset, overrides):
     recipe = get_recipe(preset, overrides)
     exp = store.experiment(train_cnn(tiny_collection, preset, store, overrides, progress=False))
-    assert exp["status"] == "finished" and exp["model"] == recipe.backbone
-    epochs = store.epochs(exp["id"])
+    assert exp.status == "finished" and exp.model == recipe.backbone
+    epochs = store.epochs(exp.id)
     assert list(epochs["image_size"]) == [s for p in recipe.phases for s in [p.image_size] * p.epochs]
     if recipe.schedule == "step":
         assert epochs["lr"].iloc[1] == pytest.approx(0.01)  # divided by 10 after step_epochs=1
     if not recipe.pretrained:
-        assert "random init" in exp["weights"]
+        assert "random init" in exp.weights
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tiny_collection, store):
@@ -172,7 +174,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tiny_collection, store):
     with pytest.raises(KeyboardInterrupt):
         train_cnn(tiny_collection, "quick", store, overrides, progress=False, on_epoch=crash_after_first)
     (crashed,) = store.experiments()
-    assert crashed["status"] == "failed" and (store.artifact_dir(crashed["id"]) / CHECKPOINT).is_file()
+    assert crashed.status == "failed" and (store.artifact_dir(crashed.id) / CHECKPOINT).is_file()
 
     def stop_after_third(epoch, values):
         if epoch == 3:  # inside the second phase: the optimiser state must come back too
@@ -180,16 +182,16 @@ def test_interrupted_run_resumes_from_its_checkpoint(tiny_collection, store):
 
     with pytest.raises(SystemExit):
         train_cnn(tiny_collection, "quick", store, overrides, progress=False, on_epoch=stop_after_third)
-    store.update(crashed["id"], status="running", pid=2**22 + 17, ended_at=None)  # as if killed: pid is gone
-    assert store.experiment(crashed["id"])["status"] == "interrupted"
+    store.record(crashed.id, status="running", ended_at=None)  # as if killed: its lock is free
+    assert store.experiment(crashed.id).status == "interrupted"
 
     seen = []
     exp_id = train_cnn(tiny_collection, "quick", store, overrides, progress=False,
                        on_epoch=lambda epoch, values: seen.append(epoch))
-    assert exp_id == crashed["id"] and len(store.experiments()) == 1
+    assert exp_id == crashed.id and len(store.experiments()) == 1
     assert seen == [4]  # continued after epoch 3, not from scratch
     exp = store.experiment(exp_id)
-    assert exp["status"] == "finished" and exp["details"]["resumed_from_epochs"] == [1, 3]
+    assert exp.status == "finished" and exp.resumed_from_epochs == [1, 3]
     assert list(store.epochs(exp_id)["epoch"]) == [1, 2, 3, 4]
 
 
@@ -200,9 +202,31 @@ def test_cli_trains_with_overrides(tiny_collection, store_root, capsys):
     main(["cnn", "--data", str(tiny_collection), "--preset", "quick", "--quiet",
           "--set", f"phases={phases}", "batch_size=8", "tta=false"])
     out = capsys.readouterr().out
-    assert "test: accuracy" in out and "ImageNet" in out
+    assert "test" in out and "validation" in out and "ImageNet" in out
     (exp,) = Store(store_root).experiments()
-    assert exp["params"]["batch_size"] == 8 and exp["params"]["tta"] is False
+    assert exp.params["batch_size"] == 8 and exp.params["tta"] is False
+
+
+def test_cross_validated_cnn_is_one_ensemble_with_out_of_fold_predictions(tiny_collection, store):
+    overrides = tiny({"epochs": 1, "image_size": 32, "lr": 1e-3})
+    exp_id = train_cnn(tiny_collection, "quick", store, overrides, progress=False, cv=2)
+    exp = store.experiment(exp_id)
+    assert exp.status == "finished" and exp.folds == 2 and exp.name == "quick-cv2"
+    dataset = prepare_dataset(tiny_collection, 32, store=store.root, progress=False)
+    pool = dataset.table[dataset.table["split"] != "test"]
+    assert sorted(store.predictions(exp_id, "oof")["image_id"]) == sorted(pool["image_id"])
+    assert exp.cv_metrics["n"] == len(pool) and exp.metrics["n"] == len(dataset.split("test"))
+    for f in range(2):
+        folder = store.artifact_dir(exp_id) / f"fold-{f}"
+        assert (folder / "model.pt").is_file() and not (folder / CHECKPOINT).exists()
+    # the counting service serves the mean of the folds' calibrated probabilities: the stored test figures
+    from core.predict import load_counter
+    counter = load_counter(exp_id, store)
+    test = dataset.split("test")
+    probs = counter.probabilities(dataset.images(32)[test["row"].to_numpy()])
+    stored = store.predictions(exp_id).set_index("image_id").loc[test["image_id"], "probs"]
+    assert np.allclose(probs, np.array(stored.tolist()), atol=1e-4)
+    assert train_cnn(tiny_collection, "quick", store, overrides, progress=False, cv=2) == exp_id  # reused
 
 
 def test_counting_loss_matches_cross_entropy_and_ordinal_targets_favour_neighbours():

@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from core import features
-from core.features import (BlobFeatures, CappedPCA, HogFeatures, RawPixels, extract, feature_matrix, grey_images,
+from core.classical.features import (BlobFeatures, CappedPCA, HogFeatures, RawPixels, extract, feature_matrix, grey_images,
                            make_extractor)
 from tests.conftest import bin_photo
 

@@ -65,8 +65,8 @@ def test_lr_find_command_stores_a_curve(tiny_collection, store_root):
     exp_id = find_lr(tiny_collection, "quick", store, overrides, progress=False)
     exp = store.experiment(exp_id)
     (curve,) = store.lr_curves(exp_id)
-    assert exp["family"] == "lr_finder" and exp["status"] == "finished"
-    assert 2 <= len(curve["lrs"]) <= 12 and curve["suggested"] == exp["details"]["suggested_lr"]
+    assert exp.family == "lr_finder" and exp.status == "finished" and not exp.is_model
+    assert 2 <= len(curve["lrs"]) <= 12 and curve["suggested"] == exp.suggested_lr
     assert find_lr(tiny_collection, "quick", store, overrides, progress=False) == exp_id  # reused
 
 
@@ -78,6 +78,6 @@ def test_phase_without_lr_uses_the_finder_and_records_its_curve(tiny_collection,
     exp_id = train_cnn(tiny_collection, "quick", store, overrides, progress=False)
     (curve,) = store.lr_curves(exp_id)
     assert curve["name"] == "phase 1"
-    assert store.experiment(exp_id)["details"]["phase_lrs"] == {"1": curve["suggested"]}
+    assert store.experiment(exp_id).phase_lrs == {"1": curve["suggested"]}
     epochs = store.epochs(exp_id)
     assert epochs["lr"].iloc[1] <= curve["suggested"]  # the phase ran at (a schedule below) the suggestion

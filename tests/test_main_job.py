@@ -28,14 +28,15 @@ def test_default_suite_trains_once_then_retrains_nothing(tmp_path):
     first = suite(data, store)
     assert first.returncode == 0, first.stderr[-3000:]
     finished = Store(store).experiments("finished")
-    assert {e["family"] for e in finished} == {"classical", "cnn"} and len(finished) == 3
-    assert all("calibration" in e["details"] for e in finished)
-    assert first.stdout.count("trained in") == 3
+    assert {e.family for e in finished} == {"classical", "cnn", "lr_finder"} and len(finished) == 4
+    assert all(e.calibration for e in finished if e.is_model)  # calibrated when they were trained
+    assert Store(store).lr_curves(next(e.id for e in finished if e.family == "lr_finder"))  # the LR page has a curve
+    assert first.stdout.count("trained in") == 4
 
     second = suite(data, store)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("already in the store") == 3 and "trained in" not in second.stdout
-    assert len(Store(store).experiments()) == 3
+    assert second.stdout.count("already in the store") == 4 and "trained in" not in second.stdout
+    assert len(Store(store).experiments()) == 4
 
 
 def test_suite_without_data_tells_how_to_download(tmp_path):

@@ -1,5 +1,5 @@
-"""The counting service on real (tiny) trained models: every awkward photo, calibration,
-accuracy-coverage, and the evaluate / reconcile command lines."""
+"""The counting service on real (tiny) trained models: every awkward photo, the calibration stored
+at training, accuracy-coverage, `best`, and the evaluate / reconcile command lines."""
 from __future__ import annotations
 
 import io
@@ -14,14 +14,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.calibration import apply_temperature, calibrated_predictions, calibration_summary, fit_temperature
 from core.config import PROJECT_ROOT
 from core.images import ImageError
-from core.metrics import expected_calibration_error
 from core.predict import CountResult, ModelNotFound, load_counter, resolve_experiment
 from core.reconcile import read_records, reconcile
 from core.store import Store
-from tests.conftest import bin_photo
+from tests.conftest import bin_photo, write_manifest_collection
 from tests.dashboard_fixtures import trained_store  # noqa: F401  (session fixture: real tiny runs)
 
 
@@ -42,8 +40,8 @@ def counters(trained_store):
     store = Store(trained_store)
     by_family = {}
     for exp in store.experiments("finished"):
-        if exp["family"] in ("classical", "cnn") and exp["family"] not in by_family:
-            by_family[exp["family"]] = load_counter(exp["id"], store)
+        if exp.is_model and exp.family not in by_family:
+            by_family[exp.family] = load_counter(exp.id, store)
     return by_family
 
 
@@ -105,7 +103,7 @@ def test_batch_counts_the_good_and_reports_the_bad_in_place(counters):
 def test_weights_are_loaded_without_unpickling_code(counters, trained_store, tmp_path):
     store = Store(trained_store)
     exp = store.experiment(counters["cnn"].exp_id)
-    folder = store.artifact_dir(exp["id"])
+    folder = store.artifact_dir(exp.id)
     original = (folder / "model.pt").read_bytes()
 
     class Evil:
@@ -115,7 +113,7 @@ def test_weights_are_loaded_without_unpickling_code(counters, trained_store, tmp
     try:
         (folder / "model.pt").write_bytes(pickle.dumps(Evil()))
         with pytest.raises(pickle.UnpicklingError):
-            load_counter(exp["id"], store)
+            load_counter(exp.id, store)
         assert not (tmp_path / "pwned").exists()
     finally:
         (folder / "model.pt").write_bytes(original)
@@ -128,36 +126,23 @@ def test_unknown_model_is_a_clear_error(trained_store, tmp_path):
         resolve_experiment(Store(tmp_path / "empty"), "best")
 
 
-def test_calibration_is_stored_with_the_model(counters, trained_store):
+def test_calibration_is_stored_with_the_model_when_it_is_trained(counters, trained_store):
     exp = Store(trained_store).experiment(counters["cnn"].exp_id)
-    calibration = exp["details"]["calibration"]
-    assert calibration["temperature"] == counters["cnn"].temperature > 0
-    assert calibration["ece_val_after"] <= calibration["ece_val_before"] + 1e-9
+    calibration = exp.calibration
+    assert calibration["method"] in ("none", "temperature", "temperature+bias") and calibration["temperature"] > 0
+    assert counters["cnn"].calibration == calibration  # loading only reads it
+    nll = calibration["nll_by_method"]  # chosen on held-out halves of the validation photos
+    assert nll[calibration["method"]] <= min(nll.values()) + 1e-3
+    assert calibration["n_fit"] == exp.val_metrics["n"] and sum(calibration["class_prior"]) == pytest.approx(1)
     coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
     assert coverage == sorted(coverage) and coverage[-1] == 1.0
-    assert accuracy[-1] == pytest.approx(exp["metrics"]["accuracy"], abs=1e-3)
+    assert accuracy[-1] == pytest.approx(exp.metrics["accuracy"], abs=1e-3)
 
 
-def test_temperature_scaling_does_not_worsen_held_out_ece():
-    """An overconfident model (true accuracy ~60%, stated ~95%): scaling fitted on one half helps the other."""
-    rng = np.random.default_rng(0)
-
-    def sample(n):
-        y = rng.integers(0, 6, n)
-        logits = rng.normal(0, 1, (n, 6))
-        right = rng.random(n) < 0.6
-        pred = np.where(right, y, (y + rng.integers(1, 6, n)) % 6)
-        logits[np.arange(n), pred] += 4.0
-        return np.exp(logits) / np.exp(logits).sum(1, keepdims=True), y
-
-    (val_p, val_y), (test_p, test_y) = sample(800), sample(800)
-    summary = calibration_summary(val_p, val_y, test_p, test_y)
-    assert summary["temperature"] > 1  # overconfident -> softened
-    assert summary["ece_val_after"] < summary["ece_val_before"]
-    assert summary["ece_test_after"] < summary["ece_test_before"] / 2
-    scaled = apply_temperature(test_p, summary["temperature"])
-    assert expected_calibration_error(scaled, test_y) == pytest.approx(summary["ece_test_after"])
-    assert (scaled.argmax(1) == test_p.argmax(1)).all()  # scaling never changes the count
+def test_loading_a_model_writes_nothing(counters, trained_store):
+    before = (trained_store / "experiments.sqlite").read_bytes()
+    load_counter("best", Store(trained_store))
+    assert (trained_store / "experiments.sqlite").read_bytes() == before
 
 
 def test_reconcile_ranks_by_mismatch_probability(counters, tmp_path):
@@ -185,20 +170,36 @@ def test_bad_records_csv_is_a_clear_error(text, message):
         read_records(text.encode())
 
 
-def _cli(*args: str, store: Path) -> subprocess.CompletedProcess:
+def _cli(*args: str, store: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          env={"BINSIGHT_STORE": str(store), "PATH": "/usr/bin:/bin"}, timeout=300)
+                          env={"BINSIGHT_STORE": str(store), "PATH": "/usr/bin:/bin", **env}, timeout=300)
 
 
-def test_evaluate_cli_prints_one_json_object(trained_store):
+def test_evaluate_cli_scores_only_the_test_split_of_the_models_own_collection(trained_store):
     data = trained_store.parent / "data"
     run = _cli("evaluate", "--model", "best", "--data", str(data), store=trained_store)
     assert run.returncode == 0, run.stderr
+    assert "best = highest validation balanced accuracy" in run.stderr
     report = json.loads(run.stdout)
-    assert report["n"] == 36 and len(report["per_class_accuracy"]) == 6
-    assert np.array(report["confusion_matrix"]).sum() == 36
+    store = Store(trained_store)
+    split = store.split(report["model"])
+    assert report["scope"] == "test split" and report["n"] == (split["split"] == "test").sum() < 36
+    assert len(report["per_class_accuracy"]) == 6 and np.array(report["confusion_matrix"]).sum() == report["n"]
     for key in ("accuracy", "balanced_accuracy", "rmse"):
-        assert isinstance(report[key], float)
+        lo, hi = report["intervals"][key]
+        assert isinstance(report[key], float) and lo <= report[key] <= hi
+    assert report["accuracy"] == pytest.approx(store.experiment(report["model"]).metrics["accuracy"])
+
+
+def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tmp_path):
+    other = write_manifest_collection(tmp_path / "other", per_class=2)
+    run = _cli("evaluate", "--model", "best", "--data", str(other), store=trained_store)
+    assert run.returncode != 0 and "models exist for other data" in run.stderr  # best on the data in use
+    run = _cli("evaluate", "--model", "best", "--data", str(other), store=trained_store,
+               ABID_DATA=str(trained_store.parent / "data"))  # the data in use: where the models were trained
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["scope"] == "all photos" and report["n"] == 12
 
 
 def test_reconcile_cli_writes_csv_and_json(trained_store, tmp_path):
@@ -229,30 +230,3 @@ def test_reconcile_cli_reads_recorded_quantities_from_abid_metadata(trained_stor
 def test_cli_without_models_says_how_to_train(tmp_path):
     run = _cli("evaluate", "--data", str(tmp_path), store=tmp_path / "empty")
     assert run.returncode != 0 and "train.py suite" in run.stderr
-
-
-def test_a_temperature_that_worsens_validation_ece_is_not_used():
-    """Five validation photos: the log-loss optimum (T ~ 3.8) would raise ECE from 0.18 to 0.27,
-    so the model keeps temperature 1."""
-    probs = np.array([[0.485, 0.01, 0.505], [0.03, 0.29, 0.68], [0.49, 0.17, 0.34],
-                      [0.03, 0.495, 0.475], [0.01, 0.91, 0.08]])
-    y = np.array([1, 2, 0, 2, 1])
-    fitted = fit_temperature(probs, y)
-    assert fitted > 3 and expected_calibration_error(apply_temperature(probs, fitted), y) > \
-        expected_calibration_error(probs, y)
-    summary = calibration_summary(probs, y, probs, y)
-    assert summary["temperature"] == 1.0
-    assert summary["ece_val_after"] == pytest.approx(summary["ece_val_before"])
-
-
-def test_pages_show_calibrated_test_predictions(counters, trained_store):
-    """The dashboard's per-photo confidences match what the counting service would say."""
-    store = Store(trained_store)
-    exp = store.experiment(counters["cnn"].exp_id)
-    raw = store.predictions(exp["id"])
-    shown = calibrated_predictions(raw, exp)
-    expected = apply_temperature(np.array(raw["probs"].tolist()), counters["cnn"].temperature)
-    assert np.allclose(np.array(shown["probs"].tolist()), expected, atol=1e-5)
-    assert (np.array(shown["probs"].tolist()).argmax(1) == shown["pred_count"]).all()
-    assert np.allclose(shown["confidence"], expected.max(1))
-    assert calibrated_predictions(raw, {**exp, "details": {}}) is raw  # never calibrated: shown as stored

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from core.cnn.inputs import CachedImages, Normalization, batches, class_probabilities
 from core.cnn.runtime import Runtime
-from core.metrics import classification_report
+from core.metrics import count_report
 
 
 def predict(model: nn.Module, data: CachedImages, normalization: Normalization, runtime: Runtime, tta: bool,
@@ -31,7 +31,7 @@ def summary(y_true, y_pred, num_classes: int, prefix: str) -> dict[str, float]:
     """Accuracy, balanced accuracy and RMSE, keys prefixed ("val_accuracy", ...)."""
     with warnings.catch_warnings():  # small splits may lack a class the model predicts
         warnings.simplefilter("ignore", UserWarning)
-        report = classification_report(y_true, y_pred, num_classes)
+        report = count_report(y_true, y_pred, num_classes)
     return {f"{prefix}_{k}": report[k] for k in ("accuracy", "balanced_accuracy", "rmse")}
 
 

@@ -1,44 +1,47 @@
 """CNN experiments in the store: train a preset (or reuse / resume it), and standalone LR sweeps.
 
 A configuration already finished on the same data is returned as is; one that was interrupted
-or failed after at least one epoch continues from its checkpoint in the same experiment.
+or failed after at least one epoch continues from its checkpoint in the same experiment. With
+`cv=K` the preset is trained on K folds of train+val and served as their ensemble (`core.runs`);
+each fold keeps the weights of its last epoch, since its held-out photos are what it is scored on.
 Under `torchrun`, rank 0 talks to the store and every rank trains.
 """
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from core.backbones import build_model, input_normalization
-from core.cnn.checkpoint import BEST, CHECKPOINT
+from core.cnn.checkpoint import BEST, CHECKPOINT, load_checkpoint, load_state_dict, save_state_dict
 from core.cnn.evaluate import predict
 from core.cnn.inputs import CachedImages
 from core.cnn.loop import Split, Trainer, TrainingData
-from core.cnn.predictor import MODEL_FILE, save_model
+from core.cnn.predictor import save_model
 from core.cnn.recipes import Recipe, get_recipe
 from core.cnn.runtime import Runtime, setup_runtime, shutdown
-from core.dataset import DEFAULT_SPLIT, Dataset, prepare_dataset
-from core.metrics import classification_report, expected_calibration_error
+from core.dataset import Dataset, prepare_dataset
+from core.files import atomic_path
+from core.runs import cv_folds, cv_pool, finish_cv, finish_single
 from core.store import Store, config_key
 
 FAMILY = "cnn"
 LR_FAMILY = "lr_finder"
-SPLIT = f"train/val/test {'/'.join(str(round(f * 100)) for f in DEFAULT_SPLIT)}, seed 0"
+VERSION = 2  # part of every experiment's key: bump when a change alters what a recipe trains
+FOLD_PROBS = "probs.npz"  # a finished fold's held-out and test probabilities
 
 
-def _split(dataset: Dataset, name: str) -> Split:
-    part = dataset.split(name)
+def _split(part) -> Split:
     return Split(part["row"].to_numpy(), part["count"].to_numpy())
 
 
 def load_data(root: str | Path, recipe: Recipe, store: Store, runtime: Runtime,
-              progress: bool) -> tuple[Dataset, TrainingData]:
+              progress: bool) -> Dataset:
     """The prepared data set with its cache at every size the recipe uses (built by rank 0 alone)."""
     sizes = sorted({p.image_size for p in recipe.phases})
     if not runtime.is_main:
@@ -48,109 +51,156 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, runtime: Runtime,
         dataset.images(size)
     if runtime.is_main:
         runtime.barrier()
-    data = TrainingData(dataset.images, _split(dataset, "train"), _split(dataset, "val"), dataset.num_classes)
-    return dataset, data
+    return dataset
 
 
-def _finished_or_fresh_model(family: str, recipe: Recipe, dataset: Dataset, data: TrainingData, store: Store,
-                             runtime: Runtime) -> tuple[str | None, nn.Module | None, str]:
-    """(id of the finished run of this configuration, None, "") on every rank, or else
-    (None, a freshly built model on the device, the description of its weights)."""
-    done = runtime.broadcast(store.find_finished(family, recipe.backbone, recipe.params(), dataset.fingerprint)
-                             if runtime.is_main else None)
-    if done:
-        return done, None, ""
-    torch.manual_seed(recipe.seed)  # the same fresh head on every rank and every run
-    model, weights = build_model(recipe.backbone, data.num_classes, pretrained=recipe.pretrained)
-    return None, runtime.prepare(model), weights
+def _params(recipe: Recipe, cv: int) -> dict:
+    return {**recipe.params(), "cv": cv}
 
 
-def _resumable(store: Store, recipe: Recipe, fingerprint: str) -> str | None:
-    """The newest interrupted or failed run of this configuration that left a checkpoint."""
-    key = config_key(FAMILY, recipe.backbone, recipe.params(), fingerprint)
+def _key(family: str, recipe: Recipe, cv: int, dataset: Dataset, runtime: Runtime) -> str:
+    return config_key(family, recipe.backbone, _params(recipe, cv), dataset.fingerprint, VERSION, runtime.world_size)
+
+
+def _fresh_model(recipe: Recipe, num_classes: int, runtime: Runtime, seed_offset: int = 0) -> tuple[nn.Module, str]:
+    """A freshly built model on the device (the same head on every rank and every run) and its weights' origin."""
+    torch.manual_seed(recipe.seed + seed_offset)
+    model, weights = build_model(recipe.backbone, num_classes, pretrained=recipe.pretrained)
+    return runtime.prepare(model), weights
+
+
+def _resumable(store: Store, key: str) -> str | None:
+    """The newest interrupted or failed run of this configuration (it resumes from its checkpoints)."""
     for exp in store.experiments():
-        if (exp["config_key"] == key and exp["status"] in ("interrupted", "failed")
-                and (store.artifact_dir(exp["id"]) / CHECKPOINT).is_file()):
-            return exp["id"]
+        if exp.config_key == key and exp.status in ("interrupted", "failed"):
+            return exp.id
     return None
 
 
-def _open_experiment(store: Store, preset: str, recipe: Recipe, dataset: Dataset, runtime: Runtime,
-                     weights: str) -> str:
+def _open_experiment(store: Store, preset: str, recipe: Recipe, cv: int, dataset: Dataset, runtime: Runtime,
+                     key: str, weights: str) -> str:
     """Rank 0: reopen the resumable run of this configuration, else start a new one."""
-    exp_id = _resumable(store, recipe, dataset.fingerprint)
+    exp_id = _resumable(store, key)
     if exp_id:
-        store.update(exp_id, status="running", pid=os.getpid(), host=socket.gethostname(), error=None,
-                     ended_at=None, device=runtime.describe(), weights=weights)
+        store.record(exp_id, device=runtime.describe(), weights=weights)
         return exp_id
-    exp_id = store.start(preset, FAMILY, recipe.backbone, recipe.params(), dataset.fingerprint,
-                         data_root=str(dataset.collection.root), split=SPLIT, device=runtime.describe(),
-                         weights=weights)
-    store.update(exp_id, details={"preset": preset, "recipe": recipe.notes, "root": str(dataset.collection.root),
-                                  "num_classes": dataset.num_classes, "image_size": recipe.phases[-1].image_size,
-                                  "images": {s: int((dataset.table["split"] == s).sum())
-                                             for s in ("train", "val", "test")}})
-    return exp_id
+    return store.start(f"{preset}-cv{cv}" if cv else preset, FAMILY, recipe.backbone, _params(recipe, cv),
+                       dataset.fingerprint, code_version=VERSION, world_size=runtime.world_size,
+                       data_root=str(Path(dataset.collection.root).resolve()), device=runtime.describe(),
+                       weights=weights, preset=preset, recipe_notes=recipe.notes, num_classes=dataset.num_classes,
+                       image_size=recipe.phases[-1].image_size,
+                       split_counts=dataset.table["split"].value_counts().to_dict())
 
 
-def _log_resume(store: Store, exp_id: str, epoch: int) -> None:
-    details = store.experiment(exp_id)["details"]
-    details["resumed_from_epochs"] = [*details.get("resumed_from_epochs", []), epoch]
-    store.update(exp_id, details=details)
+def _trainer(store: Store, exp_id: str, recipe: Recipe, model: nn.Module, data: TrainingData, runtime: Runtime,
+             folder: Path, progress: bool) -> Trainer:
+    return Trainer(model, recipe, data, runtime, folder,
+                   log_epoch=lambda epoch, values: store.log_epoch(exp_id, epoch, **values),
+                   log_curve=lambda name, c: store.log_lr_curve(exp_id, c.lrs, c.losses, c.suggested, name=name),
+                   log_resume=lambda epoch: store.add_resume(exp_id, epoch), progress=progress)
 
 
-def _finish(store: Store, exp_id: str, preset: str, recipe: Recipe, dataset: Dataset, trainer: Trainer,
-            state, progress: bool) -> None:
-    """Rank 0: test the best weights, save them for serving, record everything, drop the checkpoints."""
-    folder = store.artifact_dir(exp_id)
+def _probs(trainer: Trainer, dataset: Dataset, part, size: int, progress: bool, desc: str) -> np.ndarray:
+    data = CachedImages(dataset.images(size), part["row"].to_numpy(), part["count"].to_numpy())
+    return predict(trainer.model, data, trainer.normalization, trainer.runtime, trainer.recipe.tta,
+                   progress=progress, desc=desc)
+
+
+def _serving_config(recipe: Recipe, num_classes: int, size: int) -> dict:
     normalization = input_normalization(recipe.backbone)
-    test = dataset.split("test")
-    counts = test["count"].to_numpy()
-    data = CachedImages(dataset.images(state.best_size), test["row"].to_numpy(), counts)
-    probs = predict(trainer.model, data, normalization, trainer.runtime, recipe.tta, progress=progress,
-                    desc="testing")
-    metrics = classification_report(counts, probs.argmax(axis=1), dataset.num_classes)
-    metrics["ece"] = expected_calibration_error(probs, counts)
-    config = {"backbone": recipe.backbone, "num_classes": dataset.num_classes, "image_size": state.best_size,
-              "mean": list(normalization[0]), "std": list(normalization[1]), "tta": recipe.tta}
-    artifact = save_model(folder, trainer.model, config)
-    store.log_predictions(exp_id, test["image_id"], test["path"], counts, probs)
-    details = store.experiment(exp_id)["details"]
-    details.update(image_size=state.best_size, num_classes=dataset.num_classes, train_seconds=round(state.seconds, 1),
-                   artifact=artifact, root=str(dataset.collection.root), preset=preset, best_epoch=state.best_epoch,
-                   epochs_run=state.epoch, val=state.best_values, phase_lrs=state.phase_lrs,
-                   model_config=config)
-    store.finish(exp_id, metrics=metrics, details=details)
+    return {"backbone": recipe.backbone, "num_classes": num_classes, "image_size": size,
+            "mean": list(normalization[0]), "std": list(normalization[1]), "tta": recipe.tta}
+
+
+def _drop_checkpoints(folder: Path) -> None:
     for name in (CHECKPOINT, BEST):
         (folder / name).unlink(missing_ok=True)
 
 
+def _train_single(store: Store, exp_id: str, recipe: Recipe, dataset: Dataset, model: nn.Module,
+                  runtime: Runtime, progress: bool, on_epoch: Callable[[int, dict], None] | None) -> None:
+    """Fit on train, keep the best validation epoch; rank 0 calibrates, tests and records."""
+    data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
+                        dataset.num_classes)
+    folder = store.artifact_dir(exp_id)
+    trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress)
+    state = trainer.fit(on_epoch)
+    if not runtime.is_main:
+        return
+    size = state.best_size
+    val_probs = _probs(trainer, dataset, dataset.split("val"), size, progress, "validating")
+    test_probs = _probs(trainer, dataset, dataset.split("test"), size, progress, "testing")
+    config = _serving_config(recipe, dataset.num_classes, size)
+    artifact = save_model(folder, trainer.model, config)
+    finish_single(store, exp_id, dataset, val_probs, test_probs, image_size=size, train_seconds=round(state.seconds, 1),
+                  artifact=artifact, best_epoch=state.best_epoch, epochs_run=state.epoch, phase_lrs=state.phase_lrs,
+                  model_config=config)
+    _drop_checkpoints(folder)
+
+
+def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Dataset, runtime: Runtime,
+                 progress: bool, on_epoch: Callable[[int, dict], None] | None) -> None:
+    """K folds of train+val, each resumable on its own; rank 0 pools them and records the ensemble."""
+    pool, test = cv_pool(dataset), dataset.split("test")
+    fold = cv_folds(dataset, cv, recipe.seed)
+    size = recipe.phases[-1].image_size
+    config = _serving_config(recipe, dataset.num_classes, size)
+    oof, tests, seconds = np.zeros((len(pool), dataset.num_classes)), [], 0.0
+    for f in tqdm(range(cv), desc="cross-validation", unit="fold", disable=not (progress and runtime.is_main)):
+        folder = store.artifact_dir(exp_id) / f"fold-{f}"
+        done = folder / FOLD_PROBS
+        if not done.is_file():
+            model, _ = _fresh_model(recipe, dataset.num_classes, runtime, seed_offset=f)
+            data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes)
+            trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress)
+            state = trainer.fit(on_epoch)
+            if runtime.is_main:
+                last = load_checkpoint(folder)
+                if last is not None:
+                    trainer.model.load_state_dict(last[0])
+                held = _probs(trainer, dataset, pool[fold == f], size, progress, f"fold {f} held out")
+                tested = _probs(trainer, dataset, test, size, progress, f"fold {f} test")
+                save_model(folder, trainer.model, config)
+                with atomic_path(done) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, held=held, test=tested, seconds=state.seconds)
+                _drop_checkpoints(folder)
+            runtime.barrier()
+        if runtime.is_main:
+            saved = np.load(done)
+            oof[fold == f] = saved["held"]
+            tests.append(saved["test"])
+            seconds += float(saved["seconds"])
+    if runtime.is_main:
+        finish_cv(store, exp_id, dataset, fold, oof, tests, image_size=size, train_seconds=round(seconds, 1),
+                  artifact="model.pt", model_config=config)
+
+
 def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | None = None,
               overrides: dict | None = None, progress: bool = True,
-              on_epoch: Callable[[int, dict], None] | None = None) -> str:
+              on_epoch: Callable[[int, dict], None] | None = None, cv: int = 0) -> str:
     """Train `preset` (with `overrides`) on the data at `dataset_root`; returns the experiment id.
 
+    `cv=K` trains K models on the folds of train+val instead, as one experiment.
     `on_epoch(epoch, values)` is called on rank 0 after each epoch's checkpoint is written.
     """
     recipe = get_recipe(preset, overrides)
     store = store or Store()
     runtime = setup_runtime()
     try:
-        dataset, data = load_data(dataset_root, recipe, store, runtime, progress)
-        done, model, weights = _finished_or_fresh_model(FAMILY, recipe, dataset, data, store, runtime)
-        if done:
-            return done
-        exp_id = runtime.broadcast(
-            _open_experiment(store, preset, recipe, dataset, runtime, weights) if runtime.is_main else None)
-        with store.failing_on_error(exp_id) if runtime.is_main else nullcontext():
-            trainer = Trainer(
-                model, recipe, data, runtime, store.artifact_dir(exp_id),
-                log_epoch=lambda epoch, values: store.log_epoch(exp_id, epoch, **values),
-                log_curve=lambda name, c: store.log_lr_curve(exp_id, c.lrs, c.losses, c.suggested, name=name),
-                log_resume=lambda epoch: _log_resume(store, exp_id, epoch), progress=progress)
-            state = trainer.fit(on_epoch)
-            if runtime.is_main:
-                _finish(store, exp_id, preset, recipe, dataset, trainer, state, progress)
+        dataset = load_data(dataset_root, recipe, store, runtime, progress)
+        key = _key(FAMILY, recipe, cv, dataset, runtime)
+        with store.claim(key) if runtime.is_main else nullcontext():
+            done = runtime.broadcast(store.find_finished(key) if runtime.is_main else None)
+            if done:
+                return done
+            model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
+            exp_id = runtime.broadcast(_open_experiment(store, preset, recipe, cv, dataset, runtime, key, weights)
+                                       if runtime.is_main else None)
+            with store.running(exp_id) if runtime.is_main else nullcontext():
+                if cv:
+                    _train_folds(store, exp_id, recipe, cv, dataset, runtime, progress, on_epoch)
+                else:
+                    _train_single(store, exp_id, recipe, dataset, model, runtime, progress, on_epoch)
         return exp_id
     finally:
         shutdown(runtime)
@@ -160,30 +210,34 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
             overrides: dict | None = None, progress: bool = True) -> str:
     """An LR-finder sweep over the preset's first phase, stored as its own "lr_finder" experiment.
 
-    The curve is in `store.lr_curves(exp_id)` and the suggestion in the experiment's details.
+    The curve is in `store.lr_curves(exp_id)` and the suggestion in the record's `suggested_lr`.
     """
     recipe = get_recipe(preset, overrides)
     store = store or Store()
     runtime = setup_runtime()
     try:
-        dataset, data = load_data(dataset_root, recipe, store, runtime, progress)
-        done, model, weights = _finished_or_fresh_model(LR_FAMILY, recipe, dataset, data, store, runtime)
-        if done:
-            return done
-        exp_id = runtime.broadcast(
-            store.start(f"lr-find {preset}", LR_FAMILY, recipe.backbone, recipe.params(), dataset.fingerprint,
-                        data_root=str(dataset.collection.root), split=SPLIT, device=runtime.describe(),
-                        weights=weights) if runtime.is_main else None)
-        with store.failing_on_error(exp_id) if runtime.is_main else nullcontext():
-            trainer = Trainer(model, recipe, data, runtime, store.artifact_dir(exp_id), progress=progress)
-            curve = trainer.find_lr()
-            if runtime.is_main:
-                store.log_lr_curve(exp_id, curve.lrs, curve.losses, curve.suggested, name=preset)
-                phase = recipe.phases[0]
-                store.finish(exp_id, metrics={}, details={
-                    "preset": preset, "suggested_lr": curve.suggested, "steps": len(curve.lrs),
-                    "image_size": phase.image_size, "train_body": phase.train_body,
-                    "num_classes": dataset.num_classes, "root": str(dataset.collection.root)})
+        dataset = load_data(dataset_root, recipe, store, runtime, progress)
+        key = _key(LR_FAMILY, recipe, 0, dataset, runtime)
+        with store.claim(key) if runtime.is_main else nullcontext():
+            done = runtime.broadcast(store.find_finished(key) if runtime.is_main else None)
+            if done:
+                return done
+            model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
+            phase = recipe.phases[0]
+            exp_id = runtime.broadcast(
+                store.start(f"lr-find {preset}", LR_FAMILY, recipe.backbone, _params(recipe, 0), dataset.fingerprint,
+                            code_version=VERSION, world_size=runtime.world_size,
+                            data_root=str(Path(dataset.collection.root).resolve()), device=runtime.describe(),
+                            weights=weights, preset=preset, image_size=phase.image_size,
+                            num_classes=dataset.num_classes) if runtime.is_main else None)
+            with store.running(exp_id) if runtime.is_main else nullcontext():
+                data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
+                                    dataset.num_classes)
+                trainer = Trainer(model, recipe, data, runtime, store.artifact_dir(exp_id), progress=progress)
+                curve = trainer.find_lr()
+                if runtime.is_main:
+                    store.log_lr_curve(exp_id, curve.lrs, curve.losses, curve.suggested, name=preset)
+                    store.finish(exp_id, metrics={}, suggested_lr=curve.suggested)
         return exp_id
     finally:
         shutdown(runtime)

@@ -14,7 +14,6 @@ from core.cnn.checkpoint import load_state_dict, save_state_dict
 from core.cnn.inputs import class_probabilities
 from core.cnn.runtime import local_runtime
 from core.files import atomic_path
-from core.store import Store
 
 MODEL_FILE = "model.pt"  # state_dict only
 CONFIG_FILE = "model.json"  # backbone, num_classes, image_size, normalization, tta
@@ -28,17 +27,21 @@ def save_model(folder: Path, model: nn.Module, config: dict) -> str:
     return MODEL_FILE
 
 
-def load_model(folder: Path) -> tuple[nn.Module, dict]:
+def load_model(folder: Path, artifact: str = MODEL_FILE) -> tuple[nn.Module, dict]:
     """The saved network (eval mode, on the CPU) and its config."""
     config = json.loads((folder / CONFIG_FILE).read_text())
     model, _ = build_model(config["backbone"], config["num_classes"], pretrained=False)
-    model.load_state_dict(load_state_dict(folder / MODEL_FILE))
+    model.load_state_dict(load_state_dict(folder / artifact))
     return model.eval(), config
 
 
-def load_predictor(store: Store, exp: dict, batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 (N, image_size, image_size, 3) RGB -> (N, num_classes) probabilities, as in training's evaluation."""
-    model, config = load_model(store.artifact_dir(exp["id"]))
+def load_predictor(folder: Path, artifact: str = MODEL_FILE, num_classes: int = 0,
+                   batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 (N, image_size, image_size, 3) RGB -> (N, num_classes) uncalibrated probabilities, as in
+    training's evaluation. The weights' file and class count come from `folder`'s saved config."""
+    model, config = load_model(folder, artifact)
+    if num_classes and config["num_classes"] != num_classes:
+        raise ValueError(f"{folder} holds a model of {config['num_classes']} classes, expected {num_classes}")
     runtime = local_runtime()
     model = runtime.prepare(model)
     normalization = (tuple(config["mean"]), tuple(config["std"]))

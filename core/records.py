@@ -1,0 +1,98 @@
+"""The experiment record: what the store returns and every consumer reads, as typed fields.
+
+The store keeps the identity and status of a run in columns and the rest as one JSON object;
+`Experiment.from_row` and `Experiment.detail_fields` are the only places that know that shape,
+so no other module reads or writes a run's details by key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Columns of the `experiments` table that are fields of the record as they are.
+COLUMN_FIELDS = ("id", "name", "family", "model", "params", "config_key", "dataset", "data_root", "status",
+                 "started_at", "ended_at", "host", "pid", "device", "weights", "metrics", "error")
+
+
+@dataclass
+class Experiment:
+    """One training run: its identity, where it ran, and what it measured.
+
+    Figures are dicts from `core.metrics.count_report` (plus `intervals` and `ece`):
+    `metrics` on the test split (reported once), `val_metrics` on the validation split (what
+    `best` selects on), `cv_metrics` out-of-fold over train+val for cross-validated runs.
+    """
+
+    id: str
+    name: str
+    family: str  # "classical", "cnn" or "lr_finder"
+    model: str
+    params: dict[str, Any]
+    config_key: str
+    dataset: str
+    data_root: str
+    status: str  # running, finished, failed, interrupted
+    started_at: float
+    ended_at: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    device: str = ""
+    weights: str = ""
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # ---- details (stored as one JSON object) ----
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+    cv_metrics: dict[str, Any] = field(default_factory=dict)
+    folds: int = 0  # 0: one model; K: an ensemble of the K cross-validation models
+    image_size: int | None = None
+    num_classes: int | None = None
+    train_seconds: float | None = None
+    artifact: str = ""  # model file name inside the artifact folder (per fold for ensembles)
+    calibration: dict[str, Any] = field(default_factory=dict)  # see core.calibration.fit_calibration
+    split_counts: dict[str, int] = field(default_factory=dict)  # photos per split
+    warnings: list[str] = field(default_factory=list)
+    # CNN runs
+    preset: str = ""
+    recipe_notes: str = ""
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    phase_lrs: dict[str, float] = field(default_factory=dict)
+    model_config: dict[str, Any] = field(default_factory=dict)
+    resumed_from_epochs: list[int] = field(default_factory=list)
+    # classical runs
+    selection: str = ""
+    chosen_params: dict[str, Any] = field(default_factory=dict)
+    cv_results: list[dict[str, Any]] = field(default_factory=list)  # the grid search, one row per setting
+    probabilities: str = ""
+    feature_seconds: float | None = None
+    # LR-finder sweeps
+    suggested_lr: float | None = None
+
+    @classmethod
+    def detail_fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in COLUMN_FIELDS)
+
+    @classmethod
+    def from_row(cls, columns: dict[str, Any], details: dict[str, Any]) -> Experiment:
+        """Build from table columns and the details object; unknown detail keys (older code) are ignored."""
+        known = set(cls.detail_fields())
+        return cls(**{k: columns[k] for k in COLUMN_FIELDS}, **{k: v for k, v in details.items() if k in known})
+
+    @property
+    def is_model(self) -> bool:
+        """A finished run that counts photos (LR-finder sweeps do not)."""
+        return self.status == "finished" and self.family in ("classical", "cnn") and bool(self.metrics)
+
+    @property
+    def selection_metrics(self) -> dict[str, Any]:
+        """The figures models are compared on: out-of-fold for cross-validated runs, else validation."""
+        return self.cv_metrics or self.val_metrics
+
+    @property
+    def selection_source(self) -> str:
+        return "out-of-fold" if self.cv_metrics else "validation"
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration.get("temperature", 1.0))

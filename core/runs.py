@@ -1,0 +1,88 @@
+"""What every training run does around its model, whatever the family: the folds of a
+cross-validated run, and the figures, calibration, predictions and split it records at the end.
+
+A single run is fitted on the train split, calibrated and selected on the validation split, and
+tested once. A cross-validated run fits K models on K folds of train+val (grouped, so
+near-duplicates stay in one fold; stratified by count), calibrates on their pooled out-of-fold
+predictions, reports out-of-fold figures (each fold calibrated by the map fitted on the others,
+so no figure is judged on what it was fitted on) and tests the K models once, as the ensemble
+the counting service serves: the mean of their calibrated probabilities.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from core.calibration import apply_calibration, calibrate, coverage_curve, fit_calibration
+from core.dataset import Dataset
+from core.metrics import expected_calibration_error, split_figures
+from core.store import Store
+
+CV_POOL = ("train", "val")  # what cross-validation folds; the test split stays untouched
+
+
+def cv_pool(dataset: Dataset):
+    """The train+val rows of the data set's table, in table order."""
+    return dataset.table[dataset.table["split"].isin(CV_POOL)].reset_index(drop=True)
+
+
+def cv_folds(dataset: Dataset, k: int, seed: int = 0) -> np.ndarray:
+    """Fold number (0..k-1) of every row of `cv_pool(dataset)`; photos of one group share a fold."""
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    pool = cv_pool(dataset)
+    fold = np.empty(len(pool), dtype=int)
+    splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    for i, (_, held) in enumerate(splitter.split(pool, pool["count"], pool["group"])):
+        fold[held] = i
+    return fold
+
+
+def _log_split(store: Store, exp_id: str, dataset: Dataset, cv: bool) -> None:
+    table = dataset.table
+    splits = np.where(table["split"] == "test", "test", "oof") if cv else table["split"].to_numpy()
+    store.log_split(exp_id, table["image_id"].tolist(), splits.tolist())
+
+
+def _log(store: Store, exp_id: str, part, probs: np.ndarray, split: str) -> None:
+    store.log_predictions(exp_id, part["image_id"].tolist(), part["path"].tolist(), part["count"].tolist(),
+                          probs, split=split)
+
+
+def finish_single(store: Store, exp_id: str, dataset: Dataset, val_probs: np.ndarray, test_probs: np.ndarray,
+                  **fields: Any) -> None:
+    """Calibrate on validation, record validation and test figures of the served (calibrated)
+    counts, both splits' predictions and the run's split; mark the run finished."""
+    val, test = dataset.split("val"), dataset.split("test")
+    calibration = calibrate(val_probs, val["count"], test_probs, test["count"])
+    val_cal, test_cal = apply_calibration(val_probs, calibration), apply_calibration(test_probs, calibration)
+    k = dataset.num_classes
+    _log(store, exp_id, val, val_cal, "val")
+    _log(store, exp_id, test, test_cal, "test")
+    _log_split(store, exp_id, dataset, cv=False)
+    store.finish(exp_id, split_figures(test["count"], test_cal, k), val_metrics=split_figures(val["count"], val_cal, k),
+                 calibration=calibration, folds=0, **fields)
+
+
+def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof_probs: np.ndarray,
+              test_probs: list[np.ndarray], **fields: Any) -> None:
+    """The cross-validated counterpart of `finish_single` (see the module docstring)."""
+    pool, test = cv_pool(dataset), dataset.split("test")
+    y_pool, y_test, k = pool["count"].to_numpy(), test["count"].to_numpy(), dataset.num_classes
+    oof_cal = np.empty_like(oof_probs)
+    for f in np.unique(fold):
+        others = fold != f
+        oof_cal[~others] = apply_calibration(oof_probs[~others], fit_calibration(oof_probs[others], y_pool[others]))
+    calibration = fit_calibration(oof_probs, y_pool)
+    ensemble = np.mean([apply_calibration(p, calibration) for p in test_probs], axis=0)
+    raw_ensemble = np.mean(test_probs, axis=0)
+    calibration.update(ece_test_before=round(expected_calibration_error(raw_ensemble, y_test), 5),
+                       ece_test_after=round(expected_calibration_error(ensemble, y_test), 5),
+                       **coverage_curve(ensemble, y_test))
+    _log(store, exp_id, pool, oof_cal, "oof")
+    _log(store, exp_id, test, ensemble, "test")
+    _log_split(store, exp_id, dataset, cv=True)
+    store.finish(exp_id, split_figures(y_test, ensemble, k), cv_metrics=split_figures(y_pool, oof_cal, k),
+                 calibration=calibration, folds=len(test_probs), **fields)

@@ -1,0 +1,82 @@
+"""Every reported figure: the count report, ECE, accuracy-coverage, bootstrap intervals and the paired verdict."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.metrics import (accuracy_coverage, bootstrap_intervals, count_report, expected_calibration_error,
+                          paired_bootstrap, split_figures, verdict)
+
+
+def test_count_report_figures():
+    y_true = [0, 1, 1, 2, 2, 2]
+    y_pred = [0, 1, 2, 2, 2, 0]
+    r = count_report(y_true, y_pred, num_classes=4)
+    assert r["n"] == 6 and r["accuracy"] == pytest.approx(4 / 6)
+    assert r["balanced_accuracy"] == pytest.approx((1 + 0.5 + 2 / 3) / 3)
+    assert r["rmse"] == pytest.approx(np.sqrt((1 + 4) / 6))
+    assert r["per_class_accuracy"] == [1.0, 0.5, pytest.approx(2 / 3), None]
+    assert r["per_class_rmse"][2] == pytest.approx(np.sqrt(4 / 3))
+    assert r["confusion_matrix"][2] == [1, 0, 2, 0]
+    with pytest.raises(ValueError):
+        count_report([], [], 3)
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy_and_large_when_overconfident():
+    probs = np.array([[0.5, 0.5]] * 4)
+    assert expected_calibration_error(probs, [0, 0, 1, 1]) == pytest.approx(0.0)
+    sure = np.array([[0.99, 0.01]] * 4)
+    assert expected_calibration_error(sure, [1, 1, 1, 1]) == pytest.approx(0.99)
+
+
+def test_accuracy_coverage_orders_by_confidence():
+    coverage, acc = accuracy_coverage([0.9, 0.2, 0.8, 0.4], [1, 0, 1, 0])
+    assert list(coverage) == [0.25, 0.5, 0.75, 1.0]
+    assert list(acc) == [1.0, 1.0, pytest.approx(2 / 3), 0.5]
+
+
+def _noisy(n: int, right: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 6, n)
+    return y, np.where(rng.random(n) < right, y, rng.integers(0, 6, n))
+
+
+def test_intervals_hold_the_figure_and_narrow_with_more_photos():
+    y, pred = _noisy(265, 0.5, 0)
+    small = bootstrap_intervals(y, pred)
+    report = count_report(y, pred, 6)
+    for key in ("accuracy", "balanced_accuracy", "rmse"):
+        lo, hi = small[key]
+        assert lo <= report[key] <= hi and lo < hi
+    y_big, pred_big = _noisy(2650, 0.5, 0)
+    big = bootstrap_intervals(y_big, pred_big)
+    width = {k: small[k][1] - small[k][0] for k in small}
+    assert all(big[k][1] - big[k][0] < width[k] * 0.6 for k in big)  # about 1/sqrt(10) as wide
+
+
+def test_intervals_are_stratified_by_count():
+    """Every resample keeps each count's photos, so a count seen twice never vanishes from one."""
+    y = np.array([0, 0] + [1] * 50)
+    pred = np.array([0, 1] + [1] * 50)
+    lo, hi = bootstrap_intervals(y, pred)["balanced_accuracy"]
+    assert 0.5 <= lo <= hi <= 1.0  # count 0's recall is 0, 0.5 or 1; count 1's is always 1
+
+
+def test_paired_bootstrap_tells_a_real_difference_from_noise():
+    y, good = _noisy(500, 0.7, 1)
+    _, bad = _noisy(500, 0.3, 2)
+    clear = paired_bootstrap(y, good, bad)
+    assert clear["balanced_accuracy"]["low"] > 0 and clear["rmse"]["high"] < 0
+    assert verdict(clear, "A", "B").startswith("A beats B")
+    assert verdict(paired_bootstrap(y, bad, good), "A", "B").startswith("B beats A")
+    rng = np.random.default_rng(3)
+    twin = np.where(rng.random(500) < 0.7, y, rng.integers(0, 6, 500))  # another model just as good
+    assert "within noise" in verdict(paired_bootstrap(y, good, twin), "A", "B")
+
+
+def test_split_figures_score_the_most_probable_count_with_ece_and_intervals():
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    figures = split_figures([0, 1, 1, 1], probs, 2)
+    assert figures["accuracy"] == pytest.approx(0.75)
+    assert figures["ece"] == pytest.approx(expected_calibration_error(probs, [0, 1, 1, 1]))
+    assert set(figures["intervals"]) == {"accuracy", "balanced_accuracy", "rmse"}
