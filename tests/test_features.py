@@ -9,9 +9,17 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from core import features
-from core.features import (BlobFeatures, CappedPCA, HogFeatures, RawPixels, extract, feature_matrix, grey_images,
-                           make_extractor)
-from tests.conftest import bin_photo
+from core.features import (
+    BlobFeatures,
+    CappedPCA,
+    HogFeatures,
+    RawPixels,
+    extract,
+    feature_matrix,
+    grey_images,
+    make_extractor,
+)
+from tests.builders import bin_photo
 
 
 def photos(n: int = 6, size: int = 48) -> np.ndarray:
