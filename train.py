@@ -37,7 +37,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from core.dataset import prepare_dataset
 
-    dataset = prepare_dataset(data_dir(args.data), image_size=args.size, max_count=args.max_count)
+    dataset = prepare_dataset(data_dir(args.data), image_size=args.size, max_count=args.max_count, store=args.store)
     print(json.dumps(dataset.summary(), indent=2))
     for row in dataset.collection.skipped.head(20).itertuples():
         print(f"skipped {row.path}: {row.reason}")
@@ -58,7 +58,7 @@ def cmd_classical(args: argparse.Namespace) -> None:
         except json.JSONDecodeError as err:
             sys.exit(f"{flag} must be JSON ({err}): {text!r}")
 
-    store, root, started = Store(), data_dir(args.data), time.perf_counter()
+    store, root, started = Store(args.store), data_dir(args.data), time.perf_counter()
     options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv}
     options = {k: v for k, v in options.items() if v is not None}
     common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet}
@@ -81,8 +81,8 @@ def cmd_classical(args: argparse.Namespace) -> None:
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
-def counter_for(name: str, data: Path | None = None):
-    """A counter for --model, or a clear exit (no finished experiment, unknown name).
+def counter_for(name: str, store: Path | None, data: Path | None = None):
+    """A counter for --model from the --store (default store when None), or a clear exit.
 
     `best` is chosen on validation among the models trained on the data in use: `data` if models
     were trained on it, else the default data folder (photos to check are often new ones)."""
@@ -90,10 +90,10 @@ def counter_for(name: str, data: Path | None = None):
     from core.store import Store, best_of, best_rule
 
     trained_on = find_data_dir()
-    if data is not None and best_of(Store().experiments("finished"), data):
+    if data is not None and best_of(Store(store).experiments("finished"), data):
         trained_on = data
     try:
-        counter = load_counter(name, data_root=trained_on)
+        counter = load_counter(name, Store(store), data_root=trained_on)
     except ModelNotFound as err:
         sys.exit(str(err))
     if name == "best":
@@ -102,7 +102,7 @@ def counter_for(name: str, data: Path | None = None):
 
 
 def cmd_count(args: argparse.Namespace) -> None:
-    counter = counter_for(args.model)
+    counter = counter_for(args.model, args.store)
     for path, result in zip(args.images, counter.count_batch(args.images)):
         if isinstance(result, Exception):
             print(f"{path}: cannot count: {result}")
@@ -112,10 +112,11 @@ def cmd_count(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from core.predict import evaluate_folder
+    from core.store import Store
 
     root = data_dir(args.data)
     try:
-        report = evaluate_folder(counter_for(args.model, root), root)
+        report = evaluate_folder(counter_for(args.model, args.store, root), root, Store(args.store))
     except ValueError as err:
         sys.exit(str(err))
     print(json.dumps(report, indent=2))
@@ -125,7 +126,7 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import reconcile, records_from_folder, write_report
 
     root = data_dir(args.data)
-    counter = counter_for(args.model, root)
+    counter = counter_for(args.model, args.store, root)
     records, images = records_from_folder(root, args.records)
     report = reconcile(counter, records, images, threshold=args.threshold, progress=True)
     write_report(report, args.out)
@@ -154,7 +155,7 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     from core.cnn import train_cnn
     from core.store import Store
 
-    store = Store()
+    store = Store(args.store)
     exp_id = train_cnn(data_dir(args.data), args.preset, store, parse_overrides(args.set), progress=not args.quiet,
                        cv=args.cv)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -195,7 +196,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     from core.cnn import find_lr
     from core.store import Store
 
-    store = Store()
+    store = Store(args.store)
     exp_id = find_lr(data_dir(args.data), args.preset, store, parse_overrides(args.set), progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         curve = store.lr_curves(exp_id)[0]
@@ -204,15 +205,31 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_suite(args: argparse.Namespace) -> None:
+    from core.store import Store
     from core.suite import run_default_suite
 
     root = data_dir(args.data)
     print(f"data: {root}")
-    run_default_suite(root, cnn_overrides=json.loads(args.cnn_overrides) if args.cnn_overrides else None,
+    run_default_suite(root, store=Store(args.store),
+                      cnn_overrides=json.loads(args.cnn_overrides) if args.cnn_overrides else None,
                       classical_overrides=json.loads(args.classical_overrides) if args.classical_overrides else None)
 
 
+def add_store_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, metavar="DIR",
+                        help="experiment store: database, models, image caches (default: BINSIGHT_STORE, else models/)")
+
+
+def presets_epilog() -> str:
+    """One line per CNN preset (name and notes) for --help."""
+    from core.cnn.recipes import PRESETS
+
+    width = max(map(len, PRESETS))
+    return "presets:\n" + "\n".join(f"  {name:<{width}}  {recipe.notes}" for name, recipe in PRESETS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from core.cnn.recipes import PRESETS
     from core.download import DEFAULT_BASE_URL
     from core.reconcile import MISMATCH_THRESHOLD
 
@@ -233,18 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--max-count", type=int, default=MAX_COUNT)
     p.add_argument("--export-split", metavar="FILE.csv", help="write image_id,split of every usable photo")
+    add_store_flag(p)
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("classical", help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
-                       description="Cross-validated grid search on the train split, one test evaluation; a configuration "
-                                   "already trained on the same data is served from the store.")
+    p = sub.add_parser("classical",
+                       help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
+                       description="Cross-validated grid search on the train split, one test evaluation; "
+                                   "a configuration already trained on the same data is served from the store.")
     p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
     p.add_argument("--suite", help="a suite from core/classical.py SUITES: paper-classical (Tables I and II), default")
     p.add_argument("--features", default="hog", help="raw, hog or blobs (default: hog)")
     p.add_argument("--feature-params", help='JSON, e.g. \'{"size": 64, "edges": "sobel"}\'')
     p.add_argument("--pca", type=int, help="add a randomized PCA with at most this many components (e.g. 1000)")
     p.add_argument("--model", default="svc", help="logreg, tree, linearsvc, nusvc, svc (RBF), svc-poly, svc-linear")
-    p.add_argument("--grid", help='JSON dict or list of dicts of value lists, e.g. \'{"C": [1, 10], "gamma": ["scale"]}\'')
+    p.add_argument("--grid",
+                   help='JSON dict or list of dicts of value lists, e.g. \'{"C": [1, 10], "gamma": ["scale"]}\'')
     p.add_argument("--folds", type=int, help="cross-validation folds (default: 10, fewer if a class is smaller)")
     p.add_argument("--selection", choices=["balanced", "paper"],
                    help="best CV balanced accuracy (default), or the paper's: best accuracy with no class at zero")
@@ -254,22 +274,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
                    help="cross-validate: K models on K folds of train+val (K defaults to 5), served as an ensemble")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_store_flag(p)
     p.set_defaults(func=cmd_classical)
 
     p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)")
     p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
     p.add_argument("--cnn-overrides", help='JSON recipe overrides for the CNN, e.g. \'{"batch_size": 16}\'')
-    p.add_argument("--classical-overrides", help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
+    p.add_argument("--classical-overrides",
+                   help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
+    add_store_flag(p)
     p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser("count", help="count the items in photos")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
+    add_store_flag(p)
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled collection (prints JSON)")
     p.add_argument("--model", default="best")
     p.add_argument("--data", help="collection folder in any supported layout")
+    add_store_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity")
@@ -279,15 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.csv", help=".csv or .json")
     p.add_argument("--threshold", type=float, default=MISMATCH_THRESHOLD,
                    help="flag bins with P(mismatch) at or above this")
+    add_store_flag(p)
     p.set_defaults(func=cmd_reconcile)
 
     for name, func, help_ in (
         ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run"),
         ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase"),
     ):
-        p = sub.add_parser(name, help=help_, description=f"{help_}. Runs under `torchrun --nproc_per_node N` too.")
+        p = sub.add_parser(name, help=help_, description=f"{help_}. Runs under `torchrun --nproc_per_node N` too.",
+                           epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
-        p.add_argument("--preset", default="quick", help="recipe from core/cnn/recipes.py PRESETS (default: quick)")
+        p.add_argument("--preset", default="quick", choices=PRESETS, metavar="PRESET",
+                       help="recipe from core/cnn/recipes.py, listed below (default: quick)")
         p.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
                        help="override recipe fields, values in JSON, e.g. batch_size=64 "
                             '\'phases=[{"epochs": 3, "image_size": 128}]\'')
@@ -295,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cnn":
             p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
                            help="cross-validate: K models on K folds of train+val (K defaults to 5), one ensemble")
+        add_store_flag(p)
         p.set_defaults(func=func)
     return parser
 

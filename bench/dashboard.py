@@ -17,9 +17,9 @@ import zipfile
 from pathlib import Path
 
 from core.config import PROJECT_ROOT, store_dir
+from dashboard.pages import PAGES
 
 APP = PROJECT_ROOT / "dashboard" / "app.py"
-PAGES = ("overview", "compare", "per_class", "confusion", "lr_finder", "misclassified", "upload", "reconcile")
 
 
 def _photos(store: Path, n: int) -> list[tuple[str, bytes]]:
@@ -67,12 +67,12 @@ def render_times(store: Path, batch: int = 20, repeat: int = 3) -> list[tuple[st
     for page in PAGES:
         at = AppTest.from_file(str(APP), default_timeout=600)
         first = _timed(at)  # the first run shows the default page, the overview
-        if page != "overview":
-            first = _timed(at.switch_page(f"views/{page}.py"))
-        if _prepare(at, page, photos):
+        if page != PAGES[0]:
+            first = _timed(at.switch_page(page.script))
+        if _prepare(at, page.name, photos):
             first += _timed(at)  # the page's own first render (loading the model) plus its first count
         warm = min(_timed(at) for _ in range(repeat))
-        out.append((page, first, warm))
+        out.append((page.name, first, warm))
     return out
 
 

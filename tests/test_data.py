@@ -10,7 +10,7 @@ import pytest
 
 from core.data import DataError, assign_splits, load_collection, parse_count
 from core.dataset import prepare_dataset
-from tests.conftest import bin_photo, requires_sample, write_abid_collection, write_manifest_collection
+from tests.builders import bin_photo, requires_sample, write_abid_collection
 
 
 def test_manifest_layout(tiny_collection):

@@ -8,10 +8,18 @@ from skimage.feature import hog
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from core import features
-from core.classical.features import (BlobFeatures, CappedPCA, HogFeatures, RawPixels, extract, feature_matrix, grey_images,
-                           make_extractor)
-from tests.conftest import bin_photo
+from core.classical import features
+from core.classical.features import (
+    BlobFeatures,
+    CappedPCA,
+    HogFeatures,
+    RawPixels,
+    extract,
+    feature_matrix,
+    grey_images,
+    make_extractor,
+)
+from tests.builders import bin_photo
 
 
 def photos(n: int = 6, size: int = 48) -> np.ndarray:

@@ -88,6 +88,21 @@ def test_lr_finder_stars_the_suggested_rate_on_its_curve():
     assert len(fig.data) == 5
 
 
+def test_lr_finder_y_axis_leaves_out_the_divergent_tail():
+    """fastai-style view: the descent before the minimum fills the plot, the blow-up does not."""
+    lrs = np.logspace(-6, 1, 60)
+    descent = np.linspace(2.0, 1.0, 45)
+    tail = 1.0 * np.exp(np.linspace(0.1, 4.0, 15))  # diverges to about 55
+    fig = figures.lr_finder_figure([
+        {"label": "a", "lrs": lrs, "losses": np.concatenate([descent, tail]), "suggested": 1e-4},
+        {"label": "b", "lrs": lrs[:30], "losses": np.linspace(1.8, 1.2, 30), "suggested": None},
+    ])
+    low, high = fig.layout.yaxis.range
+    assert low < 1.0 and 2.0 < high < 2.5  # the lowest loss and both starts, a little room
+    assert max(fig.data[0].y) > 10 * high  # the tail is still in the data, just out of view
+    assert figures.lr_finder_figure([]).layout.yaxis.range is None
+
+
 def test_probability_bars_colour_the_count_and_mark_the_record():
     fig = figures.probability_bars([0.1, 0.6, 0.3], recorded=2)
     bar = fig.data[0]

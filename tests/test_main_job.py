@@ -7,7 +7,7 @@ import sys
 
 from core.config import PROJECT_ROOT
 from core.store import Store
-from tests.conftest import write_manifest_collection
+from tests.builders import write_manifest_collection
 
 CNN_SMALL = {"batch_size": 8, "lr_finder_steps": 8,
              "phases": [{"epochs": 1, "image_size": 32, "train_body": False}, {"epochs": 1, "image_size": 32}]}

@@ -1,0 +1,51 @@
+"""train.py's command line: preset choices in --help, a clear error for an unknown preset, --store."""
+from __future__ import annotations
+
+import pytest
+
+import train
+from core.cnn.recipes import PRESETS
+from tests.builders import write_manifest_collection
+
+STORE_COMMANDS = ("prepare", "classical", "suite", "count", "evaluate", "reconcile", "cnn", "lr-find")
+
+
+@pytest.mark.parametrize("command", ["cnn", "lr-find"])
+def test_help_lists_every_preset_with_its_notes(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main([command, "--help"])
+    assert exit_.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, recipe in PRESETS.items():
+        assert any(line.split() and line.split()[0] == name and recipe.notes in line for line in lines), name
+
+
+def test_unknown_preset_is_a_one_line_error_not_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["cnn", "--preset", "resnet99"])
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "invalid choice: 'resnet99'" in errors[0] and "quick" in errors[0]
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS)
+def test_every_store_command_takes_store(command, tmp_path):
+    extra = ["photo.jpg"] if command == "count" else []
+    args = train.build_parser().parse_args([command, *extra, "--store", str(tmp_path / "s")])
+    assert args.store == tmp_path / "s"
+
+
+def test_prepare_writes_its_cache_into_the_given_store(tmp_path, store_root, capsys):
+    data = write_manifest_collection(tmp_path / "data", per_class=2)
+    train.main(["prepare", "--data", str(data), "--size", "32", "--store", str(tmp_path / "elsewhere")])
+    assert list((tmp_path / "elsewhere" / "datasets").iterdir())
+    assert not store_root.exists()  # the default store (BINSIGHT_STORE) was left alone
+
+
+def test_evaluate_reads_the_given_store(tmp_path, store_root):
+    data = write_manifest_collection(tmp_path / "data", per_class=1)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["evaluate", "--data", str(data), "--store", str(tmp_path / "empty")])
+    assert "python train.py suite" in str(exit_.value.code)  # no finished experiment in that store
+    assert (tmp_path / "empty" / "experiments.sqlite").is_file()
+    assert not store_root.exists()
