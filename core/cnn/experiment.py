@@ -12,17 +12,16 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from core.backbones import build_model, input_normalization
 from core.cnn.checkpoint import BEST, CHECKPOINT
-from core.cnn.evaluate import predict
-from core.cnn.inputs import CachedImages
 from core.cnn.loop import Split, Trainer, TrainingData
 from core.cnn.predictor import MODEL_FILE, save_model
 from core.cnn.recipes import Recipe, get_recipe
-from core.cnn.runtime import Runtime, setup_runtime, shutdown
+from core.cnn.runtime import Runtime, first_alone, launch_rank, setup_runtime, shutdown
 from core.dataset import DEFAULT_SPLIT, Dataset, prepare_dataset
 from core.metrics import classification_report, expected_calibration_error
 from core.store import Store, config_key
@@ -37,17 +36,20 @@ def _split(dataset: Dataset, name: str) -> Split:
     return Split(part["row"].to_numpy(), part["count"].to_numpy())
 
 
-def load_data(root: str | Path, recipe: Recipe, store: Store, runtime: Runtime,
-              progress: bool) -> tuple[Dataset, TrainingData]:
-    """The prepared data set with its cache at every size the recipe uses (built by rank 0 alone)."""
+def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) -> tuple[Dataset, TrainingData]:
+    """The prepared data set with its cache at every size the recipe uses.
+
+    Called before joining the process group, whose collectives would time out while a large
+    collection is decoded: the first process to arrive builds the caches, the others (every
+    rank on every node, under `torchrun`) wait on a lock in the store, then load them.
+    """
     sizes = sorted({p.image_size for p in recipe.phases})
-    if not runtime.is_main:
-        runtime.barrier()
-    dataset = prepare_dataset(root, image_size=sizes[0], store=store.root, progress=progress and runtime.is_main)
-    for size in sizes[1:]:
-        dataset.images(size)
-    if runtime.is_main:
-        runtime.barrier()
+    lock = store.root / "datasets.lock"
+    waiting = f"waiting for another process to build the image caches (lock: {lock})" if launch_rank() == 0 else None
+    with first_alone(lock, waiting) as first:
+        dataset = prepare_dataset(root, image_size=sizes[0], store=store.root, progress=progress and first)
+        for size in sizes[1:]:
+            dataset.images(size)
     data = TrainingData(dataset.images, _split(dataset, "train"), _split(dataset, "val"), dataset.num_classes)
     return dataset, data
 
@@ -100,15 +102,12 @@ def _log_resume(store: Store, exp_id: str, epoch: int) -> None:
 
 
 def _finish(store: Store, exp_id: str, preset: str, recipe: Recipe, dataset: Dataset, trainer: Trainer,
-            state, progress: bool) -> None:
-    """Rank 0: test the best weights, save them for serving, record everything, drop the checkpoints."""
+            state, probs: np.ndarray) -> None:
+    """Rank 0: record the best weights' test `probs`, save the weights for serving, drop the checkpoints."""
     folder = store.artifact_dir(exp_id)
     normalization = input_normalization(recipe.backbone)
     test = dataset.split("test")
     counts = test["count"].to_numpy()
-    data = CachedImages(dataset.images(state.best_size), test["row"].to_numpy(), counts)
-    probs = predict(trainer.model, data, normalization, trainer.runtime, recipe.tta, progress=progress,
-                    desc="testing")
     metrics = classification_report(counts, probs.argmax(axis=1), dataset.num_classes)
     metrics["ece"] = expected_calibration_error(probs, counts)
     config = {"backbone": recipe.backbone, "num_classes": dataset.num_classes, "image_size": state.best_size,
@@ -134,9 +133,9 @@ def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | No
     """
     recipe = get_recipe(preset, overrides)
     store = store or Store()
+    dataset, data = load_data(dataset_root, recipe, store, progress)  # before the process group (see load_data)
     runtime = setup_runtime()
     try:
-        dataset, data = load_data(dataset_root, recipe, store, runtime, progress)
         done, model, weights = _finished_or_fresh_model(FAMILY, recipe, dataset, data, store, runtime)
         if done:
             return done
@@ -149,8 +148,9 @@ def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | No
                 log_curve=lambda name, c: store.log_lr_curve(exp_id, c.lrs, c.losses, c.suggested, name=name),
                 log_resume=lambda epoch: _log_resume(store, exp_id, epoch), progress=progress)
             state = trainer.fit(on_epoch)
+            test_probs = trainer.predict(_split(dataset, "test"), state.best_size, progress, "testing")  # all ranks
             if runtime.is_main:
-                _finish(store, exp_id, preset, recipe, dataset, trainer, state, progress)
+                _finish(store, exp_id, preset, recipe, dataset, trainer, state, test_probs)
         return exp_id
     finally:
         shutdown(runtime)
@@ -164,9 +164,9 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
     """
     recipe = get_recipe(preset, overrides)
     store = store or Store()
+    dataset, data = load_data(dataset_root, recipe, store, progress)  # before the process group (see load_data)
     runtime = setup_runtime()
     try:
-        dataset, data = load_data(dataset_root, recipe, store, runtime, progress)
         done, model, weights = _finished_or_fresh_model(LR_FAMILY, recipe, dataset, data, store, runtime)
         if done:
             return done
