@@ -18,7 +18,7 @@ from core.backbones import build_model
 from core.cnn.evaluate import score
 from core.cnn.loop import Split, Trainer, TrainingData
 from core.cnn.recipes import get_recipe
-from core.cnn.runtime import first_alone, local_runtime, setup_runtime, shutdown
+from core.cnn.runtime import Runtime, first_alone, setup_runtime, shutdown
 
 WORLD = 2
 SIZE = 32
@@ -37,6 +37,10 @@ def _data() -> tuple[TrainingData, Split]:
     counts = np.arange(16) % 6
     train, val, test = (Split(np.arange(a, b), counts[a:b]) for a, b in ((0, 8), (8, 13), (13, 16)))
     return TrainingData(lambda size: images, train, val, 6), test
+
+
+def _one(split: Split) -> Split:
+    return Split(split.rows[:1], split.counts[:1])
 
 
 def _recipe(epochs: int):
@@ -61,7 +65,8 @@ class _Recording(Trainer):
 
 def _rank(rank: int, port: int, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
+                      CUDA_VISIBLE_DEVICES="")  # CPU and gloo, even where a GPU is (one GPU cannot host two ranks)
     runtime = setup_runtime()
     try:
         data, test = _data()
@@ -72,7 +77,8 @@ def _rank(rank: int, port: int, folder: str) -> None:
         trainer = Trainer(model, _recipe(1), data, runtime, run, progress=False)
         state = trainer.fit(on_epoch=lambda e, v: out["epochs"].update({e: v}))
         out.update(weights=_flat(model), state=asdict(state), model=model.state_dict(),
-                   val=trainer.predict(data.val, SIZE), test=trainer.predict(test, SIZE))
+                   val=trainer.predict(data.val, SIZE), test=trainer.predict(test, SIZE),
+                   one=trainer.predict(_one(test), SIZE))  # rank 1's share is empty
         # Resume with one more epoch: rank 0 from its checkpoint, rank 1 from an empty folder of its own,
         # so it can only continue in step by taking rank 0's checkpoint.
         resumed = {"epochs": {}}
@@ -111,9 +117,9 @@ def test_sharded_evaluation_equals_one_process_on_the_same_weights(ranks):
     data, test = _data()
     model = build_model(_recipe(1).backbone, 6, pretrained=False)[0]
     model.load_state_dict(r0["model"])  # rank 0's best weights and BatchNorm statistics
-    runtime = local_runtime()
+    runtime = Runtime(torch.device("cpu"), threads=torch.get_num_threads())  # fp32 like the ranks
     single = Trainer(runtime.prepare(model), _recipe(1), data, runtime, Path("unused"), progress=False)
-    for name, split in (("val", data.val), ("test", test)):
+    for name, split in (("val", data.val), ("test", test), ("one", _one(test))):
         expected = single.predict(split, SIZE)
         assert expected.shape == (len(split.rows), 6)
         for r in (r0, r1):  # every photo once, in the split's order, on every rank
