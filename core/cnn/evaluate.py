@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from core.cnn.inputs import CachedImages, Normalization, batches, class_probabilities
@@ -15,16 +16,32 @@ from core.metrics import count_report
 
 def predict(model: nn.Module, data: CachedImages, normalization: Normalization, runtime: Runtime, tta: bool,
             batch_size: int = 64, progress: bool = False, desc: str = "evaluating") -> np.ndarray:
-    """(N, classes) probabilities in `data`'s order (eval mode; the model's mode is restored)."""
+    """(N, classes) probabilities in `data`'s order (eval mode; the model's mode is restored).
+
+    Under DDP every rank must call it, and every rank gets the whole array: of W ranks, rank r
+    predicts photos r, r + W, r + 2W, ... (no padding, so no photo is predicted twice) with rank
+    0's BatchNorm statistics, and the shares are gathered and interleaved back into order. The
+    result is what one process with rank 0's model gives, up to float rounding.
+    """
+    if len(data) == 0:
+        raise ValueError("no photos to predict")
+    runtime.broadcast_buffers(model)
+    share = Subset(data, range(runtime.rank, len(data), runtime.world_size))
     was_training = model.training
     model.eval()
     out = []
-    loader = batches(data, batch_size, pin_memory=runtime.cuda, workers=runtime.loader_workers)
-    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+    loader = batches(share, batch_size, pin_memory=runtime.cuda, workers=runtime.loader_workers)
+    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and runtime.is_main)):
         images = images.to(runtime.device, non_blocking=True)
         out.append(class_probabilities(model, images, normalization, tta, runtime.autocast()).cpu())
     model.train(was_training)
-    return torch.cat(out).numpy().astype(np.float64)
+    shares = runtime.gather(torch.cat(out).numpy() if out else None)  # a rank beyond the last photo has none
+    classes = next(s.shape[1] for s in shares if s is not None)
+    probs = np.empty((len(data), classes), dtype=np.float64)
+    for rank, part in enumerate(shares):
+        if part is not None:
+            probs[rank::runtime.world_size] = part
+    return probs
 
 
 def summary(y_true, y_pred, num_classes: int, prefix: str) -> dict[str, float]:

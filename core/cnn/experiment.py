@@ -18,13 +18,11 @@ from torch import nn
 from tqdm import tqdm
 
 from core.backbones import build_model, input_normalization
-from core.cnn.checkpoint import BEST, CHECKPOINT, load_checkpoint, load_state_dict, save_state_dict
-from core.cnn.evaluate import predict
-from core.cnn.inputs import CachedImages
+from core.cnn.checkpoint import BEST, CHECKPOINT, load_checkpoint
 from core.cnn.loop import Split, Trainer, TrainingData
 from core.cnn.predictor import save_model
 from core.cnn.recipes import Recipe, get_recipe
-from core.cnn.runtime import Runtime, setup_runtime, shutdown
+from core.cnn.runtime import Runtime, first_alone, launch_rank, setup_runtime, shutdown
 from core.dataset import Dataset, prepare_dataset
 from core.files import atomic_path
 from core.runs import cv_folds, cv_pool, finish_cv, finish_single
@@ -40,17 +38,20 @@ def _split(part) -> Split:
     return Split(part["row"].to_numpy(), part["count"].to_numpy())
 
 
-def load_data(root: str | Path, recipe: Recipe, store: Store, runtime: Runtime,
-              progress: bool) -> Dataset:
-    """The prepared data set with its cache at every size the recipe uses (built by rank 0 alone)."""
+def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) -> Dataset:
+    """The prepared data set with its cache at every size the recipe uses.
+
+    Called before joining the process group, whose collectives would time out while a large
+    collection is decoded: the first process to arrive builds the caches, the others (every
+    rank on every node, under `torchrun`) wait on a lock in the store, then load them.
+    """
     sizes = sorted({p.image_size for p in recipe.phases})
-    if not runtime.is_main:
-        runtime.barrier()
-    dataset = prepare_dataset(root, image_size=sizes[0], store=store.root, progress=progress and runtime.is_main)
-    for size in sizes[1:]:
-        dataset.images(size)
-    if runtime.is_main:
-        runtime.barrier()
+    lock = store.root / "datasets.lock"
+    waiting = f"waiting for another process to build the image caches (lock: {lock})" if launch_rank() == 0 else None
+    with first_alone(lock, waiting) as first:
+        dataset = prepare_dataset(root, image_size=sizes[0], store=store.root, progress=progress and first)
+        for size in sizes[1:]:
+            dataset.images(size)
     return dataset
 
 
@@ -100,10 +101,9 @@ def _trainer(store: Store, exp_id: str, recipe: Recipe, model: nn.Module, data: 
                    log_resume=lambda epoch: store.add_resume(exp_id, epoch), progress=progress)
 
 
-def _probs(trainer: Trainer, dataset: Dataset, part, size: int, progress: bool, desc: str) -> np.ndarray:
-    data = CachedImages(dataset.images(size), part["row"].to_numpy(), part["count"].to_numpy())
-    return predict(trainer.model, data, trainer.normalization, trainer.runtime, trainer.recipe.tta,
-                   progress=progress, desc=desc)
+def _probs(trainer: Trainer, part, size: int, progress: bool, desc: str) -> np.ndarray:
+    """Probabilities of `part`'s photos; every rank calls it, each predicting its share."""
+    return trainer.predict(_split(part), size, progress, desc)
 
 
 def _serving_config(recipe: Recipe, num_classes: int, size: int) -> dict:
@@ -125,11 +125,11 @@ def _train_single(store: Store, exp_id: str, recipe: Recipe, dataset: Dataset, m
     folder = store.artifact_dir(exp_id)
     trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress)
     state = trainer.fit(on_epoch)
+    size = state.best_size
+    val_probs = _probs(trainer, dataset.split("val"), size, progress, "validating")
+    test_probs = _probs(trainer, dataset.split("test"), size, progress, "testing")
     if not runtime.is_main:
         return
-    size = state.best_size
-    val_probs = _probs(trainer, dataset, dataset.split("val"), size, progress, "validating")
-    test_probs = _probs(trainer, dataset, dataset.split("test"), size, progress, "testing")
     config = _serving_config(recipe, dataset.num_classes, size)
     artifact = save_model(folder, trainer.model, config)
     finish_single(store, exp_id, dataset, val_probs, test_probs, image_size=size, train_seconds=round(state.seconds, 1),
@@ -149,22 +149,21 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
     for f in tqdm(range(cv), desc="cross-validation", unit="fold", disable=not (progress and runtime.is_main)):
         folder = store.artifact_dir(exp_id) / f"fold-{f}"
         done = folder / FOLD_PROBS
-        if not done.is_file():
+        if not runtime.broadcast(done.is_file() if runtime.is_main else None):
             model, _ = _fresh_model(recipe, dataset.num_classes, runtime, seed_offset=f)
             data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes)
             trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress)
             state = trainer.fit(on_epoch)
+            last = runtime.broadcast(load_checkpoint(folder) if runtime.is_main else None)
+            if last is not None:  # the last epoch's weights, not the epoch that did best on the held-out fold
+                trainer.model.load_state_dict(last[0])
+            held = _probs(trainer, pool[fold == f], size, progress, f"fold {f} held out")
+            tested = _probs(trainer, test, size, progress, f"fold {f} test")
             if runtime.is_main:
-                last = load_checkpoint(folder)
-                if last is not None:
-                    trainer.model.load_state_dict(last[0])
-                held = _probs(trainer, dataset, pool[fold == f], size, progress, f"fold {f} held out")
-                tested = _probs(trainer, dataset, test, size, progress, f"fold {f} test")
                 save_model(folder, trainer.model, config)
                 with atomic_path(done) as tmp, open(tmp, "wb") as fh:
                     np.savez(fh, held=held, test=tested, seconds=state.seconds)
                 _drop_checkpoints(folder)
-            runtime.barrier()
         if runtime.is_main:
             saved = np.load(done)
             oof[fold == f] = saved["held"]
@@ -185,9 +184,9 @@ def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | No
     """
     recipe = get_recipe(preset, overrides)
     store = store or Store()
+    dataset = load_data(dataset_root, recipe, store, progress)  # before the process group (see load_data)
     runtime = setup_runtime()
     try:
-        dataset = load_data(dataset_root, recipe, store, runtime, progress)
         key = _key(FAMILY, recipe, cv, dataset, runtime)
         with store.claim(key) if runtime.is_main else nullcontext():
             done = runtime.broadcast(store.find_finished(key) if runtime.is_main else None)
@@ -214,9 +213,9 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
     """
     recipe = get_recipe(preset, overrides)
     store = store or Store()
+    dataset = load_data(dataset_root, recipe, store, progress)  # before the process group (see load_data)
     runtime = setup_runtime()
     try:
-        dataset = load_data(dataset_root, recipe, store, runtime, progress)
         key = _key(LR_FAMILY, recipe, 0, dataset, runtime)
         with store.claim(key) if runtime.is_main else nullcontext():
             done = runtime.broadcast(store.find_finished(key) if runtime.is_main else None)

@@ -1,9 +1,10 @@
 """The training loop: phases of epochs, validation, early stopping, checkpoints, resume.
 
-Every epoch ends with a validation pass on rank 0, a store entry (through `log_epoch`) and an
-atomic checkpoint in `folder`; if `folder` already holds a checkpoint, training continues
-from it. Early stopping ends the current phase (a head-only phase that stalls still leads on
-to unfreezing). The weights kept are those of the best validation epoch.
+Every epoch ends with a validation pass (under DDP each rank predicts a share of the split),
+a store entry (through `log_epoch`) and an atomic checkpoint in `folder`, written by rank 0; if
+rank 0's `folder` already holds a checkpoint, every rank continues from it (broadcast, so other
+ranks never read their own disk). Early stopping ends the current phase (a head-only phase that
+stalls still leads on to unfreezing). The weights kept are those of the best validation epoch.
 """
 from __future__ import annotations
 
@@ -121,10 +122,17 @@ class Trainer:
         return {"train_loss": float(totals[0] / max(totals[1], 1)), **confusion_summary(confusion, "train"),
                 "lr": optimizer.param_groups[-1]["lr"]}
 
+    def predict(self, split: Split, size: int, progress: bool = False, desc: str = "evaluating") -> np.ndarray:
+        """Probabilities for `split` at `size` px with the current weights, on every rank.
+
+        Under DDP every rank must call it: each predicts its share (see `evaluate.predict`).
+        """
+        data = CachedImages(self.data.images(size), split.rows, split.counts)
+        return predict(self.model, data, self.normalization, self.runtime, self.recipe.tta, progress=progress,
+                       desc=desc)
+
     def _validate(self, size: int) -> dict:
-        data = CachedImages(self.data.images(size), self.data.val.rows, self.data.val.counts)
-        probs = predict(self.model, data, self.normalization, self.runtime, self.recipe.tta)
-        return score(probs, self.data.val.counts, self.data.num_classes)
+        return score(self.predict(self.data.val, size), self.data.val.counts, self.data.num_classes)
 
     def _improved(self, state: FitState, value: float) -> bool:
         if state.best_score is None:
@@ -157,9 +165,12 @@ class Trainer:
         return state.phase_lrs[str(index)]
 
     def fit(self, on_epoch: Callable[[int, dict], None] | None = None) -> FitState:
-        """Train (or continue training) to the end of the recipe; the model ends with the best weights."""
+        """Train (or continue training) to the end of the recipe; the model ends with the best weights.
+
+        Every rank returns rank 0's state and ends with rank 0's best weights.
+        """
         state, optimizer_state = FitState(), None
-        resumed = load_checkpoint(self.folder)
+        resumed = self.runtime.broadcast(load_checkpoint(self.folder) if self.runtime.is_main else None)
         if resumed:
             model_state, optimizer_state, state = resumed
             self.model.load_state_dict(model_state)
@@ -168,10 +179,9 @@ class Trainer:
         for index, phase, first in phase_plan(self.recipe):
             if state.epoch < first + phase.epochs:
                 self._run_phase(index, phase, first, state, optimizer_state, on_epoch)
-        self.runtime.barrier()
-        if self.runtime.is_main:
-            self.model.load_state_dict(load_state_dict(self.folder / BEST))
-        return state
+        best = load_state_dict(self.folder / BEST) if self.runtime.is_main else None
+        self.model.load_state_dict(self.runtime.broadcast(best))
+        return self.runtime.broadcast(state)  # other ranks do not track the best epoch
 
     def _run_phase(self, index: int, phase: Phase, first: int, state: FitState, optimizer_state: dict | None,
                    on_epoch: Callable[[int, dict], None] | None) -> None:
@@ -190,9 +200,9 @@ class Trainer:
         for epoch in range(state.epoch, last):
             sampler.set_epoch(epoch)
             values = self._train_epoch(model, loader, optimizer, phase, epoch - first, epoch)
+            values.update(self._validate(phase.image_size), phase=index, image_size=phase.image_size)
             stop = False
             if self.runtime.is_main:
-                values.update(self._validate(phase.image_size), phase=index, image_size=phase.image_size)
                 if self._improved(state, values[self.recipe.monitor]):
                     state.best_score, state.best_epoch = values[self.recipe.monitor], epoch + 1
                     state.best_size, state.best_values, state.bad_epochs = phase.image_size, values, 0

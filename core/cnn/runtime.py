@@ -2,16 +2,21 @@
 
 Models are channels_last everywhere. On CUDA: bf16 autocast, pinned memory, NCCL. On CPU:
 fp32, every core the process may use (shared evenly between local ranks), gloo. Every rank
-runs the same code; only rank 0 writes to the store and the artifact folder.
+runs the same code; only rank 0 writes to the store and the artifact folder, and the others get
+what it reads (a checkpoint, the best weights) by broadcast, never from their own disk.
 """
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from filelock import FileLock, Timeout
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -67,6 +72,25 @@ class Runtime:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value) -> list:
+        """Every rank's `value` (any picklable object) on every rank, in rank order."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm statistics) into `model` on every rank.
+
+        DDP makes the parameters equal, and the buffers only at the start of each training
+        forward pass: each rank's last batch then moves its own running statistics. Evaluating
+        on every rank needs rank 0's model everywhere (the one that is checkpointed and saved).
+        """
+        if self.distributed:
+            for buffer in model.buffers():
+                dist.broadcast(buffer.data, src=0)
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Elementwise sum over ranks (a copy; the input is left alone)."""
         tensor = tensor.detach().clone()
@@ -75,19 +99,49 @@ class Runtime:
             dist.all_reduce(tensor)
         return tensor
 
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier(device_ids=[self.device.index] if self.cuda else None)
-
 
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def launch_rank() -> int:
+    """This process's rank in its `torchrun` job (0 without one); known before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+@contextmanager
+def first_alone(lock_path: Path, waiting: str | None = None) -> Iterator[bool]:
+    """Run the block in every process that enters, the first to arrive alone; yields whether this one was first.
+
+    Before the process group exists ranks cannot wait on a barrier (and a collective would time out
+    while caches of a large collection are built: hours at full ABID). A file lock orders them
+    instead: the process that takes the lock at once runs the block holding it and builds what
+    the block needs; the others wait for the lock (printing `waiting` once), then run the block
+    side by side and find it built. Any lock holder is the first or waited for it, so nobody
+    passes before the first is done. With the store on shared storage this holds across nodes
+    (`flock`: NFS, Lustre mounted with `-o flock`). A process that dies releases the lock.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if waiting:
+            print(waiting, file=sys.stderr, flush=True)
+        with lock:
+            pass
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def setup_runtime() -> Runtime:
     """The runtime of this process: plain, or a rank of a `torchrun` job (joins its process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     threads = max(1, _usable_cpus() // max(1, local_world))
