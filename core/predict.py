@@ -79,6 +79,8 @@ class Counter:
         self.image_size: int = exp["details"]["image_size"]
         self.temperature = temperature
         self._predict = predict
+        # the class shares the calibrated probabilities are posteriors under (core.reconcile's prior)
+        self.class_prior: np.ndarray = np.full(self.num_classes, 1 / self.num_classes)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for a batch of uint8 (N, S, S, 3) arrays."""
@@ -122,7 +124,11 @@ def load_counter(model: str = "best", store: Store | None = None) -> Counter:
     exp = resolve_experiment(store, model)
     predict = _predictor(store, exp)
     calibration = exp["details"].get("calibration") or calibrate(store, exp, predict)
-    return Counter(exp, predict, calibration["temperature"])
+    counter = Counter(exp, predict, calibration["temperature"])
+    true = store.predictions(exp["id"])["true_count"].to_numpy(dtype=int)  # test split: same shares (stratified)
+    if len(true):
+        counter.class_prior = np.bincount(true, minlength=counter.num_classes)[:counter.num_classes] / len(true)
+    return counter
 
 
 def evaluate_folder(counter: Counter, root: str | Path, progress: bool = True) -> dict:
