@@ -183,14 +183,14 @@ def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: t
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> dict | None:
+    from core.predict import class_prior
     from core.reconcile import audit_curve
 
     preds = _predictions(root, exp_id, store_version)
     if preds.empty:
         return None
     probs, true = np.array(preds["probs"].tolist()), preds["true_count"].to_numpy(dtype=int)
-    class_prior = np.bincount(true, minlength=probs.shape[1]) / len(true)  # as core.predict.load_counter
-    return audit_curve(probs, true, class_prior, error_rate)
+    return audit_curve(probs, true, class_prior(Store(root).experiment(exp_id)), error_rate)
 
 
 def audit_curve(exp_id: str, error_rate: float) -> dict | None:

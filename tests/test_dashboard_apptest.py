@@ -19,7 +19,7 @@ import train
 from core.cnn import train_cnn
 from core.config import PROJECT_ROOT
 from core.predict import load_counter
-from core.reconcile import judge, read_records, reconcile
+from core.reconcile import PRIOR_WRONG, judge, read_records, reconcile
 from core.store import Store
 from dashboard import counting, tables, ui
 from tests.conftest import bin_photo
@@ -432,7 +432,7 @@ def test_reconcile_page_unzips_once_shows_totals_and_takes_a_budget(store, count
     rerun(at)
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Bins given"], metrics["Checked"], metrics["Not checkable"], metrics["Errors"]) == ("8", "6", "1", "1")
-    assert any("prior share of wrong records 10%" in c.value for c in at.caption)
+    assert any(f"prior share of wrong records {PRIOR_WRONG:.0%}" in c.value for c in at.caption)
     at.radio(key="rec-mode").set_value("an audit budget")
     rerun(at)
     at.text_input(key="rec-budget").set_value("2")

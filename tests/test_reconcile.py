@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from core.config import PROJECT_ROOT
-from core.predict import load_counter
+from core.predict import class_prior, load_counter
 from core.reconcile import (PRIOR_WRONG, audit_curve, audit_table, budget_size, flags, judge, judged_class,
                             mismatch_probability, read_records, reconcile, records_from_folder, report_totals,
                             simulate_errors)
@@ -242,9 +242,9 @@ def test_an_open_top_class_judges_a_large_record_by_p_more_than(counter):
     assert judge(counter, result, 8)[:2] == (None, None)
 
 
-def test_counter_class_prior_comes_from_the_stored_test_counts(counter, trained_store):  # noqa: F811
-    true = Store(trained_store).predictions(counter.exp_id)["true_count"]
-    assert counter.class_prior == pytest.approx(np.bincount(true, minlength=6) / len(true))
+def test_counter_class_prior_is_the_experiments(counter):
+    assert counter.class_prior == pytest.approx(class_prior(counter.exp)) and counter.class_prior.sum() == pytest.approx(1)
+    assert counter.class_prior.shape == (counter.num_classes,)
 
 
 # ---- the command line ----------------------------------------------------------------------------
