@@ -124,10 +124,6 @@ class Counter:
                     results[i] = self._result(probs)
         return results
 
-    def p_count(self, result: CountResult, recorded: int) -> float:
-        """Probability that the bin holds exactly `recorded` items (0 beyond the model's classes)."""
-        return result.probs[recorded] if 0 <= recorded < len(result.probs) else 0.0
-
 
 def load_counter(model: str = "best", store: Store | None = None) -> Counter:
     """Load a finished experiment for counting, calibrating it first if it never was."""
