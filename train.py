@@ -123,16 +123,62 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
-    from core.reconcile import reconcile, records_from_folder, write_report
+    from core.reconcile import (budget_size, flag_rule, reconcile, records_from_folder, report_totals, totals_line,
+                                write_report)
 
+    if args.budget is not None:
+        try:
+            budget_size(args.budget, 0)
+        except ValueError as err:
+            sys.exit(f"--budget: {err}")
     root = data_dir(args.data)
     counter = counter_for(args.model, args.store, root)
+    if args.simulate_errors is not None:
+        return simulate_audit(counter, args)
     records, images = records_from_folder(root, args.records)
-    report = reconcile(counter, records, images, threshold=args.threshold, progress=True)
-    write_report(report, args.out)
-    flagged = int(report["mismatch"].fillna(False).astype(bool).sum())
-    print(f"{len(report)} bins checked with {counter.name}: {flagged} flagged as likely mismatches "
-          f"(P(mismatch) >= {args.threshold}), {int((report['error'] != '').sum())} with errors -> {args.out}")
+    report = reconcile(counter, records, images, threshold=args.threshold, prior_wrong=args.prior_wrong,
+                       budget=args.budget, progress=True)
+    rule = flag_rule(args.prior_wrong, args.threshold, args.budget)
+    write_report(report, args.out, settings={
+        "model": counter.exp_id, "model_name": counter.name, "prior_wrong": args.prior_wrong,
+        "threshold": None if args.budget is not None else args.threshold, "budget": args.budget, "rule": rule,
+        "class_prior": [round(float(x), 4) for x in counter.class_prior]})
+    print(f"{totals_line(report_totals(report))} -> {args.out}")
+    print(f"model {counter.name} ({counter.exp_id}); {rule}")
+
+
+def simulate_audit(counter, args: argparse.Namespace) -> None:
+    """What a recount budget buys on a labelled folder: its labels with simulated record errors."""
+    import numpy as np
+
+    from core.predict import CountResult
+    from core.reconcile import audit_curve, audit_table, judged_class, records_from_folder
+
+    if args.records:
+        sys.exit("--simulate-errors uses the folder's own labels as the true counts; leave out --records")
+    if not 0 <= args.simulate_errors <= 1:
+        sys.exit(f"--simulate-errors is a share of records in [0, 1], got {args.simulate_errors}")
+    root = data_dir(args.data)
+    records, images = records_from_folder(root)
+    usable = records[records["error"] == ""]
+    results = counter.count_batch([images[name] for name in usable["image"]], progress=True)
+    open_top = counter.exp.open_top
+    pairs = [(r.probs, cls) for r, true in zip(results, usable["recorded_quantity"])
+             if isinstance(r, CountResult) and (cls := judged_class(int(true), counter.num_classes, open_top)) is not None]
+    if not pairs:
+        sys.exit(f"no photo in {root} has a count the model can check (0..{counter.num_classes - 1})")
+    probs, true = np.array([p for p, _ in pairs]), np.array([c for _, c in pairs])
+    curve = audit_curve(probs, true, counter.class_prior, args.simulate_errors, args.prior_wrong, args.seed,
+                        args.threshold)
+    print(f"audit value of {counter.name} ({counter.exp_id}) on {curve['n']} labelled photos in {root} "
+          f"({len(records) - curve['n']} left out: unreadable, or a count above {counter.num_classes - 1}); "
+          f"{curve['wrong']} records ({args.simulate_errors:.0%} asked) moved by 1 or 2 items, seed {args.seed}")
+    print(audit_table(curve).to_string(index=False, formatters={"wrong records caught": "{:.0%}".format}))
+    print(f"ROC AUC {curve['roc_auc']:.3f}, average precision {curve['average_precision']:.3f}")
+    print(f"P(mismatch) >= {args.threshold:.2f} with a prior share of wrong records of {args.prior_wrong:.0%} flags "
+          f"{curve['flagged']} of {curve['n']} bins ({curve['flagged'] / curve['n']:.0%}); "
+          f"{curve['flagged_precision']:.0%} of them are wrong records, {curve['flagged_recall']:.0%} of the wrong "
+          "records are flagged")
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
@@ -231,7 +277,7 @@ def presets_epilog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from core.cnn.recipes import PRESETS
     from core.download import DEFAULT_BASE_URL
-    from core.reconcile import MISMATCH_THRESHOLD
+    from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -300,10 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity")
     p.add_argument("--model", default="best")
     p.add_argument("--data", help="folder of photos (its own labels are the recorded quantities unless --records)")
-    p.add_argument("--records", help="CSV with columns image,recorded_quantity (image = file name in --data)")
-    p.add_argument("--out", default="report.csv", help=".csv or .json")
+    p.add_argument("--records", help="CSV with columns image,recorded_quantity (image = path relative to --data)")
+    p.add_argument("--out", default="report.csv", help=".csv (the rows) or .json (settings, totals and rows)")
     p.add_argument("--threshold", type=float, default=MISMATCH_THRESHOLD,
-                   help="flag bins with P(mismatch) at or above this")
+                   help=f"flag bins with P(mismatch) at or above this (default {MISMATCH_THRESHOLD})")
+    p.add_argument("--budget", help="instead of --threshold, flag exactly the N riskiest bins (50) or a share (10%%)")
+    p.add_argument("--prior-wrong", type=float, default=PRIOR_WRONG,
+                   help=f"share of records assumed wrong before a photo is seen (default {PRIOR_WRONG})")
+    p.add_argument("--simulate-errors", type=float, metavar="RATE",
+                   help="on a labelled --data folder: move this share of its labels by 1 or 2 and print what "
+                        "recounting the riskiest 10/20/30/50%% of bins catches (no report written)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --simulate-errors")
     add_store_flag(p)
     p.set_defaults(func=cmd_reconcile)
 

@@ -114,10 +114,6 @@ class BinCounter:
                     results[i] = self._result(probs)
         return [r if r is not None else ImageError("not counted") for r in results]
 
-    def p_count(self, result: CountResult, recorded: int) -> float:
-        """Probability that the bin holds exactly `recorded` items (0 beyond the model's classes)."""
-        return result.probs[recorded] if 0 <= recorded < len(result.probs) else 0.0
-
 
 def load_counter(model: str = "best", store: Store | None = None, data_root: str | Path | None = None) -> BinCounter:
     """Load a finished experiment (or the best on `data_root`) for counting."""

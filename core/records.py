@@ -47,6 +47,7 @@ class Experiment:
     folds: int = 0  # 0: one model; K: an ensemble of the K cross-validation models
     image_size: int | None = None
     num_classes: int | None = None
+    open_top: bool = False  # the top class means "more than num_classes - 2" items
     train_seconds: float | None = None
     artifact: str = ""  # model file name inside the artifact folder (per fold for ensembles)
     calibration: dict[str, Any] = field(default_factory=dict)  # see core.calibration.fit_calibration

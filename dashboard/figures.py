@@ -213,17 +213,20 @@ def probability_bars(probs: Sequence[float], recorded: int | None = None, title:
     return _layout(fig, title, height=300)
 
 
-def mismatch_bars(report: pd.DataFrame, threshold: float) -> go.Figure:
-    """Probability of a mismatch per bin (a reconcile report), red where the bin is flagged."""
+def mismatch_bars(report: pd.DataFrame, threshold: float | None) -> go.Figure:
+    """Probability of a mismatch per bin (a reconcile report), red where the bin is flagged (the
+    report's `mismatch` column where it has one, e.g. an audit budget; threshold None: no line)."""
     report = report.dropna(subset=["p_mismatch"]).sort_values("p_mismatch", ascending=False)
+    flagged = report["mismatch"] if "mismatch" in report else [is_mismatch(p, threshold) for p in report["p_mismatch"]]
     fig = go.Figure(go.Bar(
         x=report["image"], y=report["p_mismatch"],
-        marker_color=[MISMATCH if is_mismatch(p, threshold) else MATCH for p in report["p_mismatch"]],
+        marker_color=[MISMATCH if f else MATCH for f in flagged],
         customdata=np.stack([report["recorded_quantity"], report["predicted_count"]], axis=1) if len(report) else None,
         hovertemplate="%{x}<br>recorded %{customdata[0]}, counted %{customdata[1]}<br>"
                       "probability of a mismatch %{y:.0%}<extra></extra>",
     ))
-    fig.add_hline(y=threshold, line_dash="dash", line_color="black", annotation_text="threshold")
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="black", annotation_text="threshold")
     fig.update_xaxes(title="bin photo", type="category")
     fig.update_yaxes(title="probability of a mismatch", tickformat=".0%", range=[0, 1.05])
     return _layout(fig, None, height=320)
@@ -242,4 +245,27 @@ def coverage_curve(coverage: Sequence[float], accuracy: Sequence[float], title: 
     ))
     fig.update_xaxes(title="share of bins the model decides (the rest are recounted)", tickformat=".0%", range=[0, 1])
     fig.update_yaxes(title="accuracy on the bins it decides", tickformat=".0%", range=[0, 1.02])
+    return _layout(fig, title)
+
+
+def audit_value_curve(curve: Mapping, title: str | None = None) -> go.Figure:
+    """What a recount budget buys (`core.reconcile.audit_curve`): share of wrong records caught
+    against share of bins recounted, riskiest first; the diagonal is recounting in random order
+    and the star is what the threshold flags."""
+    recounted, caught = np.asarray(curve["recounted"]), np.asarray(curve["caught"])
+    fig = go.Figure([
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random order", line=dict(color=NEUTRAL, dash="dash"),
+                   hoverinfo="skip"),
+        go.Scatter(x=recounted, y=caught, mode="lines", name="riskiest first", line=dict(color=colour(0), width=3),
+                   hovertemplate="recount %{x:.0%} of the bins: catch %{y:.0%} of the wrong records<extra></extra>"),
+    ])
+    if curve["n"]:
+        share = curve["flagged"] / curve["n"]
+        fig.add_trace(go.Scatter(
+            x=[share], y=[float(np.interp(share, recounted, caught))], mode="markers", name="flagged by the threshold",
+            marker=dict(symbol="star", size=16, color=MISMATCH, line=dict(color="black", width=1)),
+            hovertemplate=f"P(mismatch) >= {curve['threshold']:.2f}: %{{x:.0%}} of the bins, "
+                          "%{y:.0%} of the wrong records<extra></extra>"))
+    fig.update_xaxes(title="share of bins recounted, riskiest first", tickformat=".0%", range=[0, 1])
+    fig.update_yaxes(title="share of wrong records caught", tickformat=".0%", range=[0, 1.02])
     return _layout(fig, title)

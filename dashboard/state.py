@@ -162,13 +162,41 @@ def counter(exp_id: str, root: str):
     return load_counter(exp_id, Store(root))
 
 
+@st.cache_resource(show_spinner="Unpacking the uploads…", max_entries=2)
+def uploaded_photos(upload_key: tuple, _files: list[tuple[str, bytes]]) -> tuple[dict[str, bytes], list[str]]:
+    """`dashboard.counting.photos_from_uploads`, once per set of uploads (keyed by their hashes, not
+    the unpacked bytes; kept as a resource, so reruns neither unzip nor copy them again)."""
+    from dashboard.counting import photos_from_uploads
+
+    return photos_from_uploads(_files)
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
-def variance_report(exp_id: str, root: str, records: pd.DataFrame, photos: dict[str, bytes],
-                    threshold: float) -> pd.DataFrame:
-    """`core.reconcile.reconcile` for uploaded photos, kept so that other widget changes do not recount the batch."""
+def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: tuple, _photos: dict[str, bytes],
+                    threshold: float, budget: str | None) -> pd.DataFrame:
+    """`core.reconcile.reconcile` for uploaded photos (named by `upload_key`), kept so that other
+    widget changes do not recount the batch."""
     from core.reconcile import reconcile
 
-    return reconcile(counter(exp_id, root), records, photos, threshold)
+    return reconcile(counter(exp_id, root), records, _photos, threshold, budget=budget)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> dict | None:
+    from core.predict import class_prior
+    from core.reconcile import audit_curve
+
+    preds = _predictions(root, exp_id, store_version)
+    if preds.empty:
+        return None
+    probs, true = np.array(preds["probs"].tolist()), preds["true_count"].to_numpy(dtype=int)
+    return audit_curve(probs, true, class_prior(Store(root).experiment(exp_id)), error_rate)
+
+
+def audit_curve(exp_id: str, error_rate: float) -> dict | None:
+    """`core.reconcile.audit_curve` on the experiment's stored, calibrated test predictions."""
+    root = store_root()
+    return _audit_curve(root, exp_id, version(root), error_rate)
 
 
 @st.cache_data(show_spinner="Counting…", max_entries=16)

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from core.reconcile import PRIOR_WRONG, SIMULATED_ERROR_RATE, audit_table
+
+from dashboard import figures, state
 from dashboard.tables import labels
 
 TRAIN_COMMANDS = (
@@ -95,3 +97,21 @@ def counter_or_stop(exp: dict):
     except (ModelNotFound, ImportError, KeyError, OSError, ValueError) as err:
         st.error(f"The model {exp['name']} cannot be loaded: {err}")
         st.stop()
+
+
+def audit_value(exp: dict, key: str) -> None:
+    """What a recount budget buys for this model: the audit-value curve and table on its test photos."""
+    rate = st.slider("Simulated share of wrong records", 0.05, 0.5, SIMULATED_ERROR_RATE, 0.05, key=f"{key}-rate")
+    curve = state.audit_curve(exp["id"], rate)
+    if curve is None:
+        st.caption("No stored test predictions for this model.")
+        return
+    st.caption(f"Measured on the model's {curve['n']} test photos, {curve['wrong']} of their records moved by 1 or 2 "
+               f"items at random (seed {curve['seed']}); bins ranked by the probability of a mismatch with "
+               f"{PRIOR_WRONG:.0%} of records assumed wrong. ROC AUC {curve['roc_auc']:.2f}, average precision "
+               f"{curve['average_precision']:.2f}; the threshold {curve['threshold']:.0%} flags {curve['flagged']} bins "
+               f"({curve['flagged_precision']:.0%} of them wrong records).")
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figures.audit_value_curve(curve), key=f"{key}-curve")
+    right.dataframe(audit_table(curve), hide_index=True, column_config={
+        "wrong records caught": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})

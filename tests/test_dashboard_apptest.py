@@ -19,7 +19,7 @@ import train
 from core.cnn import train_cnn
 from core.config import PROJECT_ROOT
 from core.predict import load_counter
-from core.reconcile import read_records, reconcile
+from core.reconcile import PRIOR_WRONG, judge, read_records, reconcile
 from core.store import Store
 from dashboard import counting, tables, ui
 from dashboard.pages import PAGES, find_page
@@ -187,7 +187,7 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
     np.testing.assert_allclose(table["accuracy"].to_numpy(dtype=float), expected)
     assert table["test photos"].sum() == exp["metrics"]["n"]
     calibration = exp["details"]["calibration"]  # the fixture calibrated the best model, shown first
-    coverage = charts(at)[-1].data[0]
+    coverage = charts(at)[2].data[0]
     assert list(coverage.y) == pytest.approx(calibration["coverage_accuracy"])
 
 
@@ -253,7 +253,7 @@ def test_upload_counts_a_photo_and_reports_a_bad_file(store, counter):
     recorded = int(np.argmin(result.probs))  # the least likely quantity
     at.number_input[0].set_value(recorded)
     rerun(at)
-    p_mismatch = 1 - counter.p_count(result, recorded)
+    _, p_mismatch, _ = judge(counter, result, recorded)
     alerts = at.warning if p_mismatch >= counting.MISMATCH_THRESHOLD else at.success
     assert f"{p_mismatch:.0%}" in alerts[0].value
 
@@ -289,8 +289,8 @@ def test_reconcile_report_from_a_csv_and_a_zip(store, counter):
     expected = reconcile(counter, read_records(csv.encode()), photos)
     pd.testing.assert_frame_equal(report.reset_index(drop=True), expected, check_dtype=False)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Bins checked"] == "5" and metrics["Problems"] == "1"
-    assert metrics["Probable mismatches"] == str(int(expected["mismatch"].fillna(False).astype(bool).sum()))
+    assert metrics["Bins given"] == "5" and metrics["Checked"] == "4" and metrics["Errors"] == "1"
+    assert metrics["Flagged"] == str(int(expected["mismatch"].sum()))
     assert at.download_button  # the report can be downloaded
 
 
@@ -326,7 +326,139 @@ def test_verdict_flags_a_likely_mismatch(counter):
     result = counter.count(jpeg(2, seed=3))
     likely = counting.verdict(counter, result, result.count)
     unlikely = counting.verdict(counter, result, int(np.argmin(result.probs)))
-    assert likely.p_mismatch == pytest.approx(1 - result.confidence, abs=1e-5)  # probs are rounded
+    assert likely.p_mismatch == pytest.approx(judge(counter, result, result.count)[1])
     assert unlikely.p_mismatch > likely.p_mismatch
     assert unlikely.mismatch == (unlikely.p_mismatch >= counting.MISMATCH_THRESHOLD)
-    assert counting.verdict(counter, result, 99).mismatch  # beyond what the model counts
+    beyond = counting.verdict(counter, result, 99)  # beyond what the model counts: not checked, not flagged
+    assert not beyond.mismatch and beyond.p_mismatch is None and "above what the model counts" in beyond.text
+
+
+# ---- reconciliation settings, caps on uploads, awkward batches -----------------------------------
+def awkward_batch() -> tuple[list[tuple[str, bytes, str]], set[str], set[str]]:
+    """About a dozen uploads at once: (name, bytes, mime), the good names and the bad names."""
+    from PIL import Image
+
+    photo = bin_photo(2, seed=3)
+
+    def save(img, fmt, **kwargs) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kwargs)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    gif = io.BytesIO()
+    photo.save(gif, "GIF", save_all=True, append_images=[bin_photo(4, seed=4)])
+    good = {
+        "one.jpg": jpeg(1, seed=11), "four.jpg": jpeg(4, seed=12), "animated.gif": gif.getvalue(),
+        "sixteen-bit.png": save(Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257), "PNG"),
+        "cmyk.jpg": save(photo.convert("CMYK"), "JPEG"), "rotated.jpg": save(photo.rotate(-90, expand=True), "JPEG",
+                                                                             exif=exif),
+        "alpha.png": save(photo.convert("RGBA"), "PNG"), "grey.jpg": save(photo.convert("L"), "JPEG"),
+    }
+    bad = {"empty.jpg": b"", "page.jpg": b"<html><body>not a photo</body></html>",
+           "truncated.jpg": jpeg(3, seed=13)[:200], "huge.png": save(Image.new("L", (8000, 7000)), "PNG")}
+    mime = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+    files = [(name, data, mime[name.rsplit(".", 1)[1]]) for name, data in {**good, **bad}.items()]
+    return files, set(good), set(bad)
+
+
+def test_upload_a_batch_of_awkward_files_counts_every_photo_and_explains_every_failure(store, counter):
+    files, good, bad = awkward_batch()
+    at = open_page("upload")
+    at.file_uploader(key="up-files").set_value(files)
+    rerun(at)
+    counted = [m.value for m in at.metric if m.label == "Items counted"]
+    assert len(counted) == len(good)
+    assert [c for c in at.image[0].captions] and {cap for im in at.image for cap in im.captions} == good
+    errors = [e.value for e in at.error]
+    assert len(errors) == len(bad) and all(any(e.startswith(name) for e in errors) for name in bad)
+    expected = {name: counter.count(data).count for name, data, _ in files if name in good}
+    assert sorted(map(int, counted)) == sorted(expected.values())
+
+
+def test_preview_is_the_decoded_8_bit_rgb_photo():
+    from PIL import Image
+
+    sixteen = io.BytesIO()
+    Image.fromarray(np.full((1200, 900), 40000, dtype=np.uint16)).save(sixteen, "PNG")
+    shown = counting.preview(sixteen.getvalue())
+    assert shown.mode == "RGB" and max(shown.size) == counting.PREVIEW_PX
+    assert np.asarray(shown).dtype == np.uint8 and abs(int(np.asarray(shown)[0, 0, 0]) - 40000 * 255 // 65535) <= 1
+
+
+def test_upload_caps_hold_across_all_files_together():
+    photo = jpeg(1, seed=1)
+    small_zip = zipped({f"bins/{k}.jpg": photo for k in range(3)})
+    photos, problems = counting.photos_from_uploads([("a.zip", small_zip), ("b.zip", small_zip), ("c.zip", small_zip)],
+                                                    max_photos=7)
+    assert len([k for k in photos if k.startswith("bins/")]) == 3 + 0  # b.zip repeats a.zip's names
+    assert not [p for p in problems if p.startswith(("a.zip", "b.zip")) and "cap" in p]
+    photos, problems = counting.photos_from_uploads([("a.zip", small_zip), ("b.zip", zipped({f"x/{k}.jpg": photo
+                                                                                             for k in range(5)}))],
+                                                    max_photos=7)
+    assert "x/0.jpg" not in photos and "bins/0.jpg" in photos
+    assert problems[-1].startswith("b.zip: skipped") and "at most 7 photos" in problems[-1]
+    bomb = io.BytesIO()  # 3 KB compressed, 60 MB unpacked, in three small zips
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.png", b"\0" * 20_000_000)
+    uploads = [(f"part{k}.zip", bomb.getvalue()) for k in range(3)]
+    assert len(bomb.getvalue()) < 100_000
+    photos, problems = counting.photos_from_uploads(uploads, max_bytes=50_000_000)
+    assert sum(map(len, photos.values())) <= 50_000_000 * 2  # (a name and its bare-name alias share bytes)
+    assert [p.split(":")[0] for p in problems] == ["part2.zip"] and "50 MB once unpacked" in problems[0]
+    _, problems = counting.photos_from_uploads([("loose.jpg", photo)], max_bytes=10)
+    assert problems[0].startswith("loose.jpg: skipped")
+
+
+def test_a_zip_that_lies_about_its_sizes_is_refused():
+    good = zipped({"a.jpg": b"x" * 1000})
+    lying = good.replace((1000).to_bytes(4, "little"), (10).to_bytes(4, "little"))  # local + central headers
+    photos, problems = counting.photos_from_uploads([("lying.zip", lying)])
+    assert "a.jpg" not in photos and "not a readable zip file" in problems[0]
+
+
+def test_reconcile_page_unzips_once_shows_totals_and_takes_a_budget(store, counter, monkeypatch):
+    calls = []
+    real = counting.photos_from_uploads
+    monkeypatch.setattr(counting, "photos_from_uploads", lambda files: calls.append(1) or real(files))
+    at = open_page("reconcile")
+    photos = {f"bin-{k}.jpg": jpeg(k, seed=300 + k) for k in range(6)}
+    csv = "image,recorded_quantity\n" + "".join(f"bin-{k}.jpg,{(k + 2) % 6}\n" for k in range(6)) + \
+        "bin-0.jpg,2.5\nbin-5.jpg,9\n"
+    at.file_uploader(key="rec-csv").set_value(("records.csv", csv.encode(), "text/csv"))
+    at.file_uploader(key="rec-photos").set_value([("day.zip", zipped(photos), "application/zip")])
+    rerun(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Bins given"], metrics["Checked"], metrics["Not checkable"], metrics["Errors"]) == ("8", "6", "1", "1")
+    assert any(f"prior share of wrong records {PRIOR_WRONG:.0%}" in c.value for c in at.caption)
+    at.radio(key="rec-mode").set_value("an audit budget")
+    rerun(at)
+    at.text_input(key="rec-budget").set_value("2")
+    rerun(at)
+    report = at.dataframe[0].value
+    assert report["mismatch"].sum() == 2 and report["mismatch"].iloc[:2].all()
+    assert {m.label: m.value for m in at.metric}["Flagged"] == "2"
+    assert len(calls) == 1  # unpacked once for all these reruns
+    at.text_input(key="rec-budget").set_value("lots")
+    rerun(at)
+    assert "audit budget" in at.error[0].value
+
+
+@pytest.mark.parametrize("page, key", [("per_class", "pc-audit"), ("reconcile", None)])
+def test_audit_value_curve_from_the_stored_test_predictions(store, page, key):
+    at = open_page(page)
+    if key is None:  # the reconcile page shows it once a batch is given
+        at.file_uploader(key="rec-csv").set_value(("records.csv", b"image,recorded_quantity\na.jpg,1\n", "text/csv"))
+        at.file_uploader(key="rec-photos").set_value([("a.jpg", jpeg(1, seed=1), "image/jpeg")])
+        rerun(at)
+        key = "rec-audit"
+    exp_id = at.selectbox(key="per-class" if page == "per_class" else "rec-model").value
+    predictions = store.predictions(exp_id)
+    curve = charts(at)[-1]
+    assert [t.name for t in curve.data][:2] == ["random order", "riskiest first"]
+    assert len(curve.data[1].x) == len(predictions) + 1 and curve.data[1].y[-1] == 1
+    assert "test photos" in next(c.value for c in at.caption if c.value.startswith("Measured on the model's"))
+    table = at.dataframe[-1].value
+    assert list(table["recount"]) == ["10%", "20%", "30%", "50%"]
+    assert at.slider(key=f"{key}-rate").value == 0.2

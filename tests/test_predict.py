@@ -1,5 +1,5 @@
 """The counting service on real (tiny) trained models: every awkward photo, the calibration stored
-at training, accuracy-coverage, `best`, and the evaluate / reconcile command lines."""
+at training, accuracy-coverage, `best`, and the evaluate command line (reconciliation: tests/test_reconcile.py)."""
 from __future__ import annotations
 
 import io
@@ -17,7 +17,6 @@ from PIL import Image
 from core.config import PROJECT_ROOT
 from core.images import ImageError, open_image
 from core.predict import CountResult, ModelNotFound, load_counter, resolve_experiment
-from core.reconcile import read_records, reconcile
 from core.store import Store
 from tests.builders import bin_photo, write_manifest_collection
 
@@ -146,31 +145,6 @@ def test_loading_a_model_writes_nothing(counters, trained_store):
     assert (trained_store / "experiments.sqlite").read_bytes() == before
 
 
-def test_reconcile_ranks_by_mismatch_probability(counters, tmp_path):
-    counter = counters["cnn"]
-    images = {f"b{i}.jpg": jpeg(bin_photo(i % 6, seed=i)) for i in range(6)}
-    images["broken.jpg"] = b"nope"
-    records = pd.DataFrame({"image": [*images, "missing.jpg"], "recorded_quantity": [0, 1, 2, 3, 4, 5, 1, 2]})
-    report = reconcile(counter, records, images, threshold=0.5)
-    assert len(report) == 8
-    scored = report.dropna(subset=["p_mismatch"])
-    assert list(scored["p_mismatch"]) == sorted(scored["p_mismatch"], reverse=True)
-    assert (scored["p_match"] + scored["p_mismatch"]).round(6).eq(1).all()
-    assert (scored["mismatch"] == (scored["p_mismatch"] >= 0.5)).all()
-    errors = report.set_index("image")["error"]
-    assert "not an image" in errors["broken.jpg"] and "not found" in errors["missing.jpg"]
-
-
-@pytest.mark.parametrize("text, message", [
-    ("image,qty\na.jpg,1\n", "recorded_quantity"),
-    ("image,recorded_quantity\na.jpg,two\n", "whole number"),
-    ("image,recorded_quantity\na.jpg,-1\n", "whole number"),
-])
-def test_bad_records_csv_is_a_clear_error(text, message):
-    with pytest.raises(ValueError, match=message):
-        read_records(text.encode())
-
-
 def _cli(*args: str, store: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           env={"BINSIGHT_STORE": str(store), "PATH": "/usr/bin:/bin", **env}, timeout=300)
@@ -201,31 +175,6 @@ def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tm
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["scope"] == "all photos" and report["n"] == 12
-
-
-def test_reconcile_cli_writes_csv_and_json(trained_store, tmp_path):
-    data = trained_store.parent / "data"  # ABID layout: bin-images/<id>.jpg + metadata/<id>.json
-    records = tmp_path / "recorded.csv"
-    records.write_text("image,recorded_quantity\nbin-images/1.jpg,0\nbin-images/36.jpg,2\n")
-    for suffix in ("csv", "json"):
-        out = tmp_path / f"report.{suffix}"
-        run = _cli("reconcile", "--data", str(data), "--records", str(records), "--out", str(out),
-                   store=trained_store)
-        assert run.returncode == 0, run.stderr
-        assert "2 bins checked" in run.stdout and "0 with errors" in run.stdout
-        report = pd.read_csv(out) if suffix == "csv" else pd.read_json(out)
-        assert set(report["image"]) == {"bin-images/1.jpg", "bin-images/36.jpg"}
-        assert report["p_mismatch"].is_monotonic_decreasing
-
-
-def test_reconcile_cli_reads_recorded_quantities_from_abid_metadata(trained_store, tmp_path):
-    out = tmp_path / "report.csv"
-    run = _cli("reconcile", "--data", str(trained_store.parent / "data"), "--out", str(out), store=trained_store)
-    assert run.returncode == 0, run.stderr
-    report = pd.read_csv(out)
-    assert len(report) == 36 and report["error"].isna().all()
-    recorded = dict(zip(report["image"], report["recorded_quantity"]))
-    assert recorded["1.jpg"] == 0 and recorded["36.jpg"] == 5
 
 
 def test_cli_without_models_says_how_to_train(tmp_path):

@@ -37,3 +37,6 @@ if calibration and calibration.get("coverage"):
 else:
     st.caption("Not known yet: the model's confidence is calibrated the first time it counts a photo "
                "(Upload and count page), or by `.venv/bin/python train.py suite`.")
+
+st.subheader("What does a recount budget buy?")
+ui.audit_value(exp, key="pc-audit")

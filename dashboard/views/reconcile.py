@@ -3,7 +3,8 @@ from pathlib import PurePosixPath
 
 import streamlit as st
 
-from core.reconcile import read_records
+from core.reconcile import (MISMATCH_THRESHOLD, PRIOR_WRONG, budget_size, flag_rule, read_records,
+                            report_totals, totals_line)
 
 from dashboard import counting, figures, state, ui
 
@@ -22,8 +23,15 @@ with left:
 with right:
     photo_files = st.file_uploader("Bin photos, or a .zip of them", type=[*counting.IMAGE_TYPES, "zip"],
                                    accept_multiple_files=True, key="rec-photos")
-threshold = st.slider("Flag a bin when the probability of a mismatch is at least", 0.05, 0.95,
-                      counting.MISMATCH_THRESHOLD, 0.05, key="rec-threshold")
+mode = st.radio("Which bins to flag", ["by probability", "an audit budget"], horizontal=True, key="rec-mode")
+threshold, budget = MISMATCH_THRESHOLD, None
+if mode == "by probability":
+    threshold = st.slider("Flag a bin when the probability of a mismatch is at least", 0.05, 0.95,
+                          MISMATCH_THRESHOLD, 0.05, key="rec-threshold")
+else:
+    budget = st.text_input("Recount the riskiest … bins (a number, or a share such as 10%)", "10%", key="rec-budget")
+st.caption(f"The probability of a mismatch weighs each photo against how often records are wrong: "
+           f"{PRIOR_WRONG:.0%} of records are assumed wrong before a photo is seen.")
 
 if records_file is None or not photo_files:
     st.info("Upload both the CSV and the photos to get the report.")
@@ -31,10 +39,14 @@ if records_file is None or not photo_files:
 
 try:
     records = read_records(records_file.getvalue())
+    if budget is not None:
+        budget_size(budget, 0)  # a clear message for a budget that is not one
 except ValueError as err:
-    st.error(f"{records_file.name}: {err}")
+    st.error(f"{records_file.name if budget is None else 'Audit budget'}: {err}")
     st.stop()
-photos, problems = counting.photos_from_uploads([(f.name, f.getvalue()) for f in photo_files])
+uploads = [(f.name, f.getvalue()) for f in photo_files]
+key = counting.upload_key(uploads)
+photos, problems = state.uploaded_photos(key, uploads)
 for problem in problems:
     st.warning(problem)
 if records.empty:
@@ -43,25 +55,30 @@ if records.empty:
 
 ui.counter_or_stop(exp)  # says so on the page if the model cannot be loaded
 with st.spinner(f"Counting {len(records)} bins…"):
-    report = state.variance_report(exp["id"], state.store_root(), records, photos, threshold)
+    report = state.variance_report(exp["id"], state.store_root(), records, key, photos, threshold, budget)
 
-flagged = int(report["mismatch"].fillna(False).astype(bool).sum())
-errors = int((report["error"] != "").sum())
-c1, c2, c3 = st.columns(3)
-c1.metric("Bins checked", len(report))
-c2.metric("Probable mismatches", flagged, help=f"probability of a mismatch at least {threshold:.0%}")
-c3.metric("Problems", errors, help="missing or unreadable photos, quantities beyond what the model counts")
+totals = report_totals(report)
+c1, c2, c3, c4, c5 = st.columns(5)
+c1.metric("Bins given", totals["given"])
+c2.metric("Checked", totals["checked"])
+c3.metric("Flagged", totals["flagged"], help=flag_rule(PRIOR_WRONG, threshold, budget))
+c4.metric("Not checkable", totals["not_checkable"], help="recorded above what the model counts")
+c5.metric("Errors", totals["errors"], help="unreadable or missing photos, invalid recorded quantities")
+st.caption(f"{totals_line(totals)}; {flag_rule(PRIOR_WRONG, threshold, budget)}.")
 unlisted = sorted({PurePosixPath(p).name for p in photos} - {PurePosixPath(p).name for p in records["image"]})
 if unlisted:
     st.caption(f"{len(unlisted)} uploaded photo(s) are not in the CSV and were not checked: {', '.join(unlisted[:10])}")
 
-st.plotly_chart(figures.mismatch_bars(report, threshold), key="rec-bars")
+st.plotly_chart(figures.mismatch_bars(report, threshold if budget is None else None), key="rec-bars")
 st.dataframe(report, hide_index=True, column_config={
     "p_mismatch": st.column_config.ProgressColumn("probability of a mismatch", min_value=0.0, max_value=1.0,
                                                   format="percent"),
-    "p_match": st.column_config.NumberColumn("probability of a match", format="percent"),
+    "p_recorded": st.column_config.NumberColumn("photo's probability of the record", format="percent"),
     "confidence": st.column_config.NumberColumn(format="percent"),
     "mismatch": st.column_config.CheckboxColumn("flagged"),
 })
 st.download_button("Download the report (CSV)", report.to_csv(index=False), file_name="variance_report.csv",
                    mime="text/csv", type="primary")
+
+st.subheader("What does a recount budget buy with this model?")
+ui.audit_value(exp, key="rec-audit")

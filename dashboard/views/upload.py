@@ -3,6 +3,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
+
 from dashboard import counting, figures, state, ui
 
 st.title("Count the items in a bin")
@@ -27,24 +29,38 @@ if not photos:
     st.info("Upload one or more photos of bins (JPEG or PNG). Enter the recorded quantity to check it.")
     st.stop()
 
+st.caption(f"A record is judged against the photo assuming {PRIOR_WRONG:.0%} of records are wrong; "
+           f"a bin is flagged at a probability of a mismatch of {MISMATCH_THRESHOLD:.0%} or more.")
+
+
+def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
+    """One photo: the pixels the counter decoded, its count and, with a recorded quantity, a verdict."""
+    left, right = st.columns([2, 3])
+    left.image(counting.preview(data), caption=photo.name, width="stretch")
+    with right:
+        result = photo.result
+        c1, c2 = st.columns(2)
+        c1.metric("Items counted", result.count)
+        c2.metric("Confidence", f"{result.confidence:.0%}", help=f"expected count {result.expected:.2f}")
+        recorded = st.number_input("Recorded quantity (optional)", min_value=0, step=1, value=None,
+                                   key=f"up-recorded-{i}-{photo.name}")
+        if recorded is not None:
+            check = counting.verdict(counter, result, int(recorded))
+            if check.p_mismatch is None:
+                st.info(check.text, icon=":material/help:")
+            elif check.mismatch:
+                st.warning(check.text, icon=":material/warning:")
+            else:
+                st.success(check.text, icon=":material/check_circle:")
+        st.plotly_chart(figures.probability_bars(result.probs, recorded), key=f"up-probs-{i}")
+
+
 for i, photo in enumerate(state.photo_counts(exp["id"], state.store_root(), photos)):
     with st.container(border=True):
         if photo.result is None:
             st.error(photo.error)
             continue
-        left, right = st.columns([2, 3])
-        left.image(photos[i][1], caption=photo.name, width="stretch")
-        with right:
-            result = photo.result
-            c1, c2 = st.columns(2)
-            c1.metric("Items counted", result.count)
-            c2.metric("Confidence", f"{result.confidence:.0%}", help=f"expected count {result.expected:.2f}")
-            recorded = st.number_input("Recorded quantity (optional)", min_value=0, step=1, value=None,
-                                       key=f"up-recorded-{i}-{photo.name}")
-            if recorded is not None:
-                check = counting.verdict(counter, result, int(recorded))
-                if check.mismatch:
-                    st.warning(check.text, icon=":material/warning:")
-                else:
-                    st.success(check.text, icon=":material/check_circle:")
-            st.plotly_chart(figures.probability_bars(result.probs, recorded), key=f"up-probs-{i}")
+        try:  # one photo that cannot be shown never hides the others
+            show(i, photo, photos[i][1])
+        except Exception as err:  # noqa: BLE001  (Streamlit's stop/rerun are BaseExceptions, not caught)
+            st.error(f"{photo.name}: counted {photo.result.count}, but it cannot be shown ({err}).")
