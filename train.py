@@ -85,13 +85,12 @@ def counter_for(name: str, store: Path | None, data: Path | None = None):
     """A counter for --model from the --store (default store when None), or a clear exit.
 
     `best` is chosen on validation among the models trained on the data in use: `data` if models
-    were trained on it, else the default data folder (photos to check are often new ones)."""
+    were trained on it, else the default data folder, else (said on stderr) any data."""
     from core.predict import ModelNotFound, load_counter
     from core.store import Store, best_of, best_rule
 
-    trained_on = find_data_dir()
-    if data is not None and best_of(Store(store).experiments("finished"), data):
-        trained_on = data
+    models = Store(store).experiments("finished")
+    trained_on = next((root for root in (data, find_data_dir()) if root is not None and best_of(models, root)), None)
     try:
         counter = load_counter(name, Store(store), data_root=trained_on)
     except ModelNotFound as err:

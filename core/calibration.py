@@ -105,7 +105,7 @@ def fit_calibration(probs: np.ndarray, y_true, seed: int = 0) -> dict[str, Any]:
     method = min(METHODS, key=lambda m: (round(nll[m], 3), METHODS.index(m)))  # ties: the simpler map
     fitted = fit_map(probs, y_true, method)
     prior = apply_calibration(probs, fitted).mean(axis=0)
-    return {**fitted, "class_prior": [round(float(p), 5) for p in prior], "n_fit": int(len(y_true)),
+    return {**fitted, "class_prior": [float(p) for p in prior], "n_fit": int(len(y_true)),
             "nll_by_method": {m: round(v, 5) for m, v in nll.items()},
             "ece_by_method": {m: round(v, 5) for m, v in ece.items()},
             "ece_fit_before": round(ece["none"], 5), "ece_fit_after": round(ece[method], 5)}

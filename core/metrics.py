@@ -113,6 +113,25 @@ def bootstrap_intervals(y_true, y_pred, level: float = 0.95, rounds: int = BOOTS
             for name, a, b in zip(INTERVAL_METRICS, lo, hi)}
 
 
+def per_class_intervals(y_true, y_pred, num_classes: int, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,
+                        seed: int = 0) -> list[list[float] | None]:
+    """95% bootstrap interval of each count's accuracy (resampling that count's photos); None where absent."""
+    y_true = np.asarray(y_true, dtype=int)
+    correct = np.asarray(y_pred, dtype=int) == y_true
+    rng = np.random.default_rng(seed)
+    tail = (1 - level) / 2 * 100
+    out: list[list[float] | None] = []
+    for cls in range(num_classes):
+        hits = correct[y_true == cls]
+        if not len(hits):
+            out.append(None)
+            continue
+        means = hits[rng.integers(0, len(hits), size=(rounds, len(hits)))].mean(axis=1)
+        lo, hi = np.percentile(means, [tail, 100 - tail])
+        out.append([float(np.floor(lo * 1e4) / 1e4), float(np.ceil(hi * 1e4) / 1e4)])
+    return out
+
+
 def paired_bootstrap(y_true, pred_a, pred_b, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,
                      seed: int = 0) -> dict[str, dict[str, float]]:
     """A minus B on the same photos, resampled together (stratified by count): per metric the
@@ -156,4 +175,5 @@ def split_figures(y_true, probs: np.ndarray, num_classes: int) -> dict:
     report = count_report(y_true, y_pred, num_classes)
     report["ece"] = expected_calibration_error(probs, y_true)
     report["intervals"] = bootstrap_intervals(y_true, y_pred)
+    report["per_class_intervals"] = per_class_intervals(y_true, y_pred, num_classes)
     return report

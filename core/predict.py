@@ -67,6 +67,15 @@ def resolve_experiment(store: Store, model: str = "best", data_root: str | Path 
     return match[0]
 
 
+def class_prior(exp: Experiment) -> np.ndarray:
+    """The class shares the experiment's calibrated probabilities are relative to (`core.calibration`),
+    which reconciliation divides by to read a photo as evidence; uniform where it was never recorded
+    (models trained with balanced class weights answer about as if every count were equally common)."""
+    k = exp.num_classes or 1
+    prior = np.asarray(exp.calibration.get("class_prior") or np.ones(k), dtype=float)
+    return prior / prior.sum()  # stored rounded: renormalised
+
+
 class BinCounter:
     """A loaded model (or ensemble) with calibrated probabilities; `count` takes any photo the decoder accepts."""
 
@@ -78,9 +87,7 @@ class BinCounter:
         self.num_classes: int = exp.num_classes
         self.image_size: int = exp.image_size
         self.calibration = exp.calibration
-        prior = exp.calibration.get("class_prior")
-        # the class shares the calibrated probabilities are relative to (what reconciliation needs)
-        self.class_prior = np.asarray(prior, dtype=float) if prior else np.full(self.num_classes, 1 / self.num_classes)
+        self.class_prior = class_prior(exp)
         self._predictors = list(predictors)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

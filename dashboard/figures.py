@@ -95,15 +95,23 @@ def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | 
 
 
 def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "accuracy",
-                   title: str | None = None) -> go.Figure:
-    """A value per count class (accuracy or RMSE) for one or more experiments, as grouped bars."""
+                   title: str | None = None,
+                   intervals: Mapping[str, Sequence[Sequence[float] | None]] | None = None) -> go.Figure:
+    """A value per count class (accuracy or RMSE) for one or more experiments, as grouped bars,
+    with error bars where `intervals` gives a [low, high] per class."""
     percent = what == "accuracy"
     fig = go.Figure()
     num_classes = max((len(v) for v in values.values()), default=MAX_COUNT + 1)
     for i, (label, per_class) in enumerate(values.items()):
         y = [math.nan if v is None else v for v in per_class]
+        bounds = list((intervals or {}).get(label) or [])
+        bounds += [None] * (len(y) - len(bounds))
+        error = dict(type="data", symmetric=False, color="#555",
+                     array=[math.nan if b is None else b[1] - v for b, v in zip(bounds, y)],
+                     arrayminus=[math.nan if b is None else v - b[0] for b, v in zip(bounds, y)]) \
+            if any(b is not None for b in bounds) else None
         fig.add_trace(go.Bar(
-            x=list(range(len(y))), y=y, name=label, marker_color=colour(i),
+            x=list(range(len(y))), y=y, name=label, marker_color=colour(i), error_y=error,
             text=[("" if math.isnan(v) else f"{v:.0%}" if percent else f"{v:.2f}") for v in y],
             textposition="outside",
             hovertemplate=f"{label}<br>%{{x}} items: %{{y:{'.1%' if percent else '.3f'}}}<extra></extra>",

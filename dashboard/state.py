@@ -14,11 +14,11 @@ import pandas as pd
 import streamlit as st
 from PIL import ImageOps
 
-from core.calibration import calibrated_predictions
 from core.config import find_data_dir, store_dir
 from core.data import DataError, load_collection
 from core.images import ImageError, open_image
-from core.store import Store
+from core.records import Experiment
+from core.store import Store, best_of, best_rule
 
 from dashboard.counting import PhotoCount, count_photos
 from dashboard.tables import is_scored, item_names
@@ -44,27 +44,40 @@ def version(root: str) -> Version:
 
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
-def _experiments(root: str, store_version: Version) -> list[dict]:
+def _experiments(root: str, store_version: Version) -> list[Experiment]:
     if not (Path(root) / "experiments.sqlite").is_file():
         return []  # an empty store is not created just by looking at it
     return Store(root).experiments()
 
 
-def experiments() -> list[dict]:
+def experiments() -> list[Experiment]:
     """All experiments of the store, newest first."""
     root = store_root()
     return _experiments(root, version(root))
 
 
-def finished() -> list[dict]:
+def finished() -> list[Experiment]:
     """Finished models with test metrics: what the model pickers offer."""
     return [e for e in experiments() if is_scored(e)]
 
 
-def best_id(metric: str = "balanced_accuracy") -> str | None:
-    """The finished experiment with the highest test `metric` (as `Store.best`, from the cached list)."""
-    scored = [e for e in finished() if e["metrics"].get(metric) is not None]
-    return max(scored, key=lambda e: e["metrics"][metric])["id"] if scored else None
+def data_in_use() -> str | None:
+    """The data `best` is chosen on: the default data folder if models were trained on it, else the
+    data of the newest finished model."""
+    models = finished()
+    found = find_data_dir()
+    if found is not None and best_of(models, found):
+        return str(found)
+    return models[0].data_root if models else None
+
+
+def best_id() -> str | None:
+    """`core.store.Store.best` on the data in use, from the cached list: chosen on validation."""
+    return best_of(finished(), data_in_use())
+
+
+def best_rule_text() -> str:
+    return best_rule(data_in_use())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -89,8 +102,7 @@ def lr_curves(exp_id: str) -> list[dict]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _predictions(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
-    store = Store(root)
-    return calibrated_predictions(store.predictions(exp_id), store.experiment(exp_id))
+    return Store(root).predictions(exp_id)  # stored calibrated, as the counting service gives them
 
 
 def predictions(exp_id: str) -> pd.DataFrame:
@@ -98,16 +110,12 @@ def predictions(exp_id: str) -> pd.DataFrame:
     return _predictions(root, exp_id, version(root))
 
 
-def data_root_of(exp: dict) -> str:
-    return exp["details"].get("root") or exp.get("data_root") or ""
-
-
 def default_data_root() -> str | None:
     """The data of the best experiment, else of the newest one, else the default data folder."""
     exps = finished() or experiments()
     best = best_id()
-    for exp in sorted(exps, key=lambda e: e["id"] != best):
-        root = data_root_of(exp)
+    for exp in sorted(exps, key=lambda e: e.id != best):
+        root = exp.data_root
         if root and Path(root).is_dir():
             return root
     found = find_data_dir()
@@ -185,6 +193,7 @@ def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: t
 def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> dict | None:
     from core.predict import class_prior
     from core.reconcile import audit_curve
+
 
     preds = _predictions(root, exp_id, store_version)
     if preds.empty:

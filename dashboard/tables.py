@@ -9,47 +9,83 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from core.metrics import paired_bootstrap, verdict
+from core.records import Experiment
 
-def labels(experiments: Sequence[dict]) -> dict[str, str]:
+
+def labels(experiments: Sequence[Experiment]) -> dict[str, str]:
     """A short, unique label per experiment id: its name, plus its start time when names repeat."""
-    names = Counter(e["name"] for e in experiments)
+    names = Counter(e.name for e in experiments)
     out = {}
     for e in experiments:
-        label = e["name"]
+        label = e.name
         if names[label] > 1:
-            label += time.strftime(" (%m-%d %H:%M:%S)", time.localtime(e["started_at"]))
-        out[e["id"]] = label
+            label += time.strftime(" (%m-%d %H:%M:%S)", time.localtime(e.started_at))
+        out[e.id] = label
     return out
 
 
-def is_scored(exp: dict) -> bool:
+def is_scored(exp: Experiment) -> bool:
     """A finished model with test metrics (LR-finder sweeps finish too, but count nothing)."""
-    return exp["status"] == "finished" and exp["metrics"].get("balanced_accuracy") is not None
+    return exp.is_model and exp.metrics.get("balanced_accuracy") is not None
+
+
+def with_interval(metrics: dict, key: str, percent: bool = False) -> str:
+    """`0.56 (0.50–0.62)`: a figure and its 95% bootstrap interval, where one was computed."""
+    value = metrics.get(key)
+    if value is None:
+        return ""
+    fmt = (lambda x: f"{x:.1%}") if percent else (lambda x: f"{x:.3f}" if key != "rmse" else f"{x:.2f}")
+    interval = (metrics.get("intervals") or {}).get(key)
+    return f"{fmt(value)} ({fmt(interval[0])}–{fmt(interval[1])})" if interval else fmt(value)
 
 
 def _per_class_columns(values: Sequence[float | None] | None, prefix: str) -> dict[str, float]:
     return {f"{prefix} {k}": (np.nan if v is None else v) for k, v in enumerate(values or [])}
 
 
-def leaderboard(experiments: Sequence[dict]) -> pd.DataFrame:
-    """Scored experiments, best test balanced accuracy first, with per-class accuracy and costs."""
+def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
+    """Scored experiments, best validation (or out-of-fold) balanced accuracy first: the figure models
+    are chosen on, beside the test figures, each with its 95% interval, per-count accuracy and costs."""
     names = labels(experiments)
     rows = []
     for e in experiments:
         if not is_scored(e):
             continue
-        m, d = e["metrics"], e["details"]
+        m, sel = e.metrics, e.selection_metrics
         rows.append({
-            "experiment": names[e["id"]], "family": e["family"], "model": e["model"],
+            "experiment": names[e.id], "family": e.family, "model": e.model,
+            "chosen on": e.selection_source, "selection balanced accuracy": sel.get("balanced_accuracy"),
+            "selection (95% CI)": with_interval(sel, "balanced_accuracy"),
             "accuracy": m.get("accuracy"), "balanced accuracy": m.get("balanced_accuracy"), "RMSE": m.get("rmse"),
+            "balanced accuracy (95% CI)": with_interval(m, "balanced_accuracy"),
+            "accuracy (95% CI)": with_interval(m, "accuracy"), "RMSE (95% CI)": with_interval(m, "rmse"),
+            "ECE": m.get("ece"),
             **_per_class_columns(m.get("per_class_accuracy"), "acc"),
-            "test photos": m.get("n"), "train time (s)": d.get("train_seconds"),
-            "device": e.get("device") or "", "weights": e.get("weights") or "", "id": e["id"],
+            "test photos": m.get("n"), "models": e.folds or 1, "train time (s)": e.train_seconds,
+            "device": e.device, "weights": e.weights, "id": e.id,
         })
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.sort_values("balanced accuracy", ascending=False, na_position="last").reset_index(drop=True)
+    return frame.sort_values("selection balanced accuracy", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> tuple[dict, str, int]:
+    """Paired bootstrap of two models' stored predictions on the photos both scored:
+    (per-metric differences with intervals, the verdict in words, how many photos)."""
+    both = a.merge(b, on="image_id", suffixes=("_a", "_b"))
+    if both.empty:
+        return {}, f"{name_a} and {name_b} scored no photo in common: they cannot be compared head to head.", 0
+    comparison = paired_bootstrap(both["true_count_a"], both["pred_count_a"], both["pred_count_b"])
+    return comparison, verdict(comparison, name_a, name_b), len(both)
+
+
+def comparison_table(comparison: dict) -> pd.DataFrame:
+    """One row per metric: A minus B, its 95% interval, and how often A came out better."""
+    return pd.DataFrame([{"metric": k.replace("_", " "), "A minus B": v["difference"], "95% low": v["low"],
+                          "95% high": v["high"], "resamples where A is better": v["a_better_share"]}
+                         for k, v in comparison.items()])
 
 
 def per_class_table(metrics: dict) -> pd.DataFrame:
@@ -62,21 +98,23 @@ def per_class_table(metrics: dict) -> pd.DataFrame:
         "items in the bin": range(n),
         "test photos": matrix.sum(axis=1) if len(matrix) else [0] * n,
         "accuracy": [np.nan if v is None else v for v in accuracy] or [np.nan] * n,
+        "accuracy 95% CI": [f"{ci[0]:.0%}–{ci[1]:.0%}" if ci else "" for ci in
+                            (metrics.get("per_class_intervals") or [None] * n)],
         "RMSE": [np.nan if v is None else v for v in rmse] or [np.nan] * n,
     })
     return frame
 
 
-def running(experiments: Sequence[dict]) -> list[dict]:
-    return [e for e in experiments if e["status"] == "running"]
+def running(experiments: Sequence[Experiment]) -> list[Experiment]:
+    return [e for e in experiments if e.status == "running"]
 
 
-def others(experiments: Sequence[dict]) -> pd.DataFrame:
+def others(experiments: Sequence[Experiment]) -> pd.DataFrame:
     """Experiments that are not finished (running, interrupted, failed), newest first."""
-    rows = [{"experiment": e["name"], "status": e["status"], "family": e["family"], "model": e["model"],
-             "started": pd.to_datetime(e["started_at"], unit="s"), "error": (e.get("error") or "").split("\n")[0],
-             "id": e["id"]}
-            for e in experiments if e["status"] != "finished"]
+    rows = [{"experiment": e.name, "status": e.status, "family": e.family, "model": e.model,
+             "started": pd.to_datetime(e.started_at, unit="s"), "error": (e.error or "").split("\n")[0],
+             "id": e.id}
+            for e in experiments if e.status != "finished"]
     return pd.DataFrame(rows)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
+from core.records import Experiment
 from core.reconcile import PRIOR_WRONG, SIMULATED_ERROR_RATE, audit_table
 
 from dashboard import figures, state
@@ -23,7 +24,7 @@ def how_to_train(reason: str = "No finished experiment in the store yet.") -> No
     st.caption(f"Experiments are read from `{state.store_root()}` (set `BINSIGHT_STORE` to use another store).")
 
 
-def finished_or_stop() -> list[dict]:
+def finished_or_stop() -> list[Experiment]:
     """The finished experiments; if there are none, explain how to train and end the page here."""
     exps = state.finished()
     if not exps:
@@ -32,28 +33,29 @@ def finished_or_stop() -> list[dict]:
     return exps
 
 
-def _ordered(exps: Sequence[dict]) -> list[dict]:
-    """Best first: the default choice is the model the counter uses."""
+def _ordered(exps: Sequence[Experiment]) -> list[Experiment]:
+    """Best first (chosen on validation): the default choice is the model the counter uses."""
     best = state.best_id()
-    return sorted(exps, key=lambda e: (e["id"] != best, -(e["metrics"].get("balanced_accuracy") or 0)))
+    return sorted(exps, key=lambda e: (e.id != best, -(e.selection_metrics.get("balanced_accuracy") or 0)))
 
 
-def pick_experiment(exps: Sequence[dict], key: str, label: str = "Experiment") -> dict:
+def pick_experiment(exps: Sequence[Experiment], key: str, label: str = "Experiment") -> Experiment:
     ordered = _ordered(exps)
     names = labels(ordered)
     best = state.best_id()
-    by_id = {e["id"]: e for e in ordered}
+    by_id = {e.id: e for e in ordered}
     chosen = st.selectbox(label, list(by_id), key=key,
-                          format_func=lambda i: f"{names[i]}  ·  {by_id[i]['model']}" + ("  ★ best" if i == best else ""))
+                          format_func=lambda i: f"{names[i]}  ·  {by_id[i].model}" + ("  ★ best" if i == best else ""))
     return by_id[chosen]
 
 
-def pick_experiments(exps: Sequence[dict], key: str, default_n: int = 2, label: str = "Experiments") -> list[dict]:
+def pick_experiments(exps: Sequence[Experiment], key: str, default_n: int = 2,
+                     label: str = "Experiments") -> list[Experiment]:
     ordered = _ordered(exps)
     names = labels(ordered)
-    by_id = {e["id"]: e for e in ordered}
+    by_id = {e.id: e for e in ordered}
     chosen = st.multiselect(label, list(by_id), default=list(by_id)[:default_n], key=key,
-                            format_func=lambda i: f"{names[i]}  ·  {by_id[i]['model']}")
+                            format_func=lambda i: f"{names[i]}  ·  {by_id[i].model}")
     return [by_id[i] for i in chosen]
 
 
@@ -67,6 +69,9 @@ def metric_columns() -> dict:
         "RMSE": st.column_config.NumberColumn(format="%.2f", width="small"),
         **{f"acc {k}": pct for k in range(10)},
         "test photos": st.column_config.NumberColumn(width="small"),
+        "selection balanced accuracy": None,  # shown with its interval in "selection (95% CI)"
+        "ECE": st.column_config.NumberColumn(format="%.3f", width="small",
+                                             help="expected calibration error of the calibrated test probabilities"),
         "train time (s)": st.column_config.NumberColumn(format="%.0f", width="small"),
         "id": None,
     }
@@ -88,21 +93,21 @@ def photo_grid(photos: pd.DataFrame, caption, columns: int = 4, details=None) ->
                     details(row)
 
 
-def counter_or_stop(exp: dict):
+def counter_or_stop(exp: Experiment):
     """The loaded counter for `exp`; if the model cannot be loaded, say why and end the page here."""
     from core.predict import ModelNotFound
 
     try:
-        return state.counter(exp["id"], state.store_root())
+        return state.counter(exp.id, state.store_root())
     except (ModelNotFound, ImportError, KeyError, OSError, ValueError) as err:
-        st.error(f"The model {exp['name']} cannot be loaded: {err}")
+        st.error(f"The model {exp.name} cannot be loaded: {err}")
         st.stop()
 
 
-def audit_value(exp: dict, key: str) -> None:
+def audit_value(exp: Experiment, key: str) -> None:
     """What a recount budget buys for this model: the audit-value curve and table on its test photos."""
     rate = st.slider("Simulated share of wrong records", 0.05, 0.5, SIMULATED_ERROR_RATE, 0.05, key=f"{key}-rate")
-    curve = state.audit_curve(exp["id"], rate)
+    curve = state.audit_curve(exp.id, rate)
     if curve is None:
         st.caption("No stored test predictions for this model.")
         return

@@ -5,7 +5,6 @@ Debian's chromium (`apt-get install -y chromium`) is driven by Playwright, headl
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -19,8 +18,6 @@ import pytest
 from core.config import PROJECT_ROOT, SHARED_SAMPLE
 from core.predict import load_counter
 from core.store import Store
-from tests.conftest import bin_photo
-from tests.dashboard_fixtures import trained_store  # noqa: F401  (session fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,7 +25,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no browser at {CHROMIUM}: apt-get install -y chromium"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: install it with "
+                       "`sudo apt-get install -y chromium` (`make test` does so when run as root)"),
 ]
 
 
@@ -53,7 +51,7 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> Non
 
 
 @pytest.fixture
-def dashboard_url(trained_store):  # noqa: F811
+def dashboard_url(trained_store):
     port = free_port()
     env = {**os.environ, "BINSIGHT_STORE": str(trained_store)}
     server = subprocess.Popen(
@@ -73,7 +71,7 @@ def dashboard_url(trained_store):  # noqa: F811
             server.kill()
 
 
-def test_upload_a_batch_of_awkward_files_and_read_every_count(dashboard_url, trained_store, tmp_path):  # noqa: F811
+def test_upload_a_batch_of_awkward_files_and_read_every_count(dashboard_url, trained_store, tmp_path):
     """About a dozen files at once (real sample bins where present, GIF, 16-bit PNG, CMYK, EXIF-rotated,
     empty, HTML renamed .jpg, oversized, ...): every good photo gets its count, every bad one its
     own error, and the app never ends with "This app has encountered an error"."""

@@ -108,9 +108,12 @@ def test_overview_ranks_the_models_and_shows_the_data(store):
     scored = [e for e in store.experiments() if tables.is_scored(e)]
     board = at.dataframe[0].value
     assert len(board) == len(scored)  # the LR sweep is no model
-    assert board["balanced accuracy"].tolist() == sorted(board["balanced accuracy"], reverse=True)
+    ranked = board["selection (95% CI)"].map(lambda text: float(text.split()[0])).tolist()
+    assert ranked == sorted(ranked, reverse=True)  # by the validation figure models are chosen on
+    assert board["balanced accuracy (95% CI)"].str.match(r"^\d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\)$").all()
     best = store.experiment(store.best())
-    assert at.metric[0].label == "Best model" and at.metric[0].value == tables.labels(scored)[best["id"]]
+    assert at.metric[0].label == "Best model" and at.metric[0].value == tables.labels(scored)[best.id]
+    assert any("best = highest validation balanced accuracy" in c.value for c in at.caption)
     histogram = charts(at)[-1]
     assert list(histogram.data[0].y) == [6] * 6
     assert len(at.image[0].value) == 6  # one photo of each count
@@ -141,7 +144,7 @@ def test_overview_shows_a_run_in_progress_with_its_curves(trained_store, tmp_pat
     finally:
         release.set()
         run.join(timeout=120)
-    assert store.experiments()[0]["status"] == "finished"
+    assert store.experiments()[0].status == "finished"
 
 
 def test_overview_lists_a_crashed_run_with_its_error(trained_store, tmp_path, monkeypatch):
@@ -164,7 +167,13 @@ def test_compare_puts_experiments_side_by_side(store):
     at = open_page("compare")
     assert at.multiselect(key="compare").value[0] == store.best()  # the best and the runner-up
     assert len(at.dataframe[0].value) == 2
-    by_family = {e["family"]: e["id"] for e in store.experiments() if tables.is_scored(e)}
+    verdict = at.markdown[0].value
+    assert "beats" in verdict or "within noise" in verdict
+    differences = at.dataframe[1].value
+    assert list(differences["metric"]) == ["accuracy", "balanced accuracy", "rmse"]
+    assert (differences["95% low"] <= differences["A minus B"]).all()
+    assert (differences["A minus B"] <= differences["95% high"]).all()
+    by_family = {e.family: e.id for e in store.experiments() if tables.is_scored(e)}
     chosen = [by_family["cnn"], by_family["classical"]]
     at.multiselect(key="compare").set_value(chosen)
     figs = charts(rerun(at))
@@ -183,10 +192,12 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
     at = open_page("per_class")
     exp = store.experiment(at.selectbox(key="per-class").value)
     table = at.dataframe[0].value
-    expected = [np.nan if v is None else v for v in exp["metrics"]["per_class_accuracy"]]
+    expected = [np.nan if v is None else v for v in exp.metrics["per_class_accuracy"]]
     np.testing.assert_allclose(table["accuracy"].to_numpy(dtype=float), expected)
-    assert table["test photos"].sum() == exp["metrics"]["n"]
-    calibration = exp["details"]["calibration"]  # the fixture calibrated the best model, shown first
+    assert table["test photos"].sum() == exp.metrics["n"]
+    bars = charts(at)[0].data[0]
+    assert bars.error_y.array is not None  # per-count 95% intervals as error bars
+    calibration = exp.calibration  # calibrated when it was trained
     coverage = charts(at)[2].data[0]
     assert list(coverage.y) == pytest.approx(calibration["coverage_accuracy"])
 
@@ -194,7 +205,7 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
 def test_confusion_cell_shows_its_photos(store):
     at = open_page("confusion")
     exp = store.experiment(at.selectbox(key="cm-exp").value)
-    matrix = np.asarray(exp["metrics"]["confusion_matrix"])
+    matrix = np.asarray(exp.metrics["confusion_matrix"])
     heat = charts(at)[0].data[0]
     np.testing.assert_array_equal(np.asarray(heat.z), matrix)
     true, pred = map(int, np.unravel_index(matrix.argmax(), matrix.shape))
@@ -211,7 +222,7 @@ def test_confusion_cell_shows_its_photos(store):
 def test_lr_finder_overlays_the_sweeps_with_their_suggestions(store):
     at = open_page("lr_finder")
     chosen = at.multiselect(key="lr-exps").value
-    assert set(chosen) == {e["id"] for e in store.experiments() if store.lr_curves(e["id"])}
+    assert set(chosen) == {e.id for e in store.experiments() if store.lr_curves(e.id)}
     curves = [c for i in chosen for c in store.lr_curves(i)]
     fig = charts(at)[0]
     assert fig.layout.xaxis.type == "log"

@@ -7,7 +7,7 @@ from dashboard import state
 
 def test_cached_reads_see_new_writes(store_root, monkeypatch):
     store = Store()
-    exp = store.start("live", "cnn", "efficientnet_lite0", {}, dataset="d")
+    exp = store.start("live", "cnn", "efficientnet_lite0", {}, dataset="d", code_version=1)
     store.log_epoch(exp, 1, val_loss=1.0)
     assert list(state.epochs(exp)["epoch"]) == [1]
     assert list(state.epochs(exp)["epoch"]) == [1]  # served from the cache while nothing changed

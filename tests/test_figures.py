@@ -1,4 +1,4 @@
-"""The dashboard's pure figure and table functions: plain data in, the right chart or table out."""
+"""The dashboard's pure figure functions: plain data in, the right chart out."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard import figures, tables
+from dashboard import figures
 
 
 def test_count_histogram_counts_each_class_and_ignores_out_of_range():
@@ -131,72 +131,9 @@ def test_coverage_curve_in_percent_from_most_certain_to_all_bins():
     assert fig.layout.xaxis.tickformat == ".0%" and fig.layout.yaxis.tickformat == ".0%"
 
 
-def experiment(exp_id, name, status="finished", bal=0.5, started=0.0, family="classical"):
-    metrics = {"accuracy": bal + 0.1, "balanced_accuracy": bal, "rmse": 1.0 - bal, "n": 10,
-               "per_class_accuracy": [bal, None, 1.0], "per_class_rmse": [0.5, None, 0.0],
-               "confusion_matrix": [[2, 1, 0], [0, 0, 0], [0, 0, 3]]} if status == "finished" else {}
-    return {"id": exp_id, "name": name, "family": family, "model": "svm", "status": status, "started_at": started,
-            "metrics": metrics, "details": {"train_seconds": 2.5}, "device": "cpu", "weights": "", "error": None}
-
-
-def test_labels_stay_unique_when_names_repeat():
-    exps = [experiment("a", "svm", started=0), experiment("b", "svm", started=3600), experiment("c", "cnn")]
-    names = tables.labels(exps)
-    assert names["c"] == "cnn"
-    assert names["a"] != names["b"] and names["a"].startswith("svm (")
-
-
-def test_leaderboard_ranks_finished_runs_by_balanced_accuracy():
-    exps = [experiment("a", "tree", bal=0.3), experiment("b", "resnet", bal=0.6),
-            experiment("c", "running", status="running")]
-    board = tables.leaderboard(exps)
-    assert list(board["experiment"]) == ["resnet", "tree"]
-    assert board.loc[0, "acc 0"] == 0.6 and math.isnan(board.loc[0, "acc 1"])
-    assert board.loc[0, "train time (s)"] == 2.5
-    assert tables.leaderboard([experiment("c", "x", status="failed")]).empty
-    sweep = {**experiment("d", "lr-find quick"), "metrics": {}}  # finished, but scores nothing
-    assert not tables.is_scored(sweep) and tables.leaderboard([sweep]).empty
-
-
-def test_per_class_table_is_the_papers_tables_one_and_two():
-    frame = tables.per_class_table(experiment("a", "svm", bal=0.5)["metrics"])
-    assert list(frame["items in the bin"]) == [0, 1, 2]
-    assert list(frame["test photos"]) == [3, 0, 3]
-    assert frame.loc[0, "accuracy"] == 0.5 and math.isnan(frame.loc[1, "RMSE"])
-
-
-def test_others_lists_unfinished_runs_with_the_first_line_of_their_error():
-    failed = experiment("f", "cnn", status="failed")
-    failed["error"] = "RuntimeError: out of memory\ntraceback..."
-    frame = tables.others([experiment("a", "svm"), failed])
-    assert list(frame["id"]) == ["f"] and frame.loc[0, "error"] == "RuntimeError: out of memory"
-
-
-@pytest.fixture
-def preds():
-    return pd.DataFrame({
-        "image_id": ["a", "b", "c", "d", "e"], "path": ["pa", "pb", "pc", "pd", "pe"],
-        "true_count": [1, 1, 2, 3, 3], "pred_count": [1, 2, 1, 1, 3],
-        "confidence": [0.9, 0.8, 0.4, 0.6, 0.7],
-    })
-
-
-def test_misclassified_filters_and_sorts_by_confidence(preds):
-    assert list(tables.misclassified(preds)["image_id"]) == ["b", "d", "c"]
-    assert list(tables.misclassified(preds, most_confident_first=False)["image_id"]) == ["c", "d", "b"]
-    assert list(tables.misclassified(preds, true_counts=[3])["image_id"]) == ["d"]
-    assert list(tables.misclassified(preds, predicted_counts=[1])["image_id"]) == ["d", "c"]
-    assert tables.misclassified(preds, true_counts=[1], predicted_counts=[1]).empty
-
-
-def test_cell_holds_exactly_that_true_and_predicted_count(preds):
-    assert list(tables.cell(preds, 3, 1)["image_id"]) == ["d"]
-    assert list(tables.cell(preds, 1, 1)["image_id"]) == ["a"]
-    assert tables.cell(preds, 0, 0).empty
-
-
-def test_item_names_from_abid_metadata():
-    items = json.dumps([{"asin": "B001", "name": "Phone case", "quantity": 2},
-                        {"asin": "B002", "name": "", "quantity": 1}])
-    assert tables.item_names(items) == ["2 × Phone case", "B002"]
-    assert tables.item_names("") == [] and tables.item_names("not json") == []
+def test_per_class_bars_draw_interval_error_bars_where_given():
+    fig = figures.per_class_bars({"a": [0.5, None, 0.8]}, "accuracy", intervals={"a": [[0.3, 0.7], None, [0.6, 0.9]]})
+    error = fig.data[0].error_y
+    assert list(error.array)[0] == pytest.approx(0.2) and list(error.arrayminus)[2] == pytest.approx(0.2)
+    assert math.isnan(list(error.array)[1])
+    assert figures.per_class_bars({"a": [0.5]}, "accuracy").data[0].error_y.array is None

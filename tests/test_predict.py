@@ -133,7 +133,7 @@ def test_calibration_is_stored_with_the_model_when_it_is_trained(counters, train
     assert counters["cnn"].calibration == calibration  # loading only reads it
     nll = calibration["nll_by_method"]  # chosen on held-out halves of the validation photos
     assert nll[calibration["method"]] <= min(nll.values()) + 1e-3
-    assert calibration["n_fit"] == exp.val_metrics["n"] and sum(calibration["class_prior"]) == pytest.approx(1)
+    assert calibration["n_fit"] == exp.val_metrics["n"] and sum(calibration["class_prior"]) == pytest.approx(1, abs=1e-4)
     coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
     assert coverage == sorted(coverage) and coverage[-1] == 1.0
     assert accuracy[-1] == pytest.approx(exp.metrics["accuracy"], abs=1e-3)
@@ -168,11 +168,10 @@ def test_evaluate_cli_scores_only_the_test_split_of_the_models_own_collection(tr
 
 def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tmp_path):
     other = write_manifest_collection(tmp_path / "other", per_class=2)
-    run = _cli("evaluate", "--model", "best", "--data", str(other), store=trained_store)
-    assert run.returncode != 0 and "models exist for other data" in run.stderr  # best on the data in use
     run = _cli("evaluate", "--model", "best", "--data", str(other), store=trained_store,
                ABID_DATA=str(trained_store.parent / "data"))  # the data in use: where the models were trained
     assert run.returncode == 0, run.stderr
+    assert f"among finished models on {trained_store.parent / 'data'}" in run.stderr
     report = json.loads(run.stdout)
     assert report["scope"] == "all photos" and report["n"] == 12
 

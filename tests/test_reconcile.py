@@ -3,6 +3,7 @@ the audit-value curve, records that never drop a bin, and the reconcile command 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import subprocess
@@ -19,8 +20,7 @@ from core.reconcile import (PRIOR_WRONG, audit_curve, audit_table, budget_size, 
                             mismatch_probability, read_records, reconcile, records_from_folder, report_totals,
                             simulate_errors)
 from core.store import Store
-from tests.conftest import bin_photo, write_abid_collection
-from tests.dashboard_fixtures import trained_store  # noqa: F401  (session fixture: real tiny runs)
+from tests.builders import bin_photo, write_abid_collection
 
 
 def jpeg(count: int, seed: int) -> bytes:
@@ -195,7 +195,7 @@ def test_records_csv_paths_are_confined_to_the_data_folder(tmp_path):
 
 # ---- the report on real (tiny) trained models -----------------------------------------------------
 @pytest.fixture(scope="module")
-def counter(trained_store):  # noqa: F811
+def counter(trained_store):
     return load_counter("best", Store(trained_store))
 
 
@@ -234,7 +234,7 @@ def test_a_budget_flags_exactly_that_many_bins(counter):
 def test_an_open_top_class_judges_a_large_record_by_p_more_than(counter):
     """A model whose top class means "more than K-2": a record of 8 is judged by P(top class)."""
     open_top = copy.copy(counter)
-    open_top.exp = {**counter.exp, "details": {**counter.exp["details"], "open_top": True}}
+    open_top.exp = dataclasses.replace(counter.exp, open_top=True)
     result = counter.count(jpeg(2, seed=9))
     p_recorded, p_mismatch, note = judge(open_top, result, 8)
     assert p_recorded == result.probs[-1] and "more than 4" in note
@@ -253,7 +253,7 @@ def _cli(*args: str, store: Path) -> subprocess.CompletedProcess:
                           env={"BINSIGHT_STORE": str(store), "PATH": "/usr/bin:/bin"}, timeout=300)
 
 
-def test_reconcile_cli_lists_every_record_with_totals(trained_store, tmp_path):  # noqa: F811
+def test_reconcile_cli_lists_every_record_with_totals(trained_store, tmp_path):
     data = write_abid_collection(tmp_path / "data", [0, 1, 2, 3, 4, 5])
     (data / "bin-images" / "bad.jpg").write_bytes(b"<html>not a photo</html>")
     records = tmp_path / "recorded.csv"
@@ -279,7 +279,7 @@ def test_reconcile_cli_lists_every_record_with_totals(trained_store, tmp_path): 
         assert errors["../outside.jpg"] == "path outside the data folder" and "not found" in errors["bin-images/77.jpg"]
 
 
-def test_reconcile_cli_without_records_keys_photos_by_relative_path(trained_store, tmp_path):  # noqa: F811
+def test_reconcile_cli_without_records_keys_photos_by_relative_path(trained_store, tmp_path):
     out = tmp_path / "report.csv"
     run = _cli("reconcile", "--data", str(trained_store.parent / "data"), "--out", str(out), "--budget", "5",
                store=trained_store)
@@ -291,7 +291,7 @@ def test_reconcile_cli_without_records_keys_photos_by_relative_path(trained_stor
     assert "the 5 riskiest bins" in run.stdout
 
 
-def test_reconcile_cli_simulates_errors_and_prints_the_audit_value(trained_store):  # noqa: F811
+def test_reconcile_cli_simulates_errors_and_prints_the_audit_value(trained_store):
     run = _cli("reconcile", "--data", str(trained_store.parent / "data"), "--simulate-errors", "0.2", "--seed", "1",
                store=trained_store)
     assert run.returncode == 0, run.stderr

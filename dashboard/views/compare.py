@@ -14,9 +14,20 @@ names = tables.labels(chosen)
 
 st.subheader("Test metrics")
 st.dataframe(tables.leaderboard(chosen), hide_index=True, column_config=ui.metric_columns())
+st.caption("Brackets hold 95% bootstrap intervals (photos resampled within each count).")
+
+st.subheader("Head to head")
+a, b = chosen[0], chosen[1]
+comparison, said, n = tables.paired_comparison(state.predictions(a.id), state.predictions(b.id), names[a.id], names[b.id])
+st.markdown(f"**{said}**")
+if comparison:
+    st.caption(f"Paired bootstrap on the {n:,} test photos both models scored (A = {names[a.id]}, B = {names[b.id]}; "
+               "the first two experiments picked above): a difference whose 95% interval excludes 0 is real, "
+               "one whose interval spans 0 is within noise.")
+    st.dataframe(tables.comparison_table(comparison), hide_index=True)
 
 st.subheader("Training curves")
-curves = {names[e["id"]]: frame for e in chosen if not (frame := state.epochs(e["id"])).empty}
+curves = {names[e.id]: frame for e in chosen if not (frame := state.epochs(e.id)).empty}
 if curves:
     options = figures.curve_metrics(curves)
     metric = st.segmented_control("Curve", options, default=options[0], key="compare-metric",
@@ -29,13 +40,15 @@ else:
 st.subheader("Accuracy by number of items")
 what = st.segmented_control("Per class", ["accuracy", "RMSE"], default="accuracy", key="compare-what") or "accuracy"
 key = "per_class_accuracy" if what == "accuracy" else "per_class_rmse"
-st.plotly_chart(figures.per_class_bars({names[e["id"]]: e["metrics"].get(key) or [] for e in chosen}, what),
-                key="compare-bars")
+intervals = {names[e.id]: e.metrics.get("per_class_intervals") or [] for e in chosen} if key == "per_class_accuracy" \
+    else None
+st.plotly_chart(figures.per_class_bars({names[e.id]: e.metrics.get(key) or [] for e in chosen}, what,
+                                       intervals=intervals), key="compare-bars")
 
 st.subheader("Confusion matrices")
 normalise = st.toggle("Row-normalised (share of each true count)", value=True, key="compare-normalise")
 for start in range(0, len(chosen), 3):
     for col, exp in zip(st.columns(3), chosen[start:start + 3]):
-        col.plotly_chart(figures.confusion_heatmap(exp["metrics"]["confusion_matrix"], normalise,
-                                                   title=names[exp["id"]]),
-                         key=f"compare-cm-{exp['id']}")
+        col.plotly_chart(figures.confusion_heatmap(exp.metrics["confusion_matrix"], normalise,
+                                                   title=names[exp.id]),
+                         key=f"compare-cm-{exp.id}")

@@ -7,13 +7,13 @@ from dashboard import figures, state, tables, ui
 st.title("What gets confused with what")
 exps = ui.finished_or_stop()
 exp = ui.pick_experiment(exps, key="cm-exp")
-matrix = np.asarray(exp["metrics"]["confusion_matrix"])
+matrix = np.asarray(exp.metrics["confusion_matrix"])
 n = len(matrix)
 
 chart, side = st.columns([3, 2], gap="large")
 view = side.segmented_control("Show", ["photo counts", "row-normalised"], default="photo counts", key="cm-view")
 event = chart.plotly_chart(figures.confusion_heatmap(matrix, normalise=view == "row-normalised"),
-                           on_select="rerun", selection_mode="points", key=f"cm-chart-{exp['id']}")
+                           on_select="rerun", selection_mode="points", key=f"cm-chart-{exp.id}")
 
 # A click on the chart picks the cell; the two pickers below show (and can change) the choice.
 points = event.selection.points if event and event.selection else []
@@ -29,14 +29,14 @@ side.caption("Click a cell, or pick it here, to see its photos.")
 true_count = side.selectbox("True count", range(n), key="cm-true")
 pred_count = side.selectbox("Predicted count", range(n), key="cm-pred")
 
-preds = state.predictions(exp["id"])
+preds = state.predictions(exp.id)
 photos = tables.cell(preds, true_count, pred_count)
 verdict = "counted right" if true_count == pred_count else f"counted as {pred_count}"
 st.subheader(f"{len(photos)} test photo(s) holding {true_count} item(s), {verdict}")
 if preds.empty:
     st.caption("This experiment has no per-image predictions stored.")
 limit = st.slider("Photos to show", 4, 48, 12, step=4, key="cm-limit") if len(photos) > 12 else 12
-items = state.items_by_image(state.data_root_of(exp))
+items = state.items_by_image(exp.data_root)
 
 
 def item_list(row) -> None:

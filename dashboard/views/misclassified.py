@@ -6,7 +6,7 @@ from dashboard import state, tables, ui
 st.title("Photos the model counted wrong")
 exps = ui.finished_or_stop()
 exp = ui.pick_experiment(exps, key="mis-exp")
-preds = state.predictions(exp["id"])
+preds = state.predictions(exp.id)
 if preds.empty:
     st.info("This experiment has no per-image predictions stored.")
     st.stop()
@@ -25,7 +25,7 @@ if wrong.empty:
     st.stop()
 limit = st.slider("Photos to show", 3, min(60, len(wrong)), min(12, len(wrong)), key="mis-limit") \
     if len(wrong) > 3 else len(wrong)
-items = state.items_by_image(state.data_root_of(exp))
+items = state.items_by_image(exp.data_root)
 
 
 def details(row) -> None:

@@ -13,13 +13,18 @@ if board.empty:
 else:
     top = board.iloc[0]
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Best model", top["experiment"], help="highest balanced accuracy on the test photos")
+    c1.metric("Best model", top["experiment"], help=state.best_rule_text())
     c2.metric("Balanced accuracy", f"{top['balanced accuracy']:.1%}",
-              help="the mean of the per-count accuracies: every count weighs the same")
-    c3.metric("Accuracy", f"{top['accuracy']:.1%}", help="share of test photos counted exactly right")
-    c4.metric("RMSE", f"{top['RMSE']:.2f}", help="typical error in items (root mean squared)")
+              help="on the test photos; the mean of the per-count accuracies: every count weighs the same. "
+                   f"95% interval {top['balanced accuracy (95% CI)']}")
+    c3.metric("Accuracy", f"{top['accuracy']:.1%}",
+              help=f"share of test photos counted exactly right; 95% interval {top['accuracy (95% CI)']}")
+    c4.metric("RMSE", f"{top['RMSE']:.2f}",
+              help=f"typical error in items (root mean squared); 95% interval {top['RMSE (95% CI)']}")
     st.subheader("Leaderboard")
-    st.caption("Test-set results, best balanced accuracy first. `acc k` is the accuracy on bins holding k items.")
+    st.caption(f"{state.best_rule_text()}. Ranked by that figure (\"chosen on\": validation, or out-of-fold for "
+               "cross-validated models), with test figures beside it; brackets hold 95% bootstrap intervals. "
+               "`acc k` is the test accuracy on bins holding k items.")
     st.dataframe(board, hide_index=True, column_config=ui.metric_columns())
 
 
@@ -31,14 +36,14 @@ def in_progress() -> None:
         st.caption("No training is running.")
         return
     for exp in live:
-        frame = state.epochs(exp["id"])
-        st.markdown(f"**{exp['name']}** · {exp['model']} · {len(frame)} epoch(s) so far")
+        frame = state.epochs(exp.id)
+        st.markdown(f"**{exp.name}** · {exp.model} · {len(frame)} epoch(s) so far")
         if frame.empty:
             st.caption("waiting for the first epoch…")
             continue
-        metric_names = figures.curve_metrics({exp["name"]: frame})
+        metric_names = figures.curve_metrics({exp.name: frame})
         for col, metric in zip(st.columns(min(2, len(metric_names)) or 1), metric_names[:2]):
-            col.plotly_chart(figures.curves_figure({exp["name"]: frame}, metric), key=f"live-{exp['id']}-{metric}")
+            col.plotly_chart(figures.curves_figure({exp.name: frame}, metric), key=f"live-{exp.id}-{metric}")
 
 
 in_progress()

@@ -6,19 +6,27 @@ from dashboard import figures, tables, ui
 st.title("Accuracy by number of items")
 exps = ui.finished_or_stop()
 exp = ui.pick_experiment(exps, key="per-class")
-metrics = exp["metrics"]
+metrics = exp.metrics
 
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Accuracy", f"{metrics['accuracy']:.1%}")
-c2.metric("Balanced accuracy", f"{metrics['balanced_accuracy']:.1%}")
-c3.metric("RMSE", f"{metrics['rmse']:.2f}")
+c1.metric("Accuracy", f"{metrics['accuracy']:.1%}", help="95% interval: " + tables.with_interval(metrics, "accuracy", True))
+c2.metric("Balanced accuracy", f"{metrics['balanced_accuracy']:.1%}",
+          help="95% interval: " + tables.with_interval(metrics, "balanced_accuracy", True))
+c3.metric("RMSE", f"{metrics['rmse']:.2f}", help="95% interval: " + tables.with_interval(metrics, "rmse"))
 c4.metric("Test photos", f"{metrics['n']:,}")
+st.caption(f"On the test photos, with 95% bootstrap intervals: accuracy {tables.with_interval(metrics, 'accuracy', True)}, "
+           f"balanced accuracy {tables.with_interval(metrics, 'balanced_accuracy', True)}, "
+           f"RMSE {tables.with_interval(metrics, 'rmse')}."
+           + (f" Out-of-fold over {exp.cv_metrics['n']:,} train+validation photos ({exp.folds} folds): balanced "
+              f"accuracy {tables.with_interval(exp.cv_metrics, 'balanced_accuracy', True)}." if exp.cv_metrics else ""))
 
 per_class = tables.per_class_table(metrics)
 left, right = st.columns(2)
-left.plotly_chart(figures.per_class_bars({exp["name"]: metrics["per_class_accuracy"]}, "accuracy",
-                                         title="Accuracy: share counted exactly right"), key="pc-acc")
-right.plotly_chart(figures.per_class_bars({exp["name"]: metrics["per_class_rmse"]}, "RMSE",
+left.plotly_chart(figures.per_class_bars({exp.name: metrics["per_class_accuracy"]}, "accuracy",
+                                         title="Accuracy: share counted exactly right (95% intervals)",
+                                         intervals={exp.name: metrics.get("per_class_intervals") or []}),
+                  key="pc-acc")
+right.plotly_chart(figures.per_class_bars({exp.name: metrics["per_class_rmse"]}, "RMSE",
                                           title="RMSE: typical error in items"), key="pc-rmse")
 st.dataframe(per_class, hide_index=True, column_config={
     "accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
@@ -27,16 +35,18 @@ st.dataframe(per_class, hide_index=True, column_config={
 st.caption("Counts with few test photos give noisy numbers; a blank means no test photo holds that count.")
 
 st.subheader("How far can we trust it?")
-calibration = exp["details"].get("calibration")
-if calibration and calibration.get("coverage"):
+calibration = exp.calibration
+if calibration.get("coverage"):
     coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
     half = accuracy[min(range(len(coverage)), key=lambda i: abs(coverage[i] - 0.5))]
     st.caption(f"If the model decides only the half of the bins it is surest of and people recount the rest, "
                f"it is right on {half:.0%} of the bins it decides (test photos; {accuracy[-1]:.0%} when it decides all).")
     st.plotly_chart(figures.coverage_curve(coverage, accuracy), key="pc-coverage")
+    st.caption(f"Confidence calibrated by {calibration.get('method', 'temperature')} on {calibration.get('n_fit', '?')} "
+               f"held-out photos; test ECE {calibration.get('ece_test_before', float('nan')):.3f} before, "
+               f"{calibration.get('ece_test_after', float('nan')):.3f} after.")
 else:
-    st.caption("Not known yet: the model's confidence is calibrated the first time it counts a photo "
-               "(Upload and count page), or by `.venv/bin/python train.py suite`.")
+    st.caption("Not known: this model was trained by an older binsight, before calibration was part of training.")
 
 st.subheader("What does a recount budget buy?")
 ui.audit_value(exp, key="pc-audit")

@@ -55,7 +55,7 @@ if records.empty:
 
 ui.counter_or_stop(exp)  # says so on the page if the model cannot be loaded
 with st.spinner(f"Counting {len(records)} bins…"):
-    report = state.variance_report(exp["id"], state.store_root(), records, key, photos, threshold, budget)
+    report = state.variance_report(exp.id, state.store_root(), records, key, photos, threshold, budget)
 
 totals = report_totals(report)
 c1, c2, c3, c4, c5 = st.columns(5)

@@ -55,7 +55,7 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
         st.plotly_chart(figures.probability_bars(result.probs, recorded), key=f"up-probs-{i}")
 
 
-for i, photo in enumerate(state.photo_counts(exp["id"], state.store_root(), photos)):
+for i, photo in enumerate(state.photo_counts(exp.id, state.store_root(), photos)):
     with st.container(border=True):
         if photo.result is None:
             st.error(photo.error)
