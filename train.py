@@ -41,6 +41,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(json.dumps(dataset.summary(), indent=2))
     for row in dataset.collection.skipped.head(20).itertuples():
         print(f"skipped {row.path}: {row.reason}")
+    if args.export_split:
+        dataset.table[["image_id", "split"]].to_csv(args.export_split, index=False)
+        print(f"split of {len(dataset.table)} photos -> {args.export_split}")
 
 
 def cmd_classical(args: argparse.Namespace) -> None:
@@ -192,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--max-count", type=int, default=MAX_COUNT)
+    p.add_argument("--export-split", metavar="FILE.csv", help="write image_id,split of every usable photo")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("classical", help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from core.config import MAX_COUNT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-COLUMNS = ["image_id", "path", "count", "items"]
+COLUMNS = ["image_id", "path", "count", "items", "group"]
 SPLITS = ("train", "val", "test")
 
 
@@ -105,7 +105,30 @@ def _rows_manifest(root: Path):
                     _, items = read_metadata(_inside(root, rec["metadata"]))
                 except (OSError, ValueError):
                     items = ""  # the label comes from the manifest; metadata only adds item names
-            yield (path.stem, path, count, items), None
+            yield (path.stem, path, count, items, _manifest_group(rec)), None
+
+
+def _manifest_group(rec: dict) -> str | None:
+    """The ABID id (`original_id`) where the manifest has it, else its `sha256`, else None (hash the file)."""
+    if (rec.get("original_id") or "").strip():
+        return abid_group(rec["original_id"].strip())
+    if (rec.get("sha256") or "").strip():
+        return f"sha256:{rec['sha256'].strip().lower()}"
+    return None
+
+
+def abid_group(abid_id: str) -> str:
+    """The group of an ABID bin: its id as written (ABID ids are zero-pad sensitive: 121 != 00121)."""
+    return f"abid:{abid_id}"
+
+
+def content_group(path: str | Path) -> str:
+    """The group of a photo with no known ABID id: the sha256 of its bytes (exact duplicates land together)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _rows_abid(root: Path):
@@ -121,7 +144,7 @@ def _rows_abid(root: Path):
         except (OSError, ValueError) as err:
             yield None, (str(path), f"invalid metadata JSON: {err}")
             continue
-        yield (path.stem, path, count, items), None
+        yield (path.stem, path, count, items, abid_group(path.stem)), None
 
 
 def _rows_folders(root: Path):
@@ -132,7 +155,7 @@ def _rows_folders(root: Path):
             continue
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                yield (f"{folder.name}/{path.stem}", path, count, ""), None
+                yield (f"{folder.name}/{path.stem}", path, count, "", None), None
 
 
 def detect_layout(root: Path) -> str:
@@ -174,7 +197,7 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT) -> Collection:
         if problem:
             skipped.append(problem)
             continue
-        image_id, path, count, items = row
+        image_id, path, count, items, group = row
         if image_id in seen:
             skipped.append((str(path), f"duplicate image id {image_id}"))
             continue
@@ -185,31 +208,25 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT) -> Collection:
         if count > max_count:
             out_of_range += 1
             continue
-        rows.append((image_id, str(path), count, items))
+        rows.append((image_id, str(path), count, items, group or content_group(path)))
     if not rows:
         raise DataError(f"no usable image with a count of 0..{max_count} in {root} ({len(skipped)} skipped)")
     table = pd.DataFrame(rows, columns=COLUMNS)
     return Collection(root, layout, table, pd.DataFrame(skipped, columns=["path", "reason"]), out_of_range)
 
 
-def stratified_split(
-    counts: pd.Series, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1), seed: int = 0
-) -> np.ndarray:
-    """Assign train/val/test per count class, so rare counts appear in every split they can."""
+def assign_splits(groups: pd.Series | list[str], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
+                  seed: int = 0) -> np.ndarray:
+    """The split of each photo, a pure function of (group, seed, fractions).
+
+    The first 8 bytes of sha256(f"{seed}:{group}") are read as a uniform number in [0, 1) and
+    placed against the cumulative fractions. So adding photos never moves old ones, and photos
+    of one group (the same ABID bin, or the same bytes) always land in the same split.
+    """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise ValueError(f"split fractions must be three non-negative numbers adding to 1, got {fractions}")
-    rng = np.random.default_rng(seed)
-    out = np.empty(len(counts), dtype=object)
-    values = counts.to_numpy()
-    for cls in np.unique(values):
-        idx = np.flatnonzero(values == cls)
-        rng.shuffle(idx)
-        n_train = int(round(len(idx) * fractions[0]))
-        n_val = int(round(len(idx) * fractions[1]))
-        if len(idx) >= 3 and fractions[1] > 0 and fractions[2] > 0:  # keep one of each where possible
-            n_train = min(n_train, len(idx) - 2)
-            n_val = max(1, min(n_val, len(idx) - n_train - 1))
-        out[idx[:n_train]] = "train"
-        out[idx[n_train:n_train + n_val]] = "val"
-        out[idx[n_train + n_val:]] = "test"
-    return out
+    draws = np.array([
+        int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2**64 for group in groups
+    ])
+    edges = np.cumsum(fractions[:2])
+    return np.array(SPLITS, dtype=object)[np.searchsorted(edges, draws, side="right")]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from core.cache import cached_images
 from core.config import MAX_COUNT, store_dir
-from core.data import Collection, load_collection, stratified_split
+from core.data import Collection, assign_splits, load_collection
 from core.files import atomic_path
 
 DEFAULT_SPLIT = (0.7, 0.2, 0.1)
@@ -22,7 +22,7 @@ DEFAULT_SPLIT = (0.7, 0.2, 0.1)
 
 @dataclass
 class Dataset:
-    """`table` has image_id, path, count, items, split and `row` (the image's row in the cache)."""
+    """`table` has image_id, path, count, items, group, split and `row` (the image's row in the cache)."""
 
     collection: Collection
     fingerprint: str
@@ -61,11 +61,6 @@ class Dataset:
         }
 
 
-def _split_file(folder: Path, fractions: tuple[float, float, float], seed: int) -> Path:
-    tag = "-".join(f"{round(f * 100)}" for f in fractions)
-    return folder / f"split_{tag}_seed{seed}.csv"
-
-
 def prepare_dataset(
     root: str | Path,
     image_size: int = 224,
@@ -77,7 +72,8 @@ def prepare_dataset(
 ) -> Dataset:
     """Load `root`, decode it into the cache at `image_size`, and attach the stored split.
 
-    The split is computed once per collection fingerprint and saved; later runs reuse the file.
+    Each photo's split is a pure function of its group and the seed (`assign_splits`), so
+    adding photos never moves old ones and near-duplicates stay on one side.
     Images that fail to decode are dropped and added to `collection.skipped`.
     """
     collection = load_collection(root, max_count)
@@ -92,14 +88,8 @@ def prepare_dataset(
         collection.skipped = pd.concat([collection.skipped, bad], ignore_index=True)
         table = table.drop(index=list(errors))
 
-    split_path = _split_file(folder, fractions, seed)
-    if split_path.exists():
-        stored = pd.read_csv(split_path, dtype={"image_id": str})
-        table = table.merge(stored, on="image_id", how="inner")
-    else:
-        table["split"] = stratified_split(table["count"], fractions, seed)
-        with atomic_path(split_path) as tmp:
-            table[["image_id", "split"]].to_csv(tmp, index=False)
+    table["split"] = assign_splits(table["group"], fractions, seed)
+    table = table[["image_id", "path", "count", "items", "group", "split", "row"]]
     with atomic_path(folder / "collection.json") as tmp:
         tmp.write_text(json.dumps({"root": str(Path(root).resolve()), "max_count": max_count}))
     return Dataset(collection, fingerprint, folder, table.reset_index(drop=True), max_count, progress)

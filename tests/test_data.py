@@ -1,4 +1,4 @@
-"""Collections in three layouts, bad input skipped and reported, stored stratified splits, cache."""
+"""Collections in three layouts, bad input skipped and reported, stable grouped splits, cache."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.data import DataError, load_collection, parse_count, stratified_split
+from core.data import DataError, assign_splits, load_collection, parse_count
 from core.dataset import prepare_dataset
 from tests.conftest import bin_photo, requires_sample, write_abid_collection, write_manifest_collection
 
@@ -91,35 +91,81 @@ def test_parse_count_rejects_the_rest(value):
         parse_count(value)
 
 
-def test_stratified_split_is_seeded_and_keeps_rare_classes_everywhere():
-    counts = pd.Series([0] * 5 + [1] * 100 + [3] * 20)
-    a = stratified_split(counts, (0.7, 0.2, 0.1), seed=3)
-    assert (a == stratified_split(counts, (0.7, 0.2, 0.1), seed=3)).all()
-    assert not (a == stratified_split(counts, (0.7, 0.2, 0.1), seed=4)).all()
-    for cls in (0, 1, 3):
-        assert set(a[counts.to_numpy() == cls]) == {"train", "val", "test"}
-    ones = a[counts.to_numpy() == 1]
-    assert (ones == "train").sum() == 70 and (ones == "val").sum() == 20
+def test_splits_are_a_pure_function_of_group_and_seed():
+    groups = [f"abid:{i}" for i in range(4000)]
+    a = assign_splits(groups, (0.7, 0.2, 0.1), seed=3)
+    assert (a == assign_splits(groups, (0.7, 0.2, 0.1), seed=3)).all()
+    assert (a[1000:] == assign_splits(groups[1000:], (0.7, 0.2, 0.1), seed=3)).all()  # others don't matter
+    assert (a != assign_splits(groups, (0.7, 0.2, 0.1), seed=4)).mean() > 0.3
+    shares = pd.Series(a).value_counts(normalize=True)
+    assert abs(shares["train"] - 0.7) < 0.03 and abs(shares["val"] - 0.2) < 0.03 and abs(shares["test"] - 0.1) < 0.03
+    assert set(assign_splits(groups, (0.8, 0.2, 0.0))) == {"train", "val"}
     with pytest.raises(ValueError):
-        stratified_split(counts, (0.5, 0.2, 0.1))
+        assign_splits(groups, (0.5, 0.2, 0.1))
 
 
-def test_prepared_dataset_caches_images_and_stores_its_split(tiny_collection, store_root):
+def test_adding_photos_moves_no_existing_photo(tiny_collection, store_root):
+    before = prepare_dataset(tiny_collection, image_size=32, progress=False).table.set_index("image_id")["split"]
+    with open(tiny_collection / "manifest.csv", "a") as fh:
+        for k in range(40):
+            bin_photo(k % 6, seed=50_000 + k).save(tiny_collection / "images" / f"new_{k}.jpg")
+            fh.write(f"images/new_{k}.jpg,{k % 6},\n")
+    after = prepare_dataset(tiny_collection, image_size=32, progress=False).table.set_index("image_id")["split"]
+    assert len(after) == len(before) + 40
+    pd.testing.assert_series_equal(after.loc[before.index], before)
+
+
+def test_same_original_id_or_same_bytes_land_together(tmp_path, store_root):
+    root = tmp_path / "dups"
+    (root / "images").mkdir(parents=True)
+    lines = ["file,count,original_id,sha256"]
+    for k in range(60):  # pairs sharing an ABID id, pairs sharing the manifest's hash, byte-identical pairs
+        bin_photo(1, seed=k).save(root / "images" / f"id{k}.jpg")
+        bin_photo(1, seed=1000 + k).save(root / "images" / f"id{k}_v2.jpg")
+        lines += [f"images/id{k}.jpg,1,{k},", f"images/id{k}_v2.jpg,1,{k},"]
+        bin_photo(2, seed=2000 + k).save(root / "images" / f"h{k}.jpg")
+        bin_photo(2, seed=3000 + k).save(root / "images" / f"h{k}_copy.jpg")
+        lines += [f"images/h{k}.jpg,2,,hash{k}", f"images/h{k}_copy.jpg,2,,HASH{k}"]
+        bin_photo(3, seed=4000 + k).save(root / "images" / f"b{k}.jpg")
+        (root / "images" / f"b{k}_copy.jpg").write_bytes((root / "images" / f"b{k}.jpg").read_bytes())
+        lines += [f"images/b{k}.jpg,3,,", f"images/b{k}_copy.jpg,3,,"]
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    split = prepare_dataset(root, image_size=16, progress=False).table.set_index("image_id")["split"]
+    for prefix, suffix in (("id", "_v2"), ("h", "_copy"), ("b", "_copy")):
+        firsts = split[[f"{prefix}{k}" for k in range(60)]].to_numpy()
+        assert (firsts == split[[f"{prefix}{k}{suffix}" for k in range(60)]].to_numpy()).all()
+        assert len(set(firsts)) > 1  # the pairs are spread over the splits, so sharing one is not by chance
+
+
+def test_prepared_dataset_caches_images_and_splits_by_group(tiny_collection, store_root):
     ds = prepare_dataset(tiny_collection, image_size=32, progress=False)
     arr = ds.images(32)
-    assert arr.shape == (36, 32, 32, 3) and arr.dtype == np.uint8
-    assert ds.table["split"].value_counts().to_dict() == {"train": 24, "val": 6, "test": 6}
-    split_files = list(ds.folder.glob("split_*.csv"))
-    assert len(split_files) == 1
-    # Same data, other call: the stored split and cache are reused, not recomputed.
+    assert arr.shape[1:] == (32, 32, 3) and arr.dtype == np.uint8
+    assert list(ds.table.columns) == ["image_id", "path", "count", "items", "group", "split", "row"]
+    assert ds.table["group"].str.startswith("sha256:").all()  # no ABID id in this manifest: content hashes
+    assert (ds.table["split"] == assign_splits(ds.table["group"], seed=0)).all()
+    assert not list(ds.folder.glob("split_*.csv"))  # nothing stored: the split is recomputed, identically
+    # Same data, other call: the cache is reused, not rebuilt.
     mtime = (ds.folder / "images_32.npy").stat().st_mtime_ns
     again = prepare_dataset(tiny_collection, image_size=32, progress=False)
     assert (ds.folder / "images_32.npy").stat().st_mtime_ns == mtime
     pd.testing.assert_series_equal(again.table.set_index("image_id")["split"], ds.table.set_index("image_id")["split"])
-    prepare_dataset(tiny_collection, image_size=32, seed=99, progress=False)
-    assert len(list(ds.folder.glob("split_*.csv"))) == 2  # another seed is another stored split
+    other_seed = prepare_dataset(tiny_collection, image_size=32, seed=99, progress=False)
+    assert (other_seed.table["split"] != ds.table["split"]).any()
     x, y = again.arrays("test", 32)
-    assert x.shape == (6, 32, 32, 3) and len(y) == 6
+    assert x.shape == ((again.table["split"] == "test").sum(), 32, 32, 3) and len(y) == len(x)
+
+
+def test_export_split_writes_image_id_and_split(tiny_collection, store_root, tmp_path, capsys):
+    import train
+
+    out = tmp_path / "split.csv"
+    train.main(["prepare", "--data", str(tiny_collection), "--size", "16", "--export-split", str(out)])
+    exported = pd.read_csv(out, dtype=str)
+    assert list(exported.columns) == ["image_id", "split"] and len(exported) == 36
+    ds = prepare_dataset(tiny_collection, image_size=16, progress=False)
+    assert dict(zip(exported["image_id"], exported["split"])) == dict(zip(ds.table["image_id"], ds.table["split"]))
+    assert "split of 36 photos" in capsys.readouterr().out
 
 
 def test_changed_collection_gets_a_new_cache(tiny_collection, store_root):
@@ -151,3 +197,15 @@ def test_shared_sample_loads_with_counts_0_to_5(store_root):
     assert col.table["count"].value_counts().to_dict() == {1: 1204, 5: 693, 2: 365, 4: 304, 3: 71, 0: 12}
     with_items = col.table[col.table["items"] != ""]
     assert len(with_items) > 300 and with_items["items"].str.contains('"name"').any()
+
+
+@requires_sample
+def test_shared_sample_splits_keep_abid_bins_together(store_root):
+    from core.config import SHARED_SAMPLE
+
+    table = load_collection(SHARED_SAMPLE).table.set_index("image_id")
+    split = pd.Series(assign_splits(table["group"]), index=table.index)
+    assert table.loc["dandresky__521", "group"] == table.loc["dandresky__521_v2", "group"] == "abid:521"
+    assert split["dandresky__521"] == split["dandresky__521_v2"]
+    shares = split.value_counts(normalize=True)
+    assert abs(shares["train"] - 0.7) < 0.04 and abs(shares["val"] - 0.2) < 0.04 and abs(shares["test"] - 0.1) < 0.04
