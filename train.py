@@ -175,6 +175,17 @@ def cmd_suite(args: argparse.Namespace) -> None:
                       classical_overrides=json.loads(args.classical_overrides) if args.classical_overrides else None)
 
 
+def cmd_gc(args: argparse.Namespace) -> None:
+    from core.cleanup import collect_garbage
+    from core.store import Store
+
+    report = collect_garbage(Store(), dry_run=args.dry_run)
+    for path, size in report:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size / 1e6:.1f} MB)")
+    total = sum(size for _, size in report)
+    print(f"{'would free' if args.dry_run else 'freed'} {total / 1e6:.1f} MB in {len(report)} caches no experiment uses")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.download import DEFAULT_BASE_URL
     from core.reconcile import MISMATCH_THRESHOLD
@@ -222,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-overrides", help='JSON recipe overrides for the CNN, e.g. \'{"batch_size": 16}\'')
     p.add_argument("--classical-overrides", help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
     p.set_defaults(func=cmd_suite)
+
+    p = sub.add_parser("gc", help="remove image caches no experiment uses, and report what that frees")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("count", help="count the items in photos")
     p.add_argument("images", nargs="+")
