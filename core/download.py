@@ -23,6 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import requests
 from tqdm import tqdm
 
@@ -78,8 +79,6 @@ def spread_ids(n: int, seed: int = 0, total: int = NUM_BINS) -> list[str]:
     A sample spread over the range covers the years and warehouses ABID was collected over,
     which the first ``n`` ids would not.
     """
-    import numpy as np
-
     if not 0 <= n <= total:
         raise ValueError(f"need 0 <= n <= {total}, got {n}")
     chosen = np.random.default_rng(seed).choice(total, size=n, replace=False) + 1

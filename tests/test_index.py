@@ -16,7 +16,7 @@ def probes(monkeypatch) -> list[str]:
     """The image paths `load_collection` actually reads, in order."""
     seen: list[str] = []
     real = core.data._probe
-    monkeypatch.setattr(core.data, "_probe", lambda entry: seen.append(entry.path.name) or real(entry))
+    monkeypatch.setattr(core.data, "_probe", lambda entry: seen.append(os.path.basename(entry.path)) or real(entry))
     return seen
 
 
