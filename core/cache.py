@@ -119,6 +119,18 @@ def cached_images(folder: Path, size: int, rows: np.ndarray, paths: list[str], w
     return _open(folder, size, total), errors
 
 
+def read_rows(folder: Path, size: int, rows: np.ndarray) -> np.ndarray:
+    """Rows of the cache at `size` as a new array, read with pread rather than through a mapping, so a
+    process streaming a whole split holds one batch, not every page of the split it has touched."""
+    out = np.empty((len(rows), size, size, 3), np.uint8)
+    row_bytes = size * size * 3
+    with open(cache_file(folder, size), "rb") as fh:
+        for i, row in enumerate(rows):
+            if os.preadv(fh.fileno(), [memoryview(out[i]).cast("B")], int(row) * row_bytes) != row_bytes:
+                raise ValueError(f"cache {cache_file(folder, size)} has no row {row}: rebuild it (train.py gc)")
+    return out
+
+
 def build_cache(paths: list[str], size: int, folder: Path, workers: int | None = None,
                progress: bool = True) -> tuple[np.memmap, dict[int, str]]:
     """Cache `paths` (as they are now) in `folder`: the array and {position in paths: reason} for failures."""

@@ -16,6 +16,7 @@ import sqlite3
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,7 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # a named tuple, not a dataclass: 100k are made on every load
     """A photo a layout lists, before its files are read.
 
     `count` None: the label is `meta`'s EXPECTED_QUANTITY (ABID layout); otherwise `meta`, if any,
@@ -277,10 +277,10 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
             out_of_range += 1
             continue
         group = entry.group or content_group(probe.digest)
-        rows.append((entry.image_id, entry.path, count, probe.items, group, stamp.bytes, stamp.mtime_ns))
+        rows.append((entry.image_id, entry.path, count, probe.items, group, stamp[0], stamp[1]))  # bytes, mtime_ns
     if not rows:
         raise DataError(f"no usable image with a count of 0..{max_count} in {root} ({len(skipped)} skipped)")
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(dict(zip(COLUMNS, zip(*rows))), columns=COLUMNS)
     return Collection(root, layout, table, pd.DataFrame(skipped, columns=["path", "reason"]), out_of_range)
 
 

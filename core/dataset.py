@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.cache import assign_rows, cached_images
+from core.cache import assign_rows, cached_images, read_rows
 from core.config import MAX_COUNT, store_dir
 from core.data import Collection, assign_splits, load_collection
 from core.files import atomic_path
@@ -66,14 +66,15 @@ class Dataset:
         return self.split(name)["row"].to_numpy()
 
     def batches(self, name: str, size: int, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(uint8 images, counts) of one split in batches, read from the memory-mapped cache in table order:
-        memory stays at one batch whatever the size of the split."""
+        """(uint8 images, counts) of one split in batches, read from the cache in table order: memory
+        stays at one batch whatever the size of the split."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        images, part = self.images(size), self.split(name)
+        self.images(size)  # decodes what this size lacks
+        part = self.split(name)
         rows, counts = part["row"].to_numpy(), part["count"].to_numpy()
         for start in range(0, len(rows), batch_size):
-            yield np.asarray(images[rows[start:start + batch_size]]), counts[start:start + batch_size]
+            yield read_rows(self.cache_folder, size, rows[start:start + batch_size]), counts[start:start + batch_size]
 
     def arrays(self, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(images, counts) of a whole split in RAM. Grows with the data: prefer `batches`; kept only until

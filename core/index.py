@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -19,8 +19,7 @@ CREATE TABLE IF NOT EXISTS files (
 )"""
 
 
-@dataclass(frozen=True)
-class Stamp:
+class Stamp(NamedTuple):  # named tuples, not dataclasses: 100k of them are made on every load
     """When a file was last seen changed: its size and mtime, and its metadata file's (-1 if none)."""
 
     bytes: int
@@ -29,8 +28,7 @@ class Stamp:
     meta_mtime_ns: int = -1
 
 
-@dataclass(frozen=True)
-class Probe:
+class Probe(NamedTuple):
     """What reading a file taught: why it is unusable (or None), the metadata's count and items, its hash."""
 
     problem: str | None
@@ -45,13 +43,14 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def read_index(path: Path) -> dict[str, tuple[Stamp, Probe]]:
-    """Every file the index knows, by path; empty when there is no index yet."""
+def read_index(path: Path) -> dict[str, tuple[tuple, Probe]]:
+    """Every file the index knows, by path: (its stamp as a plain tuple, which equals a `Stamp`, and
+    its probe); empty when there is no index yet."""
     if not path.is_file():
         return {}
     with closing(_connect(path)) as db:
         rows = db.execute("SELECT * FROM files").fetchall()
-    return {r[0]: (Stamp(r[1], r[2], r[3], r[4]), Probe(r[5], r[6], r[7] or "", r[8])) for r in rows}
+    return {r[0]: (r[1:5], Probe._make(r[5:])) for r in rows}
 
 
 def update_index(path: Path, changed: dict[str, tuple[Stamp, Probe]], removed: list[str]) -> None:
