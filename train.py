@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.config import DOWNLOAD_HINT, MAX_COUNT, find_data_dir
+from core.config import DEFAULT_SAMPLE_SIZE, DOWNLOAD_HINT, MAX_COUNT, find_data_dir
 
 
 def data_dir(arg: str | None) -> Path:
@@ -27,7 +27,9 @@ def cmd_download(args: argparse.Namespace) -> None:
 
     ids = args.ids or first_ids(args.n, start=args.start)
     report = download(ids, Path(args.out), base_url=args.base_url, workers=args.workers)
-    print(f"downloaded {len(report.downloaded)}, already present {len(report.skipped)}, failed {len(report.failed)}")
+    print(report.summary())
+    if report.missing:
+        print(f"  not in the bucket (ABID's ids have gaps): {', '.join(report.missing[:20])}")
     for image_id, reason in list(report.failed.items())[:20]:
         print(f"  {image_id}: {reason}")
     if report.failed:
@@ -250,10 +252,18 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_suite(args: argparse.Namespace) -> None:
+    import os
+
+    from core.config import DEFAULT_DATA, INCOMPLETE
     from core.store import Store
     from core.suite import run_default_suite
 
-    root = data_dir(args.data)
+    root = Path(args.data) if args.data else find_data_dir()
+    resume = not args.data and not os.environ.get("ABID_DATA") and (DEFAULT_DATA / INCOMPLETE).exists()
+    if root is None or resume:
+        root = fetch_default_sample(args.sample_size, args.base_url)
+        if root is None:
+            return
     print(f"data: {root}")
     run_default_suite(root, store=Store(args.store),
                       cnn_overrides=json.loads(args.cnn_overrides) if args.cnn_overrides else None,
@@ -271,6 +281,33 @@ def presets_epilog() -> str:
 
     width = max(map(len, PRESETS))
     return "presets:\n" + "\n".join(f"  {name:<{width}}  {recipe.notes}" for name, recipe in PRESETS.items())
+
+
+def fetch_default_sample(n: int, base_url: str) -> Path | None:
+    """No data folder: fetch (or resume) a sample from ABID's bucket into data/abid; None, after one
+    line saying so, when no photo could be fetched (offline), so `make run` still starts the dashboard."""
+    from core.config import DEFAULT_DATA
+    from core.download import fetch_sample
+
+    report = fetch_sample(DEFAULT_DATA, n, base_url)
+    if not (report.downloaded or report.skipped):
+        reason = next(iter(report.failed.values()), "no bin found")
+        print(f"No photos could be fetched from {base_url} ({reason}); train later with: {DOWNLOAD_HINT}")
+        return None
+    print(f"no data folder, so fetched a sample of ABID into {DEFAULT_DATA}: {report.summary()}"
+          + ("; run again to fetch the rest" if report.failed else ""))
+    return DEFAULT_DATA
+
+
+def cmd_gc(args: argparse.Namespace) -> None:
+    from core.cleanup import collect_garbage
+    from core.store import Store
+
+    report = collect_garbage(Store(args.store), dry_run=args.dry_run)
+    for path, size in report:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size / 1e6:.1f} MB)")
+    total = sum(size for _, size in report)
+    print(f"{'would free' if args.dry_run else 'freed'} {total / 1e6:.1f} MB in {len(report)} caches no experiment uses")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,10 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)")
     p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
     p.add_argument("--cnn-overrides", help='JSON recipe overrides for the CNN, e.g. \'{"batch_size": 16}\'')
-    p.add_argument("--classical-overrides",
-                   help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
+    p.add_argument("--classical-overrides", help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
+    p.add_argument("--sample-size", type=int, default=DEFAULT_SAMPLE_SIZE,
+                   help="with no data folder: how many ABID bins to fetch first (spread over the id range)")
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where to fetch them from")
     add_store_flag(p)
     p.set_defaults(func=cmd_suite)
+
+    p = sub.add_parser("gc", help="remove image caches no experiment uses, and report what that frees")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    add_store_flag(p)
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("count", help="count the items in photos")
     p.add_argument("images", nargs="+")

@@ -1,6 +1,7 @@
 """`make bench`: every speed figure beside its naive baseline, measured in the same run.
 
     .venv/bin/python -m bench --data ../shared/abid-sample --images 2649 --size 224
+    .venv/bin/python -m bench scale --n 10000      # the data layer at scale (bench/scale.py)
     make bench BENCH_ARGS="--steps 5 --batch 16"     # smaller; larger sizes scale to a GPU machine
 
 Counting and dashboard rows need a trained store (`make train` first); they are skipped, with a
@@ -20,6 +21,10 @@ from core.store import Store
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["scale"]:
+        from bench import scale
+
+        return scale.main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=find_data_dir())
     parser.add_argument("--images", type=int, default=3000, help="images for the cache-build rows")

@@ -23,7 +23,7 @@ def run(data: Path, n: int, size: int) -> list[tuple[str, str, str, str]]:
     load_s = seconds(lambda: load_collection(data, max_count=ALL_COUNTS))
     paths = load_collection(data, max_count=ALL_COUNTS).table["path"].tolist()[:n]
     with tempfile.TemporaryDirectory() as tmp:
-        ours = seconds(lambda: build_cache(paths, size, Path(tmp) / "c.npy", progress=False))
+        ours = seconds(lambda: build_cache(paths, size, Path(tmp), progress=False))
     naive = seconds(lambda: naive_decode(paths, size))
     return [
         (f"load collection ({len(paths)} photos)", f"{load_s:.2f} s", "-", "-"),

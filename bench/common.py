@@ -21,9 +21,9 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 95))
 
 
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    """rows: (what, binsight, naive baseline, speed-up)."""
-    header = ("benchmark", "binsight", "naive baseline", "speed-up")
+def print_table(rows: list[tuple[str, str, str, str]],
+                header: tuple[str, str, str, str] = ("benchmark", "binsight", "naive baseline", "speed-up")) -> None:
+    """rows: (what, binsight, naive baseline, speed-up), or the columns `header` names."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
     line = "  ".join("-" * w for w in widths)
     print(line)

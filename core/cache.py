@@ -1,69 +1,144 @@
-"""Decode and resize every image once per resolution into a uint8 array on disk.
+"""Decode and resize each photo once per resolution into a uint8 file on disk that only grows.
 
 CPU training reads the same photos for many epochs and several models; decoding JPEGs each
-time would dominate. The cache is an `.npy` file (memory-mapped on read) per image size,
-filled by all cores with JPEG draft decoding, and written atomically.
+time would dominate. Each collection has one cache per image size: a raw (rows x size x size x 3)
+uint8 file, memory-mapped on read. Every version of a file (path, size, mtime) gets a row number
+once (`assign_rows`), the same at every size; photos added or modified later get new rows at the
+end, and only rows never decoded at a size are decoded (`cached_images`), on all cores, with JPEG
+draft decoding. A row is marked decoded only after its pixels are flushed, so an interrupted build
+is resumed, never trusted half-written. Rows are never rewritten, so readers can map the file
+while another process grows it.
 """
 from __future__ import annotations
 
-import json
+import fcntl
 import os
+import sqlite3
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from core.files import atomic_path
 from core.images import ImageError, load_rgb
 
 CHUNK = 64
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, path TEXT, bytes INTEGER, mtime_ns INTEGER,
+                                 UNIQUE (path, bytes, mtime_ns));
+CREATE TABLE IF NOT EXISTS decoded (size INTEGER, row INTEGER, error TEXT, PRIMARY KEY (size, row));
+"""
 
 
-def _fill(target: str, size: int, paths: list[str], start: int) -> dict[int, str]:
-    """Worker: decode `paths` into rows `start...` of the memory-mapped cache file."""
-    array = np.load(target, mmap_mode="r+")
-    errors = {}
-    for offset, path in enumerate(paths):
+def cache_file(folder: Path, size: int) -> Path:
+    return folder / f"images_{size}.u8"
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[sqlite3.Connection]:
+    """The cache's row table, with the folder locked against other processes growing it at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "cache.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with closing(sqlite3.connect(folder / "cache.sqlite", timeout=60)) as db:
+            db.executescript(SCHEMA)
+            yield db
+
+
+def assign_rows(folder: Path, files: pd.DataFrame) -> np.ndarray:
+    """The cache row of each file version (`files`: path, bytes, mtime_ns); new versions get new rows."""
+    with _locked(folder) as db, db:
+        known = {(p, b, m): r for r, p, b, m in db.execute("SELECT row, path, bytes, mtime_ns FROM rows")}
+        keys = list(zip(files["path"], files["bytes"].astype(int), files["mtime_ns"].astype(int)))
+        new = list(dict.fromkeys(k for k in keys if k not in known))
+        start = max(known.values(), default=-1) + 1
+        known.update({key: start + i for i, key in enumerate(new)})
+        db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)", [(known[k], *k) for k in new])
+    return np.array([known[k] for k in keys], dtype=np.int64)
+
+
+def _open(folder: Path, size: int, rows: int, mode: str = "r") -> np.memmap:
+    return np.memmap(cache_file(folder, size), dtype=np.uint8, mode=mode, shape=(rows, size, size, 3))
+
+
+def _fill(folder: str, size: int, rows: int, jobs: list[tuple[int, str]]) -> dict[int, str | None]:
+    """Worker: decode each (row, path) into the memory-mapped cache; {row: None or why it failed}."""
+    array = _open(Path(folder), size, rows, "r+")
+    done: dict[int, str | None] = {}
+    for row, path in jobs:
         try:
-            array[start + offset] = load_rgb(path, size)
+            array[row] = load_rgb(path, size)
+            done[row] = None
         except (ImageError, OSError) as err:
-            errors[start + offset] = str(err)
+            done[row] = str(err)
     array.flush()
-    return errors
+    return done
 
 
-def build_cache(paths: list[str], size: int, target: Path, workers: int | None = None,
-                progress: bool = True) -> dict[int, str]:
-    """Write `target` (N x size x size x 3 uint8); returns {row: reason} for images that failed."""
-    workers = workers or os.cpu_count() or 1
-    errors: dict[int, str] = {}
-    with atomic_path(target) as tmp:
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
-        chunks = [(i, paths[i:i + CHUNK]) for i in range(0, len(paths), CHUNK)]
-        bar = tqdm(total=len(paths), desc=f"caching images at {size}px", unit="img", disable=not progress)
-        with bar:
-            if workers == 1:
-                for start, part in chunks:
-                    errors.update(_fill(str(tmp), size, part, start))
-                    bar.update(len(part))
-            else:
-                with ProcessPoolExecutor(workers) as pool:
-                    futures = {pool.submit(_fill, str(tmp), size, part, start): len(part) for start, part in chunks}
-                    for future in as_completed(futures):
-                        errors.update(future.result())
-                        bar.update(futures[future])
-        with atomic_path(target.with_suffix(".errors.json")) as err_tmp:
-            err_tmp.write_text(json.dumps({str(k): v for k, v in sorted(errors.items())}))
-    return errors
+def _decode(folder: Path, size: int, rows: int, jobs: list[tuple[int, str]], workers: int,
+            progress: bool, db: sqlite3.Connection) -> None:
+    """Decode `jobs` on `workers` processes, recording each finished chunk as it lands."""
+    chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+    bar = tqdm(total=len(jobs), desc=f"caching images at {size}px", unit="img", disable=not progress)
+
+    def record(done: dict[int, str | None]) -> None:
+        with db:
+            db.executemany("INSERT OR REPLACE INTO decoded VALUES (?, ?, ?)", [(size, r, e) for r, e in done.items()])
+        bar.update(len(done))
+
+    with bar:
+        if workers == 1 or len(chunks) == 1:
+            for chunk in chunks:
+                record(_fill(str(folder), size, rows, chunk))
+            return
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(_fill, str(folder), size, rows, chunk) for chunk in chunks]
+            for future in as_completed(futures):
+                record(future.result())
 
 
-def cached_images(paths: list[str], size: int, folder: Path, progress: bool = True) -> tuple[np.ndarray, dict[int, str]]:
-    """The cached array for `paths` at `size` (built on first use) and the rows that failed to decode."""
-    target = folder / f"images_{size}.npy"
-    errors_file = target.with_suffix(".errors.json")
-    if target.exists() and errors_file.exists():
-        errors = {int(k): v for k, v in json.loads(errors_file.read_text()).items()}
-    else:
-        errors = build_cache(paths, size, target, progress=progress)
-    return np.load(target, mmap_mode="r"), errors
+def cached_images(folder: Path, size: int, rows: np.ndarray, paths: list[str], workers: int | None = None,
+                  progress: bool = True) -> tuple[np.memmap, dict[int, str]]:
+    """The cache at `size` (memory-mapped, read-only) after decoding any of `rows` (files `paths`) it lacks,
+    and {row: reason} for those of `rows` that failed to decode."""
+    with _locked(folder) as db:
+        total = db.execute("SELECT COALESCE(MAX(row), -1) + 1 FROM rows").fetchone()[0]
+        state = dict(db.execute("SELECT row, error FROM decoded WHERE size = ?", (size,)).fetchall())
+        jobs = sorted({(int(r), str(p)) for r, p in zip(rows, paths) if int(r) not in state})
+        target = cache_file(folder, size)
+        if not target.exists() or target.stat().st_size < total * size * size * 3:
+            with open(target, "ab") as fh:  # grow (sparsely); never shrink what others may be reading
+                fh.truncate(total * size * size * 3)
+        if jobs:
+            _decode(folder, size, total, jobs, workers or os.cpu_count() or 1, progress, db)
+            state = dict(db.execute("SELECT row, error FROM decoded WHERE size = ?", (size,)).fetchall())
+    errors = {int(r): state[int(r)] for r in rows if state.get(int(r)) is not None}
+    return _open(folder, size, total), errors
+
+
+def read_rows(folder: Path, size: int, rows: np.ndarray) -> np.ndarray:
+    """Rows of the cache at `size` as a new array, read with pread rather than through a mapping, so a
+    process streaming a whole split holds one batch, not every page of the split it has touched."""
+    out = np.empty((len(rows), size, size, 3), np.uint8)
+    row_bytes = size * size * 3
+    with open(cache_file(folder, size), "rb") as fh:
+        for i, row in enumerate(rows):
+            if os.preadv(fh.fileno(), [memoryview(out[i]).cast("B")], int(row) * row_bytes) != row_bytes:
+                raise ValueError(f"cache {cache_file(folder, size)} has no row {row}: rebuild it (train.py gc)")
+    return out
+
+
+def build_cache(paths: list[str], size: int, folder: Path, workers: int | None = None,
+               progress: bool = True) -> tuple[np.memmap, dict[int, str]]:
+    """Cache `paths` (as they are now) in `folder`: the array and {position in paths: reason} for failures."""
+    frame = pd.DataFrame({"path": paths})
+    stats = [os.stat(p) if os.path.exists(p) else None for p in paths]
+    frame["bytes"] = [s.st_size if s else -1 for s in stats]
+    frame["mtime_ns"] = [s.st_mtime_ns if s else -1 for s in stats]
+    rows = assign_rows(folder, frame)
+    array, errors = cached_images(folder, size, rows, paths, workers, progress)
+    position = {row: i for i, row in enumerate(rows)}
+    return array, {position[row]: reason for row, reason in errors.items()}

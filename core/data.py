@@ -11,17 +11,24 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import sqlite3
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from core.config import MAX_COUNT
+from core.images import check_header
+from core.index import Probe, Stamp, read_index, update_index
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-COLUMNS = ["image_id", "path", "count", "items", "group"]
+COLUMNS = ["image_id", "path", "count", "items", "group", "bytes", "mtime_ns"]  # bytes, mtime: the file's version
 SPLITS = ("train", "val", "test")
 
 
@@ -38,14 +45,6 @@ class Collection:
     table: pd.DataFrame
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
     out_of_range: int = 0  # counts above max_count: valid, but not part of the task
-
-    def fingerprint(self) -> str:
-        """Changes whenever a file, a label or the set of images changes."""
-        digest = hashlib.sha256()
-        for row in self.table.sort_values("image_id").itertuples():
-            stat = Path(row.path).stat()
-            digest.update(f"{row.image_id}|{row.count}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()[:16]
 
 
 def parse_count(value: object) -> int:
@@ -86,26 +85,21 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def _rows_manifest(root: Path):
-    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"file", "count"} <= set(reader.fieldnames):
-            raise DataError("manifest.csv needs at least the columns file,count")
-        for line, rec in enumerate(reader, start=2):
-            where = f"manifest.csv line {line}"
-            try:
-                path = _inside(root, rec["file"])
-                count = parse_count(rec["count"])
-            except (ValueError, TypeError) as err:
-                yield None, (f"{where}: {rec.get('file')}", str(err))
-                continue
-            items = ""
-            if rec.get("metadata"):
-                try:
-                    _, items = read_metadata(_inside(root, rec["metadata"]))
-                except (OSError, ValueError):
-                    items = ""  # the label comes from the manifest; metadata only adds item names
-            yield (path.stem, path, count, items, _manifest_group(rec)), None
+class Entry(NamedTuple):  # a named tuple, not a dataclass: 100k are made on every load
+    """A photo a layout lists, before its files are read.
+
+    `count` None: the label is `meta`'s EXPECTED_QUANTITY (ABID layout); otherwise `meta`, if any,
+    only adds item names. `group` None: the photo is grouped by the hash of its bytes.
+    """
+
+    image_id: str
+    path: str
+    count: int | None
+    group: str | None
+    meta: str | None = None
+
+
+Listing = Iterator[tuple[Entry | None, tuple[str, str] | None]]  # (entry, None) or (None, (where, why))
 
 
 def _manifest_group(rec: dict) -> str | None:
@@ -122,32 +116,36 @@ def abid_group(abid_id: str) -> str:
     return f"abid:{abid_id}"
 
 
-def content_group(path: str | Path) -> str:
+def content_group(digest: str) -> str:
     """The group of a photo with no known ABID id: the sha256 of its bytes (exact duplicates land together)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    return f"sha256:{digest}"
 
 
-def _rows_abid(root: Path):
-    for path in sorted((root / "bin-images").iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        meta = root / "metadata" / f"{path.stem}.json"
-        try:
-            count, items = read_metadata(meta)
-        except FileNotFoundError:
-            yield None, (str(path), "no metadata JSON")
-            continue
-        except (OSError, ValueError) as err:
-            yield None, (str(path), f"invalid metadata JSON: {err}")
-            continue
-        yield (path.stem, path, count, items, abid_group(path.stem)), None
+def _entries_manifest(root: Path) -> Listing:
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"file", "count"} <= set(reader.fieldnames):
+            raise DataError("manifest.csv needs at least the columns file,count")
+        for line, rec in enumerate(reader, start=2):
+            try:
+                path = _inside(root, rec["file"])
+                count = parse_count(rec["count"])
+                meta = _inside(root, rec["metadata"]) if rec.get("metadata") else None
+            except (ValueError, TypeError) as err:
+                yield None, (f"manifest.csv line {line}: {rec.get('file')}", str(err))
+                continue
+            yield Entry(path.stem, str(path), count, _manifest_group(rec), meta and str(meta)), None
 
 
-def _rows_folders(root: Path):
+def _entries_abid(root: Path) -> Listing:
+    images, metadata = f"{root}/bin-images/", f"{root}/metadata/"  # strings: pathlib costs seconds at 100k
+    for name in sorted(os.listdir(images)):
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() in IMAGE_SUFFIXES:
+            yield Entry(stem, images + name, None, abid_group(stem), f"{metadata}{stem}.json"), None
+
+
+def _entries_folders(root: Path) -> Listing:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
             count = parse_count(folder.name)
@@ -155,7 +153,7 @@ def _rows_folders(root: Path):
             continue
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                yield (f"{folder.name}/{path.stem}", path, count, "", None), None
+                yield Entry(f"{folder.name}/{path.stem}", str(path), count, None), None
 
 
 def detect_layout(root: Path) -> str:
@@ -171,47 +169,118 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def _check_header(path: Path) -> str | None:
-    """Cheap check that a file is an image (header only; full decoding happens in the cache)."""
+def _stamp(entry: Entry) -> Stamp | None:
+    """The entry's files' sizes and mtimes; None when the image itself is missing."""
     try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as img:
-            img.size
-    except FileNotFoundError:
-        return "file not found"
-    except (UnidentifiedImageError, OSError) as err:
-        return f"not an image ({err.__class__.__name__})"
-    return None
+        image = os.stat(entry.path)
+    except OSError:
+        return None
+    try:
+        meta = os.stat(entry.meta) if entry.meta else None
+    except OSError:
+        meta = None
+    if meta is None:
+        return Stamp(image.st_size, image.st_mtime_ns)
+    return Stamp(image.st_size, image.st_mtime_ns, meta.st_size, meta.st_mtime_ns)
 
 
-def load_collection(root: str | Path, max_count: int = MAX_COUNT) -> Collection:
-    """Read a labelled collection; images with counts above `max_count` are left out and counted."""
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _probe(entry: Entry) -> Probe:
+    """Read what the entry's files say: the label (ABID layout), item names, header problems, the hash."""
+    count, items = None, ""
+    if entry.meta is not None:
+        try:
+            count, items = read_metadata(entry.meta)
+        except FileNotFoundError:
+            if entry.count is None:
+                return Probe("no metadata JSON")
+        except (OSError, ValueError) as err:
+            if entry.count is None:
+                return Probe(f"invalid metadata JSON: {err}")
+    if (problem := check_header(entry.path)) is not None:
+        return Probe(problem)
+    try:
+        digest = _file_digest(entry.path) if entry.group is None else None
+    except OSError as err:
+        return Probe(f"unreadable file ({err.__class__.__name__})")
+    return Probe(None, count, items, digest)
+
+
+def _probe_all(entries: list[Entry], index: Path | None, progress: bool) -> dict[str, tuple[Stamp, Probe] | None]:
+    """Stamp every entry and probe the new or changed ones, keeping the index up to date."""
+    known = read_index(index) if index else {}
+    found: dict[str, tuple[Stamp, Probe] | None] = {}
+    changed: dict[str, tuple[Stamp, Probe]] = {}
+    stale = []
+    for entry in entries:
+        stamp = _stamp(entry)
+        if stamp is None:
+            found[entry.path] = None
+            continue
+        old = known.get(entry.path)
+        if old is not None and old[0] == stamp:
+            found[entry.path] = old
+        else:
+            stale.append((entry, stamp))
+    for entry, stamp in tqdm(stale, desc="reading new or changed photos", unit="img",
+                             disable=not progress or len(stale) < 1000):
+        found[entry.path] = changed[entry.path] = (stamp, _probe(entry))
+    if index:
+        removed = [p for p in known if found.get(p) is None]  # gone from the listing, or from the disk
+        try:
+            update_index(index, changed, removed)
+        except (OSError, sqlite3.Error) as err:  # a read-only store: work on, but say why it is slow
+            warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again")
+    return found
+
+
+def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | None = None,
+                    progress: bool = False) -> Collection:
+    """Read a labelled collection; images with counts above `max_count` are left out and counted.
+
+    With `index` (a file, see `core.index`), only files that are new or changed since the last
+    load are read; the rest is taken from the index, bad files included (still reported).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     layout = detect_layout(root)
-    rows_of = {"manifest": _rows_manifest, "abid": _rows_abid, "folders": _rows_folders}[layout]
-    rows, skipped, out_of_range, seen = [], [], 0, set()
-    for row, problem in rows_of(root):
+    listing = {"manifest": _entries_manifest, "abid": _entries_abid, "folders": _entries_folders}[layout]
+    entries, skipped, seen = [], [], set()
+    for entry, problem in listing(root):
         if problem:
             skipped.append(problem)
+        elif entry.image_id in seen:
+            skipped.append((entry.path, f"duplicate image id {entry.image_id}"))
+        else:
+            seen.add(entry.image_id)
+            entries.append(entry)
+    found = _probe_all(entries, index, progress)
+    rows, out_of_range = [], 0
+    for entry in entries:
+        if (result := found[entry.path]) is None:
+            skipped.append((entry.path, "file not found"))
             continue
-        image_id, path, count, items, group = row
-        if image_id in seen:
-            skipped.append((str(path), f"duplicate image id {image_id}"))
+        stamp, probe = result
+        if probe.problem is not None:
+            skipped.append((entry.path, probe.problem))
             continue
-        if (reason := _check_header(path)) is not None:
-            skipped.append((str(path), reason))
-            continue
-        seen.add(image_id)
+        count = entry.count if entry.count is not None else probe.count
         if count > max_count:
             out_of_range += 1
             continue
-        rows.append((image_id, str(path), count, items, group or content_group(path)))
+        group = entry.group or content_group(probe.digest)
+        rows.append((entry.image_id, entry.path, count, probe.items, group, stamp[0], stamp[1]))  # bytes, mtime_ns
     if not rows:
         raise DataError(f"no usable image with a count of 0..{max_count} in {root} ({len(skipped)} skipped)")
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(dict(zip(COLUMNS, zip(*rows))), columns=COLUMNS)
     return Collection(root, layout, table, pd.DataFrame(skipped, columns=["path", "reason"]), out_of_range)
 
 

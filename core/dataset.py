@@ -1,52 +1,80 @@
-"""A prepared data set: one collection, its fixed split, and its image cache.
+"""A prepared data set: one collection, its split, and its image cache.
 
 Every model (classical or CNN) and every evaluation reads photos through `prepare_dataset`, so
-experiments on the same data are trained and tested on the same images.
+experiments on the same data are trained and tested on the same images. Everything kept about a
+collection lives in one folder of the store per collection root (`collection_folder`): the
+incremental index (`core.index`), the growing image caches (`core.cache`) and, per version of
+the data (`Dataset.fingerprint`), derived files such as classical features.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core.cache import cached_images
+from core.cache import assign_rows, cached_images, read_rows
 from core.config import MAX_COUNT, store_dir
 from core.data import Collection, assign_splits, load_collection
 from core.files import atomic_path
 
 DEFAULT_SPLIT = (0.7, 0.2, 0.1)
+TABLE_COLUMNS = ["image_id", "path", "count", "items", "group", "split", "row"]
 
 
 @dataclass
 class Dataset:
-    """`table` has image_id, path, count, items, group, split and `row` (the image's row in the cache)."""
+    """`table` has image_id, path, count, items, group, split and `row` (the image's row in the cache).
+
+    `cache_folder` holds the collection's caches (one per root); `folder` is this version of the
+    data's own folder inside it, for files derived from exactly these photos.
+    """
 
     collection: Collection
     fingerprint: str
-    folder: Path
+    cache_folder: Path
     table: pd.DataFrame
     max_count: int
     progress: bool = True
+
+    @property
+    def folder(self) -> Path:
+        return self.cache_folder / "versions" / self.fingerprint
 
     @property
     def num_classes(self) -> int:
         return self.max_count + 1
 
     def images(self, size: int) -> np.ndarray:
-        """All images at `size` px as an (N, size, size, 3) uint8 array, aligned with `table.row`."""
-        array, _ = cached_images(self.collection.table["path"].tolist(), size, self.folder, self.progress)
+        """The cache at `size` px, memory-mapped: (rows, size, size, 3) uint8, indexed by `table.row`.
+
+        Decodes the photos of `table` that this size lacks (the first call at a size decodes all).
+        """
+        array, _ = cached_images(self.cache_folder, size, self.table["row"].to_numpy(), self.table["path"].tolist(),
+                                 progress=self.progress)
         return array
 
     def split(self, name: str) -> pd.DataFrame:
         return self.table[self.table["split"] == name]
 
-    def arrays(self, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(images, counts) of one split, as in-memory arrays."""
+    def rows(self, name: str) -> np.ndarray:
+        """The cache rows of one split, in table order."""
+        return self.split(name)["row"].to_numpy()
+
+    def batches(self, name: str, size: int, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(uint8 images, counts) of one split in batches, read from the cache in table order: memory
+        stays at one batch whatever the size of the split."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.images(size)  # decodes what this size lacks
         part = self.split(name)
-        return np.asarray(self.images(size)[part["row"].to_numpy()]), part["count"].to_numpy()
+        rows, counts = part["row"].to_numpy(), part["count"].to_numpy()
+        for start in range(0, len(rows), batch_size):
+            yield read_rows(self.cache_folder, size, rows[start:start + batch_size]), counts[start:start + batch_size]
 
     def summary(self) -> dict:
         return {
@@ -61,6 +89,24 @@ class Dataset:
         }
 
 
+def collection_folder(root: str | Path, store: Path | None = None) -> Path:
+    """The store's folder for everything kept about the collection at `root` (keyed by its resolved path)."""
+    resolved = str(Path(root).resolve())
+    folder = (store or store_dir()) / "datasets" / hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    if not (folder / "collection.json").is_file():
+        with atomic_path(folder / "collection.json") as tmp:
+            tmp.write_text(json.dumps({"root": resolved}))
+    return folder
+
+
+def data_fingerprint(table: pd.DataFrame) -> str:
+    """Identifies this version of the data: changes when a photo, its label or the set of photos changes."""
+    ordered = table.sort_values("image_id")
+    lines = "\n".join(f"{i}|{c}|{g}|{b}|{m}" for i, c, g, b, m in
+                      ordered[["image_id", "count", "group", "bytes", "mtime_ns"]].itertuples(index=False))
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
+
+
 def prepare_dataset(
     root: str | Path,
     image_size: int = 224,
@@ -70,26 +116,22 @@ def prepare_dataset(
     store: Path | None = None,
     progress: bool = True,
 ) -> Dataset:
-    """Load `root`, decode it into the cache at `image_size`, and attach the stored split.
+    """Load `root` (re-reading only changed files), grow its cache at `image_size`, and split it.
 
     Each photo's split is a pure function of its group and the seed (`assign_splits`), so
     adding photos never moves old ones and near-duplicates stay on one side.
     Images that fail to decode are dropped and added to `collection.skipped`.
     """
-    collection = load_collection(root, max_count)
-    fingerprint = collection.fingerprint()
-    folder = (store or store_dir()) / "datasets" / fingerprint
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = collection_folder(root, store)
+    collection = load_collection(root, max_count, index=folder / "index.sqlite", progress=progress)
     table = collection.table.reset_index(drop=True).copy()
-    table["row"] = np.arange(len(table))
-    _, errors = cached_images(table["path"].tolist(), image_size, folder, progress)
+    table["row"] = assign_rows(folder, table)
+    _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"].tolist(), progress=progress)
     if errors:
-        bad = pd.DataFrame({"path": table.loc[list(errors), "path"], "reason": list(errors.values())})
+        failed = table["row"].isin(list(errors))
+        bad = pd.DataFrame({"path": table.loc[failed, "path"], "reason": table.loc[failed, "row"].map(errors)})
         collection.skipped = pd.concat([collection.skipped, bad], ignore_index=True)
-        table = table.drop(index=list(errors))
-
+        table = table[~failed]
     table["split"] = assign_splits(table["group"], fractions, seed)
-    table = table[["image_id", "path", "count", "items", "group", "split", "row"]]
-    with atomic_path(folder / "collection.json") as tmp:
-        tmp.write_text(json.dumps({"root": str(Path(root).resolve()), "max_count": max_count}))
-    return Dataset(collection, fingerprint, folder, table.reset_index(drop=True), max_count, progress)
+    fingerprint = data_fingerprint(table)
+    return Dataset(collection, fingerprint, folder, table[TABLE_COLUMNS].reset_index(drop=True), max_count, progress)

@@ -12,21 +12,25 @@ file under its final name is always whole, and the next run simply skips it.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import re
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import requests
 from tqdm import tqdm
 
 DEFAULT_BASE_URL = "https://aft-vbi-pds.s3.amazonaws.com"
-NUM_BINS = 535234  # the bucket's sequential ids run from "1" to "535234"
+NUM_BINS = 535234  # the bucket's sequential ids run from "1" to "535234" (with gaps)
+MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is capped rather than hanging the run
+IN_FLIGHT_PER_WORKER = 2  # bins queued per worker: memory stays flat however many ids are asked for
 
 _ID_RE = re.compile(r"[0-9]+")
 _CHUNK_BYTES = 64 * 1024
@@ -45,15 +49,55 @@ class DownloadReport:
 
     downloaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # both files already present
+    missing: list[str] = field(default_factory=list)  # not in the bucket (404): ABID's ids have gaps
     failed: dict[str, str] = field(default_factory=dict)  # id -> reason
+
+    def summary(self) -> str:
+        return (f"downloaded {len(self.downloaded)}, already present {len(self.skipped)}, "
+                f"missing from the bucket {len(self.missing)}, failed {len(self.failed)}")
 
 
 class _Retryable(Exception):
     """A failure worth another attempt: network errors, 5xx, 429, a bad body."""
 
+    def __init__(self, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.wait = wait  # the server's Retry-After, in seconds, where it sent one
+
 
 class _Final(Exception):
-    """A failure that retrying cannot fix, such as a 404."""
+    """A failure that retrying cannot fix, such as a 403."""
+
+
+class _Missing(_Final):
+    """The bucket has no such object (404)."""
+
+
+def spread_ids(n: int, seed: int = 0, total: int = NUM_BINS) -> list[str]:
+    """``n`` distinct ids drawn over the whole id range 1..``total`` with a fixed seed, in ascending order.
+
+    A sample spread over the range covers the years and warehouses ABID was collected over,
+    which the first ``n`` ids would not.
+    """
+    if not 0 <= n <= total:
+        raise ValueError(f"need 0 <= n <= {total}, got {n}")
+    chosen = np.random.default_rng(seed).choice(total, size=n, replace=False) + 1
+    return [str(i) for i in sorted(chosen.tolist())]
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), capped; None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def first_ids(n: int, start: int = 1) -> list[str]:
@@ -109,16 +153,25 @@ def download(
         (out / sub).mkdir(parents=True, exist_ok=True)
 
     fetcher = _Fetcher(base_url.rstrip("/"), out, retries, timeout, backoff)
-    outcomes: dict[str, tuple[bool, str | None]] = {}
+    outcomes: dict[str, str] = {}
+    pending: dict[Future, str] = {}
+    queue = iter(ids)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
             total=len(ids), unit="bin", desc="ABID download", disable=not progress
         ) as bar:
-            futures = {pool.submit(fetcher.fetch_bin, i): i for i in ids}
             try:
-                for future in as_completed(futures):
-                    outcomes[futures[future]] = future.result()
-                    bar.update()
+                while True:
+                    for bin_id in queue:  # top up to a bounded number of bins in flight
+                        pending[pool.submit(fetcher.fetch_bin, bin_id)] = bin_id
+                        if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                            break
+                    if not pending:
+                        break
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        outcomes[pending.pop(future)] = future.result()
+                        bar.update()
             except BaseException:  # e.g. Ctrl-C: drop queued bins, let running ones finish
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -127,13 +180,15 @@ def download(
 
     report = DownloadReport()
     for bin_id in ids:
-        fetched, error = outcomes[bin_id]
-        if error is not None:
-            report.failed[bin_id] = error
-        elif fetched:
+        outcome = outcomes[bin_id]
+        if outcome == "downloaded":
             report.downloaded.append(bin_id)
-        else:
+        elif outcome == "present":
             report.skipped.append(bin_id)
+        elif outcome == "missing":
+            report.missing.append(bin_id)
+        else:
+            report.failed[bin_id] = outcome
     return report
 
 
@@ -157,10 +212,11 @@ class _Fetcher:
                 session.close()
             self._sessions.clear()
 
-    def fetch_bin(self, bin_id: str) -> tuple[bool, str | None]:
+    def fetch_bin(self, bin_id: str) -> str:
         """Fetch whichever of the bin's two files are missing.
 
-        Returns (whether anything was fetched, reason for failure or None).
+        Returns "downloaded", "present" (nothing to fetch), "missing" (not in the bucket; its
+        metadata is not asked for once the image is known missing) or the reason it failed.
         """
         fetched, errors = False, []
         wanted = ((f"bin-images/{bin_id}.jpg", False), (f"metadata/{bin_id}.json", True))
@@ -171,9 +227,13 @@ class _Fetcher:
             try:
                 self._fetch_with_retries(f"{self.base_url}/{rel}", dest, must_be_json)
                 fetched = True
+            except _Missing:
+                return "missing"
             except (_Retryable, _Final) as e:
                 errors.append(f"{rel}: {e}")
-        return fetched, "; ".join(errors) or None
+        if errors:
+            return "; ".join(errors)
+        return "downloaded" if fetched else "present"
 
     def _fetch_with_retries(self, url: str, dest: Path, must_be_json: bool) -> None:
         for attempt in range(self.retries + 1):
@@ -182,7 +242,7 @@ class _Fetcher:
             except _Retryable as e:
                 if attempt == self.retries:
                     raise _Retryable(f"{e} (gave up after {attempt + 1} attempts)") from e
-                time.sleep(self.backoff * 2**attempt)
+                time.sleep(e.wait if e.wait is not None else self.backoff * 2**attempt)
 
     def _fetch_once(self, url: str, dest: Path, must_be_json: bool) -> None:
         part = dest.with_name(dest.name + ".part")  # same folder, so os.replace is atomic
@@ -211,9 +271,11 @@ class _Fetcher:
         with session.get(url, stream=True, timeout=self.timeout) as resp:
             status = resp.status_code
             if status == 429 or status >= 500:
-                raise _Retryable(f"HTTP {status}")
+                raise _Retryable(f"HTTP {status}", retry_after(resp.headers.get("Retry-After")))
+            if status == 404:
+                raise _Missing("HTTP 404 (no such object)")
             if status != 200:
-                raise _Final(f"HTTP {status}" + (" (no such object)" if status == 404 else ""))
+                raise _Final(f"HTTP {status}")
             size = 0
             with open(part, "wb") as f:  # "wb" also overwrites any stale .part
                 for chunk in resp.iter_content(_CHUNK_BYTES):
@@ -224,3 +286,28 @@ class _Fetcher:
             encoded = "Content-Encoding" in resp.headers
             if expected.isdigit() and not encoded and size != int(expected):
                 raise _Retryable(f"incomplete body: got {size} of {expected} bytes")
+
+
+def fetch_sample(out: Path | str, n: int, base_url: str = DEFAULT_BASE_URL, seed: int = 0,
+                 progress: bool = True, **options) -> DownloadReport:
+    """Fetch (or resume) a sample of ``n`` bins spread over ABID's id range into ``out``.
+
+    ``out`` carries a marker (`core.config.INCOMPLETE`) until every id is fetched or known
+    missing, so an interrupted run is resumed and half a sample is never taken for data. A few
+    bins are tried first with a single attempt, so that offline the answer comes in seconds.
+    """
+    from core.config import INCOMPLETE
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INCOMPLETE).touch()
+    ids = spread_ids(n, seed)
+    first = download(ids[:4], out, base_url, retries=0, progress=False, **options)
+    if first.failed and not (first.downloaded or first.skipped or first.missing):
+        return first
+    rest = download(ids[4:], out, base_url, progress=progress, **options)
+    report = DownloadReport(first.downloaded + rest.downloaded, first.skipped + rest.skipped,
+                            first.missing + rest.missing, {**first.failed, **rest.failed})
+    if not report.failed:
+        (out / INCOMPLETE).unlink()
+    return report

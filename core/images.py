@@ -38,6 +38,44 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def _open_checked(source: str | Path | BinaryIO) -> Image.Image:
+    """Open (header only) and refuse anything that is not a photo of a sane size."""
+    try:
+        img = Image.open(source)
+    except UnidentifiedImageError as err:
+        raise ImageError("not an image (unrecognised format)") from err
+    except Image.DecompressionBombError as err:  # not an OSError: caught on its own
+        raise ImageError(f"image too large (over {MAX_PIXELS // 1_000_000} megapixels)") from err
+    except FileNotFoundError as err:
+        raise ImageError("file not found") from err
+    except Exception as err:  # noqa: BLE001 - a malformed header can raise nearly anything inside Pillow
+        raise ImageError(f"not a readable image ({err.__class__.__name__}: {err})") from err
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise ImageError(f"image too large: {width}x{height} is over {MAX_PIXELS // 1_000_000} megapixels")
+    if width == 0 or height == 0:
+        img.close()
+        raise ImageError("image has no pixels")
+    return img
+
+
+def check_header(path: str | Path) -> str | None:
+    """Why the file at `path` is not a usable photo, judged from its header alone; None if it looks fine.
+
+    Cheap enough for a whole collection; full decoding (and its errors) happens in the image cache.
+    """
+    try:
+        if Path(path).stat().st_size == 0:
+            return "empty file"
+        _open_checked(str(path)).close()
+    except FileNotFoundError:
+        return "file not found"
+    except (ImageError, OSError) as err:
+        return str(err)
+    return None
+
+
 def open_image(source: ImageSource, draft_size: int | None = None) -> Image.Image:
     """Decode a photo to an upright RGB image, or raise `ImageError` with a clear reason.
 
@@ -51,26 +89,15 @@ def open_image(source: ImageSource, draft_size: int | None = None) -> Image.Imag
         source = io.BytesIO(source)
     elif isinstance(source, (str, Path)) and Path(source).stat().st_size == 0:
         raise ImageError(f"empty file: {source}")
-    try:
-        img = Image.open(source)
-    except UnidentifiedImageError as err:
-        raise ImageError("not an image (unrecognised format)") from err
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"image too large (over {MAX_PIXELS // 1_000_000} megapixels)") from err
-    width, height = img.size
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"image too large: {width}x{height} is over {MAX_PIXELS // 1_000_000} megapixels")
-    if width == 0 or height == 0:
-        raise ImageError("image has no pixels")
+    img = _open_checked(source)
     if draft_size and img.format == "JPEG":
         img.draft("RGB", (draft_size, draft_size))
     try:
         img.seek(0)
         img.load()
-        img = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"truncated or corrupt image ({err})") from err
-    return _to_rgb(img)
+        return _to_rgb(ImageOps.exif_transpose(img))
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types on corrupt data; all mean "bad photo"
+        raise ImageError(f"truncated or corrupt image ({err.__class__.__name__}: {err})") from err
 
 
 def load_rgb(source: ImageSource, size: int) -> np.ndarray:

@@ -252,10 +252,10 @@ def test_suites_are_train_classical_arguments():
 def test_cli_trains_one_model_and_prints_its_figures(tiny_collection, store_root, capsys):
     train.main(["classical", "--data", str(tiny_collection), "--features", "raw", "--model", "tree",
                 "--feature-params", json.dumps({"size": 16}), "--grid", json.dumps({"max_depth": [2, 4]}),
-                "--image-size", "32", "--folds", "3", "--jobs", "1", "--quiet"])
+                "--image-size", "32", "--folds", "2", "--jobs", "1", "--quiet"])
     out = capsys.readouterr().out
     assert "raw-tree" in out and "balanced_accuracy" in out and "wall time" in out and "validation" in out
     (exp,) = Store(store_root).experiments()
-    assert exp.params["folds"] == 3 and exp.params["grid"] == [{"model__max_depth": [2, 4]}]
+    assert exp.params["folds"] == 2 and exp.params["grid"] == [{"model__max_depth": [2, 4]}]
     with pytest.raises(SystemExit, match="--grid must be JSON"):
         train.main(["classical", "--data", str(tiny_collection), "--grid", "{C: 1}"])

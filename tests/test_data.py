@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import struct
 import time
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -10,7 +12,7 @@ import pytest
 
 from core.data import DataError, assign_splits, load_collection, parse_count
 from core.dataset import prepare_dataset
-from tests.builders import bin_photo, requires_sample, write_abid_collection
+from tests.builders import bin_photo, requires_sample, write_abid_collection, write_manifest_collection
 
 
 def test_manifest_layout(tiny_collection):
@@ -137,23 +139,39 @@ def test_same_original_id_or_same_bytes_land_together(tmp_path, store_root):
         assert len(set(firsts)) > 1  # the pairs are spread over the splits, so sharing one is not by chance
 
 
-def test_prepared_dataset_caches_images_and_splits_by_group(tiny_collection, store_root):
+def test_prepared_dataset_caches_images_and_splits_by_group(tiny_collection, store_root, monkeypatch):
     ds = prepare_dataset(tiny_collection, image_size=32, progress=False)
     arr = ds.images(32)
-    assert arr.shape[1:] == (32, 32, 3) and arr.dtype == np.uint8
+    assert arr.shape == (36, 32, 32, 3) and arr.dtype == np.uint8
     assert list(ds.table.columns) == ["image_id", "path", "count", "items", "group", "split", "row"]
     assert ds.table["group"].str.startswith("sha256:").all()  # no ABID id in this manifest: content hashes
     assert (ds.table["split"] == assign_splits(ds.table["group"], seed=0)).all()
-    assert not list(ds.folder.glob("split_*.csv"))  # nothing stored: the split is recomputed, identically
-    # Same data, other call: the cache is reused, not rebuilt.
-    mtime = (ds.folder / "images_32.npy").stat().st_mtime_ns
+    assert not list(ds.cache_folder.rglob("split_*.csv"))  # nothing stored: the split is recomputed, identically
+    # Same data, other call: nothing is read or decoded again, the split is the same.
+    monkeypatch.setattr("core.cache.load_rgb", fail_if_called)
+    monkeypatch.setattr("core.data._probe", fail_if_called)
     again = prepare_dataset(tiny_collection, image_size=32, progress=False)
-    assert (ds.folder / "images_32.npy").stat().st_mtime_ns == mtime
-    pd.testing.assert_series_equal(again.table.set_index("image_id")["split"], ds.table.set_index("image_id")["split"])
+    assert again.fingerprint == ds.fingerprint and again.folder == ds.folder
+    pd.testing.assert_frame_equal(again.table, ds.table)
     other_seed = prepare_dataset(tiny_collection, image_size=32, seed=99, progress=False)
     assert (other_seed.table["split"] != ds.table["split"]).any()
-    x, y = again.arrays("test", 32)
-    assert x.shape == ((again.table["split"] == "test").sum(), 32, 32, 3) and len(y) == len(x)
+
+
+def fail_if_called(*args, **kwargs):
+    raise AssertionError("read or decoded a photo that had not changed")
+
+
+def test_batches_stream_a_split_from_the_cache(tiny_collection, store_root):
+    ds = prepare_dataset(tiny_collection, image_size=16, progress=False)
+    test = ds.split("test")
+    parts = list(ds.batches("test", 16, batch_size=2))
+    assert [len(x) for x, _ in parts] == [2] * (len(test) // 2) + ([1] if len(test) % 2 else [])
+    images, counts = np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+    np.testing.assert_array_equal(images, ds.images(16)[ds.rows("test")])
+    np.testing.assert_array_equal(counts, test["count"].to_numpy())
+    assert all(type(x) is np.ndarray and x.dtype == np.uint8 for x, _ in parts)  # copies, not views of the map
+    with pytest.raises(ValueError):
+        next(ds.batches("test", 16, batch_size=0))
 
 
 def test_export_split_writes_image_id_and_split(tiny_collection, store_root, tmp_path, capsys):
@@ -168,15 +186,22 @@ def test_export_split_writes_image_id_and_split(tiny_collection, store_root, tmp
     assert "split of 36 photos" in capsys.readouterr().out
 
 
-def test_changed_collection_gets_a_new_cache(tiny_collection, store_root):
+def test_a_changed_photo_is_read_and_decoded_again_alone(tiny_collection, store_root, monkeypatch):
     ds = prepare_dataset(tiny_collection, image_size=32, progress=False)
-    before = ds.images(32)[ds.table.set_index("image_id").loc["c2_0", "row"]].copy()
+    old_row = ds.table.set_index("image_id").loc["c2_0", "row"]
+    before = ds.images(32)[old_row].copy()
     time.sleep(0.01)
     bin_photo(5, seed=12345).save(tiny_collection / "images" / "c2_0.jpg")
+    decoded = []
+    real = __import__("core.cache", fromlist=["load_rgb"]).load_rgb
+    monkeypatch.setattr("core.cache.load_rgb", lambda path, size: decoded.append(path) or real(path, size))
     changed = prepare_dataset(tiny_collection, image_size=32, progress=False)
-    assert changed.fingerprint != ds.fingerprint
-    after = changed.images(32)[changed.table.set_index("image_id").loc["c2_0", "row"]]
-    assert not np.array_equal(before, after)
+    assert changed.fingerprint != ds.fingerprint and changed.cache_folder == ds.cache_folder
+    assert decoded == [str(tiny_collection / "images" / "c2_0.jpg")]
+    new_row = changed.table.set_index("image_id").loc["c2_0", "row"]
+    assert new_row != old_row
+    assert not np.array_equal(before, changed.images(32)[new_row])
+    np.testing.assert_array_equal(changed.images(32)[old_row], before)  # rows are never rewritten
 
 
 def test_truncated_jpeg_is_dropped_at_cache_time(tiny_collection, store_root):
@@ -209,3 +234,25 @@ def test_shared_sample_splits_keep_abid_bins_together(store_root):
     assert split["dandresky__521"] == split["dandresky__521_v2"]
     shares = split.value_counts(normalize=True)
     assert abs(shares["train"] - 0.7) < 0.04 and abs(shares["val"] - 0.2) < 0.04 and abs(shares["test"] - 0.1) < 0.04
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels but holds none: a decompression bomb's header."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_prepare_skips_and_reports_a_decompression_bomb(tiny_collection, store_root, capsys):
+    import train
+
+    (tiny_collection / "images" / "bomb.png").write_bytes(header_only_png(20_000, 20_000))  # 400 MP
+    with open(tiny_collection / "manifest.csv", "a") as fh:
+        fh.write("images/bomb.png,2,\n")
+    train.main(["prepare", "--data", str(tiny_collection), "--size", "16"])
+    out = capsys.readouterr().out
+    assert json.loads(out[: out.index("\n}") + 2])["images"] == 36
+    assert "bomb.png: image too large" in out

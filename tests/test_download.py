@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.download import DownloadReport, download, first_ids
+import core.download
+from core.download import DownloadReport, download, first_ids, retry_after, spread_ids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,6 +40,7 @@ class FakeBucket:
         self.files = files
         self.fault = fault or (lambda path, n: None)
         self.hits: Counter[str] = Counter()
+        self.times: dict[str, list[float]] = {}  # path -> when each request arrived
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -66,6 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.lstrip("/")
         with bucket.lock:
             bucket.hits[path] += 1
+            bucket.times.setdefault(path, []).append(time.monotonic())
             n = bucket.hits[path]
         action = bucket.fault(path, n)
         body = bucket.files.get(path)
@@ -76,6 +80,9 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "stall":  # say nothing until well past the client's timeout
             bucket.stopping.wait(2.0)
             self.close_connection = True
+            return
+        if isinstance(action, tuple):  # (status, Retry-After)
+            self._send(action[0], b"<Error/>", {"Retry-After": action[1]})
             return
         status = action if isinstance(action, int) else (200 if body is not None else 404)
         if status != 200:
@@ -91,8 +98,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, body)
 
-    def _send(self, status: int, body: bytes) -> None:
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -229,11 +238,10 @@ def test_missing_id_is_reported_and_not_retried(serve, tmp_path):
     report = download(ids, tmp_path, base_url=bucket.url, **FAST)
 
     assert report.downloaded == ["1", "3"]
-    assert list(report.failed) == ["2"]
-    assert "404" in report.failed["2"]
+    assert report.missing == ["2"] and not report.failed
     assert not (tmp_path / "bin-images/2.jpg").exists()
     assert not (tmp_path / "metadata/2.json").exists()
-    assert bucket.hits["bin-images/2.jpg"] == bucket.hits["metadata/2.json"] == 1
+    assert bucket.hits["bin-images/2.jpg"] == 1 and bucket.hits["metadata/2.json"] == 0
     assert_matches(tmp_path, files, ["1", "3"])
 
 
@@ -298,3 +306,115 @@ def test_invalid_id_raises_before_anything_is_fetched(serve, tmp_path, bad):
 
     assert not bucket.hits
     assert not out.exists()
+
+
+def test_thousands_of_ids_with_gaps_429s_and_5xx(serve, tmp_path, monkeypatch):
+    ids = first_ids(2000)
+    present = [i for i in ids if int(i) % 7]  # every 7th id is a gap in the bucket
+    files = bucket_files(present)
+
+    def fault(path, n):
+        number = int(path.split("/")[1].split(".")[0])
+        if n == 1 and number % 50 == 1:
+            return (429, "0")
+        if n == 1 and number % 30 == 2:
+            return 500 + number % 4
+        return None
+
+    bucket = serve(files, fault)
+    outstanding, most = [0], [0]
+    real_submit = core.download.ThreadPoolExecutor.submit
+
+    def counting_submit(pool, fn, *args):
+        outstanding[0] += 1
+        most[0] = max(most[0], outstanding[0])
+        future = real_submit(pool, fn, *args)
+        future.add_done_callback(lambda _: outstanding.__setitem__(0, outstanding[0] - 1))
+        return future
+
+    monkeypatch.setattr(core.download.ThreadPoolExecutor, "submit", counting_submit)
+    report = download(ids, tmp_path, base_url=bucket.url, **{**FAST, "workers": 8})
+    assert sorted(report.downloaded, key=int) == present and not report.failed
+    assert report.missing == [i for i in ids if int(i) % 7 == 0]
+    assert most[0] <= 8 * 2  # bounded in flight, not 2000 futures at once
+    assert bucket.hits["bin-images/51.jpg"] == 2 and bucket.hits["bin-images/32.jpg"] == 2
+    assert len(list((tmp_path / "bin-images").iterdir())) == len(present)
+
+
+def test_retry_after_is_honoured(serve, tmp_path):
+    files = bucket_files(["1"])
+    bucket = serve(files, lambda path, n: (503, "1") if path == "bin-images/1.jpg" and n == 1 else None)
+    report = download(["1"], tmp_path, base_url=bucket.url, **FAST)
+    assert report.downloaded == ["1"]
+    first, second = bucket.times["bin-images/1.jpg"]
+    assert second - first >= 0.9  # the server's second, not the 0.01 s backoff
+
+
+def test_retry_after_parsing():
+    assert retry_after("3") == 3.0 and retry_after(None) is None and retry_after("soon") is None
+    assert retry_after("100000") == core.download.MAX_RETRY_AFTER
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+
+
+def test_spread_ids_cover_the_range_reproducibly():
+    ids = spread_ids(1000, seed=0)
+    assert ids == spread_ids(1000, seed=0) and len(set(ids)) == 1000
+    numbers = [int(i) for i in ids]
+    assert numbers == sorted(numbers) and min(numbers) < 5000 and max(numbers) > 530_000
+    assert ids[:2] != ["1", "2"] and spread_ids(1000, seed=1) != ids
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    """No data folder anywhere; the default sample goes to a temporary data/abid; training is recorded."""
+    import core.config
+    import core.suite
+
+    monkeypatch.delenv("ABID_DATA", raising=False)
+    monkeypatch.setattr(core.config, "SHARED_SAMPLE", tmp_path / "no-sample")
+    monkeypatch.setattr(core.config, "DEFAULT_DATA", tmp_path / "data" / "abid")
+    trained: list[Path] = []
+    monkeypatch.setattr(core.suite, "run_default_suite", lambda root, **kwargs: trained.append(Path(root)))
+    return trained
+
+
+def test_suite_without_data_fetches_a_spread_sample_then_trains(serve, tmp_path, no_data, capsys):
+    import train
+    from core.config import DEFAULT_DATA, find_data_dir
+    from core.data import load_collection
+
+    wanted = spread_ids(40)
+    bucket = serve(bucket_files(wanted[:30] + wanted[31:]))  # one id is a gap in the bucket
+    train.main(["suite", "--sample-size", "40", "--base-url", bucket.url])
+    assert no_data == [DEFAULT_DATA] and find_data_dir() == DEFAULT_DATA
+    assert sorted(load_collection(DEFAULT_DATA).table["image_id"], key=int) == wanted[:30] + wanted[31:]
+    assert "downloaded 39" in capsys.readouterr().out
+    train.main(["suite", "--sample-size", "40", "--base-url", bucket.url])  # complete: used as it is
+    assert sum(bucket.hits.values()) == 79 and len(no_data) == 2
+
+
+def test_suite_resumes_an_interrupted_sample(serve, tmp_path, no_data):
+    import train
+    from core.config import DEFAULT_DATA, INCOMPLETE, find_data_dir
+
+    wanted = spread_ids(12)
+    bucket = serve(bucket_files(wanted), lambda path, n: (500, "0") if wanted[-1] in path else None)
+    train.main(["suite", "--sample-size", "12", "--base-url", bucket.url])
+    assert (DEFAULT_DATA / INCOMPLETE).exists() and find_data_dir() is None  # half a sample is not data yet
+    bucket.fault = lambda path, n: None
+    before = dict(bucket.hits)
+    train.main(["suite", "--sample-size", "12", "--base-url", bucket.url])
+    assert not (DEFAULT_DATA / INCOMPLETE).exists() and find_data_dir() == DEFAULT_DATA
+    fetched_again = {p for p, n in bucket.hits.items() if n > before.get(p, 0)}
+    assert fetched_again == {f"bin-images/{wanted[-1]}.jpg", f"metadata/{wanted[-1]}.json"}
+
+
+def test_suite_offline_says_so_in_one_line_and_exits_0(tmp_path, no_data, capsys):
+    import train
+
+    started = time.monotonic()
+    train.main(["suite", "--base-url", "http://127.0.0.1:9"])  # nothing listens on the discard port
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert no_data == [] and time.monotonic() - started < 10
+    assert lines[-1].startswith("No photos could be fetched from http://127.0.0.1:9")
+    assert len(lines) == 1

@@ -1,0 +1,160 @@
+"""`python -m bench scale --n N`: the data layer on a synthetic ABID-layout collection of N photos.
+
+    .venv/bin/python -m bench scale --n 10000 --root /tmp/binsight-scale
+
+Generates (or reuses) N small JPEGs (64-96 px, 0-8 boxes) with ABID metadata JSON under
+`--root`, then times each step in a fresh subprocess and reads that process's peak RSS
+(`resource.getrusage`, the step's own process; decoding workers are reported apart): first and
+repeated collection load, cache build, cache growth after adding 1% new photos (only those are
+decoded), and one streamed pass over the train split. More steps (a training epoch, evaluation)
+go in STEPS: a function of (root, store, size) returning a note.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from bench.common import print_table
+
+IMAGE_SIZE = 64  # cache resolution for the scale runs
+
+
+def _write_bins(root: str, ids: list[int]) -> None:
+    for i in ids:
+        rng = np.random.default_rng(i)
+        count, side = int(rng.integers(0, 9)), int(rng.integers(64, 97))
+        img = Image.fromarray(rng.integers(30, 70, size=(side * 3 // 4, side, 3), dtype=np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(count):  # one bright box per item
+            x, y = int(rng.integers(0, side - 12)), int(rng.integers(0, side * 3 // 4 - 12))
+            draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(c) for c in rng.integers(150, 255, size=3)))
+        img.save(f"{root}/bin-images/{i}.jpg", quality=85)
+        skus = {f"B{i}_{k}": {"asin": f"B{i}_{k}", "name": f"item {k}", "quantity": 1} for k in range(count)}
+        Path(f"{root}/metadata/{i}.json").write_text(json.dumps({"EXPECTED_QUANTITY": count, "BIN_FCSKU_DATA": skus}))
+
+
+def generate(root: Path, first: int, n: int, workers: int = 2) -> None:
+    """Bins `first`..`first + n - 1` in ABID's layout; those already written are kept."""
+    for sub in ("bin-images", "metadata"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(first, first + n) if not (root / "metadata" / f"{i}.json").exists()]
+    chunks = [todo[k:k + 500] for k in range(0, len(todo), 500)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_bins, [str(root)] * len(chunks), chunks))
+
+
+def _load(root: Path, store: Path, size: int) -> str:
+    from core.data import load_collection
+    from core.dataset import collection_folder
+
+    col = load_collection(root, max_count=5, index=collection_folder(root, store) / "index.sqlite", progress=False)
+    return f"{len(col.table)} photos of 0-5 items, {col.out_of_range} above"
+
+
+def _decoded(store: Path, root: Path, size: int) -> int:
+    from core.dataset import collection_folder
+
+    path = collection_folder(root, store) / "cache.sqlite"
+    if not path.is_file():
+        return 0
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT COUNT(*) FROM decoded WHERE size = ?", (size,)).fetchone()[0]
+
+
+def _prepare(root: Path, store: Path, size: int) -> str:
+    from core.dataset import prepare_dataset
+
+    before = _decoded(store, root, size)
+    dataset = prepare_dataset(root, image_size=size, store=store, progress=False)
+    disk = dataset.images(size).nbytes / 1e9
+    return f"{_decoded(store, root, size) - before} decoded, cache {disk:.2f} GB"
+
+
+def _stream(root: Path, store: Path, size: int) -> str:
+    from core.dataset import prepare_dataset
+
+    dataset = prepare_dataset(root, image_size=size, store=store, progress=False)
+    seen = sum(len(x) for x, _ in dataset.batches("train", size, batch_size=256))
+    return f"{seen} train photos in batches of 256"
+
+
+STEPS: dict[str, Callable[[Path, Path, int], str]] = {
+    "first load": _load, "repeated load": _load, "cache build": _prepare, "cache growth (+1%)": _prepare,
+    "stream train split": _stream,
+}
+
+
+def run_step(name: str, root: Path, store: Path, size: int) -> dict:
+    """Run one step in a fresh interpreter: its wall time, its peak RSS and its note."""
+    out = subprocess.run([sys.executable, "-m", "bench.scale", "--step", name, "--root", str(root),
+                          "--store", str(store), "--size", str(size)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from
+    the forking parent across exec, so a step started by a big parent would report the parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(name: str, root: Path, store: Path, size: int) -> None:
+    import core.dataset  # noqa: F401 - imports are not part of the step's time
+
+    started = time.perf_counter()
+    note = STEPS[name](root, store, size)
+    seconds = time.perf_counter() - started
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb(), "worker_rss_mb": workers, "note": note}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000, help="photos in the synthetic collection")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/binsight-scale"), help="where collections are kept")
+    parser.add_argument("--size", type=int, default=IMAGE_SIZE, help="cache resolution")
+    parser.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.step:
+        return _child(args.step, args.root, args.store, args.size)
+
+    data, store = args.root / f"abid-{args.n}", args.root / f"store-{args.n}"
+    started = time.perf_counter()
+    generate(data, 1, args.n)
+    shutil.rmtree(store, ignore_errors=True)  # every run measures a first load and a first build
+    for extra in sorted((data / "bin-images").glob("*.jpg"), key=lambda p: int(p.stem))[args.n:]:
+        extra.unlink()  # the 1% added by an earlier run
+        (data / "metadata" / f"{extra.stem}.json").unlink()
+    print(f"collection of {args.n} photos ready in {time.perf_counter() - started:.0f} s: {data}")
+    rows = []
+    for name in STEPS:
+        if name == "cache growth (+1%)":
+            generate(data, args.n + 1, max(1, args.n // 100))
+        result = run_step(name, data, store, args.size)
+        rows.append((name, f"{result['seconds']:.2f} s",
+                     f"{result['rss_mb']:.0f} MB" + (f" (workers {result['worker_rss_mb']:.0f} MB)"
+                                                    if result["worker_rss_mb"] else ""), result["note"]))
+    print_table(rows, header=("step", "wall time", "peak RSS", f"what ({args.n} photos, {args.size} px cache)"))
+    disk = sum(p.stat().st_blocks * 512 for p in store.rglob("*") if p.is_file())
+    photos = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    print(f"store on disk: {disk / 1e6:.1f} MB (index and cache); photos and metadata: {photos / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The incremental collection index: a rescan re-reads only new or changed files, bad ones stay reported."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import core.data
+from core.data import load_collection
+from tests.builders import bin_photo, write_abid_collection
+
+
+@pytest.fixture
+def probes(monkeypatch) -> list[str]:
+    """The image paths `load_collection` actually reads, in order."""
+    seen: list[str] = []
+    real = core.data._probe
+    monkeypatch.setattr(core.data, "_probe", lambda entry: seen.append(os.path.basename(entry.path)) or real(entry))
+    return seen
+
+
+def touch_later(path) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_rescan_reads_only_new_changed_and_bad_files_once(tmp_path, probes):
+    root = write_abid_collection(tmp_path / "abid", [1, 2, 3, 4, 5, 0])
+    (root / "metadata" / "6.json").write_text("{not json")
+    index = tmp_path / "index.sqlite"
+    first = load_collection(root, index=index)
+    assert sorted(probes) == [f"{i}.jpg" for i in range(1, 7)]
+    assert list(first.skipped["path"].str.rsplit("/", n=1).str[-1]) == ["6.jpg"]
+
+    probes.clear()
+    again = load_collection(root, index=index)
+    assert probes == []  # nothing changed: nothing read
+    assert again.table.equals(first.table) and again.skipped.equals(first.skipped)  # the bad file is still reported
+
+    bin_photo(2, seed=99).save(root / "bin-images" / "7.jpg")  # new
+    (root / "metadata" / "7.json").write_text(json.dumps({"EXPECTED_QUANTITY": 2}))
+    (root / "metadata" / "2.json").write_text(json.dumps({"EXPECTED_QUANTITY": 4}))  # relabelled
+    touch_later(root / "metadata" / "2.json")
+    touch_later(root / "bin-images" / "3.jpg")  # modified image
+    (root / "bin-images" / "1.jpg").unlink()  # removed
+    (root / "metadata" / "1.json").unlink()
+    probes.clear()
+    changed = load_collection(root, index=index)
+    assert sorted(probes) == ["2.jpg", "3.jpg", "7.jpg"]
+    counts = dict(zip(changed.table["image_id"], changed.table["count"]))
+    assert counts == {"2": 4, "3": 3, "4": 4, "5": 5, "7": 2}
+
+
+def test_without_an_index_every_file_is_read(tmp_path, probes):
+    root = write_abid_collection(tmp_path / "abid", [1, 2])
+    load_collection(root)
+    load_collection(root)
+    assert len(probes) == 4 and not list(tmp_path.rglob("*.sqlite"))
+
+
+def test_a_photo_whose_file_vanishes_is_reported_and_forgotten(tmp_path, probes):
+    root = write_abid_collection(tmp_path / "abid", [1, 2, 3])
+    index = tmp_path / "index.sqlite"
+    load_collection(root, index=index)
+    (root / "bin-images" / "2.jpg").unlink()
+    col = load_collection(root, index=index)
+    assert list(col.table["image_id"]) == ["1", "3"]  # no metadata-only ghost, no crash
+    bin_photo(2, seed=2).save(root / "bin-images" / "2.jpg")
+    probes.clear()
+    assert len(load_collection(root, index=index).table) == 3 and probes == ["2.jpg"]
