@@ -108,7 +108,8 @@ def cmd_count(args: argparse.Namespace) -> None:
         if isinstance(result, Exception):
             print(f"{path}: cannot count: {result}")
         else:
-            print(f"{path}: {result.count} items (confidence {result.confidence:.0%}, expected {result.expected:.2f})")
+            print(f"{path}: {counter.exp.count_label(result.count)} items (confidence {result.confidence:.0%}, "
+                  f"expected {result.expected:.2f})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -233,8 +234,13 @@ def print_figures(exp) -> None:
         if m:
             print(figures_line(label, m))
     m = exp.cv_metrics or exp.metrics
-    per_class = ", ".join(f"{c}: {'-' if a is None else f'{a:.2f}'}" for c, a in enumerate(m["per_class_accuracy"]))
+    per_class = ", ".join(f"{exp.count_label(c)}: {'-' if a is None else f'{a:.2f}'}"
+                          for c, a in enumerate(m["per_class_accuracy"]))
     print(f"  {'out-of-fold' if exp.cv_metrics else 'test'} accuracy per count: {per_class}")
+    if m.get("open_class"):
+        print(f"  (accuracy, balanced accuracy and RMSE above are on bins of 0..{exp.num_classes - 2} items, the "
+              f"paper's task; {m['open_class']['n']} bins of more: recall of \"more than {exp.num_classes - 2}\" "
+              f"{m['open_class']['recall']:.2f})")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:

@@ -242,8 +242,9 @@ def _probe_all(entries: list[Entry], index: Path | None, progress: bool) -> dict
 
 
 def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | None = None,
-                    progress: bool = False) -> Collection:
-    """Read a labelled collection; images with counts above `max_count` are left out and counted.
+                    progress: bool = False, open_top: bool = False) -> Collection:
+    """Read a labelled collection; images with counts above `max_count` are left out and counted,
+    or, with `open_top`, kept with the label `max_count + 1`: the open class "more than max_count".
 
     With `index` (a file, see `core.index`), only files that are new or changed since the last
     load are read; the rest is taken from the index, bad files included (still reported).
@@ -274,8 +275,10 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
             continue
         count = entry.count if entry.count is not None else probe.count
         if count > max_count:
-            out_of_range += 1
-            continue
+            if not open_top:
+                out_of_range += 1
+                continue
+            count = max_count + 1
         group = entry.group or content_group(probe.digest)
         rows.append((entry.image_id, entry.path, count, probe.items, group, stamp[0], stamp[1]))  # bytes, mtime_ns
     if not rows:

@@ -168,12 +168,27 @@ def verdict(comparison: dict[str, dict[str, float]], name_a: str, name_b: str,
     return f"{name_a} and {name_b} are within noise of each other on {label} ({span})."
 
 
-def split_figures(y_true, probs: np.ndarray, num_classes: int) -> dict:
-    """`count_report` of the most probable counts, with ECE and bootstrap intervals: a split's figures."""
+def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = False) -> dict:
+    """A split's figures: `count_report` of the most probable counts, ECE, bootstrap intervals.
+
+    With an open top class ("more than K-2" items), accuracy, balanced accuracy, RMSE and their
+    intervals are the paper's, on the photos of 0..K-2 items (a photo called "more than" counts
+    as wrong, at K-1 items); the open class's own recall stands beside them (`open_class`, and
+    the last entry of `per_class_accuracy`), and the confusion matrix holds every photo.
+    """
     probs = np.asarray(probs, dtype=float)
+    y_true = np.asarray(y_true, dtype=int)
     y_pred = probs.argmax(axis=1)
-    report = count_report(y_true, y_pred, num_classes)
+    closed = y_true < num_classes - 1 if open_top else np.ones(len(y_true), dtype=bool)
+    report = count_report(y_true[closed], y_pred[closed], num_classes)
     report["ece"] = expected_calibration_error(probs, y_true)
-    report["intervals"] = bootstrap_intervals(y_true, y_pred)
+    report["intervals"] = bootstrap_intervals(y_true[closed], y_pred[closed])
     report["per_class_intervals"] = per_class_intervals(y_true, y_pred, num_classes)
+    if open_top:
+        top = num_classes - 1
+        hits = y_pred[y_true == top] == top
+        recall = float(hits.mean()) if len(hits) else None
+        report["per_class_accuracy"][top] = recall
+        report["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
+        report["open_class"] = {"n": int(len(hits)), "recall": recall, "interval": report["per_class_intervals"][top]}
     return report

@@ -139,7 +139,8 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
     the model cannot predict are left out and counted.
     """
     store = store or Store()
-    collection = load_collection(root, max_count=counter.num_classes - 1)
+    open_top = counter.exp.open_top
+    collection = load_collection(root, max_count=counter.num_classes - 1 - int(open_top), open_top=open_top)
     table = collection.table
     scope = "all photos"
     if counter.exp.data_root and same_root(counter.exp.data_root, root):
@@ -155,5 +156,5 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
     if not ok:
         raise ValueError(f"no photo in {root} could be counted")
     probs = np.array([r.probs for r in results if isinstance(r, CountResult)])
-    return {"model": counter.exp_id, "scope": scope, **split_figures(truth, probs, counter.num_classes),
+    return {"model": counter.exp_id, "scope": scope, **split_figures(truth, probs, counter.num_classes, open_top),
             "left_out_counts": collection.out_of_range, "unreadable": len(collection.skipped) + len(results) - len(ok)}

@@ -231,6 +231,8 @@ def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, b
             row["error"] = str(result)
         elif result is not None:
             p_recorded, p_mismatch, note = judge(counter, result, int(recorded), prior_wrong)
+            if counter.exp.open_top and result.count == counter.num_classes - 1 and not note:
+                note = f"the photo looks like {counter.exp.count_label(result.count)} items"
             row.update(predicted_count=result.count, expected_count=round(result.expected, 3),
                        confidence=round(result.confidence, 4), note=note,
                        p_recorded=None if p_recorded is None else round(p_recorded, 4),

@@ -62,8 +62,10 @@ def finish_single(store: Store, exp_id: str, dataset: Dataset, val_probs: np.nda
     _log(store, exp_id, val, val_cal, "val")
     _log(store, exp_id, test, test_cal, "test")
     _log_split(store, exp_id, dataset, cv=False)
-    store.finish(exp_id, split_figures(test["count"], test_cal, k), val_metrics=split_figures(val["count"], val_cal, k),
-                 calibration=calibration, folds=0, **fields)
+    open_top = dataset.open_top
+    store.finish(exp_id, split_figures(test["count"], test_cal, k, open_top),
+                 val_metrics=split_figures(val["count"], val_cal, k, open_top), calibration=calibration, folds=0,
+                 **fields)
 
 
 def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof_probs: np.ndarray,
@@ -84,5 +86,6 @@ def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof
     _log(store, exp_id, pool, oof_cal, "oof")
     _log(store, exp_id, test, ensemble, "test")
     _log_split(store, exp_id, dataset, cv=True)
-    store.finish(exp_id, split_figures(y_test, ensemble, k), cv_metrics=split_figures(y_pool, oof_cal, k),
-                 calibration=calibration, folds=len(test_probs), **fields)
+    store.finish(exp_id, split_figures(y_test, ensemble, k, dataset.open_top),
+                 cv_metrics=split_figures(y_pool, oof_cal, k, dataset.open_top), calibration=calibration,
+                 folds=len(test_probs), **fields)

@@ -51,10 +51,10 @@ def verdict(counter: BinCounter, result: CountResult, recorded: int, threshold: 
     (`core.reconcile.judge`: the photo weighed against how often records are wrong)."""
     _, p_mismatch, note = judge(counter, result, recorded, prior_wrong)
     if p_mismatch is None:
-        return Verdict(False, None, f"Recorded {recorded}, the photo looks like {result.count}: {note}.")
+        return Verdict(False, None, f"Recorded {recorded}, the photo looks like {counter.exp.count_label(result.count)}: {note}.")
     settings = f"probability of a mismatch {p_mismatch:.0%}, with {prior_wrong:.0%} of records assumed wrong"
     if is_mismatch(p_mismatch, threshold):
-        return Verdict(True, p_mismatch, f"Probably a mismatch: recorded {recorded}, the photo shows {result.count} "
+        return Verdict(True, p_mismatch, f"Probably a mismatch: recorded {recorded}, the photo shows {counter.exp.count_label(result.count)} "
                                          f"({settings}). Recount this bin.")
     return Verdict(False, p_mismatch, f"Matches the record of {recorded} ({settings}).")
 

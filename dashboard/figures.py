@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.config import MAX_COUNT
+from core.records import count_label
 from core.reconcile import is_mismatch
 
 COUNT_TITLE = "items in the bin"
@@ -31,8 +32,10 @@ def _layout(fig: go.Figure, title: str | None = None, height: int = 360) -> go.F
     return fig
 
 
-def _count_axis(num_classes: int) -> dict:
+def _count_axis(num_classes: int, open_top: bool = False) -> dict:
+    """The count axis; with an open top class its last tick reads "6+" (more than 5)."""
     return dict(title=COUNT_TITLE, tickmode="array", tickvals=list(range(num_classes)),
+                ticktext=[count_label(k, num_classes, open_top, short=True) for k in range(num_classes)],
                 range=[-0.5, num_classes - 0.5])
 
 
@@ -96,7 +99,8 @@ def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | 
 
 def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "accuracy",
                    title: str | None = None,
-                   intervals: Mapping[str, Sequence[Sequence[float] | None]] | None = None) -> go.Figure:
+                   intervals: Mapping[str, Sequence[Sequence[float] | None]] | None = None,
+                   open_top: bool = False) -> go.Figure:
     """A value per count class (accuracy or RMSE) for one or more experiments, as grouped bars,
     with error bars where `intervals` gives a [low, high] per class."""
     percent = what == "accuracy"
@@ -117,7 +121,7 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
             hovertemplate=f"{label}<br>%{{x}} items: %{{y:{'.1%' if percent else '.3f'}}}<extra></extra>",
         ))
     fig.update_layout(barmode="group", showlegend=len(values) > 1)
-    fig.update_xaxes(**_count_axis(num_classes))
+    fig.update_xaxes(**_count_axis(num_classes, open_top))
     if percent:
         fig.update_yaxes(title=what, tickformat=".0%", range=[0, 1.12])
     else:
@@ -125,7 +129,8 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
     return _layout(fig, title)
 
 
-def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, title: str | None = None) -> go.Figure:
+def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, title: str | None = None,
+                      open_top: bool = False) -> go.Figure:
     """Rows = true count, columns = predicted count; cells show photo counts (and row shares).
 
     Each cell also carries an invisible marker (x = predicted, y = true): heatmaps report no
@@ -150,10 +155,10 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, 
         hovertemplate="true %{customdata[0]}, predicted %{customdata[1]}: %{customdata[2]} photos<extra></extra>",
         showlegend=False,
     ))
-    fig.update_xaxes(title="predicted count", tickmode="array", tickvals=list(range(n)), side="top", showgrid=False,
-                     zeroline=False)
-    fig.update_yaxes(title="true count", tickmode="array", tickvals=list(range(n)), autorange="reversed",
-                     showgrid=False, zeroline=False)
+    ticks = dict(tickmode="array", tickvals=list(range(n)),
+                 ticktext=[count_label(k, n, open_top, short=True) for k in range(n)])
+    fig.update_xaxes(title="predicted count", side="top", showgrid=False, zeroline=False, **ticks)
+    fig.update_yaxes(title="true count", autorange="reversed", showgrid=False, zeroline=False, **ticks)
     return _layout(fig, title, height=420)
 
 
@@ -203,7 +208,8 @@ def _lr_finder_loss_range(curves: Sequence[Mapping], margin: float = 0.1) -> lis
     return [low - pad, high + pad]
 
 
-def probability_bars(probs: Sequence[float], recorded: int | None = None, title: str | None = None) -> go.Figure:
+def probability_bars(probs: Sequence[float], recorded: int | None = None, title: str | None = None,
+                     open_top: bool = False) -> go.Figure:
     """The model's probability for each count; the most likely count is coloured, the recorded one marked."""
     probs = np.asarray(probs, dtype=float)
     predicted = int(np.argmax(probs))
@@ -216,7 +222,7 @@ def probability_bars(probs: Sequence[float], recorded: int | None = None, title:
     ))
     if recorded is not None and 0 <= recorded < len(probs):
         fig.add_annotation(x=recorded, y=probs[recorded], yshift=28, text="recorded", showarrow=False)
-    fig.update_xaxes(**_count_axis(len(probs)))
+    fig.update_xaxes(**_count_axis(len(probs), open_top))
     fig.update_yaxes(title="probability", tickformat=".0%", range=[0, 1.15])
     return _layout(fig, title, height=300)
 

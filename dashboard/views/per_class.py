@@ -24,10 +24,16 @@ per_class = tables.per_class_table(metrics)
 left, right = st.columns(2)
 left.plotly_chart(figures.per_class_bars({exp.name: metrics["per_class_accuracy"]}, "accuracy",
                                          title="Accuracy: share counted exactly right (95% intervals)",
-                                         intervals={exp.name: metrics.get("per_class_intervals") or []}),
+                                         intervals={exp.name: metrics.get("per_class_intervals") or []},
+                                         open_top=exp.open_top),
                   key="pc-acc")
 right.plotly_chart(figures.per_class_bars({exp.name: metrics["per_class_rmse"]}, "RMSE",
-                                          title="RMSE: typical error in items"), key="pc-rmse")
+                                          title="RMSE: typical error in items", open_top=exp.open_top),
+                   key="pc-rmse")
+if open_class := metrics.get("open_class"):
+    st.caption(f"Accuracy, balanced accuracy and RMSE are on bins of 0..{exp.num_classes - 2} items, the paper's task. "
+               f"The model also learns \"{exp.count_label(exp.num_classes - 1)}\": it recognises "
+               f"{open_class['recall']:.0%} of the {open_class['n']} test bins that hold more (the last bar).")
 st.dataframe(per_class, hide_index=True, column_config={
     "accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
     "RMSE": st.column_config.NumberColumn(format="%.3f"),
