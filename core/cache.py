@@ -52,7 +52,7 @@ def assign_rows(folder: Path, files: pd.DataFrame) -> np.ndarray:
     """The cache row of each file version (`files`: path, bytes, mtime_ns); new versions get new rows."""
     with _locked(folder) as db, db:
         known = {(p, b, m): r for r, p, b, m in db.execute("SELECT row, path, bytes, mtime_ns FROM rows")}
-        keys = list(zip(files["path"], files["bytes"].astype(int), files["mtime_ns"].astype(int)))
+        keys = list(zip(files["path"], files["bytes"].astype(int), files["mtime_ns"].astype(int), strict=True))
         new = list(dict.fromkeys(k for k in keys if k not in known))
         start = max(known.values(), default=-1) + 1
         known.update({key: start + i for i, key in enumerate(new)})
@@ -107,7 +107,7 @@ def cached_images(folder: Path, size: int, rows: np.ndarray, paths: list[str], w
     with _locked(folder) as db:
         total = db.execute("SELECT COALESCE(MAX(row), -1) + 1 FROM rows").fetchone()[0]
         state = dict(db.execute("SELECT row, error FROM decoded WHERE size = ?", (size,)).fetchall())
-        jobs = sorted({(int(r), str(p)) for r, p in zip(rows, paths) if int(r) not in state})
+        jobs = sorted({(int(r), str(p)) for r, p in zip(rows, paths, strict=True) if int(r) not in state})
         target = cache_file(folder, size)
         if not target.exists() or target.stat().st_size < total * size * size * 3:
             with open(target, "ab") as fh:  # grow (sparsely); never shrink what others may be reading

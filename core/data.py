@@ -16,8 +16,8 @@ import sqlite3
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -237,7 +237,8 @@ def _probe_all(entries: list[Entry], index: Path | None, progress: bool) -> dict
         try:
             update_index(index, changed, removed)
         except (OSError, sqlite3.Error) as err:  # a read-only store: work on, but say why it is slow
-            warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again")
+            warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again",
+                          stacklevel=3)  # point at the caller of load_collection
     return found
 
 
@@ -280,7 +281,7 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
         rows.append((entry.image_id, entry.path, count, probe.items, group, stamp[0], stamp[1]))  # bytes, mtime_ns
     if not rows:
         raise DataError(f"no usable image with a count of 0..{max_count} in {root} ({len(skipped)} skipped)")
-    table = pd.DataFrame(dict(zip(COLUMNS, zip(*rows))), columns=COLUMNS)
+    table = pd.DataFrame(dict(zip(COLUMNS, zip(*rows, strict=True), strict=True)), columns=COLUMNS)
     return Collection(root, layout, table, pd.DataFrame(skipped, columns=["path", "reason"]), out_of_range)
 
 

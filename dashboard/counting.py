@@ -42,7 +42,7 @@ def count_photos(counter: BinCounter, photos: Sequence[tuple[str, bytes]]) -> li
     results = counter.count_batch([data for _, data in photos])
     return [PhotoCount(name, None, f"{name}: {res} — upload a JPEG or PNG photo of a bin.")
             if isinstance(res, ImageError) else PhotoCount(name, res)
-            for (name, _), res in zip(photos, results)]
+            for (name, _), res in zip(photos, results, strict=True)]
 
 
 def verdict(counter: BinCounter, result: CountResult, recorded: int, threshold: float = MISMATCH_THRESHOLD,
@@ -99,7 +99,8 @@ def photos_from_uploads(files: Sequence[tuple[str, bytes]], max_bytes: int = MAX
     for name, data in files:
         if not name.lower().endswith(".zip"):
             if over(1, len(data)):
-                problems.append(f"{name}: skipped, the uploads would pass the cap ({caps}); upload fewer bins at a time.")
+                problems.append(f"{name}: skipped, the uploads would pass the cap ({caps}); "
+                                "upload fewer bins at a time.")
                 continue
             photos[name] = data
             total_photos, total_bytes = total_photos + 1, total_bytes + len(data)

@@ -47,7 +47,7 @@ def count_histogram(counts: Sequence[int], num_classes: int = MAX_COUNT + 1, tit
     share = per_class / max(per_class.sum(), 1)
     fig = go.Figure(go.Bar(
         x=list(range(num_classes)), y=per_class, marker_color=colour(0),
-        text=[f"{n:,}<br>{s:.0%}" for n, s in zip(per_class, share)], textposition="outside",
+        text=[f"{n:,}<br>{s:.0%}" for n, s in zip(per_class, share, strict=True)], textposition="outside",
         hovertemplate="%{x} items: %{y} photos<extra></extra>",
     ))
     fig.update_xaxes(**_count_axis(num_classes))
@@ -107,8 +107,8 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
         bounds = list((intervals or {}).get(label) or [])
         bounds += [None] * (len(y) - len(bounds))
         error = dict(type="data", symmetric=False, color="#555",
-                     array=[math.nan if b is None else b[1] - v for b, v in zip(bounds, y)],
-                     arrayminus=[math.nan if b is None else v - b[0] for b, v in zip(bounds, y)]) \
+                     array=[math.nan if b is None else b[1] - v for b, v in zip(bounds, y, strict=True)],
+                     arrayminus=[math.nan if b is None else v - b[0] for b, v in zip(bounds, y, strict=True)]) \
             if any(b is not None for b in bounds) else None
         fig.add_trace(go.Bar(
             x=list(range(len(y))), y=y, name=label, marker_color=colour(i), error_y=error,

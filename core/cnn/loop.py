@@ -50,7 +50,8 @@ class TrainingData:
 def phase_plan(recipe: Recipe) -> list[tuple[int, Phase, int]]:
     """(index, phase, first global epoch) for each phase."""
     starts = itertools.accumulate((p.epochs for p in recipe.phases), initial=0)
-    return [(i, phase, start) for i, (phase, start) in enumerate(zip(recipe.phases, starts))]
+    # `starts` ends with the total epochs, one more than there are phases
+    return [(i, phase, start) for i, (phase, start) in enumerate(zip(recipe.phases, starts, strict=False))]
 
 
 def make_loss(recipe: Recipe, data: TrainingData, runtime: Runtime) -> nn.Module:

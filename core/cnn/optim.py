@@ -82,7 +82,7 @@ def make_optimizer(model: nn.Module, recipe: Recipe, phase: Phase, lr: float) ->
     if not phase.train_body:
         groups = [(head_parameters(model, recipe.backbone), lr)]
     elif phase.differential:
-        groups = list(zip(param_groups(model, recipe.backbone), (lr / d for d in DIFFERENTIAL_DIVISORS)))
+        groups = list(zip(param_groups(model, recipe.backbone), (lr / d for d in DIFFERENTIAL_DIVISORS), strict=True))
     else:
         groups = [(list(model.parameters()), lr)]
     param_dicts = [{"params": [p for p in params if p.requires_grad], "lr": group_lr, "base_lr": group_lr}
