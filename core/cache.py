@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ def assign_rows(folder: Path, files: pd.DataFrame) -> np.ndarray:
     return np.array([known[k] for k in keys], dtype=np.int64)
 
 
-def _open(folder: Path, size: int, rows: int, mode: str = "r") -> np.memmap:
+def _open(folder: Path, size: int, rows: int, mode: Literal["r", "r+"] = "r") -> np.memmap:
     return np.memmap(cache_file(folder, size), dtype=np.uint8, mode=mode, shape=(rows, size, size, 3))
 
 

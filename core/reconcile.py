@@ -222,7 +222,7 @@ def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, b
     errors = [error or ("missing recorded quantity" if pd.isna(q) else "") for error, q in
               zip(given_errors, records["recorded_quantity"], strict=True)]
     todo = [i for i, (name, error) in enumerate(zip(names, errors, strict=True)) if not error and name in images
-            and (not isinstance(images[name], Path) or images[name].is_file())]
+            and (not isinstance(source := images[name], Path) or source.is_file())]
     results = dict(zip(todo, counter.count_batch([images[names[i]] for i in todo], progress=progress), strict=True))
     rows = []
     for i, (name, recorded) in enumerate(zip(names, records["recorded_quantity"], strict=True)):

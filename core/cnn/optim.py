@@ -46,6 +46,9 @@ class CountingLoss(nn.Module):
     sample by its true count's weight (a weighted mean, like `F.cross_entropy(weight=...)`).
     """
 
+    weights: torch.Tensor  # buffers, registered in __init__
+    values: torch.Tensor
+
     def __init__(self, num_classes: int, weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
                  count_weight: float = 0.0, ordinal_sigma: float = 0.0):
         super().__init__()
