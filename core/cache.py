@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ def assign_rows(folder: Path, files: pd.DataFrame) -> np.ndarray:
     """The cache row of each file version (`files`: path, bytes, mtime_ns); new versions get new rows."""
     with _locked(folder) as db, db:
         known = {(p, b, m): r for r, p, b, m in db.execute("SELECT row, path, bytes, mtime_ns FROM rows")}
-        keys = list(zip(files["path"], files["bytes"].astype(int), files["mtime_ns"].astype(int)))
+        keys = list(zip(files["path"], files["bytes"].astype(int), files["mtime_ns"].astype(int), strict=True))
         new = list(dict.fromkeys(k for k in keys if k not in known))
         start = max(known.values(), default=-1) + 1
         known.update({key: start + i for i, key in enumerate(new)})
@@ -60,7 +61,7 @@ def assign_rows(folder: Path, files: pd.DataFrame) -> np.ndarray:
     return np.array([known[k] for k in keys], dtype=np.int64)
 
 
-def _open(folder: Path, size: int, rows: int, mode: str = "r") -> np.memmap:
+def _open(folder: Path, size: int, rows: int, mode: Literal["r", "r+"] = "r") -> np.memmap:
     return np.memmap(cache_file(folder, size), dtype=np.uint8, mode=mode, shape=(rows, size, size, 3))
 
 
@@ -107,7 +108,7 @@ def cached_images(folder: Path, size: int, rows: np.ndarray, paths: list[str], w
     with _locked(folder) as db:
         total = db.execute("SELECT COALESCE(MAX(row), -1) + 1 FROM rows").fetchone()[0]
         state = dict(db.execute("SELECT row, error FROM decoded WHERE size = ?", (size,)).fetchall())
-        jobs = sorted({(int(r), str(p)) for r, p in zip(rows, paths) if int(r) not in state})
+        jobs = sorted({(int(r), str(p)) for r, p in zip(rows, paths, strict=True) if int(r) not in state})
         target = cache_file(folder, size)
         if not target.exists() or target.stat().st_size < total * size * size * 3:
             with open(target, "ab") as fh:  # grow (sparsely); never shrink what others may be reading

@@ -16,8 +16,8 @@ import sqlite3
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ class Collection:
     out_of_range: int = 0  # counts above max_count: valid, but not part of the task
 
 
-def parse_count(value: object) -> int:
+def parse_count(value: str | float) -> int:
     """A bin count: a non-negative integer (\"3\", 3 and 3.0 are fine; \"3.5\", -1 and \"\" are not)."""
     if isinstance(value, bool):
         raise ValueError(f"not a count: {value!r}")
@@ -59,7 +59,7 @@ def parse_count(value: object) -> int:
     return int(number)
 
 
-def read_metadata(path: Path) -> tuple[int, str]:
+def read_metadata(path: str | Path) -> tuple[int, str]:
     """ABID metadata JSON -> (EXPECTED_QUANTITY, items as JSON list of {asin, name, quantity})."""
     with open(path, encoding="utf-8") as fh:
         meta = json.load(fh)
@@ -94,7 +94,7 @@ class Entry(NamedTuple):  # a named tuple, not a dataclass: 100k are made on eve
 
     image_id: str
     path: str
-    count: int | None
+    count: int | None  # type: ignore[assignment]  # a field named count shadows tuple.count, on purpose
     group: str | None
     meta: str | None = None
 
@@ -134,7 +134,7 @@ def _entries_manifest(root: Path) -> Listing:
             except (ValueError, TypeError) as err:
                 yield None, (f"manifest.csv line {line}: {rec.get('file')}", str(err))
                 continue
-            yield Entry(path.stem, str(path), count, _manifest_group(rec), meta and str(meta)), None
+            yield Entry(path.stem, str(path), count, _manifest_group(rec), str(meta) if meta else None), None
 
 
 def _entries_abid(root: Path) -> Listing:
@@ -213,12 +213,12 @@ def _probe(entry: Entry) -> Probe:
     return Probe(None, count, items, digest)
 
 
-def _probe_all(entries: list[Entry], index: Path | None, progress: bool) -> dict[str, tuple[Stamp, Probe] | None]:
+def _probe_all(entries: list[Entry], index: Path | None, progress: bool) -> dict[str, tuple[tuple, Probe] | None]:
     """Stamp every entry and probe the new or changed ones, keeping the index up to date."""
     known = read_index(index) if index else {}
-    found: dict[str, tuple[Stamp, Probe] | None] = {}
+    found: dict[str, tuple[tuple, Probe] | None] = {}
     changed: dict[str, tuple[Stamp, Probe]] = {}
-    stale = []
+    stale: list[tuple[Entry, Stamp]] = []
     for entry in entries:
         stamp = _stamp(entry)
         if stamp is None:
@@ -237,7 +237,8 @@ def _probe_all(entries: list[Entry], index: Path | None, progress: bool) -> dict
         try:
             update_index(index, changed, removed)
         except (OSError, sqlite3.Error) as err:  # a read-only store: work on, but say why it is slow
-            warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again")
+            warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again",
+                          stacklevel=3)  # point at the caller of load_collection
     return found
 
 
@@ -254,11 +255,15 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
         raise DataError(f"data folder not found: {root}")
     layout = detect_layout(root)
     listing = {"manifest": _entries_manifest, "abid": _entries_abid, "folders": _entries_folders}[layout]
-    entries, skipped, seen = [], [], set()
+    entries: list[Entry] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for entry, problem in listing(root):
         if problem:
             skipped.append(problem)
-        elif entry.image_id in seen:
+            continue
+        assert entry is not None  # a listing yields an entry or a problem
+        if entry.image_id in seen:
             skipped.append((entry.path, f"duplicate image id {entry.image_id}"))
         else:
             seen.add(entry.image_id)
@@ -274,16 +279,17 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
             skipped.append((entry.path, probe.problem))
             continue
         count = entry.count if entry.count is not None else probe.count
+        assert count is not None  # an entry without a count has its metadata's, or a problem
         if count > max_count:
             if not open_top:
                 out_of_range += 1
                 continue
             count = max_count + 1
-        group = entry.group or content_group(probe.digest)
+        group = entry.group or content_group(probe.digest)  # type: ignore[arg-type]  # digest is set when group is None
         rows.append((entry.image_id, entry.path, count, probe.items, group, stamp[0], stamp[1]))  # bytes, mtime_ns
     if not rows:
         raise DataError(f"no usable image with a count of 0..{max_count} in {root} ({len(skipped)} skipped)")
-    table = pd.DataFrame(dict(zip(COLUMNS, zip(*rows))), columns=COLUMNS)
+    table = pd.DataFrame(dict(zip(COLUMNS, zip(*rows, strict=True), strict=True)), columns=COLUMNS)
     return Collection(root, layout, table, pd.DataFrame(skipped, columns=["path", "reason"]), out_of_range)
 
 

@@ -32,7 +32,7 @@ class Probe(NamedTuple):
     """What reading a file taught: why it is unusable (or None), the metadata's count and items, its hash."""
 
     problem: str | None
-    count: int | None = None
+    count: int | None = None  # type: ignore[assignment]  # a field named count shadows tuple.count, on purpose
     items: str = ""
     digest: str | None = None
 

@@ -51,7 +51,7 @@ def expected_calibration_error(probs: np.ndarray, y_true, bins: int = 15) -> flo
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0, 1, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         mask = (confidence > lo) & (confidence <= hi)
         if mask.any():
             ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
@@ -110,7 +110,7 @@ def bootstrap_intervals(y_true, y_pred, level: float = 0.95, rounds: int = BOOTS
     lo, hi = np.percentile(figures, [tail, 100 - tail], axis=0)
     # rounded outwards, so an interval always holds the figure it brackets
     return {name: [float(np.floor(a * 1e4) / 1e4), float(np.ceil(b * 1e4) / 1e4)]
-            for name, a, b in zip(INTERVAL_METRICS, lo, hi)}
+            for name, a, b in zip(INTERVAL_METRICS, lo, hi, strict=True)}
 
 
 def per_class_intervals(y_true, y_pred, num_classes: int, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,

@@ -117,7 +117,7 @@ class BinCounter:
                 except (ImageError, OSError) as err:
                     results[i] = err if isinstance(err, ImageError) else ImageError(str(err))
             if arrays:
-                for i, probs in zip(where, self.probabilities(np.stack(arrays))):
+                for i, probs in zip(where, self.probabilities(np.stack(arrays)), strict=True):
                     results[i] = self._result(probs)
         return [r if r is not None else ImageError("not counted") for r in results]
 

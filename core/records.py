@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+
 def count_label(count: int, num_classes: int, open_top: bool, short: bool = False) -> str:
     """A count as people read it; the open top class (index num_classes - 1) reads "more than K-2",
     or "K-1+" when `short`."""

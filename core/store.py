@@ -261,7 +261,7 @@ class Store:
         with self._connect() as db:
             db.execute("DELETE FROM experiment_images WHERE experiment = ?", (exp_id,))
             db.executemany("INSERT INTO experiment_images VALUES (?,?,?)",
-                           [(exp_id, str(i), str(s)) for i, s in zip(image_ids, splits)])
+                           [(exp_id, str(i), str(s)) for i, s in zip(image_ids, splits, strict=True)])
 
     def log_predictions(self, exp_id: str, image_ids: Sequence[str], paths: Sequence[str],
                         true_counts: Sequence[int], probs: np.ndarray, split: str = "test") -> None:
@@ -269,7 +269,7 @@ class Store:
         probs = np.asarray(probs, dtype=float)
         rows = [
             (exp_id, str(i), str(p), int(t), int(np.argmax(pr)), json.dumps([round(float(x), 5) for x in pr]), split)
-            for i, p, t, pr in zip(image_ids, paths, true_counts, probs)
+            for i, p, t, pr in zip(image_ids, paths, true_counts, probs, strict=True)
         ]
         with self._connect() as db:
             db.execute("DELETE FROM predictions WHERE experiment = ? AND split = ?", (exp_id, split))

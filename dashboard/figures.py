@@ -13,8 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.config import MAX_COUNT
-from core.records import count_label
 from core.reconcile import is_mismatch
+from core.records import count_label
 
 COUNT_TITLE = "items in the bin"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -50,7 +50,7 @@ def count_histogram(counts: Sequence[int], num_classes: int = MAX_COUNT + 1, tit
     share = per_class / max(per_class.sum(), 1)
     fig = go.Figure(go.Bar(
         x=list(range(num_classes)), y=per_class, marker_color=colour(0),
-        text=[f"{n:,}<br>{s:.0%}" for n, s in zip(per_class, share)], textposition="outside",
+        text=[f"{n:,}<br>{s:.0%}" for n, s in zip(per_class, share, strict=True)], textposition="outside",
         hovertemplate="%{x} items: %{y} photos<extra></extra>",
     ))
     fig.update_xaxes(**_count_axis(num_classes))
@@ -111,8 +111,8 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
         bounds = list((intervals or {}).get(label) or [])
         bounds += [None] * (len(y) - len(bounds))
         error = dict(type="data", symmetric=False, color="#555",
-                     array=[math.nan if b is None else b[1] - v for b, v in zip(bounds, y)],
-                     arrayminus=[math.nan if b is None else v - b[0] for b, v in zip(bounds, y)]) \
+                     array=[math.nan if b is None else b[1] - v for b, v in zip(bounds, y, strict=True)],
+                     arrayminus=[math.nan if b is None else v - b[0] for b, v in zip(bounds, y, strict=True)]) \
             if any(b is not None for b in bounds) else None
         fig.add_trace(go.Bar(
             x=list(range(len(y))), y=y, name=label, marker_color=colour(i), error_y=error,

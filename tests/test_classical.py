@@ -17,8 +17,14 @@ from sklearn.svm import SVC
 import train
 from core.classical import experiment, suite_experiments, train_classical
 from core.classical.models import MODELS, check_scale, model_grid
-from core.classical.predictor import (ARTIFACT, UntrustedModel, class_probabilities, load_pipeline, load_predictor,
-                                      save_pipeline)
+from core.classical.predictor import (
+    ARTIFACT,
+    UntrustedModel,
+    class_probabilities,
+    load_pipeline,
+    load_predictor,
+    save_pipeline,
+)
 from core.classical.search import choose_folds, failed_rows, grid_search, select_balanced, select_paper
 from core.dataset import prepare_dataset
 from core.store import Store

@@ -48,7 +48,7 @@ def test_rescan_reads_only_new_changed_and_bad_files_once(tmp_path, probes):
     probes.clear()
     changed = load_collection(root, index=index)
     assert sorted(probes) == ["2.jpg", "3.jpg", "7.jpg"]
-    counts = dict(zip(changed.table["image_id"], changed.table["count"]))
+    counts = dict(zip(changed.table["image_id"], changed.table["count"], strict=True))
     assert counts == {"2": 4, "3": 3, "4": 4, "5": 5, "7": 2}
 
 

@@ -63,8 +63,9 @@ def train_classical(
 ) -> str:
     """Search, fit, calibrate, save and test one classical model (or, with `cv=K`, K of them on
     the folds of train+val); returns its experiment id. With `open_top` (the default), bins of
-    more than `max_count` items are a class of their own instead of being left out. A configuration already finished on the
-    same data is served from the store; two processes asking for it at once train it once."""
+    more than `max_count` items are a class of their own instead of being left out. A configuration
+    already finished on the same data is served from the store; two processes asking for it at once
+    train it once."""
     store = store or Store()
     if selection not in SELECTORS:
         raise ValueError(f"selection must be one of {SELECTION_RULES}, got {selection!r}")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
-from skops.io import dump, get_untrusted_types, load
 from sklearn.pipeline import Pipeline
+from skops.io import dump, get_untrusted_types, load
 
 from core.classical.features import EXTRACTORS, CappedPCA
 from core.files import atomic_path

@@ -50,7 +50,8 @@ def load_predictor(folder: Path, artifact: str = MODEL_FILE, num_classes: int = 
     def predict(images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), got {images.dtype} {images.shape}")
+            raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), "
+                             f"got {images.dtype} {images.shape}")
         out = [class_probabilities(model, torch.from_numpy(np.array(images[i:i + batch_size])).to(runtime.device),
                                    normalization, config["tta"], runtime.autocast()).cpu()
                for i in range(0, len(images), batch_size)]

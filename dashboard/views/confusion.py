@@ -23,7 +23,8 @@ if clicked and clicked != st.session_state.get("cm-clicked"):
     st.session_state["cm-true"], st.session_state["cm-pred"] = clicked
 if "cm-true" not in st.session_state:  # start on the most frequent mistake
     off = matrix - np.diag(np.diag(matrix))
-    st.session_state["cm-true"], st.session_state["cm-pred"] = (int(i) for i in np.unravel_index(off.argmax(), off.shape))
+    st.session_state["cm-true"], st.session_state["cm-pred"] = (
+        int(i) for i in np.unravel_index(off.argmax(), off.shape))
 
 side.caption("Click a cell, or pick it here, to see its photos.")
 true_count = side.selectbox("True count", range(n), key="cm-true", format_func=exp.count_label)

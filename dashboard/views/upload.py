@@ -4,7 +4,6 @@ from pathlib import Path
 import streamlit as st
 
 from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
-
 from dashboard import counting, figures, state, ui
 
 st.title("Count the items in a bin")
