@@ -168,8 +168,9 @@ def verdict(comparison: dict[str, dict[str, float]], name_a: str, name_b: str,
     return f"{name_a} and {name_b} are within noise of each other on {label} ({span})."
 
 
-def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = False) -> dict:
-    """A split's figures: `count_report` of the most probable counts, ECE, bootstrap intervals.
+def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = False, y_pred=None) -> dict:
+    """A split's figures: `count_report` of the shown counts (`y_pred`, default the most probable),
+    ECE of the probabilities, bootstrap intervals.
 
     With an open top class ("more than K-2" items), accuracy, balanced accuracy, RMSE and their
     intervals are the paper's, on the photos of 0..K-2 items (a photo called "more than" counts
@@ -178,7 +179,7 @@ def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = 
     """
     probs = np.asarray(probs, dtype=float)
     y_true = np.asarray(y_true, dtype=int)
-    y_pred = probs.argmax(axis=1)
+    y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=int)
     closed = y_true < num_classes - 1 if open_top else np.ones(len(y_true), dtype=bool)
     report = count_report(y_true[closed], y_pred[closed], num_classes)
     report["ece"] = expected_calibration_error(probs, y_true)

@@ -22,8 +22,8 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 NEUTRAL = "#b0b7c3"
 MATCH = "#2ca02c"
 MISMATCH = "#d62728"
-PHASES = ("train", "val", "valid", "test")
-PHASE_DASH = {"train": "solid", "val": "dash", "valid": "dash", "test": "dot", "": "solid"}
+SPLIT_PREFIXES = ("train", "val", "valid", "test")  # curve columns are <split>_<metric>
+SPLIT_DASH = {"train": "solid", "val": "dash", "valid": "dash", "test": "dot", "": "solid"}
 
 
 def _layout(fig: go.Figure, title: str | None = None, height: int = 360) -> go.Figure:
@@ -61,7 +61,7 @@ def count_histogram(counts: Sequence[int], num_classes: int = MAX_COUNT + 1, tit
 def split_curve_column(column: str) -> tuple[str, str]:
     """`val_loss` -> ("val", "loss"); a column without a phase prefix (`lr`) -> ("", "lr")."""
     phase, _, rest = column.partition("_")
-    return (phase, rest) if phase in PHASES and rest else ("", column)
+    return (phase, rest) if phase in SPLIT_PREFIXES and rest else ("", column)
 
 
 def curve_metrics(curves: Mapping[str, pd.DataFrame]) -> list[str]:
@@ -87,7 +87,7 @@ def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | 
                 continue
             fig.add_trace(go.Scatter(
                 x=frame["epoch"], y=frame[column], mode="lines+markers", name=f"{label} · {phase or metric}",
-                line=dict(color=colour(i), dash=PHASE_DASH.get(phase, "solid")), marker=dict(size=5),
+                line=dict(color=colour(i), dash=SPLIT_DASH.get(phase, "solid")), marker=dict(size=5),
                 hovertemplate=f"{label}<br>{column}: %{{y:.4g}} at epoch %{{x}}<extra></extra>",
             ))
     fig.update_xaxes(title="epoch", dtick=1 if last_epoch <= 20 else None)
@@ -209,10 +209,11 @@ def _lr_finder_loss_range(curves: Sequence[Mapping], margin: float = 0.1) -> lis
 
 
 def probability_bars(probs: Sequence[float], recorded: int | None = None, title: str | None = None,
-                     open_top: bool = False) -> go.Figure:
-    """The model's probability for each count; the most likely count is coloured, the recorded one marked."""
+                     open_top: bool = False, counted: int | None = None) -> go.Figure:
+    """The model's probability for each count; the count shown (default: the most likely) is
+    coloured, the recorded one marked."""
     probs = np.asarray(probs, dtype=float)
-    predicted = int(np.argmax(probs))
+    predicted = int(np.argmax(probs)) if counted is None else counted
     colours = [colour(0) if k == predicted else NEUTRAL for k in range(len(probs))]
     lines = [3 if k == recorded else 0 for k in range(len(probs))]
     fig = go.Figure(go.Bar(

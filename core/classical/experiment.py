@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from core.classical.features import ImageFeatures, feature_matrix, make_extractor
 from core.classical.models import check_scale, model_grid
-from core.classical.predictor import ARTIFACT, class_probabilities, probability_method, save_pipeline
+from core.classical.predictor import ARTIFACT, pipeline_probabilities, probability_method, save_pipeline
 from core.classical.search import SELECTION_RULES, SELECTORS, choose_folds, cv_table, failed_rows, grid_search
 from core.config import MAX_COUNT
 from core.dataset import DEFAULT_SPLIT, Dataset, prepare_dataset
@@ -27,7 +27,7 @@ from core.store import Store, config_key
 
 FAMILY = "classical"
 IMAGE_SIZE = 128  # cache resolution; each extractor shrinks further (raw 32 px, HOG 64 px, ...)
-VERSION = 3  # part of every experiment's key: bump when a change alters what a setting trains
+VERSION = 4  # part of every experiment's key: bump when a change alters what a setting trains
 
 
 def experiment_params(features: str, extractor: ImageFeatures, pca: int | None, model: str, grid: list[dict],
@@ -117,7 +117,7 @@ def _train(store: Store, exp_id: str, dataset: Dataset, extractor: ImageFeatures
         return search, pipeline
 
     def probs(search, part: pd.DataFrame) -> np.ndarray:
-        return class_probabilities(search.best_estimator_, matrix[part["row"].to_numpy()], k)
+        return pipeline_probabilities(search.best_estimator_, matrix[part["row"].to_numpy()], k)
 
     test = dataset.split("test")
     common = {"artifact": ARTIFACT, "feature_seconds": feature_seconds,

@@ -52,7 +52,8 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
             else:
                 st.success(check.text, icon=":material/check_circle:")
         marked = None if recorded is None else min(int(recorded), len(result.probs) - 1) if exp.open_top else recorded
-        st.plotly_chart(figures.probability_bars(result.probs, marked, open_top=exp.open_top), key=f"up-probs-{i}")
+        st.plotly_chart(figures.probability_bars(result.probs, marked, open_top=exp.open_top,
+                                                          counted=result.count), key=f"up-probs-{i}")
 
 
 for i, photo in enumerate(state.photo_counts(exp.id, state.store_root(), photos)):
