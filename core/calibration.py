@@ -16,8 +16,8 @@ them. It is scored by the negative log-likelihood, a proper scoring rule: reconc
 the probability of the recorded count, not only of the most likely one, which is all that ECE
 looks at. ECE is reported beside it.
 
-Which count to show is a separate choice (`choose_decision`): the most probable one, or the most
-probable relative to its prior, whichever counts better on those photos. The mean calibrated
+The count shown stays the model's own (`decide`): calibration changes what the probabilities
+mean, not which count is named. The mean calibrated
 probability of each count over those photos is kept as `class_prior`: the prior the calibrated
 probabilities are relative to (the photos' own count shares for a well-calibrated map; flatter
 for a model trained with balanced class weights and left uncorrected), which reconciliation
@@ -35,7 +35,6 @@ from core.metrics import accuracy_coverage, expected_calibration_error
 
 EPS = 1e-7
 METHODS = ("none", "temperature", "temperature+bias")
-DECISIONS = ("most probable", "prior-corrected")
 BIAS_PENALTY = 1.0  # L2 weight on the per-count biases (a Gaussian prior of variance 1/2), over all photos
 
 
@@ -119,30 +118,16 @@ def fit_calibration(probs: np.ndarray, y_true, seed: int = 0) -> dict[str, Any]:
 
 
 def decide(probs: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
-    """The count shown for each photo, by the experiment's decision rule (see `choose_decision`)."""
-    probs = np.asarray(probs, dtype=float)
-    if calibration.get("decision") == "prior-corrected":
-        prior = np.clip(np.asarray(calibration["class_prior"], dtype=float), EPS, None)
-        return np.asarray((probs / prior).argmax(axis=1))
-    return np.asarray(probs.argmax(axis=1))
+    """The count shown for each photo: the model's own choice, as trained.
 
-
-def choose_decision(calibrated: np.ndarray, y_true, calibration: dict[str, Any],
-                    closed: np.ndarray | None = None) -> str:
-    """"most probable" (the calibrated argmax: best accuracy, but a prior-corrected map then rarely
-    names the rare counts) or "prior-corrected" (argmax of P(count | photo) / prior(count): every
-    count weighs alike, as balanced accuracy does), whichever has the higher balanced accuracy on
-    these held-out photos (`closed`: the ones the figure is computed on). Ties: most probable."""
-    y_true = np.asarray(y_true, dtype=int)
-    keep = np.ones(len(y_true), dtype=bool) if closed is None else np.asarray(closed, dtype=bool)
-    if not keep.any():
-        return "most probable"
-
-    def balanced(rule: str) -> float:
-        pred = decide(calibrated, {**calibration, "decision": rule})
-        return float(np.mean([np.mean(pred[keep][y_true[keep] == c] == c) for c in np.unique(y_true[keep])]))
-
-    return max(DECISIONS, key=lambda rule: (round(balanced(rule), 4), -DECISIONS.index(rule)))
+    Calibration fixes what the probabilities mean; it does not change the count. A per-count bias
+    that moves the probabilities to the photos' own count shares would otherwise make the shown
+    count the most common plausible one (on the sample, counts 2-4 were then almost never named),
+    undoing the balanced class weights the model was trained with. The bias is taken back out,
+    which leaves the argmax of the uncalibrated probabilities.
+    """
+    bias = np.asarray(calibration.get("bias") or np.zeros(np.shape(probs)[1]), dtype=float)
+    return np.asarray((_log(probs) - bias).argmax(axis=1))
 
 
 def coverage_curve(probs: np.ndarray, y_true, calibration: dict[str, Any],
@@ -157,13 +142,9 @@ def coverage_curve(probs: np.ndarray, y_true, calibration: dict[str, Any],
     return {"coverage": coverage[keep].round(4).tolist(), "coverage_accuracy": accuracy[keep].round(4).tolist()}
 
 
-def calibrate(fit_probs: np.ndarray, fit_true, test_probs: np.ndarray, test_true,
-              closed: np.ndarray | None = None) -> dict[str, Any]:
-    """Fit the map and choose the decision rule on held-out predictions (`closed`: the photos the
-    reported figures are computed on); add test ECE before/after and the test accuracy-coverage curve."""
+def calibrate(fit_probs: np.ndarray, fit_true, test_probs: np.ndarray, test_true) -> dict[str, Any]:
+    """Fit the map on held-out predictions; add test ECE before/after and the test accuracy-coverage curve."""
     calibration = fit_calibration(fit_probs, fit_true)
-    calibration["decision"] = choose_decision(apply_calibration(fit_probs, calibration), fit_true, calibration,
-                                              closed)
     test_scaled = apply_calibration(test_probs, calibration)
     return {**calibration,
             "ece_test_before": round(expected_calibration_error(test_probs, test_true), 5),

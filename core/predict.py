@@ -34,7 +34,7 @@ class ModelNotFound(LookupError):
 
 @dataclass
 class CountResult:
-    count: int  # the number of items shown (the experiment's decision rule over `probs`)
+    count: int  # the number of items shown: the model's own choice (`core.calibration.decide`)
     probs: list[float]  # probability of each count 0..num_classes-1
     expected: float  # probability-weighted mean count
     confidence: float  # calibrated probability of `count`

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.calibration import apply_calibration, calibrate, choose_decision, coverage_curve, decide, fit_calibration
+from core.calibration import apply_calibration, calibrate, coverage_curve, decide, fit_calibration
 from core.dataset import Dataset
 from core.metrics import expected_calibration_error, split_figures
 from core.store import Store
@@ -51,18 +51,12 @@ def _log(store: Store, exp_id: str, part, probs: np.ndarray, split: str, shown: 
                           probs, split=split, pred_counts=shown)
 
 
-def _closed(counts, dataset: Dataset) -> np.ndarray:
-    """The photos the paper's figures are on: all, or those below the open top class."""
-    counts = np.asarray(counts)
-    return counts < dataset.num_classes - 1 if dataset.open_top else np.ones(len(counts), dtype=bool)
-
-
 def finish_single(store: Store, exp_id: str, dataset: Dataset, val_probs: np.ndarray, test_probs: np.ndarray,
                   **fields: Any) -> None:
-    """Calibrate and choose the decision rule on validation, record validation and test figures of
-    the served (calibrated) counts, both splits' predictions and the run's split; mark it finished."""
+    """Calibrate on validation, record validation and test figures of the served counts and
+    calibrated probabilities, both splits' predictions and the run's split; mark it finished."""
     val, test = dataset.split("val"), dataset.split("test")
-    calibration = calibrate(val_probs, val["count"], test_probs, test["count"], _closed(val["count"], dataset))
+    calibration = calibrate(val_probs, val["count"], test_probs, test["count"])
     val_cal, test_cal = apply_calibration(val_probs, calibration), apply_calibration(test_probs, calibration)
     val_shown, test_shown = decide(val_cal, calibration), decide(test_cal, calibration)
     k, open_top = dataset.num_classes, dataset.open_top
@@ -74,14 +68,6 @@ def finish_single(store: Store, exp_id: str, dataset: Dataset, val_probs: np.nda
                  folds=0, **fields)
 
 
-def _fitted(probs: np.ndarray, counts: np.ndarray, dataset: Dataset) -> dict[str, Any]:
-    """A calibration map with its decision rule, both chosen on these photos."""
-    calibration = fit_calibration(probs, counts)
-    calibration["decision"] = choose_decision(apply_calibration(probs, calibration), counts, calibration,
-                                              _closed(counts, dataset))
-    return calibration
-
-
 def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof_probs: np.ndarray,
               test_probs: list[np.ndarray], **fields: Any) -> None:
     """The cross-validated counterpart of `finish_single` (see the module docstring)."""
@@ -90,10 +76,10 @@ def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof
     oof_cal, oof_shown = np.empty_like(oof_probs), np.empty(len(y_pool), dtype=int)
     for f in np.unique(fold):
         held, others = fold == f, fold != f
-        fitted = _fitted(oof_probs[others], y_pool[others], dataset)  # never fitted on the fold it scores
+        fitted = fit_calibration(oof_probs[others], y_pool[others])  # never fitted on the fold it scores
         oof_cal[held] = apply_calibration(oof_probs[held], fitted)
         oof_shown[held] = decide(oof_cal[held], fitted)
-    calibration = _fitted(oof_probs, y_pool, dataset)
+    calibration = fit_calibration(oof_probs, y_pool)
     ensemble = np.mean([apply_calibration(p, calibration) for p in test_probs], axis=0)
     test_shown = decide(ensemble, calibration)
     calibration.update(ece_test_before=round(expected_calibration_error(np.mean(test_probs, axis=0), y_test), 5),
