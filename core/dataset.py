@@ -54,7 +54,7 @@ class Dataset:
 
         Decodes the photos of `table` that this size lacks (the first call at a size decodes all).
         """
-        array, _ = cached_images(self.cache_folder, size, self.table["row"].to_numpy(), self.table["path"].tolist(),
+        array, _ = cached_images(self.cache_folder, size, self.table["row"].to_numpy(), self.table["path"],
                                  progress=self.progress)
         return array
 
@@ -126,7 +126,7 @@ def prepare_dataset(
     collection = load_collection(root, max_count, index=folder / "index.arrow", progress=progress, items=False)
     table = collection.table.reset_index(drop=True).copy()
     table["row"] = assign_rows(folder, table)
-    _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"].tolist(), progress=progress)
+    _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"], progress=progress)
     if errors:
         failed = table["row"].isin(list(errors))
         bad = pd.DataFrame({"path": table.loc[failed, "path"], "reason": table.loc[failed, "row"].map(errors)})
