@@ -261,12 +261,12 @@ def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool) -
             facts, rows = facts.take(np.argsort(rows, kind="stable")), np.sort(rows)
     if index and (len(stale) or len(unchanged) != len(known) or not index.is_file()):
         full = known if items else read_index(index, items=True)
-        kept = pc.index_in(listing["path"].take(unchanged), value_set=full["path"])
-        gone = kept.is_null().to_numpy(zero_copy_only=False)  # the index changed under us: read them again
-        written = pa.concat_tables([full.take(kept.filter(kept.is_valid())), fresh])
+        kept = pc.index_in(listing["path"].take(unchanged), value_set=full["path"]).to_numpy(zero_copy_only=False)
+        gone = np.isnan(kept)  # the index changed under us: those are read again next time
+        take = np.concatenate([kept[~gone].astype(np.int64), len(full) + np.arange(len(stale))])
         order = np.argsort(np.concatenate([unchanged[~gone], stale]), kind="stable")  # listing order
-        try:
-            write_index(index, written.take(order))
+        try:  # one copy of the index, in listing order
+            write_index(index, pa.concat_tables([full, fresh.select(full.column_names)]).take(take[order]))
         except OSError as err:  # a read-only store: work on, but say why it is slow
             warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again")
     return facts, rows
