@@ -30,6 +30,7 @@ from core.index import ITEMS, SCHEMA, STAMP, read_index, stat_files, write_index
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
+PROBE_CHUNK = 8192  # photos read, or index rows rewritten, per batch: bounds the memory of a first load
 
 
 class DataError(ValueError):
@@ -245,12 +246,18 @@ def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool) -
     same[at >= 0] = (old[at[at >= 0]] == stamps[at >= 0]).all(axis=1)
     found = stamps[:, 0] >= 0
     unchanged, stale = np.flatnonzero(found & same), np.flatnonzero(found & ~same)
-    probes = [_probe(_entry(row)) for row in tqdm(
-        listing.take(stale).to_pylist(), desc="reading new or changed photos", unit="img",
-        disable=not progress or len(stale) < 1000)]
-    fresh = pa.table({"path": listing["path"].take(stale), **dict(zip(STAMP, stamps[stale].T)),
-                      "problem": [p.problem for p in probes], "count": [p.count for p in probes],
-                      "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA)
+    parts = [SCHEMA.empty_table()]
+    with tqdm(total=len(stale), desc="reading new or changed photos", unit="img",
+              disable=not progress or len(stale) < 1000) as bar:
+        for start in range(0, len(stale), PROBE_CHUNK):  # Python objects for one chunk at a time
+            chunk = stale[start:start + PROBE_CHUNK]
+            probes = [_probe(_entry(row)) for row in listing.take(chunk).to_pylist()]
+            parts.append(pa.table({
+                "path": listing["path"].take(chunk), **dict(zip(STAMP, stamps[chunk].T)),
+                "problem": [p.problem for p in probes], "count": [p.count for p in probes],
+                "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA))
+            bar.update(len(chunk))
+    fresh = pa.concat_tables(parts).combine_chunks()
     rows = np.concatenate([unchanged, stale])
     in_order = bool(np.all(rows[1:] > rows[:-1]))
     if len(stale) == 0 and len(known) == len(unchanged) and np.array_equal(at[unchanged], np.arange(len(known))):
@@ -265,8 +272,9 @@ def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool) -
         gone = np.isnan(kept)  # the index changed under us: those are read again next time
         take = np.concatenate([kept[~gone].astype(np.int64), len(full) + np.arange(len(stale))])
         order = np.argsort(np.concatenate([unchanged[~gone], stale]), kind="stable")  # listing order
-        try:  # one copy of the index, in listing order
-            write_index(index, pa.concat_tables([full, fresh.select(full.column_names)]).take(take[order]))
+        source, picks = pa.concat_tables([full, fresh.select(full.column_names)]), take[order]
+        try:  # in listing order, a slice at a time
+            write_index(index, (source.take(picks[i:i + PROBE_CHUNK]) for i in range(0, max(len(picks), 1), PROBE_CHUNK)))
         except OSError as err:  # a read-only store: work on, but say why it is slow
             warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again")
     return facts, rows

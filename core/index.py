@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,11 +46,12 @@ def read_index(path: Path, items: bool = False) -> pa.Table:
     return schema.empty_table()
 
 
-def write_index(path: Path, index: pa.Table) -> None:
-    """Replace the index with `index` (`SCHEMA`'s columns) in one atomic step: a reader or a crash
-    sees the old file or the new one, never half of one."""
+def write_index(path: Path, parts: Iterable[pa.Table]) -> None:
+    """Replace the index with the rows of `parts` (tables with `SCHEMA`'s columns), written one part
+    at a time, in one atomic step: a reader or a crash sees the old file or the new one."""
     with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-        writer.write_table(index.select(SCHEMA.names).cast(SCHEMA))
+        for part in parts:
+            writer.write_table(part.select(SCHEMA.names).cast(SCHEMA))
 
 
 def _stat_chunk(paths: pa.Array) -> np.ndarray:
