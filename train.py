@@ -104,11 +104,12 @@ def counter_for(name: str, store: Path | None, data: Path | None = None):
 
 def cmd_count(args: argparse.Namespace) -> None:
     counter = counter_for(args.model, args.store)
-    for path, result in zip(args.images, counter.count_batch(args.images)):
+    for path, result in zip(args.images, counter.count_batch(args.images), strict=True):
         if isinstance(result, Exception):
             print(f"{path}: cannot count: {result}")
         else:
-            print(f"{path}: {result.count} items (confidence {result.confidence:.0%}, expected {result.expected:.2f})")
+            print(f"{path}: {counter.exp.count_label(result.count)} items (confidence {result.confidence:.0%}, "
+                  f"expected {result.expected:.2f})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -124,8 +125,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
-    from core.reconcile import (budget_size, flag_rule, reconcile, records_from_folder, report_totals, totals_line,
-                                write_report)
+    from core.reconcile import (
+        budget_size,
+        flag_rule,
+        reconcile,
+        records_from_folder,
+        report_totals,
+        totals_line,
+        write_report,
+    )
 
     if args.budget is not None:
         try:
@@ -164,8 +172,9 @@ def simulate_audit(counter, args: argparse.Namespace) -> None:
     usable = records[records["error"] == ""]
     results = counter.count_batch([images[name] for name in usable["image"]], progress=True)
     open_top = counter.exp.open_top
-    pairs = [(r.probs, cls) for r, true in zip(results, usable["recorded_quantity"])
-             if isinstance(r, CountResult) and (cls := judged_class(int(true), counter.num_classes, open_top)) is not None]
+    pairs = [(r.probs, cls) for r, true in zip(results, usable["recorded_quantity"], strict=True)
+             if isinstance(r, CountResult)
+             and (cls := judged_class(int(true), counter.num_classes, open_top)) is not None]
     if not pairs:
         sys.exit(f"no photo in {root} has a count the model can check (0..{counter.num_classes - 1})")
     probs, true = np.array([p for p, _ in pairs]), np.array([c for _, c in pairs])
@@ -233,8 +242,13 @@ def print_figures(exp) -> None:
         if m:
             print(figures_line(label, m))
     m = exp.cv_metrics or exp.metrics
-    per_class = ", ".join(f"{c}: {'-' if a is None else f'{a:.2f}'}" for c, a in enumerate(m["per_class_accuracy"]))
+    per_class = ", ".join(f"{exp.count_label(c)}: {'-' if a is None else f'{a:.2f}'}"
+                          for c, a in enumerate(m["per_class_accuracy"]))
     print(f"  {'out-of-fold' if exp.cv_metrics else 'test'} accuracy per count: {per_class}")
+    if m.get("open_class"):
+        print(f"  (accuracy, balanced accuracy and RMSE above are on bins of 0..{exp.num_classes - 2} items, the "
+              f"paper's task; {m['open_class']['n']} bins of more: recall of \"more than {exp.num_classes - 2}\" "
+              f"{m['open_class']['recall']:.2f})")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
@@ -307,7 +321,8 @@ def cmd_gc(args: argparse.Namespace) -> None:
     for path, size in report:
         print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size / 1e6:.1f} MB)")
     total = sum(size for _, size in report)
-    print(f"{'would free' if args.dry_run else 'freed'} {total / 1e6:.1f} MB in {len(report)} caches no experiment uses")
+    print(f"{'would free' if args.dry_run else 'freed'} {total / 1e6:.1f} MB in {len(report)} caches "
+          "no experiment uses")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)")
     p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
     p.add_argument("--cnn-overrides", help='JSON recipe overrides for the CNN, e.g. \'{"batch_size": 16}\'')
-    p.add_argument("--classical-overrides", help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
+    p.add_argument("--classical-overrides",
+                   help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
     p.add_argument("--sample-size", type=int, default=DEFAULT_SAMPLE_SIZE,
                    help="with no data folder: how many ABID bins to fetch first (spread over the id range)")
     p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where to fetch them from")

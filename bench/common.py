@@ -28,7 +28,7 @@ def print_table(rows: list[tuple[str, str, str, str]],
     line = "  ".join("-" * w for w in widths)
     print(line)
     for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
         if row is header:
             print(line)
     print(line)

@@ -117,7 +117,8 @@ def _train(root: Path, store: Path, size: int) -> str:
     started = time.perf_counter()
     Trainer(runtime.prepare(model), recipe, data, runtime, store / "bench-train", progress=False).fit(
         on_epoch=lambda epoch, values: seconds.append(time.perf_counter() - started))
-    return (f"{recipe.backbone}: {len(train)} photos ({len(train) // recipe.batch_size} batches of {recipe.batch_size}) + "
+    return (f"{recipe.backbone}: {len(train)} photos "
+            f"({len(train) // recipe.batch_size} batches of {recipe.batch_size}) + "
             f"{len(val)} validated in {seconds[0]:.1f} s, {len(train) / seconds[0]:.0f} img/s ({runtime.describe()})")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,8 @@ def assign_rows(folder: Path, files: pd.DataFrame) -> np.ndarray:
     with _locked(folder) as db, db:
         db.execute("CREATE TEMP TABLE wanted (i INTEGER PRIMARY KEY, path TEXT, bytes INTEGER, mtime_ns INTEGER)")
         db.executemany("INSERT INTO wanted VALUES (?, ?, ?, ?)", zip(
-            range(len(files)), files["path"], files["bytes"].astype(int).tolist(), files["mtime_ns"].astype(int).tolist()))
+            range(len(files)), files["path"], files["bytes"].astype(int).tolist(),
+            files["mtime_ns"].astype(int).tolist(), strict=True))
         db.execute("""INSERT INTO rows (row, path, bytes, mtime_ns)
                       SELECT (SELECT COALESCE(MAX(row), -1) FROM rows) + ROW_NUMBER() OVER (ORDER BY MIN(i)),
                              path, bytes, mtime_ns FROM wanted w
@@ -70,7 +72,7 @@ def assign_rows(folder: Path, files: pd.DataFrame) -> np.ndarray:
     return rows
 
 
-def _open(folder: Path, size: int, rows: int, mode: str = "r") -> np.memmap:
+def _open(folder: Path, size: int, rows: int, mode: Literal["r", "r+"] = "r") -> np.memmap:
     return np.memmap(cache_file(folder, size), dtype=np.uint8, mode=mode, shape=(rows, size, size, 3))
 
 
@@ -110,7 +112,8 @@ def _decode(folder: Path, size: int, rows: int, jobs: list[tuple[int, str]], wor
                 record(future.result())
 
 
-def cached_images(folder: Path, size: int, rows: np.ndarray, paths: Sequence[str] | pd.Series, workers: int | None = None,
+def cached_images(folder: Path, size: int, rows: np.ndarray, paths: Sequence[str] | pd.Series,
+                  workers: int | None = None,
                   progress: bool = True) -> tuple[np.memmap, dict[int, str]]:
     """The cache at `size` (memory-mapped, read-only) after decoding any of `rows` (files `paths`) it lacks,
     and {row: reason} for those of `rows` that failed to decode."""
@@ -120,7 +123,7 @@ def cached_images(folder: Path, size: int, rows: np.ndarray, paths: Sequence[str
         done = np.fromiter((r for (r,) in db.execute("SELECT row FROM decoded WHERE size = ?", (size,))), np.int64)
         todo = np.flatnonzero(~np.isin(rows, done))  # only these become Python objects
         todo_paths = (paths if isinstance(paths, pd.Series) else pd.Series(paths)).iloc[todo].tolist()
-        jobs = sorted({(int(r), str(p)) for r, p in zip(rows[todo], todo_paths)})
+        jobs = sorted({(int(r), str(p)) for r, p in zip(rows[todo], todo_paths, strict=True)})
         target = cache_file(folder, size)
         if not target.exists() or target.stat().st_size < total * size * size * 3:
             with open(target, "ab") as fh:  # grow (sparsely); never shrink what others may be reading

@@ -14,8 +14,14 @@ The map is chosen by 2-fold cross-fitting on the held-out predictions (fit on on
 the other), so the choice is not judged on the photos it was fitted on, then refitted on all of
 them. It is scored by the negative log-likelihood, a proper scoring rule: reconciliation reads
 the probability of the recorded count, not only of the most likely one, which is all that ECE
-looks at. ECE is reported beside it. The class shares of those photos are kept as `class_prior`: the prior the
-calibrated probabilities are relative to, which reconciliation needs.
+looks at. ECE is reported beside it.
+
+Which count to show is a separate choice (`choose_decision`): the most probable one, or the most
+probable relative to its prior, whichever counts better on those photos. The mean calibrated
+probability of each count over those photos is kept as `class_prior`: the prior the calibrated
+probabilities are relative to (the photos' own count shares for a well-calibrated map; flatter
+for a model trained with balanced class weights and left uncorrected), which reconciliation
+needs to read a photo as evidence.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from core.metrics import accuracy_coverage, expected_calibration_error
 
 EPS = 1e-7
 METHODS = ("none", "temperature", "temperature+bias")
+DECISIONS = ("most probable", "prior-corrected")
 BIAS_PENALTY = 1.0  # L2 weight on the per-count biases (a Gaussian prior of variance 1/2), over all photos
 
 
@@ -111,19 +118,54 @@ def fit_calibration(probs: np.ndarray, y_true, seed: int = 0) -> dict[str, Any]:
             "ece_fit_before": round(ece["none"], 5), "ece_fit_after": round(ece[method], 5)}
 
 
-def coverage_curve(probs: np.ndarray, y_true, points: int = 50) -> dict[str, list[float]]:
-    """The accuracy-coverage curve of calibrated probabilities, thinned to about `points` points."""
+def decide(probs: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """The count shown for each photo, by the experiment's decision rule (see `choose_decision`)."""
     probs = np.asarray(probs, dtype=float)
-    coverage, accuracy = accuracy_coverage(probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y_true))
+    if calibration.get("decision") == "prior-corrected":
+        prior = np.clip(np.asarray(calibration["class_prior"], dtype=float), EPS, None)
+        return np.asarray((probs / prior).argmax(axis=1))
+    return np.asarray(probs.argmax(axis=1))
+
+
+def choose_decision(calibrated: np.ndarray, y_true, calibration: dict[str, Any],
+                    closed: np.ndarray | None = None) -> str:
+    """"most probable" (the calibrated argmax: best accuracy, but a prior-corrected map then rarely
+    names the rare counts) or "prior-corrected" (argmax of P(count | photo) / prior(count): every
+    count weighs alike, as balanced accuracy does), whichever has the higher balanced accuracy on
+    these held-out photos (`closed`: the ones the figure is computed on). Ties: most probable."""
+    y_true = np.asarray(y_true, dtype=int)
+    keep = np.ones(len(y_true), dtype=bool) if closed is None else np.asarray(closed, dtype=bool)
+    if not keep.any():
+        return "most probable"
+
+    def balanced(rule: str) -> float:
+        pred = decide(calibrated, {**calibration, "decision": rule})
+        return float(np.mean([np.mean(pred[keep][y_true[keep] == c] == c) for c in np.unique(y_true[keep])]))
+
+    return max(DECISIONS, key=lambda rule: (round(balanced(rule), 4), -DECISIONS.index(rule)))
+
+
+def coverage_curve(probs: np.ndarray, y_true, calibration: dict[str, Any],
+                   points: int = 50) -> dict[str, list[float]]:
+    """The accuracy-coverage curve of the shown counts (confidence = calibrated probability of the
+    shown count), thinned to about `points` points."""
+    probs = np.asarray(probs, dtype=float)
+    shown = decide(probs, calibration)
+    confidence = probs[np.arange(len(shown)), shown]
+    coverage, accuracy = accuracy_coverage(confidence, shown == np.asarray(y_true))
     keep = np.unique(np.linspace(0, len(coverage) - 1, min(points, len(coverage))).round().astype(int))
     return {"coverage": coverage[keep].round(4).tolist(), "coverage_accuracy": accuracy[keep].round(4).tolist()}
 
 
-def calibrate(fit_probs: np.ndarray, fit_true, test_probs: np.ndarray, test_true) -> dict[str, Any]:
-    """Fit on held-out predictions; add test ECE before/after and the test accuracy-coverage curve."""
+def calibrate(fit_probs: np.ndarray, fit_true, test_probs: np.ndarray, test_true,
+              closed: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit the map and choose the decision rule on held-out predictions (`closed`: the photos the
+    reported figures are computed on); add test ECE before/after and the test accuracy-coverage curve."""
     calibration = fit_calibration(fit_probs, fit_true)
+    calibration["decision"] = choose_decision(apply_calibration(fit_probs, calibration), fit_true, calibration,
+                                              closed)
     test_scaled = apply_calibration(test_probs, calibration)
     return {**calibration,
             "ece_test_before": round(expected_calibration_error(test_probs, test_true), 5),
             "ece_test_after": round(expected_calibration_error(test_scaled, test_true), 5),
-            **coverage_curve(test_scaled, test_true)}
+            **coverage_curve(test_scaled, test_true, calibration)}

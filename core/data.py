@@ -15,8 +15,8 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ class Collection:
     out_of_range: int = 0  # counts above max_count: valid, but not part of the task
 
 
-def parse_count(value: object) -> int:
+def parse_count(value: str | float) -> int:
     """A bin count: a non-negative integer (\"3\", 3 and 3.0 are fine; \"3.5\", -1 and \"\" are not)."""
     if isinstance(value, bool):
         raise ValueError(f"not a count: {value!r}")
@@ -60,7 +60,7 @@ def parse_count(value: object) -> int:
     return int(number)
 
 
-def read_metadata(path: Path) -> tuple[int, str]:
+def read_metadata(path: str | Path) -> tuple[int, str]:
     """ABID metadata JSON -> (EXPECTED_QUANTITY, items as JSON list of {asin, name, quantity})."""
     with open(path, encoding="utf-8") as fh:
         meta = json.load(fh)
@@ -95,7 +95,7 @@ class Entry(NamedTuple):  # a named tuple, not a dataclass: 100k are made on eve
 
     image_id: str
     path: str
-    count: int | None
+    count: int | None  # type: ignore[assignment]  # a field named count shadows tuple.count, on purpose
     group: str | None
     meta: str | None = None
 
@@ -107,7 +107,7 @@ class Probe(NamedTuple):
     """What reading a file taught: why it is unusable (or None), the metadata's count and items, its hash."""
 
     problem: str | None
-    count: int | None = None
+    count: int | None = None  # type: ignore[assignment]  # a field named count shadows tuple.count, on purpose
     items: str = ""
     digest: str | None = None
 
@@ -163,7 +163,7 @@ def _entries_manifest(root: Path) -> Listing:
             except (ValueError, TypeError) as err:
                 yield None, (f"manifest.csv line {line}: {rec.get('file')}", str(err))
                 continue
-            yield Entry(path.stem, str(path), count, _manifest_group(rec), meta and str(meta)), None
+            yield Entry(path.stem, str(path), count, _manifest_group(rec), str(meta) if meta else None), None
 
 
 def _listing_abid(root: Path) -> pa.Table:
@@ -253,7 +253,7 @@ def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool) -
             chunk = stale[start:start + PROBE_CHUNK]
             probes = [_probe(_entry(row)) for row in listing.take(chunk).to_pylist()]
             parts.append(pa.table({
-                "path": listing["path"].take(chunk), **dict(zip(STAMP, stamps[chunk].T)),
+                "path": listing["path"].take(chunk), **dict(zip(STAMP, stamps[chunk].T, strict=True)),
                 "problem": [p.problem for p in probes], "count": [p.count for p in probes],
                 "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA))
             bar.update(len(chunk))
@@ -274,15 +274,18 @@ def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool) -
         order = np.argsort(np.concatenate([unchanged[~gone], stale]), kind="stable")  # listing order
         source, picks = pa.concat_tables([full, fresh.select(full.column_names)]), take[order]
         try:  # in listing order, a slice at a time
-            write_index(index, (source.take(picks[i:i + PROBE_CHUNK]) for i in range(0, max(len(picks), 1), PROBE_CHUNK)))
+            write_index(index, (source.take(picks[i:i + PROBE_CHUNK])
+                                for i in range(0, max(len(picks), 1), PROBE_CHUNK)))
         except OSError as err:  # a read-only store: work on, but say why it is slow
-            warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again")
+            warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again",
+                          stacklevel=3)
     return facts, rows
 
 
 def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | None = None,
-                    progress: bool = False, items: bool = True) -> Collection:
-    """Read a labelled collection; images with counts above `max_count` are left out and counted.
+                    progress: bool = False, items: bool = True, open_top: bool = False) -> Collection:
+    """Read a labelled collection; images with counts above `max_count` are left out and counted,
+    or, with `open_top`, kept with the label `max_count + 1`: the open class "more than max_count".
 
     With `index` (a file, see `core.index`), only files that are new or changed since the last
     load are read; the rest is taken from the index, bad files included (still reported).
@@ -297,17 +300,19 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
     if layout == "abid":
         listing = _listing_abid(root)
     else:
-        entries = []
+        entries: list[Entry] = []
         for entry, problem in {"manifest": _entries_manifest, "folders": _entries_folders}[layout](root):
             if problem:
                 skipped.append(problem)
             else:
+                assert entry is not None  # a listing yields an entry or a problem
                 entries.append(entry)
         listing = _listing(entries)
     if pc.count_distinct(listing["image_id"]).as_py() < len(listing):
         ids = listing["image_id"].to_pylist()
         twice = pd.Series(ids).duplicated().to_numpy()
-        skipped += [(p, f"duplicate image id {i}") for p, i, t in zip(listing["path"].to_pylist(), ids, twice) if t]
+        skipped += [(p, f"duplicate image id {i}")
+                    for p, i, t in zip(listing["path"].to_pylist(), ids, twice, strict=True) if t]
         listing = listing.filter(~twice)
     facts, rows = _facts(listing, index, progress, items)
     reason = np.full(len(listing), "file not found", dtype=object)
@@ -317,7 +322,9 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
     counts = np.where(listing["count"].to_numpy()[rows] >= 0, listing["count"].to_numpy()[rows],
                       facts["count"].to_numpy(zero_copy_only=False))
     usable = ~bad[rows]
-    keep = usable & (counts <= max_count)
+    if open_top:  # more than max_count items: the open class max_count + 1
+        counts = np.where(usable & (counts > max_count), max_count + 1, counts)
+    keep = usable & (counts <= max_count + int(open_top))
     if not keep.any():
         raise DataError(f"no usable image with a count of 0..{max_count} in {root} ({len(skipped)} skipped)")
     listed, facts = listing.take(rows[keep]), facts.filter(keep)

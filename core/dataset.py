@@ -40,6 +40,7 @@ class Dataset:
     table: pd.DataFrame
     max_count: int
     progress: bool = True
+    open_top: bool = False  # a last class for "more than max_count" items (see core.data.load_collection)
 
     @property
     def folder(self) -> Path:
@@ -47,7 +48,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        return self.max_count + 1
+        return self.max_count + 1 + int(self.open_top)
 
     def images(self, size: int) -> np.ndarray:
         """The cache at `size` px, memory-mapped: (rows, size, size, 3) uint8, indexed by `table.row`.
@@ -115,15 +116,18 @@ def prepare_dataset(
     seed: int = 0,
     store: Path | None = None,
     progress: bool = True,
+    open_top: bool = False,
 ) -> Dataset:
     """Load `root` (re-reading only changed files), grow its cache at `image_size`, and split it.
 
     Each photo's split is a pure function of its group and the seed (`assign_splits`), so
     adding photos never moves old ones and near-duplicates stay on one side.
-    Images that fail to decode are dropped and added to `collection.skipped`.
+    Images that fail to decode are dropped and added to `collection.skipped`. With `open_top`,
+    bins of more than `max_count` items form one more class, if the collection has any.
     """
     folder = collection_folder(root, store)
-    collection = load_collection(root, max_count, index=folder / "index.arrow", progress=progress, items=False)
+    collection = load_collection(root, max_count, index=folder / "index.arrow", progress=progress, items=False,
+                                 open_top=open_top)
     table = collection.table.reset_index(drop=True).copy()
     table["row"] = assign_rows(folder, table)
     _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"], progress=progress)
@@ -134,4 +138,6 @@ def prepare_dataset(
         table = table[~failed]
     table["split"] = assign_splits(table["group"], fractions, seed)
     fingerprint = data_fingerprint(table)
-    return Dataset(collection, fingerprint, folder, table[TABLE_COLUMNS].reset_index(drop=True), max_count, progress)
+    open_top = open_top and bool((table["count"] > max_count).any())  # an open class needs photos to learn it from
+    return Dataset(collection, fingerprint, folder, table[TABLE_COLUMNS].reset_index(drop=True), max_count, progress,
+                   open_top)

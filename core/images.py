@@ -104,5 +104,5 @@ def load_rgb(source: ImageSource, size: int) -> np.ndarray:
     """Decode and resize to a `size` x `size` uint8 RGB array (the whole bin, squashed, not cropped)."""
     img = open_image(source, draft_size=size)
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)

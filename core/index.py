@@ -40,9 +40,9 @@ def read_index(path: Path, items: bool = False) -> pa.Table:
                 table = pa.ipc.open_file(source).read_all()
             if table.schema.equals(SCHEMA):
                 return table.select(schema.names)
-            warnings.warn(f"collection index {path} has another layout; every file is read again")
+            warnings.warn(f"collection index {path} has another layout; every file is read again", stacklevel=3)
         except (OSError, ValueError, pa.ArrowException) as err:
-            warnings.warn(f"collection index {path} unreadable ({err}); every file is read again")
+            warnings.warn(f"collection index {path} unreadable ({err}); every file is read again", stacklevel=3)
     return schema.empty_table()
 
 

@@ -51,7 +51,7 @@ def expected_calibration_error(probs: np.ndarray, y_true, bins: int = 15) -> flo
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0, 1, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         mask = (confidence > lo) & (confidence <= hi)
         if mask.any():
             ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
@@ -110,7 +110,7 @@ def bootstrap_intervals(y_true, y_pred, level: float = 0.95, rounds: int = BOOTS
     lo, hi = np.percentile(figures, [tail, 100 - tail], axis=0)
     # rounded outwards, so an interval always holds the figure it brackets
     return {name: [float(np.floor(a * 1e4) / 1e4), float(np.ceil(b * 1e4) / 1e4)]
-            for name, a, b in zip(INTERVAL_METRICS, lo, hi)}
+            for name, a, b in zip(INTERVAL_METRICS, lo, hi, strict=True)}
 
 
 def per_class_intervals(y_true, y_pred, num_classes: int, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,
@@ -168,12 +168,28 @@ def verdict(comparison: dict[str, dict[str, float]], name_a: str, name_b: str,
     return f"{name_a} and {name_b} are within noise of each other on {label} ({span})."
 
 
-def split_figures(y_true, probs: np.ndarray, num_classes: int) -> dict:
-    """`count_report` of the most probable counts, with ECE and bootstrap intervals: a split's figures."""
+def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = False, y_pred=None) -> dict:
+    """A split's figures: `count_report` of the shown counts (`y_pred`, default the most probable),
+    ECE of the probabilities, bootstrap intervals.
+
+    With an open top class ("more than K-2" items), accuracy, balanced accuracy, RMSE and their
+    intervals are the paper's, on the photos of 0..K-2 items (a photo called "more than" counts
+    as wrong, at K-1 items); the open class's own recall stands beside them (`open_class`, and
+    the last entry of `per_class_accuracy`), and the confusion matrix holds every photo.
+    """
     probs = np.asarray(probs, dtype=float)
-    y_pred = probs.argmax(axis=1)
-    report = count_report(y_true, y_pred, num_classes)
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=int)
+    closed = y_true < num_classes - 1 if open_top else np.ones(len(y_true), dtype=bool)
+    report = count_report(y_true[closed], y_pred[closed], num_classes)
     report["ece"] = expected_calibration_error(probs, y_true)
-    report["intervals"] = bootstrap_intervals(y_true, y_pred)
+    report["intervals"] = bootstrap_intervals(y_true[closed], y_pred[closed])
     report["per_class_intervals"] = per_class_intervals(y_true, y_pred, num_classes)
+    if open_top:
+        top = num_classes - 1
+        hits = y_pred[y_true == top] == top
+        recall = float(hits.mean()) if len(hits) else None
+        report["per_class_accuracy"][top] = recall
+        report["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
+        report["open_class"] = {"n": int(len(hits)), "recall": recall, "interval": report["per_class_intervals"][top]}
     return report

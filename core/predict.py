@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.calibration import apply_calibration
+from core.calibration import apply_calibration, decide
 from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
 from core.data import load_collection
@@ -34,10 +34,10 @@ class ModelNotFound(LookupError):
 
 @dataclass
 class CountResult:
-    count: int  # most probable number of items
+    count: int  # the number of items shown (the experiment's decision rule over `probs`)
     probs: list[float]  # probability of each count 0..num_classes-1
     expected: float  # probability-weighted mean count
-    confidence: float  # probability of `count`
+    confidence: float  # calibrated probability of `count`
 
 
 def model_folders(store: Store, exp: Experiment) -> list[Path]:
@@ -94,9 +94,8 @@ class BinCounter:
         """Calibrated class probabilities for a batch of uint8 (N, S, S, 3) arrays."""
         return np.mean([apply_calibration(p(images), self.calibration) for p in self._predictors], axis=0)
 
-    @staticmethod
-    def _result(probs: np.ndarray) -> CountResult:
-        count = int(np.argmax(probs))
+    def _result(self, probs: np.ndarray) -> CountResult:
+        count = int(decide(probs[None], self.calibration)[0])
         rounded = probs.round(6)
         return CountResult(count, rounded.tolist(), float(np.dot(probs, np.arange(len(probs)))), float(rounded[count]))
 
@@ -117,7 +116,7 @@ class BinCounter:
                 except (ImageError, OSError) as err:
                     results[i] = err if isinstance(err, ImageError) else ImageError(str(err))
             if arrays:
-                for i, probs in zip(where, self.probabilities(np.stack(arrays))):
+                for i, probs in zip(where, self.probabilities(np.stack(arrays)), strict=True):
                     results[i] = self._result(probs)
         return [r if r is not None else ImageError("not counted") for r in results]
 
@@ -139,7 +138,8 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
     the model cannot predict are left out and counted.
     """
     store = store or Store()
-    collection = load_collection(root, max_count=counter.num_classes - 1)
+    open_top = counter.exp.open_top
+    collection = load_collection(root, max_count=counter.num_classes - 1 - int(open_top), open_top=open_top)
     table = collection.table
     scope = "all photos"
     if counter.exp.data_root and same_root(counter.exp.data_root, root):
@@ -154,6 +154,8 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
     truth = table["count"].to_numpy()[ok]
     if not ok:
         raise ValueError(f"no photo in {root} could be counted")
-    probs = np.array([r.probs for r in results if isinstance(r, CountResult)])
-    return {"model": counter.exp_id, "scope": scope, **split_figures(truth, probs, counter.num_classes),
+    counted = [r for r in results if isinstance(r, CountResult)]
+    probs, shown = np.array([r.probs for r in counted]), np.array([r.count for r in counted])
+    return {"model": counter.exp_id, "scope": scope,
+            **split_figures(truth, probs, counter.num_classes, open_top, shown),
             "left_out_counts": collection.out_of_range, "unreadable": len(collection.skipped) + len(results) - len(ok)}

@@ -91,7 +91,8 @@ def judge(counter: BinCounter, result: CountResult, recorded: int,
     if cls is None:
         return None, None, f"recorded above what the model counts (0..{top}): not checked"
     p_mismatch = float(mismatch_probability([result.probs], [cls], prior_wrong, counter.class_prior)[0])
-    note = f"judged by P(more than {top - 1}); the exact count cannot be checked" if open_top and recorded >= top else ""
+    note = (f"judged by P(more than {top - 1}); the exact count cannot be checked"
+            if open_top and recorded >= top else "")
     return result.probs[cls], p_mismatch, note
 
 
@@ -152,7 +153,7 @@ def read_records(source: str | Path | bytes) -> pd.DataFrame:
     if missing:
         raise ValueError(f"the CSV needs the columns image,recorded_quantity (missing: {', '.join(sorted(missing))})")
     quantities, errors = [], []
-    for image, value in zip(frame["image"].str.strip(), frame["recorded_quantity"].str.strip()):
+    for image, value in zip(frame["image"].str.strip(), frame["recorded_quantity"].str.strip(), strict=True):
         quantity, error = None, ""
         if not image:
             error = "no image named"
@@ -177,7 +178,8 @@ def _key(root: Path, path: str | Path) -> str:
         return str(path)  # a description such as "manifest.csv line 7: a.jpg"
 
 
-def records_from_folder(root: str | Path, records_csv: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, Path]]:
+def records_from_folder(root: str | Path,
+                        records_csv: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, Path]]:
     """Records and photo paths from a data folder, keyed by path relative to it.
 
     With `records_csv`, its rows (paths outside the folder become error rows). Without it, the
@@ -204,7 +206,7 @@ def records_from_folder(root: str | Path, records_csv: str | Path | None = None)
         "recorded_quantity": pd.array([*collection.table["count"], *[None] * len(skipped)], dtype="Int64"),
         "error": [""] * len(keys) + list(skipped["reason"]),
     })
-    return records, dict(zip(keys, map(Path, collection.table["path"])))
+    return records, dict(zip(keys, map(Path, collection.table["path"]), strict=True))
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -216,13 +218,14 @@ def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, b
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     names = list(records["image"])
+    given_errors = records["error"] if "error" in records else [""] * len(records)
     errors = [error or ("missing recorded quantity" if pd.isna(q) else "") for error, q in
-              zip(records["error"] if "error" in records else [""] * len(records), records["recorded_quantity"])]
-    todo = [i for i, (name, error) in enumerate(zip(names, errors)) if not error and name in images
-            and (not isinstance(images[name], Path) or images[name].is_file())]
-    results = dict(zip(todo, counter.count_batch([images[names[i]] for i in todo], progress=progress)))
+              zip(given_errors, records["recorded_quantity"], strict=True)]
+    todo = [i for i, (name, error) in enumerate(zip(names, errors, strict=True)) if not error and name in images
+            and (not isinstance(source := images[name], Path) or source.is_file())]
+    results = dict(zip(todo, counter.count_batch([images[names[i]] for i in todo], progress=progress), strict=True))
     rows = []
-    for i, (name, recorded) in enumerate(zip(names, records["recorded_quantity"])):
+    for i, (name, recorded) in enumerate(zip(names, records["recorded_quantity"], strict=True)):
         row = dict.fromkeys(REPORT_COLUMNS)
         row.update(image=name, recorded_quantity=None if pd.isna(recorded) else int(recorded),
                    mismatch=False, note="", error=errors[i])
@@ -231,6 +234,8 @@ def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, b
             row["error"] = str(result)
         elif result is not None:
             p_recorded, p_mismatch, note = judge(counter, result, int(recorded), prior_wrong)
+            if counter.exp.open_top and result.count == counter.num_classes - 1 and not note:
+                note = f"the photo looks like {counter.exp.count_label(result.count)} items"
             row.update(predicted_count=result.count, expected_count=round(result.expected, 3),
                        confidence=round(result.confidence, 4), note=note,
                        p_recorded=None if p_recorded is None else round(p_recorded, 4),

@@ -10,6 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+
+def count_label(count: int, num_classes: int, open_top: bool, short: bool = False) -> str:
+    """A count as people read it; the open top class (index num_classes - 1) reads "more than K-2",
+    or "K-1+" when `short`."""
+    if open_top and count == num_classes - 1:
+        return f"{count}+" if short else f"more than {count - 1}"
+    return str(count)
+
+
 # Columns of the `experiments` table that are fields of the record as they are.
 COLUMN_FIELDS = ("id", "name", "family", "model", "params", "config_key", "dataset", "data_root", "status",
                  "started_at", "ended_at", "host", "pid", "device", "weights", "metrics", "error")
@@ -93,6 +102,10 @@ class Experiment:
     @property
     def selection_source(self) -> str:
         return "out-of-fold" if self.cv_metrics else "validation"
+
+    def count_label(self, count: int) -> str:
+        """How a count reads: "3", or "more than 5" for the open top class."""
+        return count_label(count, self.num_classes or 0, self.open_top)
 
     @property
     def temperature(self) -> float:

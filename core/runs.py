@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.calibration import apply_calibration, calibrate, coverage_curve, fit_calibration
+from core.calibration import apply_calibration, calibrate, choose_decision, coverage_curve, decide, fit_calibration
 from core.dataset import Dataset
 from core.metrics import expected_calibration_error, split_figures
 from core.store import Store
@@ -46,24 +46,40 @@ def _log_split(store: Store, exp_id: str, dataset: Dataset, cv: bool) -> None:
     store.log_split(exp_id, table["image_id"].tolist(), splits.tolist())
 
 
-def _log(store: Store, exp_id: str, part, probs: np.ndarray, split: str) -> None:
+def _log(store: Store, exp_id: str, part, probs: np.ndarray, split: str, shown: np.ndarray) -> None:
     store.log_predictions(exp_id, part["image_id"].tolist(), part["path"].tolist(), part["count"].tolist(),
-                          probs, split=split)
+                          probs, split=split, pred_counts=shown)
+
+
+def _closed(counts, dataset: Dataset) -> np.ndarray:
+    """The photos the paper's figures are on: all, or those below the open top class."""
+    counts = np.asarray(counts)
+    return counts < dataset.num_classes - 1 if dataset.open_top else np.ones(len(counts), dtype=bool)
 
 
 def finish_single(store: Store, exp_id: str, dataset: Dataset, val_probs: np.ndarray, test_probs: np.ndarray,
                   **fields: Any) -> None:
-    """Calibrate on validation, record validation and test figures of the served (calibrated)
-    counts, both splits' predictions and the run's split; mark the run finished."""
+    """Calibrate and choose the decision rule on validation, record validation and test figures of
+    the served (calibrated) counts, both splits' predictions and the run's split; mark it finished."""
     val, test = dataset.split("val"), dataset.split("test")
-    calibration = calibrate(val_probs, val["count"], test_probs, test["count"])
+    calibration = calibrate(val_probs, val["count"], test_probs, test["count"], _closed(val["count"], dataset))
     val_cal, test_cal = apply_calibration(val_probs, calibration), apply_calibration(test_probs, calibration)
-    k = dataset.num_classes
-    _log(store, exp_id, val, val_cal, "val")
-    _log(store, exp_id, test, test_cal, "test")
+    val_shown, test_shown = decide(val_cal, calibration), decide(test_cal, calibration)
+    k, open_top = dataset.num_classes, dataset.open_top
+    _log(store, exp_id, val, val_cal, "val", val_shown)
+    _log(store, exp_id, test, test_cal, "test", test_shown)
     _log_split(store, exp_id, dataset, cv=False)
-    store.finish(exp_id, split_figures(test["count"], test_cal, k), val_metrics=split_figures(val["count"], val_cal, k),
-                 calibration=calibration, folds=0, **fields)
+    store.finish(exp_id, split_figures(test["count"], test_cal, k, open_top, test_shown),
+                 val_metrics=split_figures(val["count"], val_cal, k, open_top, val_shown), calibration=calibration,
+                 folds=0, **fields)
+
+
+def _fitted(probs: np.ndarray, counts: np.ndarray, dataset: Dataset) -> dict[str, Any]:
+    """A calibration map with its decision rule, both chosen on these photos."""
+    calibration = fit_calibration(probs, counts)
+    calibration["decision"] = choose_decision(apply_calibration(probs, calibration), counts, calibration,
+                                              _closed(counts, dataset))
+    return calibration
 
 
 def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof_probs: np.ndarray,
@@ -71,18 +87,21 @@ def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof
     """The cross-validated counterpart of `finish_single` (see the module docstring)."""
     pool, test = cv_pool(dataset), dataset.split("test")
     y_pool, y_test, k = pool["count"].to_numpy(), test["count"].to_numpy(), dataset.num_classes
-    oof_cal = np.empty_like(oof_probs)
+    oof_cal, oof_shown = np.empty_like(oof_probs), np.empty(len(y_pool), dtype=int)
     for f in np.unique(fold):
-        others = fold != f
-        oof_cal[~others] = apply_calibration(oof_probs[~others], fit_calibration(oof_probs[others], y_pool[others]))
-    calibration = fit_calibration(oof_probs, y_pool)
+        held, others = fold == f, fold != f
+        fitted = _fitted(oof_probs[others], y_pool[others], dataset)  # never fitted on the fold it scores
+        oof_cal[held] = apply_calibration(oof_probs[held], fitted)
+        oof_shown[held] = decide(oof_cal[held], fitted)
+    calibration = _fitted(oof_probs, y_pool, dataset)
     ensemble = np.mean([apply_calibration(p, calibration) for p in test_probs], axis=0)
-    raw_ensemble = np.mean(test_probs, axis=0)
-    calibration.update(ece_test_before=round(expected_calibration_error(raw_ensemble, y_test), 5),
+    test_shown = decide(ensemble, calibration)
+    calibration.update(ece_test_before=round(expected_calibration_error(np.mean(test_probs, axis=0), y_test), 5),
                        ece_test_after=round(expected_calibration_error(ensemble, y_test), 5),
-                       **coverage_curve(ensemble, y_test))
-    _log(store, exp_id, pool, oof_cal, "oof")
-    _log(store, exp_id, test, ensemble, "test")
+                       **coverage_curve(ensemble, y_test, calibration))
+    _log(store, exp_id, pool, oof_cal, "oof", oof_shown)
+    _log(store, exp_id, test, ensemble, "test", test_shown)
     _log_split(store, exp_id, dataset, cv=True)
-    store.finish(exp_id, split_figures(y_test, ensemble, k), cv_metrics=split_figures(y_pool, oof_cal, k),
-                 calibration=calibration, folds=len(test_probs), **fields)
+    store.finish(exp_id, split_figures(y_test, ensemble, k, dataset.open_top, test_shown),
+                 cv_metrics=split_figures(y_pool, oof_cal, k, dataset.open_top, oof_shown), calibration=calibration,
+                 folds=len(test_probs), **fields)

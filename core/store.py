@@ -261,15 +261,18 @@ class Store:
         with self._connect() as db:
             db.execute("DELETE FROM experiment_images WHERE experiment = ?", (exp_id,))
             db.executemany("INSERT INTO experiment_images VALUES (?,?,?)",
-                           [(exp_id, str(i), str(s)) for i, s in zip(image_ids, splits)])
+                           [(exp_id, str(i), str(s)) for i, s in zip(image_ids, splits, strict=True)])
 
     def log_predictions(self, exp_id: str, image_ids: Sequence[str], paths: Sequence[str],
-                        true_counts: Sequence[int], probs: np.ndarray, split: str = "test") -> None:
-        """Per-image probabilities of one split (test, val or oof); replaces that split's earlier rows."""
+                        true_counts: Sequence[int], probs: np.ndarray, split: str = "test",
+                        pred_counts: Sequence[int] | np.ndarray | None = None) -> None:
+        """Per-image probabilities and shown counts (default: the most probable) of one split (test,
+        val or oof); replaces that split's earlier rows."""
         probs = np.asarray(probs, dtype=float)
+        shown = probs.argmax(axis=1) if pred_counts is None else np.asarray(pred_counts, dtype=int)
         rows = [
-            (exp_id, str(i), str(p), int(t), int(np.argmax(pr)), json.dumps([round(float(x), 5) for x in pr]), split)
-            for i, p, t, pr in zip(image_ids, paths, true_counts, probs)
+            (exp_id, str(i), str(p), int(t), int(c), json.dumps([round(float(x), 5) for x in pr]), split)
+            for i, p, t, c, pr in zip(image_ids, paths, true_counts, shown, probs, strict=True)
         ]
         with self._connect() as db:
             db.execute("DELETE FROM predictions WHERE experiment = ? AND split = ?", (exp_id, split))
@@ -354,7 +357,8 @@ class Store:
                               " WHERE experiment = ? AND split = ?", (exp_id, split)).fetchall()
         frame = pd.DataFrame([dict(r) for r in rows], columns=["image_id", "path", "true_count", "pred_count", "probs"])
         frame["probs"] = frame["probs"].map(json.loads)
-        frame["confidence"] = frame["probs"].map(max)
+        frame["confidence"] = [p[c] if 0 <= c < len(p) else float("nan")
+                               for p, c in zip(frame["probs"], frame["pred_count"], strict=True)]
         return frame
 
 

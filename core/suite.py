@@ -30,8 +30,10 @@ def result_line(exp: Experiment, seconds: float, reused: bool) -> str:
     if not exp.is_model:
         return f"{exp.name:<14} suggested learning rate {exp.suggested_lr or float('nan'):.1e}  ({how})"
     val, test = exp.val_metrics, exp.metrics
-    return (f"{exp.name:<14} validation balanced accuracy {val.get('balanced_accuracy', float('nan')):.1%} | test: "
-            f"accuracy {test['accuracy']:.1%}  balanced {test['balanced_accuracy']:.1%}  RMSE {test['rmse']:.2f}  ({how})")
+    return (f"{exp.name:<14} validation balanced accuracy "
+            f"{val.get('balanced_accuracy', float('nan')):.1%} | test: "
+            f"accuracy {test['accuracy']:.1%}  balanced {test['balanced_accuracy']:.1%}  "
+            f"RMSE {test['rmse']:.2f}  ({how})")
 
 
 def run_default_suite(data_root: str | Path, store: Store | None = None, cnn_overrides: dict | None = None,

@@ -42,7 +42,7 @@ def count_photos(counter: BinCounter, photos: Sequence[tuple[str, bytes]]) -> li
     results = counter.count_batch([data for _, data in photos])
     return [PhotoCount(name, None, f"{name}: {res} — upload a JPEG or PNG photo of a bin.")
             if isinstance(res, ImageError) else PhotoCount(name, res)
-            for (name, _), res in zip(photos, results)]
+            for (name, _), res in zip(photos, results, strict=True)]
 
 
 def verdict(counter: BinCounter, result: CountResult, recorded: int, threshold: float = MISMATCH_THRESHOLD,
@@ -50,11 +50,12 @@ def verdict(counter: BinCounter, result: CountResult, recorded: int, threshold: 
     """Does the photo agree with the recorded quantity? With the probability that it does not
     (`core.reconcile.judge`: the photo weighed against how often records are wrong)."""
     _, p_mismatch, note = judge(counter, result, recorded, prior_wrong)
+    shows = counter.exp.count_label(result.count)
     if p_mismatch is None:
-        return Verdict(False, None, f"Recorded {recorded}, the photo looks like {result.count}: {note}.")
+        return Verdict(False, None, f"Recorded {recorded}, the photo looks like {shows}: {note}.")
     settings = f"probability of a mismatch {p_mismatch:.0%}, with {prior_wrong:.0%} of records assumed wrong"
     if is_mismatch(p_mismatch, threshold):
-        return Verdict(True, p_mismatch, f"Probably a mismatch: recorded {recorded}, the photo shows {result.count} "
+        return Verdict(True, p_mismatch, f"Probably a mismatch: recorded {recorded}, the photo shows {shows} "
                                          f"({settings}). Recount this bin.")
     return Verdict(False, p_mismatch, f"Matches the record of {recorded} ({settings}).")
 
@@ -99,7 +100,8 @@ def photos_from_uploads(files: Sequence[tuple[str, bytes]], max_bytes: int = MAX
     for name, data in files:
         if not name.lower().endswith(".zip"):
             if over(1, len(data)):
-                problems.append(f"{name}: skipped, the uploads would pass the cap ({caps}); upload fewer bins at a time.")
+                problems.append(f"{name}: skipped, the uploads would pass the cap ({caps}); "
+                                "upload fewer bins at a time.")
                 continue
             photos[name] = data
             total_photos, total_bytes = total_photos + 1, total_bytes + len(data)

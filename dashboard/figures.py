@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from core.config import MAX_COUNT
 from core.reconcile import is_mismatch
+from core.records import count_label
 
 COUNT_TITLE = "items in the bin"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -21,8 +22,8 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 NEUTRAL = "#b0b7c3"
 MATCH = "#2ca02c"
 MISMATCH = "#d62728"
-PHASES = ("train", "val", "valid", "test")
-PHASE_DASH = {"train": "solid", "val": "dash", "valid": "dash", "test": "dot", "": "solid"}
+SPLIT_PREFIXES = ("train", "val", "valid", "test")  # curve columns are <split>_<metric>
+SPLIT_DASH = {"train": "solid", "val": "dash", "valid": "dash", "test": "dot", "": "solid"}
 
 
 def _layout(fig: go.Figure, title: str | None = None, height: int = 360) -> go.Figure:
@@ -31,8 +32,10 @@ def _layout(fig: go.Figure, title: str | None = None, height: int = 360) -> go.F
     return fig
 
 
-def _count_axis(num_classes: int) -> dict:
+def _count_axis(num_classes: int, open_top: bool = False) -> dict:
+    """The count axis; with an open top class its last tick reads "6+" (more than 5)."""
     return dict(title=COUNT_TITLE, tickmode="array", tickvals=list(range(num_classes)),
+                ticktext=[count_label(k, num_classes, open_top, short=True) for k in range(num_classes)],
                 range=[-0.5, num_classes - 0.5])
 
 
@@ -47,7 +50,7 @@ def count_histogram(counts: Sequence[int], num_classes: int = MAX_COUNT + 1, tit
     share = per_class / max(per_class.sum(), 1)
     fig = go.Figure(go.Bar(
         x=list(range(num_classes)), y=per_class, marker_color=colour(0),
-        text=[f"{n:,}<br>{s:.0%}" for n, s in zip(per_class, share)], textposition="outside",
+        text=[f"{n:,}<br>{s:.0%}" for n, s in zip(per_class, share, strict=True)], textposition="outside",
         hovertemplate="%{x} items: %{y} photos<extra></extra>",
     ))
     fig.update_xaxes(**_count_axis(num_classes))
@@ -58,7 +61,7 @@ def count_histogram(counts: Sequence[int], num_classes: int = MAX_COUNT + 1, tit
 def split_curve_column(column: str) -> tuple[str, str]:
     """`val_loss` -> ("val", "loss"); a column without a phase prefix (`lr`) -> ("", "lr")."""
     phase, _, rest = column.partition("_")
-    return (phase, rest) if phase in PHASES and rest else ("", column)
+    return (phase, rest) if phase in SPLIT_PREFIXES and rest else ("", column)
 
 
 def curve_metrics(curves: Mapping[str, pd.DataFrame]) -> list[str]:
@@ -84,7 +87,7 @@ def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | 
                 continue
             fig.add_trace(go.Scatter(
                 x=frame["epoch"], y=frame[column], mode="lines+markers", name=f"{label} · {phase or metric}",
-                line=dict(color=colour(i), dash=PHASE_DASH.get(phase, "solid")), marker=dict(size=5),
+                line=dict(color=colour(i), dash=SPLIT_DASH.get(phase, "solid")), marker=dict(size=5),
                 hovertemplate=f"{label}<br>{column}: %{{y:.4g}} at epoch %{{x}}<extra></extra>",
             ))
     fig.update_xaxes(title="epoch", dtick=1 if last_epoch <= 20 else None)
@@ -96,7 +99,8 @@ def curves_figure(curves: Mapping[str, pd.DataFrame], metric: str, title: str | 
 
 def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "accuracy",
                    title: str | None = None,
-                   intervals: Mapping[str, Sequence[Sequence[float] | None]] | None = None) -> go.Figure:
+                   intervals: Mapping[str, Sequence[Sequence[float] | None]] | None = None,
+                   open_top: bool = False) -> go.Figure:
     """A value per count class (accuracy or RMSE) for one or more experiments, as grouped bars,
     with error bars where `intervals` gives a [low, high] per class."""
     percent = what == "accuracy"
@@ -107,8 +111,8 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
         bounds = list((intervals or {}).get(label) or [])
         bounds += [None] * (len(y) - len(bounds))
         error = dict(type="data", symmetric=False, color="#555",
-                     array=[math.nan if b is None else b[1] - v for b, v in zip(bounds, y)],
-                     arrayminus=[math.nan if b is None else v - b[0] for b, v in zip(bounds, y)]) \
+                     array=[math.nan if b is None else b[1] - v for b, v in zip(bounds, y, strict=True)],
+                     arrayminus=[math.nan if b is None else v - b[0] for b, v in zip(bounds, y, strict=True)]) \
             if any(b is not None for b in bounds) else None
         fig.add_trace(go.Bar(
             x=list(range(len(y))), y=y, name=label, marker_color=colour(i), error_y=error,
@@ -117,7 +121,7 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
             hovertemplate=f"{label}<br>%{{x}} items: %{{y:{'.1%' if percent else '.3f'}}}<extra></extra>",
         ))
     fig.update_layout(barmode="group", showlegend=len(values) > 1)
-    fig.update_xaxes(**_count_axis(num_classes))
+    fig.update_xaxes(**_count_axis(num_classes, open_top))
     if percent:
         fig.update_yaxes(title=what, tickformat=".0%", range=[0, 1.12])
     else:
@@ -125,7 +129,8 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
     return _layout(fig, title)
 
 
-def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, title: str | None = None) -> go.Figure:
+def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, title: str | None = None,
+                      open_top: bool = False) -> go.Figure:
     """Rows = true count, columns = predicted count; cells show photo counts (and row shares).
 
     Each cell also carries an invisible marker (x = predicted, y = true): heatmaps report no
@@ -150,10 +155,10 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, 
         hovertemplate="true %{customdata[0]}, predicted %{customdata[1]}: %{customdata[2]} photos<extra></extra>",
         showlegend=False,
     ))
-    fig.update_xaxes(title="predicted count", tickmode="array", tickvals=list(range(n)), side="top", showgrid=False,
-                     zeroline=False)
-    fig.update_yaxes(title="true count", tickmode="array", tickvals=list(range(n)), autorange="reversed",
-                     showgrid=False, zeroline=False)
+    ticks = dict(tickmode="array", tickvals=list(range(n)),
+                 ticktext=[count_label(k, n, open_top, short=True) for k in range(n)])
+    fig.update_xaxes(title="predicted count", side="top", showgrid=False, zeroline=False, **ticks)
+    fig.update_yaxes(title="true count", autorange="reversed", showgrid=False, zeroline=False, **ticks)
     return _layout(fig, title, height=420)
 
 
@@ -203,10 +208,12 @@ def _lr_finder_loss_range(curves: Sequence[Mapping], margin: float = 0.1) -> lis
     return [low - pad, high + pad]
 
 
-def probability_bars(probs: Sequence[float], recorded: int | None = None, title: str | None = None) -> go.Figure:
-    """The model's probability for each count; the most likely count is coloured, the recorded one marked."""
+def probability_bars(probs: Sequence[float], recorded: int | None = None, title: str | None = None,
+                     open_top: bool = False, counted: int | None = None) -> go.Figure:
+    """The model's probability for each count; the count shown (default: the most likely) is
+    coloured, the recorded one marked."""
     probs = np.asarray(probs, dtype=float)
-    predicted = int(np.argmax(probs))
+    predicted = int(np.argmax(probs)) if counted is None else counted
     colours = [colour(0) if k == predicted else NEUTRAL for k in range(len(probs))]
     lines = [3 if k == recorded else 0 for k in range(len(probs))]
     fig = go.Figure(go.Bar(
@@ -216,7 +223,7 @@ def probability_bars(probs: Sequence[float], recorded: int | None = None, title:
     ))
     if recorded is not None and 0 <= recorded < len(probs):
         fig.add_annotation(x=recorded, y=probs[recorded], yshift=28, text="recorded", showarrow=False)
-    fig.update_xaxes(**_count_axis(len(probs)))
+    fig.update_xaxes(**_count_axis(len(probs), open_top))
     fig.update_yaxes(title="probability", tickformat=".0%", range=[0, 1.15])
     return _layout(fig, title, height=300)
 

@@ -19,7 +19,6 @@ from core.data import DataError, load_collection
 from core.images import ImageError, open_image
 from core.records import Experiment
 from core.store import Store, best_of, best_rule
-
 from dashboard.counting import PhotoCount, count_photos
 from dashboard.tables import is_scored, item_names
 

@@ -126,7 +126,8 @@ def misclassified(predictions: pd.DataFrame, true_counts: Iterable[int] | None =
         wrong = wrong[wrong["true_count"].isin(list(true_counts))]
     if predicted_counts is not None:
         wrong = wrong[wrong["pred_count"].isin(list(predicted_counts))]
-    return wrong.sort_values(["confidence", "image_id"], ascending=[not most_confident_first, True]).reset_index(drop=True)
+    return (wrong.sort_values(["confidence", "image_id"], ascending=[not most_confident_first, True])
+            .reset_index(drop=True))
 
 
 def cell(predictions: pd.DataFrame, true_count: int, predicted_count: int) -> pd.DataFrame:

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
-from core.records import Experiment
 from core.reconcile import PRIOR_WRONG, SIMULATED_ERROR_RATE, audit_table
-
+from core.records import Experiment
 from dashboard import figures, state
 from dashboard.tables import labels
 
@@ -81,7 +80,7 @@ def photo_grid(photos: pd.DataFrame, caption, columns: int = 4, details=None) ->
     """Photos (a frame with a `path` column) in a grid; `caption(row)` under each, `details(row)` below it."""
     rows = list(photos.itertuples(index=False))
     for start in range(0, len(rows), columns):
-        for col, row in zip(st.columns(columns), rows[start:start + columns]):
+        for col, row in zip(st.columns(columns), rows[start:start + columns], strict=False):
             with col.container(border=True):
                 image = state.thumbnail(row.path)
                 if image is None:
@@ -114,7 +113,8 @@ def audit_value(exp: Experiment, key: str) -> None:
     st.caption(f"Measured on the model's {curve['n']} test photos, {curve['wrong']} of their records moved by 1 or 2 "
                f"items at random (seed {curve['seed']}); bins ranked by the probability of a mismatch with "
                f"{PRIOR_WRONG:.0%} of records assumed wrong. ROC AUC {curve['roc_auc']:.2f}, average precision "
-               f"{curve['average_precision']:.2f}; the threshold {curve['threshold']:.0%} flags {curve['flagged']} bins "
+               f"{curve['average_precision']:.2f}; the threshold {curve['threshold']:.0%} "
+               f"flags {curve['flagged']} bins "
                f"({curve['flagged_precision']:.0%} of them wrong records).")
     left, right = st.columns([3, 2])
     left.plotly_chart(figures.audit_value_curve(curve), key=f"{key}-curve")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import core.cache
-from core.cache import assign_rows, build_cache, cached_images, cache_file
+from core.cache import assign_rows, build_cache, cache_file, cached_images
 from core.images import load_rgb
 from tests.builders import bin_photo
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.calibration import apply_calibration, calibrate, fit_calibration, fit_map
+from core.calibration import apply_calibration, calibrate, choose_decision, decide, fit_calibration, fit_map
 from core.metrics import expected_calibration_error
 
 
@@ -74,3 +74,20 @@ def test_the_class_prior_is_what_the_calibrated_probabilities_imply():
     assert np.abs(np.array(fitted["class_prior"]) - shares).max() < 0.1
     assert np.array_equal(apply_calibration(probs, {}), probs)
     assert fit_calibration(probs[:3], y[:3])["n_fit"] == 3  # too few photos to cross-fit: still a map
+
+
+def test_the_decision_rule_is_chosen_for_balanced_accuracy_on_held_out_photos():
+    """A model whose calibrated probabilities favour the common count: the most probable count
+    never names the rare one; dividing by the prior does, and wins on balanced accuracy."""
+    rng = np.random.default_rng(7)
+    y = np.where(rng.random(2000) < 0.85, 1, 0)  # count 0 is rare
+    signal = np.where(y == 0, 0.40, 0.08) + rng.normal(0, 0.03, 2000)  # the photo hints at 0, weakly
+    probs = np.column_stack([signal, 1 - signal])
+    calibration = {"class_prior": [0.15, 0.85]}
+    assert (decide(probs, calibration) == 1).all()  # most probable: always 1
+    rule = choose_decision(probs, y, calibration)
+    assert rule == "prior-corrected"
+    shown = decide(probs, {**calibration, "decision": rule})
+    assert (shown[y == 0] == 0).mean() > 0.8 and (shown[y == 1] == 1).mean() > 0.8
+    balanced_probs = np.column_stack([np.full(100, 0.3), np.full(100, 0.7)])
+    assert choose_decision(balanced_probs, np.ones(100, dtype=int), {"class_prior": [0.5, 0.5]}) == "most probable"

@@ -17,8 +17,14 @@ from sklearn.svm import SVC
 import train
 from core.classical import experiment, suite_experiments, train_classical
 from core.classical.models import MODELS, check_scale, model_grid
-from core.classical.predictor import (ARTIFACT, UntrustedModel, class_probabilities, load_pipeline, load_predictor,
-                                      save_pipeline)
+from core.classical.predictor import (
+    ARTIFACT,
+    UntrustedModel,
+    load_pipeline,
+    load_predictor,
+    pipeline_probabilities,
+    save_pipeline,
+)
 from core.classical.search import choose_folds, failed_rows, grid_search, select_balanced, select_paper
 from core.dataset import prepare_dataset
 from core.store import Store
@@ -92,7 +98,7 @@ def test_every_model_family_searches_and_gives_probabilities(model):
                          selection="paper", n_jobs=1, progress=False)
     n_settings = len(search.cv_results_["params"])
     assert n_settings == sum(len(list(ParameterGrid(g))) for g in model_grid(model, FAMILY_GRIDS[model]))
-    probs = class_probabilities(search.best_estimator_, X[90:], 6)
+    probs = pipeline_probabilities(search.best_estimator_, X[90:], 6)
     assert probs.shape == (30, 6)
     np.testing.assert_allclose(probs.sum(axis=1), 1)
     assert np.mean(probs.argmax(axis=1) == y[90:]) > 0.4  # well above chance (1/6) on separable classes
@@ -124,11 +130,11 @@ def test_probabilities_cover_classes_missing_from_training():
     X, y = six_classes()
     keep = y != 3
     pipe = Pipeline([("scale", StandardScaler()), ("model", SVC())]).fit(X[keep], y[keep])
-    probs = class_probabilities(pipe, X[:10], 6)
+    probs = pipeline_probabilities(pipe, X[:10], 6)
     assert probs.shape == (10, 6) and not probs[:, 3].any()
     np.testing.assert_allclose(probs.sum(axis=1), 1)
     binary = Pipeline([("model", SVC())]).fit(X[y < 2], y[y < 2])
-    assert class_probabilities(binary, X[:5], 6)[:, 2:].sum() == 0
+    assert pipeline_probabilities(binary, X[:5], 6)[:, 2:].sum() == 0
 
 
 def test_kernel_svms_refuse_training_sets_they_cannot_fit_and_name_the_alternatives():

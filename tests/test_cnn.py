@@ -42,9 +42,9 @@ def test_model_input_is_normalised_channels_first():
 def test_random_flip_mirrors_some_images_only():
     images = torch.arange(16 * 2 * 3 * 3, dtype=torch.int64).reshape(16, 2, 3, 3).to(torch.uint8)
     flipped = random_flip(images, torch.Generator().manual_seed(0))
-    mirrored = [torch.equal(f, i.flip(1)) for f, i in zip(flipped, images)]
-    unchanged = [torch.equal(f, i) for f, i in zip(flipped, images)]
-    assert all(m or u for m, u in zip(mirrored, unchanged)) and any(mirrored) and any(unchanged)
+    mirrored = [torch.equal(f, i.flip(1)) for f, i in zip(flipped, images, strict=True)]
+    unchanged = [torch.equal(f, i) for f, i in zip(flipped, images, strict=True)]
+    assert all(m or u for m, u in zip(mirrored, unchanged, strict=True)) and any(mirrored) and any(unchanged)
 
 
 def test_lr_schedules():
@@ -80,7 +80,8 @@ def test_class_weights_and_counting_loss():
     plain, counting = CountingLoss(3), CountingLoss(3, count_weight=1.0)
     assert counting(logits, target) > plain(logits, target)  # the far-off guess (0 for 2) costs extra
     close = torch.tensor([[0.0, 9.0, 0.0]])
-    assert counting(close, target[:1]) - plain(close, target[:1]) < counting(logits[1:], target[1:]) - plain(logits[1:], target[1:])
+    assert (counting(close, target[:1]) - plain(close, target[:1])
+            < counting(logits[1:], target[1:]) - plain(logits[1:], target[1:]))
 
 
 def test_presets_cover_table_iii_and_reject_bad_fields():

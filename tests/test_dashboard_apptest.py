@@ -441,7 +441,8 @@ def test_reconcile_page_unzips_once_shows_totals_and_takes_a_budget(store, count
     at.file_uploader(key="rec-photos").set_value([("day.zip", zipped(photos), "application/zip")])
     rerun(at)
     metrics = {m.label: m.value for m in at.metric}
-    assert (metrics["Bins given"], metrics["Checked"], metrics["Not checkable"], metrics["Errors"]) == ("8", "6", "1", "1")
+    given = (metrics["Bins given"], metrics["Checked"], metrics["Not checkable"], metrics["Errors"])
+    assert given == ("8", "6", "1", "1")
     assert any(f"prior share of wrong records {PRIOR_WRONG:.0%}" in c.value for c in at.caption)
     at.radio(key="rec-mode").set_value("an audit budget")
     rerun(at)

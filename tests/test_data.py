@@ -12,7 +12,7 @@ import pytest
 
 from core.data import DataError, assign_splits, load_collection, parse_count
 from core.dataset import prepare_dataset
-from tests.builders import bin_photo, requires_sample, write_abid_collection, write_manifest_collection
+from tests.builders import bin_photo, requires_sample, write_abid_collection
 
 
 def test_manifest_layout(tiny_collection):
@@ -26,7 +26,7 @@ def test_abid_layout_reads_counts_and_items(tmp_path):
     root = write_abid_collection(tmp_path / "abid", [0, 2, 3, 7])
     col = load_collection(root)
     assert col.layout == "abid"
-    assert dict(zip(col.table["image_id"], col.table["count"])) == {"1": 0, "2": 2, "3": 3}
+    assert dict(zip(col.table["image_id"], col.table["count"], strict=True)) == {"1": 0, "2": 2, "3": 3}
     assert col.out_of_range == 1  # the bin with 7 items is outside 0..5
     items = json.loads(col.table.set_index("image_id").loc["3", "items"])
     assert [i["name"] for i in items] == ["item 0", "item 1", "item 2"]
@@ -182,7 +182,8 @@ def test_export_split_writes_image_id_and_split(tiny_collection, store_root, tmp
     exported = pd.read_csv(out, dtype=str)
     assert list(exported.columns) == ["image_id", "split"] and len(exported) == 36
     ds = prepare_dataset(tiny_collection, image_size=16, progress=False)
-    assert dict(zip(exported["image_id"], exported["split"])) == dict(zip(ds.table["image_id"], ds.table["split"]))
+    assert (dict(zip(exported["image_id"], exported["split"], strict=True))
+            == dict(zip(ds.table["image_id"], ds.table["split"], strict=True)))
     assert "split of 36 photos" in capsys.readouterr().out
 
 

@@ -1,7 +1,6 @@
 """The dashboard's pure figure functions: plain data in, the right chart out."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -68,7 +67,7 @@ def test_confusion_heatmap_counts_and_row_shares():
     assert z[1].sum() == 0  # a count absent from the test set: no division by zero
     assert shares.text[0][0] == "3<br>75%"
     # clickable markers: x = predicted, y = true, customdata = [true, predicted, photos]
-    k = list(zip(cells.y, cells.x)).index((2, 0))
+    k = list(zip(cells.y, cells.x, strict=True)).index((2, 0))
     assert list(cells.customdata[k]) == [2, 0, 2]
 
 

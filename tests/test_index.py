@@ -50,7 +50,7 @@ def test_rescan_reads_only_new_changed_and_bad_files_once(tmp_path, probes):
     probes.clear()
     changed = load_collection(root, index=index)
     assert sorted(probes) == ["2.jpg", "3.jpg", "7.jpg"]
-    counts = dict(zip(changed.table["image_id"], changed.table["count"]))
+    counts = dict(zip(changed.table["image_id"], changed.table["count"], strict=True))
     assert counts == {"2": 4, "3": 3, "4": 4, "5": 5, "7": 2}
 
 
@@ -81,7 +81,8 @@ def test_item_lists_stay_in_the_index_until_asked_for(tmp_path, probes):
     probes.clear()
     full = load_collection(root, index=index)  # items come from the index: no file is read again
     assert probes == []
-    names = {i: [item["name"] for item in json.loads(s)] for i, s in zip(full.table["image_id"], full.table["items"])}
+    names = {i: [item["name"] for item in json.loads(s)]
+             for i, s in zip(full.table["image_id"], full.table["items"], strict=True)}
     assert names == {"1": ["item 0", "item 1"], "2": [], "3": ["item 0", "item 1", "item 2"]}
     assert full.table.drop(columns="items").equals(lean.table)
 
@@ -118,7 +119,7 @@ def test_stat_files_matches_os_stat_on_every_thread(tmp_path, monkeypatch):
         paths.append(str(tmp_path / f"{k}.bin"))
     paths[4], paths[7] = None, str(tmp_path / "missing.bin")
     stamps = core.index.stat_files(pa.array(paths, pa.string()), workers=2)
-    for path, (size, mtime) in zip(paths, stamps):
+    for path, (size, mtime) in zip(paths, stamps, strict=True):
         if path is None or not os.path.exists(path):
             assert (size, mtime) == (-1, -1)
         else:

@@ -4,8 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.metrics import (accuracy_coverage, bootstrap_intervals, count_report, expected_calibration_error,
-                          paired_bootstrap, split_figures, verdict)
+from core.metrics import (
+    accuracy_coverage,
+    bootstrap_intervals,
+    count_report,
+    expected_calibration_error,
+    paired_bootstrap,
+    split_figures,
+    verdict,
+)
 
 
 def test_count_report_figures():

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -59,7 +58,7 @@ def test_awkward_but_valid_photos_are_counted(counters, family):
     counter = counters[family]
     photo = bin_photo(2, seed=3)
     rgba = photo.convert("RGBA")
-    sixteen = Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257))
+    sixteen = Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257)
     frames = [photo, bin_photo(4, seed=4)]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
@@ -133,7 +132,8 @@ def test_calibration_is_stored_with_the_model_when_it_is_trained(counters, train
     assert counters["cnn"].calibration == calibration  # loading only reads it
     nll = calibration["nll_by_method"]  # chosen on held-out halves of the validation photos
     assert nll[calibration["method"]] <= min(nll.values()) + 1e-3
-    assert calibration["n_fit"] == exp.val_metrics["n"] and sum(calibration["class_prior"]) == pytest.approx(1, abs=1e-4)
+    assert calibration["n_fit"] == exp.val_metrics["n"]
+    assert sum(calibration["class_prior"]) == pytest.approx(1, abs=1e-4)
     coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
     assert coverage == sorted(coverage) and coverage[-1] == 1.0
     assert accuracy[-1] == pytest.approx(exp.metrics["accuracy"], abs=1e-3)

@@ -16,9 +16,21 @@ import pytest
 
 from core.config import PROJECT_ROOT
 from core.predict import class_prior, load_counter
-from core.reconcile import (PRIOR_WRONG, audit_curve, audit_table, budget_size, flags, judge, judged_class,
-                            mismatch_probability, read_records, reconcile, records_from_folder, report_totals,
-                            simulate_errors)
+from core.reconcile import (
+    PRIOR_WRONG,
+    audit_curve,
+    audit_table,
+    budget_size,
+    flags,
+    judge,
+    judged_class,
+    mismatch_probability,
+    read_records,
+    reconcile,
+    records_from_folder,
+    report_totals,
+    simulate_errors,
+)
 from core.store import Store
 from tests.builders import bin_photo, write_abid_collection
 
@@ -80,7 +92,8 @@ def test_class_priors_of_zero_or_one_and_certain_photos_stay_finite():
     ({"recorded": [6]}, "class indices"), ({"class_prior": [0.5, 0.5]}, "class prior"),
 ])
 def test_mismatch_probability_refuses_bad_input(kwargs, message):
-    args = {"probs": [np.full(6, 1 / 6)], "recorded": [1], "prior_wrong": 0.1, "class_prior": np.full(6, 1 / 6), **kwargs}
+    args = {"probs": [np.full(6, 1 / 6)], "recorded": [1], "prior_wrong": 0.1, "class_prior": np.full(6, 1 / 6),
+            **kwargs}
     with pytest.raises(ValueError, match=message):
         mismatch_probability(**args)
 
@@ -137,7 +150,7 @@ def test_default_settings_flag_few_bins_and_mostly_wrong_records():
 def test_read_records_keeps_bad_quantities_as_error_rows():
     records = read_records(b"image,recorded_quantity\na.jpg,2\nb.jpg,2.5\nc.jpg,two\nd.jpg,-1\ne.jpg,\n,3\nf.jpg,4.0\n")
     assert len(records) == 7
-    errors = dict(zip(records["image"], records["error"]))
+    errors = dict(zip(records["image"], records["error"], strict=True))
     assert errors["a.jpg"] == errors["f.jpg"] == ""
     assert all("invalid recorded quantity" in errors[n] for n in ("b.jpg", "c.jpg", "d.jpg"))
     assert errors["e.jpg"] == "missing recorded quantity" and errors[""] == "no image named"
@@ -175,7 +188,7 @@ def test_abid_folder_lists_bad_metadata_and_bad_photos_as_error_rows(tmp_path):
     (root / "metadata" / "4.json").unlink()
     records, images = records_from_folder(root)
     assert len(records) == 4 and set(images) == {"bin-images/1.jpg"}
-    errors = dict(zip(records["image"], records["error"]))
+    errors = dict(zip(records["image"], records["error"], strict=True))
     assert errors["bin-images/1.jpg"] == ""
     assert "2.5" in errors["bin-images/2.jpg"] and "empty" in errors["bin-images/3.jpg"]
     assert "no metadata" in errors["bin-images/4.jpg"]
@@ -243,7 +256,8 @@ def test_an_open_top_class_judges_a_large_record_by_p_more_than(counter):
 
 
 def test_counter_class_prior_is_the_experiments(counter):
-    assert counter.class_prior == pytest.approx(class_prior(counter.exp)) and counter.class_prior.sum() == pytest.approx(1)
+    assert counter.class_prior == pytest.approx(class_prior(counter.exp))
+    assert counter.class_prior.sum() == pytest.approx(1)
     assert counter.class_prior.shape == (counter.num_classes,)
 
 
@@ -275,7 +289,7 @@ def test_reconcile_cli_lists_every_record_with_totals(trained_store, tmp_path):
         else:
             report = pd.read_csv(out, keep_default_na=False)
         assert len(report) == 7 and report["image"].iloc[-1] == "bin-images/6.jpg"
-        errors = dict(zip(report["image"], report["error"]))
+        errors = dict(zip(report["image"], report["error"], strict=True))
         assert errors["../outside.jpg"] == "path outside the data folder" and "not found" in errors["bin-images/77.jpg"]
 
 
@@ -286,7 +300,7 @@ def test_reconcile_cli_without_records_keys_photos_by_relative_path(trained_stor
     assert run.returncode == 0, run.stderr
     report = pd.read_csv(out, keep_default_na=False)
     assert len(report) == 36 and (report["error"] == "").all() and report["mismatch"].sum() == 5
-    recorded = dict(zip(report["image"], report["recorded_quantity"]))
+    recorded = dict(zip(report["image"], report["recorded_quantity"], strict=True))
     assert recorded["bin-images/1.jpg"] == 0 and recorded["bin-images/36.jpg"] == 5
     assert "the 5 riskiest bins" in run.stdout
 

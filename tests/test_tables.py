@@ -64,7 +64,8 @@ def test_paired_comparison_runs_on_the_photos_both_models_scored():
     bad = np.where(rng.random(400) < 0.3, truth, rng.integers(0, 6, 400))
     ids = [f"p{i}" for i in range(400)]
     a = pd.DataFrame({"image_id": ids, "true_count": truth, "pred_count": good})
-    b = pd.DataFrame({"image_id": ids[50:] + ["elsewhere"], "true_count": [*truth[50:], 1], "pred_count": [*bad[50:], 1]})
+    b = pd.DataFrame({"image_id": ids[50:] + ["elsewhere"], "true_count": [*truth[50:], 1],
+                      "pred_count": [*bad[50:], 1]})
     comparison, said, n = tables.paired_comparison(a, b, "A", "B")
     assert n == 350 and said.startswith("A beats B") and comparison["balanced_accuracy"]["low"] > 0
     assert list(tables.comparison_table(comparison)["metric"]) == ["accuracy", "balanced accuracy", "rmse"]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from core.classical.features import ImageFeatures, feature_matrix, make_extractor
 from core.classical.models import check_scale, model_grid
-from core.classical.predictor import ARTIFACT, class_probabilities, probability_method, save_pipeline
+from core.classical.predictor import ARTIFACT, pipeline_probabilities, probability_method, save_pipeline
 from core.classical.search import SELECTION_RULES, SELECTORS, choose_folds, cv_table, failed_rows, grid_search
 from core.config import MAX_COUNT
 from core.dataset import DEFAULT_SPLIT, Dataset, prepare_dataset
@@ -27,16 +27,17 @@ from core.store import Store, config_key
 
 FAMILY = "classical"
 IMAGE_SIZE = 128  # cache resolution; each extractor shrinks further (raw 32 px, HOG 64 px, ...)
-VERSION = 3  # part of every experiment's key: bump when a change alters what a setting trains
+VERSION = 4  # part of every experiment's key: bump when a change alters what a setting trains
 
 
 def experiment_params(features: str, extractor: ImageFeatures, pca: int | None, model: str, grid: list[dict],
-                      folds: int, selection: str, image_size: int, seed: int, max_count: int, cv: int) -> dict:
+                      folds: int, selection: str, image_size: int, seed: int, max_count: int, cv: int,
+                      open_top: bool) -> dict:
     """Everything that decides what a run trains: equal params on equal data -> served from the store."""
     return {
         "features": features, "feature_params": extractor.get_params(), "pca": pca, "model": model, "grid": grid,
         "folds": folds, "selection": selection, "image_size": image_size, "seed": seed, "max_count": max_count,
-        "split": list(DEFAULT_SPLIT), "cv": cv,
+        "split": list(DEFAULT_SPLIT), "cv": cv, "open_top": open_top,
     }
 
 
@@ -58,20 +59,23 @@ def train_classical(
     n_jobs: int = 2,
     progress: bool = True,
     max_count: int = MAX_COUNT,
+    open_top: bool = True,
 ) -> str:
     """Search, fit, calibrate, save and test one classical model (or, with `cv=K`, K of them on
-    the folds of train+val); returns its experiment id. A configuration already finished on the
-    same data is served from the store; two processes asking for it at once train it once."""
+    the folds of train+val); returns its experiment id. With `open_top` (the default), bins of
+    more than `max_count` items are a class of their own instead of being left out. A configuration
+    already finished on the same data is served from the store; two processes asking for it at once
+    train it once."""
     store = store or Store()
     if selection not in SELECTORS:
         raise ValueError(f"selection must be one of {SELECTION_RULES}, got {selection!r}")
     extractor = make_extractor(features, **(feature_params or {}))
     grid = model_grid(model, grid)
     dataset = prepare_dataset(dataset_root, image_size=image_size, max_count=max_count, seed=seed,
-                              store=store.root, progress=progress)
+                              store=store.root, progress=progress, open_top=open_top)
     check_scale(model, int((dataset.table["split"] == "train").sum()))
     params = experiment_params(features, extractor, pca, model, grid, folds, selection, image_size, seed, max_count,
-                               cv)
+                               cv, open_top)
     name = name or f"{features}{'-pca' if pca else ''}-{model}{f'-cv{cv}' if cv else ''}"
     key = config_key(FAMILY, model, params, dataset.fingerprint, VERSION)
     with store.claim(key):
@@ -82,7 +86,7 @@ def train_classical(
             return found
         exp_id = store.start(name, FAMILY, model, params, dataset.fingerprint, code_version=VERSION,
                              data_root=str(Path(dataset_root).resolve()), image_size=image_size,
-                             num_classes=dataset.num_classes, selection=selection)
+                             num_classes=dataset.num_classes, open_top=dataset.open_top, selection=selection)
         with store.running(exp_id):
             _train(store, exp_id, dataset, extractor, model, grid, pca, folds, selection, image_size, seed, cv,
                    n_jobs, progress)
@@ -113,7 +117,7 @@ def _train(store: Store, exp_id: str, dataset: Dataset, extractor: ImageFeatures
         return search, pipeline
 
     def probs(search, part: pd.DataFrame) -> np.ndarray:
-        return class_probabilities(search.best_estimator_, matrix[part["row"].to_numpy()], k)
+        return pipeline_probabilities(search.best_estimator_, matrix[part["row"].to_numpy()], k)
 
     test = dataset.split("test")
     common = {"artifact": ARTIFACT, "feature_seconds": feature_seconds,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
-from skops.io import dump, get_untrusted_types, load
 from sklearn.pipeline import Pipeline
+from skops.io import dump, get_untrusted_types, load
 
 from core.classical.features import EXTRACTORS, CappedPCA
 from core.files import atomic_path
@@ -26,7 +26,7 @@ class UntrustedModel(ValueError):
     """A saved pipeline names a type outside the trusted list (tampered or foreign)."""
 
 
-def class_probabilities(pipeline: Pipeline, X, num_classes: int) -> np.ndarray:
+def pipeline_probabilities(pipeline: Pipeline, X, num_classes: int) -> np.ndarray:
     """(N, num_classes) probabilities: predict_proba where the model has it, else a softmax of
     the decision function (calibrated afterwards on held-out photos). Classes absent from
     training get probability 0."""
@@ -71,6 +71,6 @@ def load_predictor(folder: Path, artifact: str, num_classes: int) -> Callable[[n
     pipeline = load_pipeline(folder / artifact)
 
     def predict(images: np.ndarray) -> np.ndarray:
-        return class_probabilities(pipeline, np.asarray(images, dtype=np.uint8), num_classes)
+        return pipeline_probabilities(pipeline, np.asarray(images, dtype=np.uint8), num_classes)
 
     return predict

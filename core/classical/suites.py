@@ -46,7 +46,7 @@ def results_table(store: Store, exp_ids: list[str]) -> pd.DataFrame:
     for exp_id in exp_ids:
         exp = store.experiment(exp_id)
         metrics = exp.cv_metrics or exp.metrics
-        row = {"experiment": exp.name, "paper_table": PAPER_TABLES.get(exp.name, ""),
+        row: dict[str, object] = {"experiment": exp.name, "paper_table": PAPER_TABLES.get(exp.name, ""),
                "figures": "out-of-fold" if exp.cv_metrics else "test"}
         for cls, acc in enumerate(metrics.get("per_class_accuracy", [])):
             row[f"acc_{cls}"] = acc

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from core.cnn.inputs import CachedImages, Normalization, batches, class_probabilities
+from core.cnn.inputs import CachedImages, Normalization, batches, network_probabilities
 from core.cnn.runtime import Runtime
 from core.metrics import count_report
 
@@ -33,7 +33,7 @@ def predict(model: nn.Module, data: CachedImages, normalization: Normalization, 
     loader = batches(share, batch_size, pin_memory=runtime.cuda, workers=runtime.loader_workers)
     for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and runtime.is_main)):
         images = images.to(runtime.device, non_blocking=True)
-        out.append(class_probabilities(model, images, normalization, tta, runtime.autocast()).cpu())
+        out.append(network_probabilities(model, images, normalization, tta, runtime.autocast()).cpu())
     model.train(was_training)
     shares = runtime.gather(torch.cat(out).numpy() if out else None)  # a rank beyond the last photo has none
     classes = next(s.shape[1] for s in shares if s is not None)

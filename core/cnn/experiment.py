@@ -30,7 +30,7 @@ from core.store import Store, config_key
 
 FAMILY = "cnn"
 LR_FAMILY = "lr_finder"
-VERSION = 2  # part of every experiment's key: bump when a change alters what a recipe trains
+VERSION = 3  # part of every experiment's key: bump when a change alters what a recipe trains
 FOLD_PROBS = "probs.npz"  # a finished fold's held-out and test probabilities
 
 
@@ -49,7 +49,8 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) ->
     lock = store.root / "datasets.lock"
     waiting = f"waiting for another process to build the image caches (lock: {lock})" if launch_rank() == 0 else None
     with first_alone(lock, waiting) as first:
-        dataset = prepare_dataset(root, image_size=sizes[0], store=store.root, progress=progress and first)
+        dataset = prepare_dataset(root, image_size=sizes[0], store=store.root, progress=progress and first,
+                                  open_top=recipe.open_top)
         for size in sizes[1:]:
             dataset.images(size)
     return dataset
@@ -89,6 +90,7 @@ def _open_experiment(store: Store, preset: str, recipe: Recipe, cv: int, dataset
                        dataset.fingerprint, code_version=VERSION, world_size=runtime.world_size,
                        data_root=str(Path(dataset.collection.root).resolve()), device=runtime.describe(),
                        weights=weights, preset=preset, recipe_notes=recipe.notes, num_classes=dataset.num_classes,
+                       open_top=dataset.open_top,
                        image_size=recipe.phases[-1].image_size,
                        split_counts=dataset.table["split"].value_counts().to_dict())
 

@@ -36,7 +36,7 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 @torch.no_grad()
-def class_probabilities(model: nn.Module, images: torch.Tensor, normalization: Normalization, tta: bool,
+def network_probabilities(model: nn.Module, images: torch.Tensor, normalization: Normalization, tta: bool,
                         autocast: AbstractContextManager | None = None) -> torch.Tensor:
     """Softmax probabilities (N, classes) for a uint8 batch already on the model's device.
 

@@ -50,7 +50,8 @@ class TrainingData:
 def phase_plan(recipe: Recipe) -> list[tuple[int, Phase, int]]:
     """(index, phase, first global epoch) for each phase."""
     starts = itertools.accumulate((p.epochs for p in recipe.phases), initial=0)
-    return [(i, phase, start) for i, (phase, start) in enumerate(zip(recipe.phases, starts))]
+    # `starts` ends with the total epochs, one more than there are phases
+    return [(i, phase, start) for i, (phase, start) in enumerate(zip(recipe.phases, starts, strict=False))]
 
 
 def make_loss(recipe: Recipe, data: TrainingData, runtime: Runtime) -> nn.Module:
@@ -79,11 +80,11 @@ class Trainer:
         self.loss_fn = make_loss(recipe, data, runtime)
 
     # ---- data ----------------------------------------------------------------------------
-    def _train_loader(self, size: int) -> tuple[torch.utils.data.DataLoader, DistributedSampler]:
+    def _train_loader(self, size: int) -> tuple[torch.utils.data.DataLoader, DistributedSampler[int]]:
         dataset = CachedImages(self.data.images(size), self.data.train.rows, self.data.train.counts)
         # one sampler for 1 or N processes: a seeded shuffle per epoch, each rank its own share
-        sampler = DistributedSampler(dataset, num_replicas=self.runtime.world_size, rank=self.runtime.rank,
-                                     shuffle=True, seed=self.recipe.seed)
+        sampler: DistributedSampler[int] = DistributedSampler(
+            dataset, num_replicas=self.runtime.world_size, rank=self.runtime.rank, shuffle=True, seed=self.recipe.seed)
         # a last batch of one image breaks BatchNorm on 1x1 feature maps; drop short batches if there are full ones
         loader = batches(dataset, self.recipe.batch_size, self.runtime.cuda, self.runtime.loader_workers, sampler,
                          drop_last=len(sampler) >= self.recipe.batch_size)
@@ -117,9 +118,9 @@ class Trainer:
             totals[2:] += torch.bincount(counts * k + logits.argmax(dim=1), minlength=k * k)
             if self.progress and i % 5 == 0:
                 bar.set_postfix(loss=f"{totals[0].item() / totals[1].item():.3f}")
-        totals = self.runtime.all_sum(totals).cpu().numpy()
-        confusion = totals[2:].reshape(k, k)
-        return {"train_loss": float(totals[0] / max(totals[1], 1)), **confusion_summary(confusion, "train"),
+        summed = self.runtime.all_sum(totals).cpu().numpy()
+        confusion = summed[2:].reshape(k, k)
+        return {"train_loss": float(summed[0] / max(summed[1], 1)), **confusion_summary(confusion, "train"),
                 "lr": optimizer.param_groups[-1]["lr"]}
 
     def predict(self, split: Split, size: int, progress: bool = False, desc: str = "evaluating") -> np.ndarray:
@@ -194,6 +195,7 @@ class Trainer:
         lr = self._phase_lr(index, phase, state, model, loader, sampler)
         optimizer = make_optimizer(self.model, self.recipe, phase, lr)
         if state.epoch > first:  # resuming inside this phase
+            assert optimizer_state is not None  # a resumed state comes with its optimiser's
             optimizer.load_state_dict(optimizer_state)
         else:
             state.bad_epochs = 0

@@ -58,7 +58,7 @@ def lr_sweep(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     loss exceeds `diverge` x its minimum. Losses are averaged over ranks, so every rank stops
     at the same step. `model` may be DDP-wrapped; its weights are restored at the end.
     """
-    module = model.module if hasattr(model, "module") else model
+    module: nn.Module = getattr(model, "module", model)
     saved = copy.deepcopy(module.state_dict())
     top = max(g["base_lr"] for g in optimizer.param_groups)
     ratio = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
@@ -70,8 +70,8 @@ def lr_sweep(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
             lr = start_lr * ratio**i
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] / top * lr
-            loss, _ = train_step(model, images, counts, loss_fn, optimizer, runtime, normalization)
-            loss = float(runtime.all_sum(loss).item()) / runtime.world_size
+            step_loss, _ = train_step(model, images, counts, loss_fn, optimizer, runtime, normalization)
+            loss = float(runtime.all_sum(step_loss).item()) / runtime.world_size
             average = smoothing * average + (1 - smoothing) * loss
             smoothed = average / (1 - smoothing ** (i + 1))
             if not math.isfinite(smoothed):

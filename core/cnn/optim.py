@@ -46,6 +46,9 @@ class CountingLoss(nn.Module):
     sample by its true count's weight (a weighted mean, like `F.cross_entropy(weight=...)`).
     """
 
+    weights: torch.Tensor  # buffers, registered in __init__
+    values: torch.Tensor
+
     def __init__(self, num_classes: int, weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
                  count_weight: float = 0.0, ordinal_sigma: float = 0.0):
         super().__init__()
@@ -82,7 +85,7 @@ def make_optimizer(model: nn.Module, recipe: Recipe, phase: Phase, lr: float) ->
     if not phase.train_body:
         groups = [(head_parameters(model, recipe.backbone), lr)]
     elif phase.differential:
-        groups = list(zip(param_groups(model, recipe.backbone), (lr / d for d in DIFFERENTIAL_DIVISORS)))
+        groups = list(zip(param_groups(model, recipe.backbone), (lr / d for d in DIFFERENTIAL_DIVISORS), strict=True))
     else:
         groups = [(list(model.parameters()), lr)]
     param_dicts = [{"params": [p for p in params if p.requires_grad], "lr": group_lr, "base_lr": group_lr}

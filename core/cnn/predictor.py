@@ -11,7 +11,7 @@ from torch import nn
 
 from core.backbones import build_model
 from core.cnn.checkpoint import load_state_dict, save_state_dict
-from core.cnn.inputs import class_probabilities
+from core.cnn.inputs import network_probabilities
 from core.cnn.runtime import local_runtime
 from core.files import atomic_path
 
@@ -50,8 +50,9 @@ def load_predictor(folder: Path, artifact: str = MODEL_FILE, num_classes: int = 
     def predict(images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), got {images.dtype} {images.shape}")
-        out = [class_probabilities(model, torch.from_numpy(np.array(images[i:i + batch_size])).to(runtime.device),
+            raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), "
+                             f"got {images.dtype} {images.shape}")
+        out = [network_probabilities(model, torch.from_numpy(np.array(images[i:i + batch_size])).to(runtime.device),
                                    normalization, config["tta"], runtime.autocast()).cpu()
                for i in range(0, len(images), batch_size)]
         if not out:

@@ -56,6 +56,7 @@ class Recipe:
     monitor: str = "val_loss"  # validation metric for early stopping and for the kept weights
     patience: int = 3  # epochs without improvement that end a phase
     pretrained: bool = True
+    open_top: bool = True  # bins of more than 5 items are a class of their own ("more than 5")
     lr_finder_steps: int = 100
     seed: int = 0
     notes: str = field(default="", compare=False)

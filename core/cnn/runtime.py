@@ -56,7 +56,8 @@ class Runtime:
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move `model` to the device, channels_last; call before building its optimiser."""
-        return model.to(self.device, memory_format=torch.channels_last)
+        # Module.to takes a device and a memory format together; torch's overloads list them apart
+        return model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """DDP around `model` when distributed. Re-wrap after changing which parameters train."""

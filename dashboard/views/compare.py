@@ -18,7 +18,8 @@ st.caption("Brackets hold 95% bootstrap intervals (photos resampled within each 
 
 st.subheader("Head to head")
 a, b = chosen[0], chosen[1]
-comparison, said, n = tables.paired_comparison(state.predictions(a.id), state.predictions(b.id), names[a.id], names[b.id])
+comparison, said, n = tables.paired_comparison(state.predictions(a.id), state.predictions(b.id),
+                                               names[a.id], names[b.id])
 st.markdown(f"**{said}**")
 if comparison:
     st.caption(f"Paired bootstrap on the {n:,} test photos both models scored (A = {names[a.id]}, B = {names[b.id]}; "
@@ -43,12 +44,13 @@ key = "per_class_accuracy" if what == "accuracy" else "per_class_rmse"
 intervals = {names[e.id]: e.metrics.get("per_class_intervals") or [] for e in chosen} if key == "per_class_accuracy" \
     else None
 st.plotly_chart(figures.per_class_bars({names[e.id]: e.metrics.get(key) or [] for e in chosen}, what,
-                                       intervals=intervals), key="compare-bars")
+                                       intervals=intervals, open_top=any(e.open_top for e in chosen)),
+                key="compare-bars")
 
 st.subheader("Confusion matrices")
 normalise = st.toggle("Row-normalised (share of each true count)", value=True, key="compare-normalise")
 for start in range(0, len(chosen), 3):
-    for col, exp in zip(st.columns(3), chosen[start:start + 3]):
+    for col, exp in zip(st.columns(3), chosen[start:start + 3], strict=False):
         col.plotly_chart(figures.confusion_heatmap(exp.metrics["confusion_matrix"], normalise,
-                                                   title=names[exp.id]),
+                                                   title=names[exp.id], open_top=exp.open_top),
                          key=f"compare-cm-{exp.id}")

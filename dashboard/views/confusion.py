@@ -12,7 +12,7 @@ n = len(matrix)
 
 chart, side = st.columns([3, 2], gap="large")
 view = side.segmented_control("Show", ["photo counts", "row-normalised"], default="photo counts", key="cm-view")
-event = chart.plotly_chart(figures.confusion_heatmap(matrix, normalise=view == "row-normalised"),
+event = chart.plotly_chart(figures.confusion_heatmap(matrix, normalise=view == "row-normalised", open_top=exp.open_top),
                            on_select="rerun", selection_mode="points", key=f"cm-chart-{exp.id}")
 
 # A click on the chart picks the cell; the two pickers below show (and can change) the choice.
@@ -23,16 +23,17 @@ if clicked and clicked != st.session_state.get("cm-clicked"):
     st.session_state["cm-true"], st.session_state["cm-pred"] = clicked
 if "cm-true" not in st.session_state:  # start on the most frequent mistake
     off = matrix - np.diag(np.diag(matrix))
-    st.session_state["cm-true"], st.session_state["cm-pred"] = (int(i) for i in np.unravel_index(off.argmax(), off.shape))
+    st.session_state["cm-true"], st.session_state["cm-pred"] = (
+        int(i) for i in np.unravel_index(off.argmax(), off.shape))
 
 side.caption("Click a cell, or pick it here, to see its photos.")
-true_count = side.selectbox("True count", range(n), key="cm-true")
-pred_count = side.selectbox("Predicted count", range(n), key="cm-pred")
+true_count = side.selectbox("True count", range(n), key="cm-true", format_func=exp.count_label)
+pred_count = side.selectbox("Predicted count", range(n), key="cm-pred", format_func=exp.count_label)
 
 preds = state.predictions(exp.id)
 photos = tables.cell(preds, true_count, pred_count)
-verdict = "counted right" if true_count == pred_count else f"counted as {pred_count}"
-st.subheader(f"{len(photos)} test photo(s) holding {true_count} item(s), {verdict}")
+verdict = "counted right" if true_count == pred_count else f"counted as {exp.count_label(pred_count)}"
+st.subheader(f"{len(photos)} test photo(s) holding {exp.count_label(true_count)} item(s), {verdict}")
 if preds.empty:
     st.caption("This experiment has no per-image predictions stored.")
 limit = st.slider("Photos to show", 4, 48, 12, step=4, key="cm-limit") if len(photos) > 12 else 12

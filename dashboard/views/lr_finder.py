@@ -10,7 +10,8 @@ st.caption("Before training, the loss is measured while the learning rate grows;
 
 exps = [e for e in state.experiments() if state.lr_curves(e.id)]
 if not exps:
-    st.info("No experiment has run the learning-rate finder yet. Run a sweep (CNN presets without a fixed rate also run one before training):")
+    st.info("No experiment has run the learning-rate finder yet. Run a sweep "
+            "(CNN presets without a fixed rate also run one before training):")
     st.code(".venv/bin/python train.py lr-find --preset quick", language="bash")
     st.stop()
 

@@ -13,8 +13,8 @@ if preds.empty:
 
 counts = list(range(len(preds["probs"].iloc[0])))
 c1, c2, c3 = st.columns([2, 2, 1])
-true_counts = c1.multiselect("True count", counts, key="mis-true", placeholder="any")
-pred_counts = c2.multiselect("Predicted count", counts, key="mis-pred", placeholder="any")
+true_counts = c1.multiselect("True count", counts, key="mis-true", placeholder="any", format_func=exp.count_label)
+pred_counts = c2.multiselect("Predicted count", counts, key="mis-pred", placeholder="any", format_func=exp.count_label)
 order = c3.radio("Sort", ["most confident first", "least confident first"], key="mis-order")
 wrong = tables.misclassified(preds, true_counts or None, pred_counts or None,
                              most_confident_first=order == "most confident first")
@@ -29,11 +29,12 @@ items = state.items_by_image(exp.data_root)
 
 
 def details(row) -> None:
-    st.caption(" · ".join(f"{k}: {p:.0%}" for k, p in enumerate(row.probs)))
+    st.caption(" · ".join(f"{exp.count_label(k)}: {p:.0%}" for k, p in enumerate(row.probs)))
     if names := items.get(row.image_id):
         st.caption("Items: " + ", ".join(names))
 
 
 ui.photo_grid(wrong.head(limit), columns=3, details=details,
-              caption=lambda row: f"**true {row.true_count}**, predicted **{row.pred_count}** "
+              caption=lambda row: f"**true {exp.count_label(row.true_count)}**, predicted "
+                                  f"**{exp.count_label(row.pred_count)}** "
                                   f"({row.confidence:.0%} sure) · `{row.image_id}`")

@@ -42,7 +42,7 @@ def in_progress() -> None:
             st.caption("waiting for the first epoch…")
             continue
         metric_names = figures.curve_metrics({exp.name: frame})
-        for col, metric in zip(st.columns(min(2, len(metric_names)) or 1), metric_names[:2]):
+        for col, metric in zip(st.columns(min(2, len(metric_names)) or 1), metric_names[:2], strict=False):
             col.plotly_chart(figures.curves_figure({exp.name: frame}, metric), key=f"live-{exp.id}-{metric}")
 
 

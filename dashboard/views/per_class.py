@@ -9,12 +9,14 @@ exp = ui.pick_experiment(exps, key="per-class")
 metrics = exp.metrics
 
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Accuracy", f"{metrics['accuracy']:.1%}", help="95% interval: " + tables.with_interval(metrics, "accuracy", True))
+c1.metric("Accuracy", f"{metrics['accuracy']:.1%}",
+          help="95% interval: " + tables.with_interval(metrics, "accuracy", True))
 c2.metric("Balanced accuracy", f"{metrics['balanced_accuracy']:.1%}",
           help="95% interval: " + tables.with_interval(metrics, "balanced_accuracy", True))
 c3.metric("RMSE", f"{metrics['rmse']:.2f}", help="95% interval: " + tables.with_interval(metrics, "rmse"))
 c4.metric("Test photos", f"{metrics['n']:,}")
-st.caption(f"On the test photos, with 95% bootstrap intervals: accuracy {tables.with_interval(metrics, 'accuracy', True)}, "
+st.caption("On the test photos, with 95% bootstrap intervals: "
+           f"accuracy {tables.with_interval(metrics, 'accuracy', True)}, "
            f"balanced accuracy {tables.with_interval(metrics, 'balanced_accuracy', True)}, "
            f"RMSE {tables.with_interval(metrics, 'rmse')}."
            + (f" Out-of-fold over {exp.cv_metrics['n']:,} train+validation photos ({exp.folds} folds): balanced "
@@ -24,10 +26,16 @@ per_class = tables.per_class_table(metrics)
 left, right = st.columns(2)
 left.plotly_chart(figures.per_class_bars({exp.name: metrics["per_class_accuracy"]}, "accuracy",
                                          title="Accuracy: share counted exactly right (95% intervals)",
-                                         intervals={exp.name: metrics.get("per_class_intervals") or []}),
+                                         intervals={exp.name: metrics.get("per_class_intervals") or []},
+                                         open_top=exp.open_top),
                   key="pc-acc")
 right.plotly_chart(figures.per_class_bars({exp.name: metrics["per_class_rmse"]}, "RMSE",
-                                          title="RMSE: typical error in items"), key="pc-rmse")
+                                          title="RMSE: typical error in items", open_top=exp.open_top),
+                   key="pc-rmse")
+if open_class := metrics.get("open_class"):
+    st.caption(f"Accuracy, balanced accuracy and RMSE are on bins of 0..{exp.num_classes - 2} items, the paper's task. "
+               f"The model also learns \"{exp.count_label(exp.num_classes - 1)}\": it recognises "
+               f"{open_class['recall']:.0%} of the {open_class['n']} test bins that hold more (the last bar).")
 st.dataframe(per_class, hide_index=True, column_config={
     "accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
     "RMSE": st.column_config.NumberColumn(format="%.3f"),
@@ -40,9 +48,11 @@ if calibration.get("coverage"):
     coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
     half = accuracy[min(range(len(coverage)), key=lambda i: abs(coverage[i] - 0.5))]
     st.caption(f"If the model decides only the half of the bins it is surest of and people recount the rest, "
-               f"it is right on {half:.0%} of the bins it decides (test photos; {accuracy[-1]:.0%} when it decides all).")
+               f"it is right on {half:.0%} of the bins it decides "
+               f"(test photos; {accuracy[-1]:.0%} when it decides all).")
     st.plotly_chart(figures.coverage_curve(coverage, accuracy), key="pc-coverage")
-    st.caption(f"Confidence calibrated by {calibration.get('method', 'temperature')} on {calibration.get('n_fit', '?')} "
+    st.caption(f"Confidence calibrated by {calibration.get('method', 'temperature')} "
+               f"on {calibration.get('n_fit', '?')} "
                f"held-out photos; test ECE {calibration.get('ece_test_before', float('nan')):.3f} before, "
                f"{calibration.get('ece_test_after', float('nan')):.3f} after.")
 else:

@@ -3,9 +3,15 @@ from pathlib import PurePosixPath
 
 import streamlit as st
 
-from core.reconcile import (MISMATCH_THRESHOLD, PRIOR_WRONG, budget_size, flag_rule, read_records,
-                            report_totals, totals_line)
-
+from core.reconcile import (
+    MISMATCH_THRESHOLD,
+    PRIOR_WRONG,
+    budget_size,
+    flag_rule,
+    read_records,
+    report_totals,
+    totals_line,
+)
 from dashboard import counting, figures, state, ui
 
 st.title("Reconcile a batch of bins")

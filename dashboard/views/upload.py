@@ -4,7 +4,6 @@ from pathlib import Path
 import streamlit as st
 
 from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
-
 from dashboard import counting, figures, state, ui
 
 st.title("Count the items in a bin")
@@ -40,7 +39,7 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
     with right:
         result = photo.result
         c1, c2 = st.columns(2)
-        c1.metric("Items counted", result.count)
+        c1.metric("Items counted", exp.count_label(result.count))
         c2.metric("Confidence", f"{result.confidence:.0%}", help=f"expected count {result.expected:.2f}")
         recorded = st.number_input("Recorded quantity (optional)", min_value=0, step=1, value=None,
                                    key=f"up-recorded-{i}-{photo.name}")
@@ -52,7 +51,9 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
                 st.warning(check.text, icon=":material/warning:")
             else:
                 st.success(check.text, icon=":material/check_circle:")
-        st.plotly_chart(figures.probability_bars(result.probs, recorded), key=f"up-probs-{i}")
+        marked = None if recorded is None else min(int(recorded), len(result.probs) - 1) if exp.open_top else recorded
+        st.plotly_chart(figures.probability_bars(result.probs, marked, open_top=exp.open_top,
+                                                          counted=result.count), key=f"up-probs-{i}")
 
 
 for i, photo in enumerate(state.photo_counts(exp.id, state.store_root(), photos)):
