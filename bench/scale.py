@@ -6,8 +6,9 @@ Generates (or reuses) N small JPEGs (64-96 px, 0-8 boxes) with ABID metadata JSO
 `--root`, then times each step in a fresh subprocess and reads that process's peak RSS
 (`resource.getrusage`, the step's own process; decoding workers are reported apart): first and
 repeated collection load, cache build, cache growth after adding 1% new photos (only those are
-decoded), and one streamed pass over the train split. More steps (a training epoch, evaluation)
-go in STEPS: a function of (root, store, size) returning a note.
+decoded), one streamed pass over the train split, one training epoch of the `quick` network on
+a fixed number of batches, and counting the whole test split streamed from the cache. Steps are
+the functions in STEPS: (root, store, size) -> a note.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from PIL import Image, ImageDraw
 from bench.common import print_table
 
 IMAGE_SIZE = 64  # cache resolution for the scale runs
+TRAIN_BATCHES, VAL_PHOTOS = 20, 320  # the training step's fixed amount of work, whatever N
+EVAL_BATCH = 256
 
 
 def _write_bins(root: str, ids: list[int]) -> None:
@@ -60,7 +63,8 @@ def _load(root: Path, store: Path, size: int) -> str:
     from core.data import load_collection
     from core.dataset import collection_folder
 
-    col = load_collection(root, max_count=5, index=collection_folder(root, store) / "index.sqlite", progress=False)
+    col = load_collection(root, max_count=5, index=collection_folder(root, store) / "index.arrow", progress=False,
+                          items=False)
     return f"{len(col.table)} photos of 0-5 items, {col.out_of_range} above"
 
 
@@ -91,9 +95,65 @@ def _stream(root: Path, store: Path, size: int) -> str:
     return f"{seen} train photos in batches of 256"
 
 
+def _train(root: Path, store: Path, size: int) -> str:
+    """One epoch of the `quick` recipe's network, loss and optimiser on TRAIN_BATCHES batches of its
+    batch size (the first photos of the train split) at `size` px, validated on VAL_PHOTOS photos,
+    through the real `Trainer` (checkpoints and all)."""
+    from core.backbones import build_model
+    from core.cnn.loop import Split, Trainer, TrainingData
+    from core.cnn.recipes import get_recipe
+    from core.cnn.runtime import local_runtime
+    from core.dataset import prepare_dataset
+
+    dataset = prepare_dataset(root, image_size=size, store=store, progress=False)
+    recipe = get_recipe("quick", {"phases": [{"epochs": 1, "image_size": size, "train_body": True, "lr": 1e-3}]})
+    train = dataset.split("train").head(TRAIN_BATCHES * recipe.batch_size)
+    val = dataset.split("val").head(VAL_PHOTOS)
+    data = TrainingData(dataset.images, Split(train["row"].to_numpy(), train["count"].to_numpy()),
+                        Split(val["row"].to_numpy(), val["count"].to_numpy()), dataset.num_classes)
+    runtime = local_runtime()
+    model, _ = build_model(recipe.backbone, dataset.num_classes, pretrained=recipe.pretrained)
+    seconds = []
+    started = time.perf_counter()
+    Trainer(runtime.prepare(model), recipe, data, runtime, store / "bench-train", progress=False).fit(
+        on_epoch=lambda epoch, values: seconds.append(time.perf_counter() - started))
+    return (f"{recipe.backbone}: {len(train)} photos "
+            f"({len(train) // recipe.batch_size} batches of {recipe.batch_size}) + "
+            f"{len(val)} validated in {seconds[0]:.1f} s, {len(train) / seconds[0]:.0f} img/s ({runtime.describe()})")
+
+
+def _evaluate(root: Path, store: Path, size: int) -> str:
+    """Count the whole test split with the `quick` network, streamed from the cache in batches."""
+    import torch
+
+    from core.backbones import build_model, input_normalization
+    from core.cnn.inputs import class_probabilities
+    from core.cnn.recipes import get_recipe
+    from core.cnn.runtime import local_runtime
+    from core.dataset import prepare_dataset
+    from core.metrics import count_report
+
+    dataset = prepare_dataset(root, image_size=size, store=store, progress=False)
+    recipe, runtime = get_recipe("quick"), local_runtime()
+    model, _ = build_model(recipe.backbone, dataset.num_classes, pretrained=recipe.pretrained)
+    model = runtime.prepare(model).eval()
+    normalization = input_normalization(recipe.backbone)
+    started = time.perf_counter()
+    predicted, truth = [], []
+    for images, counts in dataset.batches("test", size, batch_size=EVAL_BATCH):
+        probs = class_probabilities(model, torch.from_numpy(images).to(runtime.device), normalization, recipe.tta,
+                                    runtime.autocast())
+        predicted.append(probs.argmax(dim=1).cpu().numpy())
+        truth.append(counts)
+    seconds = time.perf_counter() - started
+    report = count_report(np.concatenate(truth), np.concatenate(predicted), dataset.num_classes)
+    return (f"{report['n']} test photos counted in {seconds:.1f} s, {report['n'] / seconds:.0f} img/s "
+            f"(TTA {recipe.tta}, untrained head: accuracy {report['accuracy']:.2f} is not a result)")
+
+
 STEPS: dict[str, Callable[[Path, Path, int], str]] = {
     "first load": _load, "repeated load": _load, "cache build": _prepare, "cache growth (+1%)": _prepare,
-    "stream train split": _stream,
+    "stream train split": _stream, "train 1 epoch (quick)": _train, "evaluate test split": _evaluate,
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -50,15 +50,26 @@ def _locked(folder: Path) -> Iterator[sqlite3.Connection]:
 
 
 def assign_rows(folder: Path, files: pd.DataFrame) -> np.ndarray:
-    """The cache row of each file version (`files`: path, bytes, mtime_ns); new versions get new rows."""
+    """The cache row of each file version (`files`: path, bytes, mtime_ns); new versions get new rows.
+
+    Matched inside SQLite (a temporary table joined on the unique key), so only row numbers come
+    back into Python, not a tuple per known file.
+    """
     with _locked(folder) as db, db:
-        known = {(p, b, m): r for r, p, b, m in db.execute("SELECT row, path, bytes, mtime_ns FROM rows")}
-        keys = list(zip(files["path"], files["bytes"].astype(int), files["mtime_ns"].astype(int), strict=True))
-        new = list(dict.fromkeys(k for k in keys if k not in known))
-        start = max(known.values(), default=-1) + 1
-        known.update({key: start + i for i, key in enumerate(new)})
-        db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)", [(known[k], *k) for k in new])
-    return np.array([known[k] for k in keys], dtype=np.int64)
+        db.execute("CREATE TEMP TABLE wanted (i INTEGER PRIMARY KEY, path TEXT, bytes INTEGER, mtime_ns INTEGER)")
+        db.executemany("INSERT INTO wanted VALUES (?, ?, ?, ?)", zip(
+            range(len(files)), files["path"], files["bytes"].astype(int).tolist(),
+            files["mtime_ns"].astype(int).tolist(), strict=True))
+        db.execute("""INSERT INTO rows (row, path, bytes, mtime_ns)
+                      SELECT (SELECT COALESCE(MAX(row), -1) FROM rows) + ROW_NUMBER() OVER (ORDER BY MIN(i)),
+                             path, bytes, mtime_ns FROM wanted w
+                      WHERE NOT EXISTS (SELECT 1 FROM rows r WHERE r.path = w.path AND r.bytes = w.bytes
+                                        AND r.mtime_ns = w.mtime_ns)
+                      GROUP BY path, bytes, mtime_ns""")  # new versions numbered on, in `files` order
+        rows = np.fromiter((r for (r,) in db.execute(
+            "SELECT r.row FROM wanted w JOIN rows r USING (path, bytes, mtime_ns) ORDER BY w.i")), np.int64)
+        db.execute("DROP TABLE wanted")
+    return rows
 
 
 def _open(folder: Path, size: int, rows: int, mode: Literal["r", "r+"] = "r") -> np.memmap:
@@ -101,22 +112,27 @@ def _decode(folder: Path, size: int, rows: int, jobs: list[tuple[int, str]], wor
                 record(future.result())
 
 
-def cached_images(folder: Path, size: int, rows: np.ndarray, paths: list[str], workers: int | None = None,
+def cached_images(folder: Path, size: int, rows: np.ndarray, paths: Sequence[str] | pd.Series,
+                  workers: int | None = None,
                   progress: bool = True) -> tuple[np.memmap, dict[int, str]]:
     """The cache at `size` (memory-mapped, read-only) after decoding any of `rows` (files `paths`) it lacks,
     and {row: reason} for those of `rows` that failed to decode."""
+    rows = np.asarray(rows, dtype=np.int64)
     with _locked(folder) as db:
         total = db.execute("SELECT COALESCE(MAX(row), -1) + 1 FROM rows").fetchone()[0]
-        state = dict(db.execute("SELECT row, error FROM decoded WHERE size = ?", (size,)).fetchall())
-        jobs = sorted({(int(r), str(p)) for r, p in zip(rows, paths, strict=True) if int(r) not in state})
+        done = np.fromiter((r for (r,) in db.execute("SELECT row FROM decoded WHERE size = ?", (size,))), np.int64)
+        todo = np.flatnonzero(~np.isin(rows, done))  # only these become Python objects
+        todo_paths = (paths if isinstance(paths, pd.Series) else pd.Series(paths)).iloc[todo].tolist()
+        jobs = sorted({(int(r), str(p)) for r, p in zip(rows[todo], todo_paths, strict=True)})
         target = cache_file(folder, size)
         if not target.exists() or target.stat().st_size < total * size * size * 3:
             with open(target, "ab") as fh:  # grow (sparsely); never shrink what others may be reading
                 fh.truncate(total * size * size * 3)
         if jobs:
             _decode(folder, size, total, jobs, workers or os.cpu_count() or 1, progress, db)
-            state = dict(db.execute("SELECT row, error FROM decoded WHERE size = ?", (size,)).fetchall())
-    errors = {int(r): state[int(r)] for r in rows if state.get(int(r)) is not None}
+        failed = dict(db.execute("SELECT row, error FROM decoded WHERE size = ? AND error IS NOT NULL", (size,)))
+    asked = set(rows.tolist()) if failed else set()
+    errors = {r: e for r, e in failed.items() if r in asked}
     return _open(folder, size, total), errors
 
 

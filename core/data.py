@@ -12,7 +12,6 @@ import csv
 import hashlib
 import json
 import os
-import sqlite3
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,15 +20,17 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from core.config import MAX_COUNT
 from core.images import check_header
-from core.index import Probe, Stamp, read_index, update_index
+from core.index import ITEMS, SCHEMA, STAMP, read_index, stat_files, write_index
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-COLUMNS = ["image_id", "path", "count", "items", "group", "bytes", "mtime_ns"]  # bytes, mtime: the file's version
 SPLITS = ("train", "val", "test")
+PROBE_CHUNK = 8192  # photos read, or index rows rewritten, per batch: bounds the memory of a first load
 
 
 class DataError(ValueError):
@@ -102,6 +103,31 @@ class Entry(NamedTuple):  # a named tuple, not a dataclass: 100k are made on eve
 Listing = Iterator[tuple[Entry | None, tuple[str, str] | None]]  # (entry, None) or (None, (where, why))
 
 
+class Probe(NamedTuple):
+    """What reading a file taught: why it is unusable (or None), the metadata's count and items, its hash."""
+
+    problem: str | None
+    count: int | None = None  # type: ignore[assignment]  # a field named count shadows tuple.count, on purpose
+    items: str = ""
+    digest: str | None = None
+
+
+LISTING = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("count", pa.int64()),
+                     ("group", pa.string()), ("meta", pa.string())])  # count -1: from the metadata
+
+
+def _listing(entries: list[Entry]) -> pa.Table:
+    """Entries as columns (`LISTING`)."""
+    return pa.table({"image_id": [e.image_id for e in entries], "path": [e.path for e in entries],
+                     "count": [-1 if e.count is None else e.count for e in entries],
+                     "group": [e.group for e in entries], "meta": [e.meta for e in entries]}, schema=LISTING)
+
+
+def _entry(row: dict) -> Entry:
+    """The Entry of one row of a listing."""
+    return Entry(row["image_id"], row["path"], None if row["count"] < 0 else row["count"], row["group"], row["meta"])
+
+
 def _manifest_group(rec: dict) -> str | None:
     """The ABID id (`original_id`) where the manifest has it, else its `sha256`, else None (hash the file)."""
     if (rec.get("original_id") or "").strip():
@@ -116,9 +142,12 @@ def abid_group(abid_id: str) -> str:
     return f"abid:{abid_id}"
 
 
+CONTENT_GROUP = "sha256:"
+
+
 def content_group(digest: str) -> str:
     """The group of a photo with no known ABID id: the sha256 of its bytes (exact duplicates land together)."""
-    return f"sha256:{digest}"
+    return f"{CONTENT_GROUP}{digest}"
 
 
 def _entries_manifest(root: Path) -> Listing:
@@ -137,12 +166,18 @@ def _entries_manifest(root: Path) -> Listing:
             yield Entry(path.stem, str(path), count, _manifest_group(rec), str(meta) if meta else None), None
 
 
-def _entries_abid(root: Path) -> Listing:
-    images, metadata = f"{root}/bin-images/", f"{root}/metadata/"  # strings: pathlib costs seconds at 100k
-    for name in sorted(os.listdir(images)):
-        stem, suffix = os.path.splitext(name)
-        if suffix.lower() in IMAGE_SUFFIXES:
-            yield Entry(stem, images + name, None, abid_group(stem), f"{metadata}{stem}.json"), None
+def _listing_abid(root: Path) -> pa.Table:
+    """The ABID layout's photos (`LISTING`), built in Arrow: no Python object per photo is kept."""
+    images, metadata = f"{root}/bin-images/", f"{root}/metadata/"
+    names = pa.array(os.listdir(images), pa.string())
+    suffixes = "|".join(s.lstrip(".") for s in sorted(IMAGE_SUFFIXES))
+    names = names.filter(pc.match_substring_regex(names, rf".\.({suffixes})$", ignore_case=True))
+    names = names.take(pc.sort_indices(names))
+    stems = pc.replace_substring_regex(names, r"\.[^.]*$", "", max_replacements=1)
+    join = pc.binary_join_element_wise
+    return pa.table({"image_id": stems, "path": join(images, names, ""), "count": np.full(len(names), -1),
+                     "group": join(abid_group(""), stems, ""), "meta": join(metadata, stems, ".json", "")},
+                    schema=LISTING)
 
 
 def _entries_folders(root: Path) -> Listing:
@@ -167,21 +202,6 @@ def detect_layout(root: Path) -> str:
         f"{root} is not a bin-photo collection: expected manifest.csv, bin-images/ with metadata/, "
         "or count-named folders (0/, 1/, ...)"
     )
-
-
-def _stamp(entry: Entry) -> Stamp | None:
-    """The entry's files' sizes and mtimes; None when the image itself is missing."""
-    try:
-        image = os.stat(entry.path)
-    except OSError:
-        return None
-    try:
-        meta = os.stat(entry.meta) if entry.meta else None
-    except OSError:
-        meta = None
-    if meta is None:
-        return Stamp(image.st_size, image.st_mtime_ns)
-    return Stamp(image.st_size, image.st_mtime_ns, meta.st_size, meta.st_mtime_ns)
 
 
 def _file_digest(path: str) -> str:
@@ -213,84 +233,107 @@ def _probe(entry: Entry) -> Probe:
     return Probe(None, count, items, digest)
 
 
-def _probe_all(entries: list[Entry], index: Path | None, progress: bool) -> dict[str, tuple[tuple, Probe] | None]:
-    """Stamp every entry and probe the new or changed ones, keeping the index up to date."""
-    known = read_index(index) if index else {}
-    found: dict[str, tuple[tuple, Probe] | None] = {}
-    changed: dict[str, tuple[Stamp, Probe]] = {}
-    stale: list[tuple[Entry, Stamp]] = []
-    for entry in entries:
-        stamp = _stamp(entry)
-        if stamp is None:
-            found[entry.path] = None
-            continue
-        old = known.get(entry.path)
-        if old is not None and old[0] == stamp:
-            found[entry.path] = old
-        else:
-            stale.append((entry, stamp))
-    for entry, stamp in tqdm(stale, desc="reading new or changed photos", unit="img",
-                             disable=not progress or len(stale) < 1000):
-        found[entry.path] = changed[entry.path] = (stamp, _probe(entry))
-    if index:
-        removed = [p for p in known if found.get(p) is None]  # gone from the listing, or from the disk
-        try:
-            update_index(index, changed, removed)
-        except (OSError, sqlite3.Error) as err:  # a read-only store: work on, but say why it is slow
+def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool) -> tuple[pa.Table, np.ndarray]:
+    """What the files of `listing`'s photos say (the index's columns, `items` if asked) for those whose
+    image exists, and their rows in `listing`. Only new or changed files are read; the index is
+    brought up to date. Vectorised in Arrow: an unchanged rescan costs two stats per photo."""
+    stamps = np.hstack([stat_files(listing["path"]), stat_files(listing["meta"])])
+    known = read_index(index, items) if index else read_index(Path(), items)
+    at = pc.index_in(listing["path"], value_set=known["path"]).to_numpy(zero_copy_only=False)
+    at = np.nan_to_num(at, nan=-1).astype(np.int64)  # -1: not in the index
+    same = np.zeros(len(listing), bool)
+    old = np.column_stack([known[c].to_numpy() for c in STAMP]) if len(known) else np.empty((0, 4), np.int64)
+    same[at >= 0] = (old[at[at >= 0]] == stamps[at >= 0]).all(axis=1)
+    found = stamps[:, 0] >= 0
+    unchanged, stale = np.flatnonzero(found & same), np.flatnonzero(found & ~same)
+    parts = [SCHEMA.empty_table()]
+    with tqdm(total=len(stale), desc="reading new or changed photos", unit="img",
+              disable=not progress or len(stale) < 1000) as bar:
+        for start in range(0, len(stale), PROBE_CHUNK):  # Python objects for one chunk at a time
+            chunk = stale[start:start + PROBE_CHUNK]
+            probes = [_probe(_entry(row)) for row in listing.take(chunk).to_pylist()]
+            parts.append(pa.table({
+                "path": listing["path"].take(chunk), **dict(zip(STAMP, stamps[chunk].T, strict=True)),
+                "problem": [p.problem for p in probes], "count": [p.count for p in probes],
+                "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA))
+            bar.update(len(chunk))
+    fresh = pa.concat_tables(parts).combine_chunks()
+    rows = np.concatenate([unchanged, stale])
+    in_order = bool(np.all(rows[1:] > rows[:-1]))
+    if len(stale) == 0 and len(known) == len(unchanged) and np.array_equal(at[unchanged], np.arange(len(known))):
+        facts = known  # the usual rescan: nothing changed, and the index is in listing order
+    else:
+        facts = pa.concat_tables([known.take(at[unchanged]), fresh.select(known.column_names)])
+        if not in_order:
+            facts, rows = facts.take(np.argsort(rows, kind="stable")), np.sort(rows)
+    if index and (len(stale) or len(unchanged) != len(known) or not index.is_file()):
+        full = known if items else read_index(index, items=True)
+        kept = pc.index_in(listing["path"].take(unchanged), value_set=full["path"]).to_numpy(zero_copy_only=False)
+        gone = np.isnan(kept)  # the index changed under us: those are read again next time
+        take = np.concatenate([kept[~gone].astype(np.int64), len(full) + np.arange(len(stale))])
+        order = np.argsort(np.concatenate([unchanged[~gone], stale]), kind="stable")  # listing order
+        source, picks = pa.concat_tables([full, fresh.select(full.column_names)]), take[order]
+        try:  # in listing order, a slice at a time
+            write_index(index, (source.take(picks[i:i + PROBE_CHUNK])
+                                for i in range(0, max(len(picks), 1), PROBE_CHUNK)))
+        except OSError as err:  # a read-only store: work on, but say why it is slow
             warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again",
-                          stacklevel=3)  # point at the caller of load_collection
-    return found
+                          stacklevel=3)
+    return facts, rows
 
 
 def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | None = None,
-                    progress: bool = False, open_top: bool = False) -> Collection:
+                    progress: bool = False, items: bool = True, open_top: bool = False) -> Collection:
     """Read a labelled collection; images with counts above `max_count` are left out and counted,
     or, with `open_top`, kept with the label `max_count + 1`: the open class "more than max_count".
 
     With `index` (a file, see `core.index`), only files that are new or changed since the last
     load are read; the rest is taken from the index, bad files included (still reported).
+    `items=False` leaves out the `items` column (item lists from the metadata), which only the
+    dashboard reads: at ABID scale it is the largest thing a collection holds.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     layout = detect_layout(root)
-    listing = {"manifest": _entries_manifest, "abid": _entries_abid, "folders": _entries_folders}[layout]
-    entries: list[Entry] = []
     skipped: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for entry, problem in listing(root):
-        if problem:
-            skipped.append(problem)
-            continue
-        assert entry is not None  # a listing yields an entry or a problem
-        if entry.image_id in seen:
-            skipped.append((entry.path, f"duplicate image id {entry.image_id}"))
-        else:
-            seen.add(entry.image_id)
-            entries.append(entry)
-    found = _probe_all(entries, index, progress)
-    rows, out_of_range = [], 0
-    for entry in entries:
-        if (result := found[entry.path]) is None:
-            skipped.append((entry.path, "file not found"))
-            continue
-        stamp, probe = result
-        if probe.problem is not None:
-            skipped.append((entry.path, probe.problem))
-            continue
-        count = entry.count if entry.count is not None else probe.count
-        assert count is not None  # an entry without a count has its metadata's, or a problem
-        if count > max_count:
-            if not open_top:
-                out_of_range += 1
-                continue
-            count = max_count + 1
-        group = entry.group or content_group(probe.digest)  # type: ignore[arg-type]  # digest is set when group is None
-        rows.append((entry.image_id, entry.path, count, probe.items, group, stamp[0], stamp[1]))  # bytes, mtime_ns
-    if not rows:
+    if layout == "abid":
+        listing = _listing_abid(root)
+    else:
+        entries: list[Entry] = []
+        for entry, problem in {"manifest": _entries_manifest, "folders": _entries_folders}[layout](root):
+            if problem:
+                skipped.append(problem)
+            else:
+                assert entry is not None  # a listing yields an entry or a problem
+                entries.append(entry)
+        listing = _listing(entries)
+    if pc.count_distinct(listing["image_id"]).as_py() < len(listing):
+        ids = listing["image_id"].to_pylist()
+        twice = pd.Series(ids).duplicated().to_numpy()
+        skipped += [(p, f"duplicate image id {i}")
+                    for p, i, t in zip(listing["path"].to_pylist(), ids, twice, strict=True) if t]
+        listing = listing.filter(~twice)
+    facts, rows = _facts(listing, index, progress, items)
+    reason = np.full(len(listing), "file not found", dtype=object)
+    reason[rows] = facts["problem"].to_numpy(zero_copy_only=False)
+    bad = pd.notna(reason)
+    skipped += [(listing["path"][int(i)].as_py(), reason[i]) for i in np.flatnonzero(bad)]
+    counts = np.where(listing["count"].to_numpy()[rows] >= 0, listing["count"].to_numpy()[rows],
+                      facts["count"].to_numpy(zero_copy_only=False))
+    usable = ~bad[rows]
+    if open_top:  # more than max_count items: the open class max_count + 1
+        counts = np.where(usable & (counts > max_count), max_count + 1, counts)
+    keep = usable & (counts <= max_count + int(open_top))
+    if not keep.any():
         raise DataError(f"no usable image with a count of 0..{max_count} in {root} ({len(skipped)} skipped)")
-    table = pd.DataFrame(dict(zip(COLUMNS, zip(*rows, strict=True), strict=True)), columns=COLUMNS)
-    return Collection(root, layout, table, pd.DataFrame(skipped, columns=["path", "reason"]), out_of_range)
+    listed, facts = listing.take(rows[keep]), facts.filter(keep)
+    groups = pc.coalesce(listed["group"], pc.binary_join_element_wise(CONTENT_GROUP, facts["digest"], ""))
+    table = pa.table({"image_id": listed["image_id"], "path": listed["path"], "count": counts[keep],
+                      **({"items": facts[ITEMS]} if items else {}), "group": groups,
+                      "bytes": facts["bytes"], "mtime_ns": facts["mtime_ns"]})
+    return Collection(root, layout, table.to_pandas(), pd.DataFrame(skipped, columns=["path", "reason"]),
+                      int(usable.sum() - keep.sum()))
 
 
 def assign_splits(groups: pd.Series | list[str], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),

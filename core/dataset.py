@@ -23,12 +23,12 @@ from core.data import Collection, assign_splits, load_collection
 from core.files import atomic_path
 
 DEFAULT_SPLIT = (0.7, 0.2, 0.1)
-TABLE_COLUMNS = ["image_id", "path", "count", "items", "group", "split", "row"]
+TABLE_COLUMNS = ["image_id", "path", "count", "group", "split", "row"]  # item lists: load_collection(items=True)
 
 
 @dataclass
 class Dataset:
-    """`table` has image_id, path, count, items, group, split and `row` (the image's row in the cache).
+    """`table` has image_id, path, count, group, split and `row` (the image's row in the cache).
 
     `cache_folder` holds the collection's caches (one per root); `folder` is this version of the
     data's own folder inside it, for files derived from exactly these photos.
@@ -55,7 +55,7 @@ class Dataset:
 
         Decodes the photos of `table` that this size lacks (the first call at a size decodes all).
         """
-        array, _ = cached_images(self.cache_folder, size, self.table["row"].to_numpy(), self.table["path"].tolist(),
+        array, _ = cached_images(self.cache_folder, size, self.table["row"].to_numpy(), self.table["path"],
                                  progress=self.progress)
         return array
 
@@ -126,10 +126,11 @@ def prepare_dataset(
     bins of more than `max_count` items form one more class, if the collection has any.
     """
     folder = collection_folder(root, store)
-    collection = load_collection(root, max_count, index=folder / "index.sqlite", progress=progress, open_top=open_top)
+    collection = load_collection(root, max_count, index=folder / "index.arrow", progress=progress, items=False,
+                                 open_top=open_top)
     table = collection.table.reset_index(drop=True).copy()
     table["row"] = assign_rows(folder, table)
-    _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"].tolist(), progress=progress)
+    _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"], progress=progress)
     if errors:
         failed = table["row"].isin(list(errors))
         bad = pd.DataFrame({"path": table.loc[failed, "path"], "reason": table.loc[failed, "row"].map(errors)})

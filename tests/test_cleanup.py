@@ -26,7 +26,7 @@ def test_gc_removes_only_what_no_experiment_uses(tmp_path, store_root, capsys):
     out = capsys.readouterr().out
     assert not other.cache_folder.exists() and not (store_root / "datasets" / "0123456789abcdef").exists()
     assert not (used.cache_folder / "images_24.u8").exists() and not (used.cache_folder / "versions" / "stale").exists()
-    assert (used.cache_folder / "images_16.u8").exists() and (used.cache_folder / "index.sqlite").exists()
+    assert (used.cache_folder / "images_16.u8").exists() and (used.cache_folder / "index.arrow").exists()
     assert out.count("removed") == 4 and "freed" in out
     again = prepare_dataset(used_root, image_size=16, progress=False)
     assert again.images(24).shape == (4, 24, 24, 3) and again.images(24).any()  # a removed size is decoded afresh

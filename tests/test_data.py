@@ -143,7 +143,7 @@ def test_prepared_dataset_caches_images_and_splits_by_group(tiny_collection, sto
     ds = prepare_dataset(tiny_collection, image_size=32, progress=False)
     arr = ds.images(32)
     assert arr.shape == (36, 32, 32, 3) and arr.dtype == np.uint8
-    assert list(ds.table.columns) == ["image_id", "path", "count", "items", "group", "split", "row"]
+    assert list(ds.table.columns) == ["image_id", "path", "count", "group", "split", "row"]  # items: load_collection
     assert ds.table["group"].str.startswith("sha256:").all()  # no ABID id in this manifest: content hashes
     assert (ds.table["split"] == assign_splits(ds.table["group"], seed=0)).all()
     assert not list(ds.cache_folder.rglob("split_*.csv"))  # nothing stored: the split is recomputed, identically
