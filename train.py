@@ -39,7 +39,8 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from core.dataset import prepare_dataset
 
-    dataset = prepare_dataset(data_dir(args.data), image_size=args.size, max_count=args.max_count, store=args.store)
+    dataset = prepare_dataset(data_dir(args.data), image_size=args.size, max_count=args.max_count,
+                              store_root=args.store)
     print(json.dumps(dataset.summary(), indent=2))
     for row in dataset.collection.skipped.head(20).itertuples():
         print(f"skipped {row.path}: {row.reason}")
@@ -441,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from core.data import DataError
+    from core.collection import DataError
 
     args = build_parser().parse_args(argv)
     try:

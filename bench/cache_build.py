@@ -9,7 +9,7 @@ from PIL import Image
 
 from bench.common import seconds
 from core.cache import build_cache
-from core.data import load_collection
+from core.collection import load_collection
 
 
 def naive_decode(paths: list[str], size: int) -> np.ndarray:

@@ -60,7 +60,7 @@ def generate(root: Path, first: int, n: int, workers: int = 2) -> None:
 
 
 def _load(root: Path, store: Path, size: int) -> str:
-    from core.data import load_collection
+    from core.collection import load_collection
     from core.dataset import collection_folder
 
     col = load_collection(root, max_count=5, index=collection_folder(root, store) / "index.arrow", progress=False,
@@ -82,7 +82,7 @@ def _prepare(root: Path, store: Path, size: int) -> str:
     from core.dataset import prepare_dataset
 
     before = _decoded(store, root, size)
-    dataset = prepare_dataset(root, image_size=size, store=store, progress=False)
+    dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
     disk = dataset.images(size).nbytes / 1e9
     return f"{_decoded(store, root, size) - before} decoded, cache {disk:.2f} GB"
 
@@ -90,7 +90,7 @@ def _prepare(root: Path, store: Path, size: int) -> str:
 def _stream(root: Path, store: Path, size: int) -> str:
     from core.dataset import prepare_dataset
 
-    dataset = prepare_dataset(root, image_size=size, store=store, progress=False)
+    dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
     seen = sum(len(x) for x, _ in dataset.batches("train", size, batch_size=256))
     return f"{seen} train photos in batches of 256"
 
@@ -105,7 +105,7 @@ def _train(root: Path, store: Path, size: int) -> str:
     from core.cnn.runtime import local_runtime
     from core.dataset import prepare_dataset
 
-    dataset = prepare_dataset(root, image_size=size, store=store, progress=False)
+    dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
     recipe = get_recipe("quick", {"phases": [{"epochs": 1, "image_size": size, "train_body": True, "lr": 1e-3}]})
     train = dataset.split("train").head(TRAIN_BATCHES * recipe.batch_size)
     val = dataset.split("val").head(VAL_PHOTOS)
@@ -133,7 +133,7 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
     from core.dataset import prepare_dataset
     from core.metrics import count_report
 
-    dataset = prepare_dataset(root, image_size=size, store=store, progress=False)
+    dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
     recipe, runtime = get_recipe("quick"), local_runtime()
     model, _ = build_model(recipe.backbone, dataset.num_classes, pretrained=recipe.pretrained)
     model = runtime.prepare(model).eval()

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from core.cache import assign_rows, cached_images, read_rows
+from core.collection import Collection, assign_splits, load_collection
 from core.config import MAX_COUNT, store_dir
-from core.data import Collection, assign_splits, load_collection
 from core.files import atomic_path
 
 DEFAULT_SPLIT = (0.7, 0.2, 0.1)
@@ -40,7 +40,7 @@ class Dataset:
     table: pd.DataFrame
     max_count: int
     progress: bool = True
-    open_top: bool = False  # a last class for "more than max_count" items (see core.data.load_collection)
+    open_top: bool = False  # a last class for "more than max_count" items (see core.collection.load_collection)
 
     @property
     def folder(self) -> Path:
@@ -90,10 +90,10 @@ class Dataset:
         }
 
 
-def collection_folder(root: str | Path, store: Path | None = None) -> Path:
+def collection_folder(root: str | Path, store_root: Path | None = None) -> Path:
     """The store's folder for everything kept about the collection at `root` (keyed by its resolved path)."""
     resolved = str(Path(root).resolve())
-    folder = (store or store_dir()) / "datasets" / hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    folder = (store_root or store_dir()) / "datasets" / hashlib.sha256(resolved.encode()).hexdigest()[:16]
     if not (folder / "collection.json").is_file():
         with atomic_path(folder / "collection.json") as tmp:
             tmp.write_text(json.dumps({"root": resolved}))
@@ -114,7 +114,7 @@ def prepare_dataset(
     max_count: int = MAX_COUNT,
     fractions: tuple[float, float, float] = DEFAULT_SPLIT,
     seed: int = 0,
-    store: Path | None = None,
+    store_root: Path | None = None,
     progress: bool = True,
     open_top: bool = False,
 ) -> Dataset:
@@ -125,7 +125,7 @@ def prepare_dataset(
     Images that fail to decode are dropped and added to `collection.skipped`. With `open_top`,
     bins of more than `max_count` items form one more class, if the collection has any.
     """
-    folder = collection_folder(root, store)
+    folder = collection_folder(root, store_root)
     collection = load_collection(root, max_count, index=folder / "index.arrow", progress=progress, items=False,
                                  open_top=open_top)
     table = collection.table.reset_index(drop=True).copy()

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from core.calibration import apply_calibration, decide
 from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
-from core.data import load_collection
+from core.collection import load_collection
 from core.images import ImageError, ImageSource, load_rgb
 from core.metrics import split_figures
 from core.records import Experiment

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from core.data import _inside, load_collection, parse_count
+from core.collection import _inside, load_collection, parse_count
 from core.images import ImageError
 from core.predict import BinCounter, CountResult
 

@@ -14,8 +14,8 @@ import pandas as pd
 import streamlit as st
 from PIL import ImageOps
 
+from core.collection import DataError, load_collection
 from core.config import find_data_dir, store_dir
-from core.data import DataError, load_collection
 from core.images import ImageError, open_image
 from core.records import Experiment
 from core.store import Store, best_of, best_rule
@@ -123,7 +123,7 @@ def default_data_root() -> str | None:
 
 @st.cache_data(ttl=3600, show_spinner="Reading the photo collection…", max_entries=4)
 def collection(data_root: str) -> pd.DataFrame | None:
-    """image_id, path, count, items of a collection (read with `core.data`); None if unreadable."""
+    """image_id, path, count, items of a collection (read with `core.collection`); None if unreadable."""
     if not data_root:
         return None
     try:

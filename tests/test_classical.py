@@ -153,7 +153,7 @@ def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_c
     assert exp.data_root == str(tiny_collection.resolve())
     assert len(exp.cv_results) == 2 and sum(row["chosen"] for row in exp.cv_results) == 1
     assert exp.probabilities.startswith("softmax") and exp.train_seconds is not None
-    dataset = prepare_dataset(tiny_collection, image_size=32, store=store_root, progress=False)
+    dataset = prepare_dataset(tiny_collection, image_size=32, store_root=store_root, progress=False)
     assert exp.metrics["n"] == len(dataset.split("test")) and exp.val_metrics["n"] == len(dataset.split("val"))
     assert set(exp.metrics["intervals"]) == {"accuracy", "balanced_accuracy", "rmse"}
     assert exp.calibration["method"] in ("none", "temperature", "temperature+bias")
@@ -186,7 +186,7 @@ def test_cross_validated_run_is_one_experiment_of_k_models_with_out_of_fold_figu
     exp = store.experiment(exp_id)
     assert exp.folds == 3 and exp.name.endswith("-cv3") and not exp.val_metrics
     oof = store.predictions(exp_id, "oof")
-    dataset = prepare_dataset(tiny_collection, image_size=32, store=store_root, progress=False)
+    dataset = prepare_dataset(tiny_collection, image_size=32, store_root=store_root, progress=False)
     pool = dataset.table[dataset.table["split"] != "test"]
     assert sorted(oof["image_id"]) == sorted(pool["image_id"]) and exp.cv_metrics["n"] == len(pool)
     assert set(store.split(exp_id)["split"]) == {"oof", "test"}

@@ -128,7 +128,7 @@ def test_train_records_conventions_and_serves_the_same_predictions(tiny_collecti
     assert exp.calibration["n_fit"] == exp.val_metrics["n"]  # calibrated on validation, when training ended
 
     stored = store.predictions(exp_id)
-    dataset = prepare_dataset(tiny_collection, 32, store=store.root, progress=False)
+    dataset = prepare_dataset(tiny_collection, 32, store_root=store.root, progress=False)
     test = dataset.split("test")
     assert sorted(stored["image_id"]) == sorted(test["image_id"])
     assert sorted(store.predictions(exp_id, "val")["image_id"]) == sorted(dataset.split("val")["image_id"])
@@ -213,7 +213,7 @@ def test_cross_validated_cnn_is_one_ensemble_with_out_of_fold_predictions(tiny_c
     exp_id = train_cnn(tiny_collection, "quick", store, overrides, progress=False, cv=2)
     exp = store.experiment(exp_id)
     assert exp.status == "finished" and exp.folds == 2 and exp.name == "quick-cv2"
-    dataset = prepare_dataset(tiny_collection, 32, store=store.root, progress=False)
+    dataset = prepare_dataset(tiny_collection, 32, store_root=store.root, progress=False)
     pool = dataset.table[dataset.table["split"] != "test"]
     assert sorted(store.predictions(exp_id, "oof")["image_id"]) == sorted(pool["image_id"])
     assert exp.cv_metrics["n"] == len(pool) and exp.metrics["n"] == len(dataset.split("test"))

@@ -380,8 +380,8 @@ def no_data(tmp_path, monkeypatch):
 
 def test_suite_without_data_fetches_a_spread_sample_then_trains(serve, tmp_path, no_data, capsys):
     import train
+    from core.collection import load_collection
     from core.config import DEFAULT_DATA, find_data_dir
-    from core.data import load_collection
 
     wanted = spread_ids(40)
     bucket = serve(bucket_files(wanted[:30] + wanted[31:]))  # one id is a gap in the bucket

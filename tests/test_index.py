@@ -7,9 +7,9 @@ import os
 import pyarrow as pa
 import pytest
 
-import core.data
+import core.collection
 import core.index
-from core.data import load_collection
+from core.collection import load_collection
 from tests.builders import bin_photo, write_abid_collection
 
 
@@ -17,8 +17,9 @@ from tests.builders import bin_photo, write_abid_collection
 def probes(monkeypatch) -> list[str]:
     """The image paths `load_collection` actually reads, in order."""
     seen: list[str] = []
-    real = core.data._probe
-    monkeypatch.setattr(core.data, "_probe", lambda entry: seen.append(os.path.basename(entry.path)) or real(entry))
+    real = core.collection._probe
+    monkeypatch.setattr(core.collection, "_probe",
+                        lambda entry: seen.append(os.path.basename(entry.path)) or real(entry))
     return seen
 
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from core.classical import train_classical
+from core.collection import load_collection
 from core.config import PROJECT_ROOT
-from core.data import load_collection
 from core.dataset import prepare_dataset
 from core.metrics import count_report, split_figures
 from core.predict import BinCounter

@@ -72,7 +72,7 @@ def train_classical(
     extractor = make_extractor(features, **(feature_params or {}))
     grid = model_grid(model, grid)
     dataset = prepare_dataset(dataset_root, image_size=image_size, max_count=max_count, seed=seed,
-                              store=store.root, progress=progress, open_top=open_top)
+                              store_root=store.root, progress=progress, open_top=open_top)
     check_scale(model, int((dataset.table["split"] == "train").sum()))
     params = experiment_params(features, extractor, pca, model, grid, folds, selection, image_size, seed, max_count,
                                cv, open_top)

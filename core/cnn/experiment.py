@@ -49,7 +49,7 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) ->
     lock = store.root / "datasets.lock"
     waiting = f"waiting for another process to build the image caches (lock: {lock})" if launch_rank() == 0 else None
     with first_alone(lock, waiting) as first:
-        dataset = prepare_dataset(root, image_size=sizes[0], store=store.root, progress=progress and first,
+        dataset = prepare_dataset(root, image_size=sizes[0], store_root=store.root, progress=progress and first,
                                   open_top=recipe.open_top)
         for size in sizes[1:]:
             dataset.images(size)

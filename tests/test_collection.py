@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.data import DataError, assign_splits, load_collection, parse_count
+from core.collection import DataError, assign_splits, load_collection, parse_count
 from core.dataset import prepare_dataset
 from tests.builders import bin_photo, requires_sample, write_abid_collection
 
@@ -149,7 +149,7 @@ def test_prepared_dataset_caches_images_and_splits_by_group(tiny_collection, sto
     assert not list(ds.cache_folder.rglob("split_*.csv"))  # nothing stored: the split is recomputed, identically
     # Same data, other call: nothing is read or decoded again, the split is the same.
     monkeypatch.setattr("core.cache.load_rgb", fail_if_called)
-    monkeypatch.setattr("core.data._probe", fail_if_called)
+    monkeypatch.setattr("core.collection._probe", fail_if_called)
     again = prepare_dataset(tiny_collection, image_size=32, progress=False)
     assert again.fingerprint == ds.fingerprint and again.folder == ds.folder
     pd.testing.assert_frame_equal(again.table, ds.table)
