@@ -17,11 +17,10 @@ the probability of the recorded count, not only of the most likely one, which is
 looks at. ECE is reported beside it.
 
 The count shown stays the model's own (`decide`): calibration changes what the probabilities
-mean, not which count is named. The mean calibrated
-probability of each count over those photos is kept as `class_prior`: the prior the calibrated
-probabilities are relative to (the photos' own count shares for a well-calibrated map; flatter
-for a model trained with balanced class weights and left uncorrected), which reconciliation
-needs to read a photo as evidence.
+mean, not which count is named. The mean calibrated probability of each count over the fitting
+photos is kept as `class_prior`, the prior the calibrated probabilities imply (the photos' own
+count shares for a well-calibrated map); it is reported, and reconciliation deliberately does
+not use it (see `core.predict.class_prior`).
 """
 from __future__ import annotations
 

@@ -68,12 +68,18 @@ def resolve_experiment(store: Store, model: str = "best", data_root: str | Path 
 
 
 def class_prior(exp: Experiment) -> np.ndarray:
-    """The class shares the experiment's calibrated probabilities are relative to (`core.calibration`),
-    which reconciliation divides by to read a photo as evidence; uniform where it was never recorded
-    (models trained with balanced class weights answer about as if every count were equally common)."""
-    k = exp.num_classes or 1
-    prior = np.asarray(exp.calibration.get("class_prior") or np.ones(k), dtype=float)
-    return prior / prior.sum()  # stored rounded: renormalised
+    """The class prior reconciliation reads a photo against (`core.reconcile.mismatch_probability`):
+    every count alike.
+
+    Chosen on the validation photos of the default models on the shared sample (496 photos, a fifth
+    of the records moved by 1 or 2 items, 10 seeds): ranking bins with a uniform prior gave ROC AUC
+    0.85-0.86 and, at the default settings, flagged 12-15% of the bins, 74-77% of them wrong records;
+    with the calibration's implied prior (`calibration["class_prior"]`, near the photos' own count
+    shares) AUC fell to 0.60-0.75 and almost nothing was flagged. A wrong record is usually a
+    neighbour of the true count, not a draw from the count shares, so weighing records of common
+    counts as more likely wrong hurts.
+    """
+    return np.full(exp.num_classes or 1, 1 / (exp.num_classes or 1))
 
 
 class BinCounter:
