@@ -329,7 +329,7 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
         raise DataError(f"no usable image with a count of 0..{max_count} in {root} ({len(skipped)} skipped)")
     listed, facts = listing.take(rows[keep]), facts.filter(keep)
     groups = pc.coalesce(listed["group"], pc.binary_join_element_wise(CONTENT_GROUP, facts["digest"], ""))
-    table = pa.table({"image_id": listed["image_id"], "path": listed["path"], "count": counts[keep],
+    table = pa.table({"image_id": listed["image_id"], "path": listed["path"], "count": counts[keep].astype(np.int64),
                       **({"items": facts[ITEMS]} if items else {}), "group": groups,
                       "bytes": facts["bytes"], "mtime_ns": facts["mtime_ns"]})
     return Collection(root, layout, table.to_pandas(), pd.DataFrame(skipped, columns=["path", "reason"]),

@@ -12,7 +12,7 @@ import pytest
 
 from core.collection import DataError, assign_splits, load_collection, parse_count
 from core.dataset import prepare_dataset
-from tests.builders import bin_photo, requires_sample, write_abid_collection
+from tests.builders import bin_photo, requires_sample, write_abid_collection, write_manifest_collection
 
 
 def test_manifest_layout(tiny_collection):
@@ -257,3 +257,11 @@ def test_prepare_skips_and_reports_a_decompression_bomb(tiny_collection, store_r
     out = capsys.readouterr().out
     assert json.loads(out[: out.index("\n}") + 2])["images"] == 36
     assert "bomb.png: image too large" in out
+
+
+def test_counts_are_whole_numbers_whatever_the_layout(tmp_path):
+    """Counts read from metadata (ABID layout) and from a manifest are integers, not floats."""
+    abid = load_collection(write_abid_collection(tmp_path / "abid", [0, 1, 2]))
+    manifest = load_collection(write_manifest_collection(tmp_path / "manifest", per_class=1))
+    for table in (abid.table, manifest.table):
+        assert table["count"].dtype == np.int64

@@ -76,7 +76,7 @@ def train_classical(
     check_scale(model, int((dataset.table["split"] == "train").sum()))
     params = experiment_params(features, extractor, pca, model, grid, folds, selection, image_size, seed, max_count,
                                cv, open_top)
-    name = name or f"{features}{'-pca' if pca else ''}-{model}{f'-cv{cv}' if cv else ''}"
+    name = (name or f"{features}{'-pca' if pca else ''}-{model}") + (f"-cv{cv}" if cv else "")
     key = config_key(FAMILY, model, params, dataset.fingerprint, VERSION)
     with store.claim(key):
         found = store.find_finished(key)
