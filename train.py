@@ -307,6 +307,7 @@ def fetch_default_sample(n: int, base_url: str) -> Path | None:
     report = fetch_sample(DEFAULT_DATA, n, base_url)
     if not (report.downloaded or report.skipped):
         reason = next(iter(report.failed.values()), "no bin found")
+        reason = reason if len(reason) <= 100 else reason[:100] + "..."  # one readable line
         print(f"No photos could be fetched from {base_url} ({reason}); train later with: {DOWNLOAD_HINT}")
         return None
     print(f"no data folder, so fetched a sample of ABID into {DEFAULT_DATA}: {report.summary()}"
