@@ -71,10 +71,14 @@ def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
     return frame.sort_values("selection balanced accuracy", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> tuple[dict, str, int]:
-    """Paired bootstrap of two models' stored predictions on the photos both scored:
-    (per-metric differences with intervals, the verdict in words, how many photos)."""
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str,
+                      open_class: int | None = None) -> tuple[dict, str, int]:
+    """Paired bootstrap of two models' stored predictions on the photos both scored (those of the
+    open class `open_class` left out, as the paper's figures leave them out): (per-metric
+    differences with intervals, the verdict in words, how many photos)."""
     both = a.merge(b, on="image_id", suffixes=("_a", "_b"))
+    if open_class is not None:
+        both = both[both["true_count_a"] != open_class]
     if both.empty:
         return {}, f"{name_a} and {name_b} scored no photo in common: they cannot be compared head to head.", 0
     comparison = paired_bootstrap(both["true_count_a"], both["pred_count_a"], both["pred_count_b"])

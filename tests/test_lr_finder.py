@@ -32,6 +32,17 @@ def test_suggestion_ignores_a_lucky_first_batch():
     assert 2e-3 < suggest_lr(lrs, losses) < 3e-2
 
 
+def test_suggestion_is_not_won_by_noise_on_a_flat_stretch():
+    """As seen on the sample's 58-step head-only sweep: the loss wobbles (by 0.05) for five decades,
+    then falls for two before it bottoms out near 3e-2; the wobble must not win (it gave 4e-6)."""
+    rng = np.random.default_rng(1)
+    lrs = np.logspace(-7, 0.7, 58)
+    decades = np.log10(lrs)
+    losses = (3.85 - 0.2 * np.clip((decades + 3.5) / 2, 0, 1) + rng.normal(0, 0.025, 58)
+              + np.where(decades > -1.5, (decades + 1.5) ** 2 * 3, 0))
+    assert 1e-3 < suggest_lr(lrs, losses) < 3e-2
+
+
 class Linear(nn.Module):
     def __init__(self):
         super().__init__()

@@ -30,7 +30,7 @@ from core.store import Store, config_key
 
 FAMILY = "cnn"
 LR_FAMILY = "lr_finder"
-VERSION = 3  # part of every experiment's key: bump when a change alters what a recipe trains
+VERSION = 4  # part of every experiment's key: bump when a change alters what a recipe trains
 FOLD_PROBS = "probs.npz"  # a finished fold's held-out and test probabilities
 
 

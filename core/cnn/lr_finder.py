@@ -32,14 +32,15 @@ def suggest_lr(lrs, losses) -> float:
 
     The first tenth of the sweep is left out of the search: there the moving average rests on
     a few batches, and one easy batch can look like the lowest loss of the whole sweep. Slopes
-    are taken over windows of 5% of the sweep, so a single noisy step cannot win.
+    are taken over windows of 10% of the sweep (about a decade of lr in a 100-step sweep), so the
+    batch-to-batch noise of a flat stretch cannot outrun the real descent before the minimum.
     """
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) < 2:
         raise ValueError("an lr curve needs at least two points")
     skip = min(max(1, len(lrs) // 10), len(lrs) - 1)
     lowest = skip + int(np.nanargmin(losses[skip:]))
-    window = max(1, len(lrs) // 20)
+    window = max(1, len(lrs) // 10)
     if lowest - skip <= window:  # no descent to speak of: stay well below where the loss bottoms out
         return float(lrs[lowest] / 10)
     log_lrs = np.log(lrs)

@@ -18,11 +18,14 @@ st.caption("Brackets hold 95% bootstrap intervals (photos resampled within each 
 
 st.subheader("Head to head")
 a, b = chosen[0], chosen[1]
+open_class = (a.num_classes or 0) - 1 if a.open_top and b.open_top else None
 comparison, said, n = tables.paired_comparison(state.predictions(a.id), state.predictions(b.id),
-                                               names[a.id], names[b.id])
+                                               names[a.id], names[b.id], open_class)
 st.markdown(f"**{said}**")
 if comparison:
-    st.caption(f"Paired bootstrap on the {n:,} test photos both models scored (A = {names[a.id]}, B = {names[b.id]}; "
+    st.caption(f"Paired bootstrap on the {n:,} test photos both models scored"
+               f"{' (bins of 0..5 items, as the figures above)' if open_class is not None else ''} "
+               f"(A = {names[a.id]}, B = {names[b.id]}; "
                "the first two experiments picked above): a difference whose 95% interval excludes 0 is real, "
                "one whose interval spans 0 is within noise.")
     st.dataframe(tables.comparison_table(comparison), hide_index=True)
