@@ -213,6 +213,8 @@ def test_cross_validated_cnn_is_one_ensemble_with_out_of_fold_predictions(tiny_c
     exp_id = train_cnn(tiny_collection, "quick", store, overrides, progress=False, cv=2)
     exp = store.experiment(exp_id)
     assert exp.status == "finished" and exp.folds == 2 and exp.name == "quick-cv2"
+    epochs = store.epochs(exp_id)
+    assert list(epochs["epoch"]) == [1, 2] and list(epochs["fold"]) == [0, 1]  # each fold's curve kept
     dataset = prepare_dataset(tiny_collection, 32, store_root=store.root, progress=False)
     pool = dataset.table[dataset.table["split"] != "test"]
     assert sorted(store.predictions(exp_id, "oof")["image_id"]) == sorted(pool["image_id"])

@@ -96,9 +96,12 @@ def _open_experiment(store: Store, preset: str, recipe: Recipe, cv: int, dataset
 
 
 def _trainer(store: Store, exp_id: str, recipe: Recipe, model: nn.Module, data: TrainingData, runtime: Runtime,
-             folder: Path, progress: bool) -> Trainer:
+             folder: Path, progress: bool, fold: int | None = None) -> Trainer:
+    """A trainer that logs to the experiment; fold k of a cross-validated run logs its epochs after
+    the k folds before it (epoch k * recipe.epochs + e), each with its `fold`."""
+    offset, tag = (fold * recipe.epochs, {"fold": fold}) if fold is not None else (0, {})
     return Trainer(model, recipe, data, runtime, folder,
-                   log_epoch=lambda epoch, values: store.log_epoch(exp_id, epoch, **values),
+                   log_epoch=lambda epoch, values: store.log_epoch(exp_id, epoch + offset, **values, **tag),
                    log_curve=lambda name, c: store.log_lr_curve(exp_id, c.lrs, c.losses, c.suggested, name=name),
                    log_resume=lambda epoch: store.add_resume(exp_id, epoch), progress=progress)
 
@@ -154,7 +157,7 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
         if not runtime.broadcast(done.is_file() if runtime.is_main else None):
             model, _ = _fresh_model(recipe, dataset.num_classes, runtime, seed_offset=f)
             data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes)
-            trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress)
+            trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress, fold=f)
             state = trainer.fit(on_epoch)
             last = runtime.broadcast(load_checkpoint(folder) if runtime.is_main else None)
             if last is not None:  # the last epoch's weights, not the epoch that did best on the held-out fold
