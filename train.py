@@ -227,14 +227,11 @@ def cmd_cnn(args: argparse.Namespace) -> None:
 
 def figures_line(label: str, m: dict) -> str:
     """Accuracy, balanced accuracy and RMSE with their 95% intervals, on one line."""
-    ci = m.get("intervals", {})
+    from core.metrics import with_interval
 
-    def one(key: str, fmt: str) -> str:
-        lo_hi = f" ({ci[key][0]:{fmt}}-{ci[key][1]:{fmt}})" if key in ci else ""
-        return f"{m[key]:{fmt}}{lo_hi}"
-
-    return (f"  {label:<12} n={m['n']:<5} accuracy {one('accuracy', '.3f')}  balanced {one('balanced_accuracy', '.3f')}"
-            f"  RMSE {one('rmse', '.2f')}  ECE {m.get('ece', float('nan')):.3f}")
+    return (f"  {label:<12} n={m['n']:<5} accuracy {with_interval(m, 'accuracy')}  "
+            f"balanced {with_interval(m, 'balanced_accuracy')}  RMSE {with_interval(m, 'rmse')}  "
+            f"ECE {m.get('ece', float('nan')):.3f}")
 
 
 def print_figures(exp) -> None:

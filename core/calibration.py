@@ -19,8 +19,8 @@ looks at. ECE is reported beside it.
 The count shown stays the model's own (`decide`): calibration changes what the probabilities
 mean, not which count is named. The mean calibrated probability of each count over the fitting
 photos is kept as `class_prior`, the prior the calibrated probabilities imply (the photos' own
-count shares for a well-calibrated map); it is reported, and reconciliation deliberately does
-not use it (see `core.predict.class_prior`).
+count shares for a well-calibrated map); it stays in the experiment's record, and reconciliation
+deliberately does not use it (see `core.predict.class_prior`).
 """
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def read_metadata(path: str | Path) -> tuple[int, str]:
     return count, json.dumps(items)
 
 
-def _inside(root: Path, relative: str) -> Path:
+def inside_root(root: Path, relative: str) -> Path:
     """Resolve a manifest path, refusing anything that points outside the data root."""
     if not relative or Path(relative).is_absolute():
         raise ValueError(f"path must be relative to the data root: {relative!r}")
@@ -133,7 +133,7 @@ def _manifest_group(rec: dict) -> str | None:
     if (rec.get("original_id") or "").strip():
         return abid_group(rec["original_id"].strip())
     if (rec.get("sha256") or "").strip():
-        return f"sha256:{rec['sha256'].strip().lower()}"
+        return f"{CONTENT_GROUP}{rec['sha256'].strip().lower()}"
     return None
 
 
@@ -142,12 +142,8 @@ def abid_group(abid_id: str) -> str:
     return f"abid:{abid_id}"
 
 
+# The group of a photo with no known ABID id: the sha256 of its bytes (exact duplicates land together).
 CONTENT_GROUP = "sha256:"
-
-
-def content_group(digest: str) -> str:
-    """The group of a photo with no known ABID id: the sha256 of its bytes (exact duplicates land together)."""
-    return f"{CONTENT_GROUP}{digest}"
 
 
 def _entries_manifest(root: Path) -> Listing:
@@ -157,9 +153,9 @@ def _entries_manifest(root: Path) -> Listing:
             raise DataError("manifest.csv needs at least the columns file,count")
         for line, rec in enumerate(reader, start=2):
             try:
-                path = _inside(root, rec["file"])
+                path = inside_root(root, rec["file"])
                 count = parse_count(rec["count"])
-                meta = _inside(root, rec["metadata"]) if rec.get("metadata") else None
+                meta = inside_root(root, rec["metadata"]) if rec.get("metadata") else None
             except (ValueError, TypeError) as err:
                 yield None, (f"manifest.csv line {line}: {rec.get('file')}", str(err))
                 continue

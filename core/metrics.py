@@ -154,6 +154,16 @@ def paired_bootstrap(y_true, pred_a, pred_b, level: float = 0.95, rounds: int = 
     return out
 
 
+def with_interval(metrics: dict, key: str, percent: bool = False) -> str:
+    """`0.56 (0.50–0.62)`: a figure and its 95% bootstrap interval, where one was computed."""
+    value = metrics.get(key)
+    if value is None:
+        return ""
+    fmt = (lambda x: f"{x:.1%}") if percent else (lambda x: f"{x:.3f}" if key != "rmse" else f"{x:.2f}")
+    interval = (metrics.get("intervals") or {}).get(key)
+    return f"{fmt(value)} ({fmt(interval[0])}–{fmt(interval[1])})" if interval else fmt(value)
+
+
 def verdict(comparison: dict[str, dict[str, float]], name_a: str, name_b: str,
             metric: str = "balanced_accuracy") -> str:
     """One sentence on a paired comparison: who is better on `metric`, or that it is within noise."""

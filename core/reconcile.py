@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from core.collection import _inside, load_collection, parse_count
+from core.collection import inside_root, load_collection, parse_count
 from core.images import ImageError
 from core.predict import BinCounter, CountResult
 
@@ -194,7 +194,7 @@ def records_from_folder(root: str | Path,
             if records.at[i, "error"]:
                 continue
             try:
-                images[name] = _inside(root, name)
+                images[name] = inside_root(root, name)
             except ValueError:
                 records.at[i, "error"] = "path outside the data folder"
         return records, images

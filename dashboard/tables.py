@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from core.metrics import paired_bootstrap, verdict
+from core.metrics import paired_bootstrap, verdict, with_interval
 from core.records import Experiment
 
 
@@ -28,16 +28,6 @@ def labels(experiments: Sequence[Experiment]) -> dict[str, str]:
 def is_scored(exp: Experiment) -> bool:
     """A finished model with test metrics (LR-finder sweeps finish too, but count nothing)."""
     return exp.is_model and exp.metrics.get("balanced_accuracy") is not None
-
-
-def with_interval(metrics: dict, key: str, percent: bool = False) -> str:
-    """`0.56 (0.50–0.62)`: a figure and its 95% bootstrap interval, where one was computed."""
-    value = metrics.get(key)
-    if value is None:
-        return ""
-    fmt = (lambda x: f"{x:.1%}") if percent else (lambda x: f"{x:.3f}" if key != "rmse" else f"{x:.2f}")
-    interval = (metrics.get("intervals") or {}).get(key)
-    return f"{fmt(value)} ({fmt(interval[0])}–{fmt(interval[1])})" if interval else fmt(value)
 
 
 def _per_class_columns(values: Sequence[float | None] | None, prefix: str) -> dict[str, float]:

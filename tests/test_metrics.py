@@ -1,4 +1,5 @@
-"""Every reported figure: the count report, ECE, accuracy-coverage, bootstrap intervals and the paired verdict."""
+"""Every reported figure: the count report, ECE, accuracy-coverage, bootstrap intervals, the
+paired verdict, and how a figure and its interval read."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,7 @@ from core.metrics import (
     paired_bootstrap,
     split_figures,
     verdict,
+    with_interval,
 )
 
 
@@ -87,3 +89,11 @@ def test_split_figures_score_the_most_probable_count_with_ece_and_intervals():
     assert figures["accuracy"] == pytest.approx(0.75)
     assert figures["ece"] == pytest.approx(expected_calibration_error(probs, [0, 1, 1, 1]))
     assert set(figures["intervals"]) == {"accuracy", "balanced_accuracy", "rmse"}
+
+
+def test_with_interval_formats_a_figure_and_its_interval():
+    m = {"accuracy": 0.5612, "rmse": 1.234, "intervals": {"accuracy": [0.5, 0.62], "rmse": [1.1, 1.4]}}
+    assert with_interval(m, "accuracy") == "0.561 (0.500–0.620)"
+    assert with_interval(m, "accuracy", percent=True) == "56.1% (50.0%–62.0%)"
+    assert with_interval(m, "rmse") == "1.23 (1.10–1.40)"
+    assert with_interval({"accuracy": 0.5}, "accuracy") == "0.500" and with_interval({}, "rmse") == ""

@@ -49,14 +49,6 @@ def test_leaderboard_ranks_by_the_validation_figure_and_shows_test_intervals():
     assert tables.leaderboard([*exps, crossed]).loc[0, "chosen on"] == "out-of-fold"
 
 
-def test_with_interval_formats_a_figure_and_its_interval():
-    m = {"accuracy": 0.5612, "rmse": 1.234, "intervals": {"accuracy": [0.5, 0.62], "rmse": [1.1, 1.4]}}
-    assert tables.with_interval(m, "accuracy") == "0.561 (0.500–0.620)"
-    assert tables.with_interval(m, "accuracy", percent=True) == "56.1% (50.0%–62.0%)"
-    assert tables.with_interval(m, "rmse") == "1.23 (1.10–1.40)"
-    assert tables.with_interval({"accuracy": 0.5}, "accuracy") == "0.500" and tables.with_interval({}, "rmse") == ""
-
-
 def test_paired_comparison_runs_on_the_photos_both_models_scored():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 6, 400)

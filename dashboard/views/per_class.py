@@ -1,6 +1,7 @@
 """Per-class accuracy and RMSE of one experiment (the paper's Tables I and II)."""
 import streamlit as st
 
+from core.metrics import with_interval
 from dashboard import figures, tables, ui
 
 st.title("Accuracy by number of items")
@@ -10,17 +11,17 @@ metrics = exp.metrics
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Accuracy", f"{metrics['accuracy']:.1%}",
-          help="95% interval: " + tables.with_interval(metrics, "accuracy", True))
+          help="95% interval: " + with_interval(metrics, "accuracy", True))
 c2.metric("Balanced accuracy", f"{metrics['balanced_accuracy']:.1%}",
-          help="95% interval: " + tables.with_interval(metrics, "balanced_accuracy", True))
-c3.metric("RMSE", f"{metrics['rmse']:.2f}", help="95% interval: " + tables.with_interval(metrics, "rmse"))
+          help="95% interval: " + with_interval(metrics, "balanced_accuracy", True))
+c3.metric("RMSE", f"{metrics['rmse']:.2f}", help="95% interval: " + with_interval(metrics, "rmse"))
 c4.metric("Test photos", f"{metrics['n']:,}")
 st.caption("On the test photos, with 95% bootstrap intervals: "
-           f"accuracy {tables.with_interval(metrics, 'accuracy', True)}, "
-           f"balanced accuracy {tables.with_interval(metrics, 'balanced_accuracy', True)}, "
-           f"RMSE {tables.with_interval(metrics, 'rmse')}."
+           f"accuracy {with_interval(metrics, 'accuracy', True)}, "
+           f"balanced accuracy {with_interval(metrics, 'balanced_accuracy', True)}, "
+           f"RMSE {with_interval(metrics, 'rmse')}."
            + (f" Out-of-fold over {exp.cv_metrics['n']:,} train+validation photos ({exp.folds} folds): balanced "
-              f"accuracy {tables.with_interval(exp.cv_metrics, 'balanced_accuracy', True)}." if exp.cv_metrics else ""))
+              f"accuracy {with_interval(exp.cv_metrics, 'balanced_accuracy', True)}." if exp.cv_metrics else ""))
 
 per_class = tables.per_class_table(metrics)
 left, right = st.columns(2)
