@@ -1,19 +1,25 @@
-"""Plain helpers the tests build their inputs with: generated bin photos and collections, a tiny
-trained store, the marker for tests on the shared ABID sample. Fixtures live in conftest.py."""
+"""Plain helpers the tests build their inputs with: generated bin photos and collections, a batch
+of awkward uploads, a tiny trained store, the command line and dashboard pages run as a user would,
+the marker for tests on the shared ABID sample. Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from streamlit.testing.v1 import AppTest
 
 from core.classical import train_classical
 from core.cnn import find_lr, train_cnn
-from core.config import SHARED_SAMPLE
+from core.config import PROJECT_ROOT, SHARED_SAMPLE
 from core.store import Store
+from dashboard.pages import PAGES, find_page
 
 requires_sample = pytest.mark.skipif(
     not (SHARED_SAMPLE / "manifest.csv").is_file(),
@@ -33,6 +39,55 @@ def bin_photo(count: int, seed: int, size: tuple[int, int] = (96, 72)) -> Image.
         colour = tuple(int(c) for c in rng.integers(150, 255, size=3))
         draw.rectangle([x, y, x + w, y + h], fill=colour)
     return img
+
+
+def bin_jpeg(count: int, seed: int) -> bytes:
+    """`bin_photo` as the bytes of a JPEG upload."""
+    buf = io.BytesIO()
+    bin_photo(count, seed).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def awkward_batch() -> tuple[list[tuple[str, bytes, str]], set[str], set[str]]:
+    """About a dozen uploads at once: (name, bytes, mime), the good names and the bad names."""
+    photo = bin_photo(2, seed=3)
+
+    def save(img, fmt, **kwargs) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kwargs)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    gif = io.BytesIO()
+    photo.save(gif, "GIF", save_all=True, append_images=[bin_photo(4, seed=4)])
+    good = {
+        "one.jpg": bin_jpeg(1, seed=11), "four.jpg": bin_jpeg(4, seed=12), "animated.gif": gif.getvalue(),
+        "sixteen-bit.png": save(Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257), "PNG"),
+        "cmyk.jpg": save(photo.convert("CMYK"), "JPEG"), "rotated.jpg": save(photo.rotate(-90, expand=True), "JPEG",
+                                                                             exif=exif),
+        "alpha.png": save(photo.convert("RGBA"), "PNG"), "grey.jpg": save(photo.convert("L"), "JPEG"),
+    }
+    bad = {"empty.jpg": b"", "page.jpg": b"<html><body>not a photo</body></html>",
+           "truncated.jpg": bin_jpeg(3, seed=13)[:200], "huge.png": save(Image.new("L", (8000, 7000)), "PNG")}
+    mime = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+    files = [(name, data, mime[name.rsplit(".", 1)[1]]) for name, data in {**good, **bad}.items()]
+    return files, set(good), set(bad)
+
+
+def run_cli(*args: str, store: Path, **env: str) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` in a clean environment, with BINSIGHT_STORE set (plus `env`)."""
+    return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          env={"BINSIGHT_STORE": str(store), "PATH": "/usr/bin:/bin", **env}, timeout=300)
+
+
+def open_page(name: str) -> AppTest:
+    """The app with page `name` open (a fresh session), failing on any exception it shows."""
+    at = AppTest.from_file(str(PROJECT_ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    if name != PAGES[0].name:  # the first run shows the default page
+        at.switch_page(find_page(name).script).run()
+    assert not at.exception, f"{name}: {at.exception[0].value}"
+    return at
 
 
 def write_manifest_collection(root: Path, per_class: int = 6, max_count: int = 5) -> Path:

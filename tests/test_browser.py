@@ -18,6 +18,7 @@ import pytest
 from core.config import PROJECT_ROOT, SHARED_SAMPLE
 from core.predict import load_counter
 from core.store import Store
+from tests.builders import awkward_batch
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -76,8 +77,6 @@ def test_upload_a_batch_of_awkward_files_and_read_every_count(dashboard_url, tra
     empty, HTML renamed .jpg, oversized, ...): every good photo gets its count, every bad one its
     own error, and the app never ends with "This app has encountered an error"."""
     from playwright.sync_api import expect, sync_playwright
-
-    from tests.test_dashboard_apptest import awkward_batch
 
     files, good, bad = awkward_batch()
     manifest = SHARED_SAMPLE / "manifest.csv"

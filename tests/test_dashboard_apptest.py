@@ -22,18 +22,8 @@ from core.predict import load_counter
 from core.reconcile import PRIOR_WRONG, judge, read_records, reconcile
 from core.store import Store
 from dashboard import counting, tables, ui
-from dashboard.pages import PAGES, find_page
-from tests.builders import CNN_TINY, bin_photo
-
-APP = str(PROJECT_ROOT / "dashboard" / "app.py")
-
-
-def open_page(name: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    if name != PAGES[0].name:  # the first run shows the default page
-        at.switch_page(find_page(name).script).run()
-    assert not at.exception, at.exception[0].value
-    return at
+from dashboard.pages import PAGES
+from tests.builders import CNN_TINY, awkward_batch, bin_jpeg, open_page
 
 
 def rerun(at: AppTest) -> AppTest:
@@ -56,12 +46,6 @@ def _decode(node):
 
 def charts(at: AppTest) -> list[go.Figure]:
     return [go.Figure(_decode(json.loads(el.proto.spec))) for el in at.get("plotly_chart")]
-
-
-def jpeg(count: int, seed: int) -> bytes:
-    buf = io.BytesIO()
-    bin_photo(count, seed).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def zipped(files: dict[str, bytes]) -> bytes:
@@ -251,7 +235,7 @@ def test_misclassified_filters_by_count(store):
 def test_upload_counts_a_photo_and_reports_a_bad_file(store, counter):
     at = open_page("upload")
     assert at.selectbox(key="up-model").value == store.best()
-    good = jpeg(3, seed=77)
+    good = bin_jpeg(3, seed=77)
     at.file_uploader(key="up-files").set_value([("bin.jpg", good, "image/jpeg"),
                                                 ("broken.jpg", b"these bytes are no photo", "image/jpeg")])
     rerun(at)
@@ -275,7 +259,7 @@ def test_upload_only_a_bad_file_keeps_the_page_serving(store):
     rerun(at)
     assert "notes.png" in at.error[0].value
     assert not at.metric
-    at.file_uploader(key="up-files").set_value(("bin.jpg", jpeg(2, seed=5), "image/jpeg"))
+    at.file_uploader(key="up-files").set_value(("bin.jpg", bin_jpeg(2, seed=5), "image/jpeg"))
     rerun(at)
     assert not at.error and at.metric[0].label == "Items counted"
 
@@ -290,7 +274,7 @@ def test_upload_a_sample_photo(store):
 
 def test_reconcile_report_from_a_csv_and_a_zip(store, counter):
     at = open_page("reconcile")
-    photos = {f"bin-{k}.jpg": jpeg(k, seed=100 + k) for k in range(4)}
+    photos = {f"bin-{k}.jpg": bin_jpeg(k, seed=100 + k) for k in range(4)}
     csv = "image,recorded_quantity\nbin-0.jpg,0\nbin-1.jpg,5\nbin-2.jpg,2\nbin-3.jpg,3\nmissing.jpg,1\n"
     at.file_uploader(key="rec-csv").set_value(("records.csv", csv.encode(), "text/csv"))
     at.file_uploader(key="rec-photos").set_value([("day1.zip", zipped({f"bins/{n}": d for n, d in photos.items()}),
@@ -308,11 +292,11 @@ def test_reconcile_report_from_a_csv_and_a_zip(store, counter):
 def test_reconcile_bad_inputs_are_explained(store):
     at = open_page("reconcile")
     at.file_uploader(key="rec-csv").set_value(("records.csv", b"bin,qty\na.jpg,1\n", "text/csv"))
-    at.file_uploader(key="rec-photos").set_value([("a.jpg", jpeg(1, seed=1), "image/jpeg")])
+    at.file_uploader(key="rec-photos").set_value([("a.jpg", bin_jpeg(1, seed=1), "image/jpeg")])
     rerun(at)
     assert "image,recorded_quantity" in at.error[0].value
     at.file_uploader(key="rec-csv").set_value(("records.csv", b"image,recorded_quantity\na.jpg,1\n", "text/csv"))
-    at.file_uploader(key="rec-photos").set_value([("a.jpg", jpeg(1, seed=1), "image/jpeg"),
+    at.file_uploader(key="rec-photos").set_value([("a.jpg", bin_jpeg(1, seed=1), "image/jpeg"),
                                                   ("old.zip", b"PK not really a zip", "application/zip")])
     rerun(at)
     assert "old.zip: not a readable zip file" in at.warning[0].value
@@ -334,7 +318,7 @@ def test_photos_from_uploads_unpacks_zips_by_path_and_name():
 
 
 def test_verdict_flags_a_likely_mismatch(counter):
-    result = counter.count(jpeg(2, seed=3))
+    result = counter.count(bin_jpeg(2, seed=3))
     likely = counting.verdict(counter, result, result.count)
     unlikely = counting.verdict(counter, result, int(np.argmin(result.probs)))
     assert likely.p_mismatch == pytest.approx(judge(counter, result, result.count)[1])
@@ -345,35 +329,6 @@ def test_verdict_flags_a_likely_mismatch(counter):
 
 
 # ---- reconciliation settings, caps on uploads, awkward batches -----------------------------------
-def awkward_batch() -> tuple[list[tuple[str, bytes, str]], set[str], set[str]]:
-    """About a dozen uploads at once: (name, bytes, mime), the good names and the bad names."""
-    from PIL import Image
-
-    photo = bin_photo(2, seed=3)
-
-    def save(img, fmt, **kwargs) -> bytes:
-        buf = io.BytesIO()
-        img.save(buf, fmt, **kwargs)
-        return buf.getvalue()
-
-    exif = Image.Exif()
-    exif[0x0112] = 8
-    gif = io.BytesIO()
-    photo.save(gif, "GIF", save_all=True, append_images=[bin_photo(4, seed=4)])
-    good = {
-        "one.jpg": jpeg(1, seed=11), "four.jpg": jpeg(4, seed=12), "animated.gif": gif.getvalue(),
-        "sixteen-bit.png": save(Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257), "PNG"),
-        "cmyk.jpg": save(photo.convert("CMYK"), "JPEG"), "rotated.jpg": save(photo.rotate(-90, expand=True), "JPEG",
-                                                                             exif=exif),
-        "alpha.png": save(photo.convert("RGBA"), "PNG"), "grey.jpg": save(photo.convert("L"), "JPEG"),
-    }
-    bad = {"empty.jpg": b"", "page.jpg": b"<html><body>not a photo</body></html>",
-           "truncated.jpg": jpeg(3, seed=13)[:200], "huge.png": save(Image.new("L", (8000, 7000)), "PNG")}
-    mime = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
-    files = [(name, data, mime[name.rsplit(".", 1)[1]]) for name, data in {**good, **bad}.items()]
-    return files, set(good), set(bad)
-
-
 def test_upload_a_batch_of_awkward_files_counts_every_photo_and_explains_every_failure(store, counter):
     files, good, bad = awkward_batch()
     at = open_page("upload")
@@ -399,7 +354,7 @@ def test_preview_is_the_decoded_8_bit_rgb_photo():
 
 
 def test_upload_caps_hold_across_all_files_together():
-    photo = jpeg(1, seed=1)
+    photo = bin_jpeg(1, seed=1)
     small_zip = zipped({f"bins/{k}.jpg": photo for k in range(3)})
     photos, problems = counting.photos_from_uploads([("a.zip", small_zip), ("b.zip", small_zip), ("c.zip", small_zip)],
                                                     max_photos=7)
@@ -434,7 +389,7 @@ def test_reconcile_page_unzips_once_shows_totals_and_takes_a_budget(store, count
     real = counting.photos_from_uploads
     monkeypatch.setattr(counting, "photos_from_uploads", lambda files: calls.append(1) or real(files))
     at = open_page("reconcile")
-    photos = {f"bin-{k}.jpg": jpeg(k, seed=300 + k) for k in range(6)}
+    photos = {f"bin-{k}.jpg": bin_jpeg(k, seed=300 + k) for k in range(6)}
     csv = "image,recorded_quantity\n" + "".join(f"bin-{k}.jpg,{(k + 2) % 6}\n" for k in range(6)) + \
         "bin-0.jpg,2.5\nbin-5.jpg,9\n"
     at.file_uploader(key="rec-csv").set_value(("records.csv", csv.encode(), "text/csv"))
@@ -462,7 +417,7 @@ def test_audit_value_curve_from_the_stored_test_predictions(store, page, key):
     at = open_page(page)
     if key is None:  # the reconcile page shows it once a batch is given
         at.file_uploader(key="rec-csv").set_value(("records.csv", b"image,recorded_quantity\na.jpg,1\n", "text/csv"))
-        at.file_uploader(key="rec-photos").set_value([("a.jpg", jpeg(1, seed=1), "image/jpeg")])
+        at.file_uploader(key="rec-photos").set_value([("a.jpg", bin_jpeg(1, seed=1), "image/jpeg")])
         rerun(at)
         key = "rec-audit"
     exp_id = at.selectbox(key="per-class" if page == "per_class" else "rec-model").value

@@ -5,19 +5,16 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from core.config import PROJECT_ROOT
 from core.images import ImageError, open_image
 from core.predict import CountResult, ModelNotFound, load_counter, resolve_experiment
 from core.store import Store
-from tests.builders import bin_photo, write_manifest_collection
+from tests.builders import bin_photo, run_cli, write_manifest_collection
 
 
 def jpeg(img: Image.Image, **kwargs) -> bytes:
@@ -145,14 +142,9 @@ def test_loading_a_model_writes_nothing(counters, trained_store):
     assert (trained_store / "experiments.sqlite").read_bytes() == before
 
 
-def _cli(*args: str, store: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          env={"BINSIGHT_STORE": str(store), "PATH": "/usr/bin:/bin", **env}, timeout=300)
-
-
 def test_evaluate_cli_scores_only_the_test_split_of_the_models_own_collection(trained_store):
     data = trained_store.parent / "data"
-    run = _cli("evaluate", "--model", "best", "--data", str(data), store=trained_store)
+    run = run_cli("evaluate", "--model", "best", "--data", str(data), store=trained_store)
     assert run.returncode == 0, run.stderr
     assert "best = highest validation balanced accuracy" in run.stderr
     report = json.loads(run.stdout)
@@ -168,7 +160,7 @@ def test_evaluate_cli_scores_only_the_test_split_of_the_models_own_collection(tr
 
 def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tmp_path):
     other = write_manifest_collection(tmp_path / "other", per_class=2)
-    run = _cli("evaluate", "--model", "best", "--data", str(other), store=trained_store,
+    run = run_cli("evaluate", "--model", "best", "--data", str(other), store=trained_store,
                ABID_DATA=str(trained_store.parent / "data"))  # the data in use: where the models were trained
     assert run.returncode == 0, run.stderr
     assert f"among finished models on {trained_store.parent / 'data'}" in run.stderr
@@ -177,5 +169,5 @@ def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tm
 
 
 def test_cli_without_models_says_how_to_train(tmp_path):
-    run = _cli("evaluate", "--data", str(tmp_path), store=tmp_path / "empty")
+    run = run_cli("evaluate", "--data", str(tmp_path), store=tmp_path / "empty")
     assert run.returncode != 0 and "train.py suite" in run.stderr

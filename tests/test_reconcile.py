@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from core.config import PROJECT_ROOT
 from core.predict import class_prior, load_counter
 from core.reconcile import (
     PRIOR_WRONG,
@@ -32,13 +27,7 @@ from core.reconcile import (
     simulate_errors,
 )
 from core.store import Store
-from tests.builders import bin_photo, write_abid_collection
-
-
-def jpeg(count: int, seed: int) -> bytes:
-    buf = io.BytesIO()
-    bin_photo(count, seed).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+from tests.builders import bin_jpeg, bin_photo, run_cli, write_abid_collection
 
 
 def calibrated_model(n: int, prior: np.ndarray, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +202,8 @@ def counter(trained_store):
 
 
 def test_every_bin_is_a_row_and_the_totals_add_up(counter):
-    images = {f"b{i}.jpg": jpeg(i % 6, seed=i) for i in range(6)}
-    images.update({"broken.jpg": b"nope", "big.jpg": jpeg(5, seed=50)})
+    images = {f"b{i}.jpg": bin_jpeg(i % 6, seed=i) for i in range(6)}
+    images.update({"broken.jpg": b"nope", "big.jpg": bin_jpeg(5, seed=50)})
     csv = "image,recorded_quantity\n" + "".join(f"b{i}.jpg,{i % 6}\n" for i in range(6))
     records = read_records((csv + "broken.jpg,2\nmissing.jpg,1\nb1.jpg,2.5\nbig.jpg,8\n").encode())
     report = reconcile(counter, records, images)
@@ -237,7 +226,7 @@ def test_every_bin_is_a_row_and_the_totals_add_up(counter):
 
 
 def test_a_budget_flags_exactly_that_many_bins(counter):
-    images = {f"b{i}.jpg": jpeg(i % 6, seed=i) for i in range(10)}
+    images = {f"b{i}.jpg": bin_jpeg(i % 6, seed=i) for i in range(10)}
     records = pd.DataFrame({"image": list(images), "recorded_quantity": [(i + 2) % 6 for i in range(10)]})
     report = reconcile(counter, records, images, budget="30%")
     assert report["mismatch"].sum() == 3 and report["mismatch"].iloc[:3].all()
@@ -248,7 +237,7 @@ def test_an_open_top_class_judges_a_large_record_by_p_more_than(counter):
     """A model whose top class means "more than K-2": a record of 8 is judged by P(top class)."""
     open_top = copy.copy(counter)
     open_top.exp = dataclasses.replace(counter.exp, open_top=True)
-    result = counter.count(jpeg(2, seed=9))
+    result = counter.count(bin_jpeg(2, seed=9))
     p_recorded, p_mismatch, note = judge(open_top, result, 8)
     assert p_recorded == result.probs[-1] and "more than 4" in note
     assert p_mismatch == pytest.approx(mismatch_probability([result.probs], [5], PRIOR_WRONG, counter.class_prior)[0])
@@ -262,11 +251,6 @@ def test_counter_class_prior_is_the_experiments(counter):
 
 
 # ---- the command line ----------------------------------------------------------------------------
-def _cli(*args: str, store: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          env={"BINSIGHT_STORE": str(store), "PATH": "/usr/bin:/bin"}, timeout=300)
-
-
 def test_reconcile_cli_lists_every_record_with_totals(trained_store, tmp_path):
     data = write_abid_collection(tmp_path / "data", [0, 1, 2, 3, 4, 5])
     (data / "bin-images" / "bad.jpg").write_bytes(b"<html>not a photo</html>")
@@ -275,7 +259,8 @@ def test_reconcile_cli_lists_every_record_with_totals(trained_store, tmp_path):
                        "bin-images/3.jpg,2.5\nbin-images/6.jpg,8\n../outside.jpg,1\nbin-images/77.jpg,1\n")
     for suffix in ("csv", "json"):
         out = tmp_path / f"report.{suffix}"
-        run = _cli("reconcile", "--data", str(data), "--records", str(records), "--out", str(out), store=trained_store)
+        run = run_cli("reconcile", "--data", str(data), "--records", str(records), "--out", str(out),
+                      store=trained_store)
         assert run.returncode == 0, run.stderr
         assert "7 bins given: 2 checked" in run.stdout and "1 recorded above what the model counts, 4 with errors" \
             in run.stdout
@@ -295,7 +280,7 @@ def test_reconcile_cli_lists_every_record_with_totals(trained_store, tmp_path):
 
 def test_reconcile_cli_without_records_keys_photos_by_relative_path(trained_store, tmp_path):
     out = tmp_path / "report.csv"
-    run = _cli("reconcile", "--data", str(trained_store.parent / "data"), "--out", str(out), "--budget", "5",
+    run = run_cli("reconcile", "--data", str(trained_store.parent / "data"), "--out", str(out), "--budget", "5",
                store=trained_store)
     assert run.returncode == 0, run.stderr
     report = pd.read_csv(out, keep_default_na=False)
@@ -306,12 +291,12 @@ def test_reconcile_cli_without_records_keys_photos_by_relative_path(trained_stor
 
 
 def test_reconcile_cli_simulates_errors_and_prints_the_audit_value(trained_store):
-    run = _cli("reconcile", "--data", str(trained_store.parent / "data"), "--simulate-errors", "0.2", "--seed", "1",
+    run = run_cli("reconcile", "--data", str(trained_store.parent / "data"), "--simulate-errors", "0.2", "--seed", "1",
                store=trained_store)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert "on 36 labelled photos" in lines[0]
     assert [line.split()[0] for line in lines[2:6]] == ["10%", "20%", "30%", "50%"]
     assert "ROC AUC" in run.stdout and "average precision" in run.stdout and "flags" in lines[-1]
-    bad = _cli("reconcile", "--data", str(trained_store.parent / "data"), "--budget", "lots", store=trained_store)
+    bad = run_cli("reconcile", "--data", str(trained_store.parent / "data"), "--budget", "lots", store=trained_store)
     assert bad.returncode != 0 and "audit budget" in bad.stderr
