@@ -130,7 +130,21 @@ class Store:
         self.root = Path(root) if root else store_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "experiments.sqlite"
+        self._use_wal()
         self._migrate()
+
+    def _use_wal(self) -> None:
+        """Put the database in write-ahead-log mode (persistent, so only a new store changes).
+
+        Changing the journal mode needs an exclusive lock and SQLite does not wait for it, so two
+        processes opening a new store at once could fail with "database is locked"; an flock
+        around the change makes them take turns.
+        """
+        with closing(sqlite3.connect(self.path, timeout=30)) as db:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+        with exclusive_lock(self.root / "locks" / "journal.lock"), closing(sqlite3.connect(self.path, timeout=30)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
 
     def _migrate(self) -> None:
         """Create or bring the schema up to date; a store already current is only read."""
@@ -154,7 +168,6 @@ class Store:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         with closing(sqlite3.connect(self.path, timeout=30)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
             db.row_factory = sqlite3.Row
             with db:  # commit on success, roll back on error
                 yield db
@@ -166,16 +179,19 @@ class Store:
         """A new `running` experiment; `details` are record fields (e.g. image_size=160)."""
         key = config_key(family, model, params, dataset, code_version, world_size)
         now = time.time()
-        exp_id = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{name}-{key[:6]}"
+        stem = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{name}-{key[:6]}"
+        row = (name, family, model, json.dumps(params, sort_keys=True), key, dataset, data_root, "running", now, now,
+               socket.gethostname(), os.getpid(), device, weights, json.dumps(self._checked(details)))
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")  # the id check and the insert are one write
+            taken = {r[0] for r in db.execute("SELECT id FROM experiments WHERE id = ? OR id LIKE ?",
+                                               (stem, f"{stem}.%"))}
+            # the same configuration started twice in one second (a retry, a second store user) gets a suffix
+            exp_id = next(c for c in (stem, *(f"{stem}.{i}" for i in range(2, len(taken) + 2))) if c not in taken)
             db.execute(
                 "INSERT INTO experiments (id, name, family, model, params, config_key, dataset, data_root,"
                 " status, started_at, heartbeat, host, pid, device, weights, details)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (exp_id, name, family, model, json.dumps(params, sort_keys=True), key, dataset, data_root,
-                 "running", now, now, socket.gethostname(), os.getpid(), device, weights,
-                 json.dumps(self._checked(details))),
-            )
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (exp_id, *row))
         self.artifact_dir(exp_id).mkdir(parents=True, exist_ok=True)
         return exp_id
 

@@ -157,6 +157,33 @@ def test_two_processes_asking_for_one_configuration_train_it_once(store_root):
     assert len(ids) == 1 and len(Store().experiments()) == 1
 
 
+def _open_and_record(root: str, go, out) -> None:
+    go.wait()
+    try:
+        store = Store(root)
+        store.start("run", "classical", "svc", {}, dataset="d", code_version=1)
+        out.put("ok")
+    except Exception as error:  # noqa: BLE001 - the test reports what each process met
+        out.put(repr(error))
+
+
+def test_processes_opening_a_new_store_at_once_all_get_in(tmp_path):
+    """Creating a store switches it to write-ahead logging, which SQLite does not wait for: two
+    training jobs started together on a fresh store used to die with "database is locked"."""
+    ctx = mp.get_context("fork")
+    for attempt in range(5):
+        root = tmp_path / f"store{attempt}"
+        go, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_open_and_record, args=(str(root), go, out)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        go.set()
+        for p in procs:
+            p.join(60)
+        assert [out.get(timeout=5) for _ in procs] == ["ok"] * 6
+        assert len(Store(root).experiments()) == 6
+
+
 OLD_SCHEMA = """
 CREATE TABLE experiments (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, family TEXT NOT NULL, model TEXT NOT NULL,
