@@ -127,7 +127,7 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
     import torch
 
     from core.backbones import build_model, input_normalization
-    from core.cnn.inputs import class_probabilities
+    from core.cnn.inputs import network_probabilities
     from core.cnn.recipes import get_recipe
     from core.cnn.runtime import local_runtime
     from core.dataset import prepare_dataset
@@ -141,8 +141,8 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
     started = time.perf_counter()
     predicted, truth = [], []
     for images, counts in dataset.batches("test", size, batch_size=EVAL_BATCH):
-        probs = class_probabilities(model, torch.from_numpy(images).to(runtime.device), normalization, recipe.tta,
-                                    runtime.autocast())
+        probs = network_probabilities(model, torch.from_numpy(images).to(runtime.device), normalization, recipe.tta,
+                                      runtime.autocast())
         predicted.append(probs.argmax(dim=1).cpu().numpy())
         truth.append(counts)
     seconds = time.perf_counter() - started
