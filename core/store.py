@@ -143,8 +143,9 @@ class Store:
         with closing(sqlite3.connect(self.path, timeout=30)) as db:
             if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                 return
-        with exclusive_lock(self.root / "locks" / "journal.lock"), closing(sqlite3.connect(self.path, timeout=30)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        with exclusive_lock(self.root / "locks" / "journal.lock"):
+            with closing(sqlite3.connect(self.path, timeout=30)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
 
     def _migrate(self) -> None:
         """Create or bring the schema up to date; a store already current is only read."""
