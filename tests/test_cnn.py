@@ -11,7 +11,7 @@ from core.backbones import build_model, input_normalization
 from core.calibration import apply_calibration
 from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
 from core.cnn.checkpoint import CHECKPOINT
-from core.cnn.inputs import random_flip, to_model_input
+from core.cnn.inputs import random_flip, random_rotation, to_model_input
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer
 from core.dataset import prepare_dataset
 from core.store import Store
@@ -45,6 +45,16 @@ def test_random_flip_mirrors_some_images_only():
     mirrored = [torch.equal(f, i.flip(1)) for f, i in zip(flipped, images, strict=True)]
     unchanged = [torch.equal(f, i) for f, i in zip(flipped, images, strict=True)]
     assert all(m or u for m, u in zip(mirrored, unchanged, strict=True)) and any(mirrored) and any(unchanged)
+
+
+def test_random_rotation_turns_each_image_by_a_quarter_turn_multiple():
+    images = torch.randint(0, 256, (64, 4, 4, 3), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    turned = random_rotation(images, torch.Generator().manual_seed(0))
+    turns = [next(k for k in range(4) if torch.equal(t, i.rot90(k, dims=(0, 1))))
+             for t, i in zip(turned, images, strict=True)]
+    assert set(turns) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="square"):
+        random_rotation(images[:, :, :3], torch.Generator())
 
 
 def test_lr_schedules():
@@ -151,6 +161,7 @@ def test_train_records_conventions_and_serves_the_same_predictions(tiny_collecti
                          {"epochs": 1, "image_size": 48, "differential": True, "lr": 1e-3})),
     ("quick", tiny({"epochs": 1, "image_size": 32, "lr": 1e-3}, {"epochs": 1, "image_size": 48, "lr": 1e-3},
                    tta=False, flip=False, count_weight=0.5, class_weights="balanced")),
+    ("quick", tiny({"epochs": 1, "image_size": 32, "lr": 1e-3}, rotate=True)),
 ])
 def test_each_recipe_runs_a_step_or_two(tiny_collection, store, preset, overrides):
     recipe = get_recipe(preset, overrides)

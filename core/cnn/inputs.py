@@ -35,6 +35,23 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(mirror.view(-1, 1, 1, 1).to(images.device), images.flip(2), images)
 
 
+def random_rotation(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Turn each square uint8 (N, S, S, 3) image by a random multiple of 90 degrees.
+
+    Bins are photographed from above, so a turned bin is still a bin with the same count; with
+    `random_flip` this covers all eight symmetries of the square and crops nothing out.
+    """
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"90-degree turns need square images, got {tuple(images.shape[1:3])}")
+    turns = torch.randint(0, 4, (images.shape[0],), generator=generator)
+    out = images.clone()
+    for k in (1, 2, 3):
+        chosen = (turns == k).nonzero().flatten().to(images.device)
+        if len(chosen):
+            out[chosen] = images[chosen].rot90(k, dims=(1, 2))
+    return out
+
+
 @torch.no_grad()
 def network_probabilities(model: nn.Module, images: torch.Tensor, normalization: Normalization, tta: bool,
                         autocast: AbstractContextManager | None = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from core.backbones import input_normalization, set_body_trainable
 from core.cnn.checkpoint import BEST, FitState, load_checkpoint, load_state_dict, save_checkpoint, save_state_dict
 from core.cnn.evaluate import confusion_summary, predict, score
-from core.cnn.inputs import CachedImages, batches, random_flip
+from core.cnn.inputs import CachedImages, batches, random_flip, random_rotation
 from core.cnn.lr_finder import LRCurve, lr_sweep
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer, set_lr
 from core.cnn.recipes import MONITORS, Phase, Recipe
@@ -110,6 +110,8 @@ class Trainer:
             set_lr(optimizer, lr_factor(self.recipe, t0 + i / len(loader), phase.epochs))
             if self.recipe.flip:
                 images = random_flip(images, flips)
+            if self.recipe.rotate:
+                images = random_rotation(images, flips)
             loss, logits = train_step(model, images, counts, self.loss_fn, optimizer, self.runtime,
                                       self.normalization)
             counts = counts.to(self.runtime.device)

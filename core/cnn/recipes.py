@@ -52,6 +52,7 @@ class Recipe:
     label_smoothing: float = 0.0
     ordinal_sigma: float = 0.0  # > 0: soft targets spread over neighbouring counts (Gaussian of this width)
     flip: bool = True  # random horizontal flips while training
+    rotate: bool = False  # random 90-degree turns too (with flips: the 8 symmetries of a square bin)
     tta: bool = True  # average predictions over the image and its mirror
     monitor: str = "val_loss"  # validation metric for early stopping and for the kept weights
     patience: int = 3  # epochs without improvement that end a phase
