@@ -354,11 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Cross-validated grid search on the train split, one test evaluation; "
                                    "a configuration already trained on the same data is served from the store.")
     p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
-    p.add_argument("--suite", help="a suite from core/classical.py SUITES: paper-classical (Tables I and II), default")
-    p.add_argument("--features", default="hog", help="raw, hog or blobs (default: hog)")
+    p.add_argument("--suite", help="a suite from core/classical/suites.py: paper-classical (Tables I and II), "
+                                    "default, cnn-features")
+    p.add_argument("--features", default="hog",
+                   help="raw, hog, blobs or cnn (a frozen ImageNet network's features) (default: hog)")
     p.add_argument("--feature-params", help='JSON, e.g. \'{"size": 64, "edges": "sobel"}\'')
     p.add_argument("--pca", type=int, help="add a randomized PCA with at most this many components (e.g. 1000)")
-    p.add_argument("--model", default="svc", help="logreg, tree, linearsvc, nusvc, svc (RBF), svc-poly, svc-linear")
+    p.add_argument("--model", default="svc",
+                   help="logreg, tree, linearsvc, nusvc, svc (RBF), svc-poly, svc-linear, sgd-rbf")
     p.add_argument("--grid",
                    help='JSON dict or list of dicts of value lists, e.g. \'{"C": [1, 10], "gamma": ["scale"]}\'')
     p.add_argument("--folds", type=int, help="cross-validation folds (default: 10, fewer if a class is smaller)")

@@ -12,6 +12,7 @@ from core.classical import features
 from core.classical.features import (
     BlobFeatures,
     CappedPCA,
+    CnnEmbeddings,
     HogFeatures,
     RawPixels,
     extract,
@@ -89,9 +90,10 @@ def test_capped_pca_uses_randomized_solver_and_caps_components():
     assert CappedPCA(n_components=5).fit(X).transform(X).shape == (20, 5)
 
 
-def test_make_extractor_knows_the_three_features():
+def test_make_extractor_knows_every_feature():
     assert isinstance(make_extractor("hog", size=32), HogFeatures)
     assert isinstance(make_extractor("blobs"), BlobFeatures)
+    assert isinstance(make_extractor("cnn"), CnnEmbeddings)
     with pytest.raises(ValueError, match="unknown features"):
         make_extractor("sift")
 
@@ -112,3 +114,24 @@ def test_feature_matrix_is_computed_once_per_setting(tmp_path, monkeypatch):
     np.testing.assert_array_equal(feature_matrix(RawPixels(size=8), images, tmp_path, progress=False), first)
     with pytest.raises(pytest.fail.Exception):
         feature_matrix(RawPixels(size=6), images, tmp_path, progress=False)  # another setting: another file
+
+
+def test_cnn_embeddings_are_the_pretrained_networks_pooled_features():
+    images = photos(5, 64)
+    rows = CnnEmbeddings("efficientnet_lite0").transform(images)
+    assert rows.shape == (5, 1280) and rows.dtype == np.float32
+    assert np.isfinite(rows).all() and (rows >= 0).all()  # pooled after a ReLU6
+    assert not np.allclose(rows[0], rows[1])  # different photos, different features
+    np.testing.assert_allclose(CnnEmbeddings().transform(images[:2]), rows[:2], rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_embeddings_refuse_a_backbone_without_imagenet_weights(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(features, "build_model", lambda *a, **k: (torch.nn.Identity(), "random init: offline"))
+    features._frozen_network.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="no ImageNet weights"):
+            CnnEmbeddings("resnet18").transform(photos(1, 32))
+    finally:
+        features._frozen_network.cache_clear()

@@ -1,6 +1,8 @@
 """train.py's command line: preset choices in --help, a clear error for an unknown preset, --store."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import train
@@ -18,6 +20,17 @@ def test_help_lists_every_preset_with_its_notes(command, capsys):
     lines = capsys.readouterr().out.splitlines()
     for name, recipe in PRESETS.items():
         assert any(line.split() and line.split()[0] == name and recipe.notes in line for line in lines), name
+
+
+def test_classical_help_names_every_suite_feature_and_model(capsys):
+    from core.classical.features import EXTRACTORS
+    from core.classical.models import MODELS
+    from core.classical.suites import SUITES
+
+    with pytest.raises(SystemExit):
+        train.main(["classical", "--help"])
+    words = set(re.findall(r"[\w-]+", capsys.readouterr().out))
+    assert set(SUITES) | set(EXTRACTORS) | set(MODELS) <= words
 
 
 def test_unknown_preset_is_a_one_line_error_not_a_traceback(capsys):

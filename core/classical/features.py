@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+import torch
 from joblib import Parallel, delayed
 from skimage.color import rgb2gray
 from skimage.feature import blob_log, canny, hog
@@ -25,6 +27,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
+from core.backbones import backbone, build_model, input_normalization
+from core.cnn.inputs import to_model_input
 from core.files import atomic_path
 
 CHUNK = 64
@@ -173,7 +177,41 @@ class CappedPCA(TransformerMixin, BaseEstimator):
         return self.pca_.transform(X)
 
 
-EXTRACTORS: dict[str, type[ImageFeatures]] = {"raw": RawPixels, "hog": HogFeatures, "blobs": BlobFeatures}
+@cache
+def _frozen_network(name: str) -> torch.nn.Module:
+    """An ImageNet-pretrained backbone in eval mode, once per process."""
+    model, weights = build_model(name, 1000, pretrained=True)
+    if weights.startswith("random init"):
+        raise ValueError(f"{name} has no ImageNet weights here ({weights}); random features are no features: "
+                         "use an efficientnet_lite backbone, whose weights load offline")
+    return model.eval()
+
+
+class CnnEmbeddings(ImageFeatures):
+    """What a frozen ImageNet network sees: the pooled features its classifier reads.
+
+    The paper's SVMs on learnt instead of hand-made features. The photos are used at the size
+    the experiment's image cache holds (`image_size`); nothing is trained here.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0"):
+        self.backbone = backbone
+
+    def _features(self, images: np.ndarray) -> np.ndarray:
+        model, captured = _frozen_network(self.backbone), []
+        hook = backbone(self.backbone).head(model).register_forward_hook(
+            lambda module, inputs, output: captured.append(inputs[0].flatten(1)))
+        try:
+            with torch.no_grad():
+                model(to_model_input(torch.from_numpy(np.ascontiguousarray(images)),
+                                     input_normalization(self.backbone)))
+        finally:
+            hook.remove()
+        return captured[0].float().numpy()
+
+
+EXTRACTORS: dict[str, type[ImageFeatures]] = {"raw": RawPixels, "hog": HogFeatures, "blobs": BlobFeatures,
+                                              "cnn": CnnEmbeddings}
 
 
 def make_extractor(name: str, **params) -> ImageFeatures:
