@@ -40,13 +40,22 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from core.dataset import prepare_dataset
 
     dataset = prepare_dataset(data_dir(args.data), image_size=args.size, max_count=args.max_count,
-                              store_root=args.store)
+                              store_root=args.store, recheck=args.recheck)
     print(json.dumps(dataset.summary(), indent=2))
     for row in dataset.collection.skipped.head(20).itertuples():
         print(f"skipped {row.path}: {row.reason}")
     if args.export_split:
         dataset.table[["image_id", "split"]].to_csv(args.export_split, index=False)
         print(f"split of {len(dataset.table)} photos -> {args.export_split}")
+
+
+def recheck_if_asked(args: argparse.Namespace, root: Path) -> None:
+    """--recheck: stat every photo of `root` and re-read the changed ones first, so the training's
+    own load sees files rewritten in place too (see `core.index`)."""
+    if args.recheck:
+        from core.dataset import recheck_collection
+
+        recheck_collection(root, args.store)
 
 
 def cmd_classical(args: argparse.Namespace) -> None:
@@ -62,6 +71,7 @@ def cmd_classical(args: argparse.Namespace) -> None:
             sys.exit(f"{flag} must be JSON ({err}): {text!r}")
 
     store, root, started = Store(args.store), data_dir(args.data), time.perf_counter()
+    recheck_if_asked(args, root)
     options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv}
     options = {k: v for k, v in options.items() if v is not None}
     common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet}
@@ -212,8 +222,9 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     from core.cnn import train_cnn
     from core.store import Store
 
-    store = Store(args.store)
-    exp_id = train_cnn(data_dir(args.data), args.preset, store, parse_overrides(args.set), progress=not args.quiet,
+    store, root = Store(args.store), data_dir(args.data)
+    recheck_if_asked(args, root)
+    exp_id = train_cnn(root, args.preset, store, parse_overrides(args.set), progress=not args.quiet,
                        cv=args.cv)
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -255,8 +266,9 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     from core.cnn import find_lr
     from core.store import Store
 
-    store = Store(args.store)
-    exp_id = find_lr(data_dir(args.data), args.preset, store, parse_overrides(args.set), progress=not args.quiet)
+    store, root = Store(args.store), data_dir(args.data)
+    recheck_if_asked(args, root)
+    exp_id = find_lr(root, args.preset, store, parse_overrides(args.set), progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         curve = store.lr_curves(exp_id)[0]
         print(f"{exp_id}: {len(curve['lrs'])} steps from {curve['lrs'][0]:.1e} to {curve['lrs'][-1]:.1e}, "
@@ -277,6 +289,7 @@ def cmd_suite(args: argparse.Namespace) -> None:
         if root is None:
             return
     print(f"data: {root}")
+    recheck_if_asked(args, root)
     run_default_suite(root, store=Store(args.store),
                       cnn_overrides=json.loads(args.cnn_overrides) if args.cnn_overrides else None,
                       classical_overrides=json.loads(args.classical_overrides) if args.classical_overrides else None)
@@ -285,6 +298,12 @@ def cmd_suite(args: argparse.Namespace) -> None:
 def add_store_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, metavar="DIR",
                         help="experiment store: database, models, image caches (default: BINSIGHT_STORE, else models/)")
+
+
+def add_recheck_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recheck", action="store_true",
+                        help="stat every photo, not only those in folders changed since the last load: "
+                             "sees files rewritten in place (without a rename)")
 
 
 def presets_epilog() -> str:
@@ -347,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-count", type=int, default=MAX_COUNT)
     p.add_argument("--export-split", metavar="FILE.csv", help="write image_id,split of every usable photo")
     add_store_flag(p)
+    add_recheck_flag(p)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("classical",
@@ -374,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross-validate: K models on K folds of train+val (K defaults to 5), served as an ensemble")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_store_flag(p)
+    add_recheck_flag(p)
     p.set_defaults(func=cmd_classical)
 
     p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)")
@@ -385,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with no data folder: how many ABID bins to fetch first (spread over the id range)")
     p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where to fetch them from")
     add_store_flag(p)
+    add_recheck_flag(p)
     p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser("gc", help="remove image caches no experiment uses, and report what that frees")
@@ -438,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
                            help="cross-validate: K models on K folds of train+val (K defaults to 5), one ensemble")
         add_store_flag(p)
+        add_recheck_flag(p)
         p.set_defaults(func=func)
     return parser
 

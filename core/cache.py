@@ -121,9 +121,10 @@ def cached_images(folder: Path, size: int, rows: np.ndarray, paths: Sequence[str
     with _locked(folder) as db:
         total = db.execute("SELECT COALESCE(MAX(row), -1) + 1 FROM rows").fetchone()[0]
         done = np.fromiter((r for (r,) in db.execute("SELECT row FROM decoded WHERE size = ?", (size,))), np.int64)
-        todo = np.flatnonzero(~np.isin(rows, done))  # only these become Python objects
-        todo_paths = (paths if isinstance(paths, pd.Series) else pd.Series(paths)).iloc[todo].tolist()
-        jobs = sorted({(int(r), str(p)) for r, p in zip(rows[todo], todo_paths, strict=True)})
+        todo = np.flatnonzero(~np.isin(rows, done))
+        todo_rows, first = np.unique(rows[todo], return_index=True)  # each row once (a row is one file version)
+        todo_paths = (paths if isinstance(paths, pd.Series) else pd.Series(paths)).iloc[todo[first]]
+        jobs = list(zip(todo_rows.tolist(), map(str, todo_paths), strict=True))  # only these become Python objects
         target = cache_file(folder, size)
         if not target.exists() or target.stat().st_size < total * size * size * 3:
             with open(target, "ab") as fh:  # grow (sparsely); never shrink what others may be reading

@@ -12,8 +12,9 @@ import csv
 import hashlib
 import json
 import os
-import warnings
+import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from core.config import MAX_COUNT
 from core.images import check_header
-from core.index import ITEMS, SCHEMA, STAMP, read_index, stat_files, write_index
+from core.index import ITEMS, SCHEMA, STAMP, IndexWriter, dir_stamp, read_index, stat_files, trusted_dirs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
@@ -229,62 +230,132 @@ def _probe(entry: Entry) -> Probe:
     return Probe(None, count, items, digest)
 
 
-def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool) -> tuple[pa.Table, np.ndarray]:
+def _parents(paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The directory of each path (null stays null)."""
+    return pc.replace_substring_regex(paths, r"/[^/]*$", "", max_replacements=1)
+
+
+def _dirs(paths: pa.ChunkedArray) -> list[str]:
+    """The directories holding `paths` (nulls left out), found a chunk at a time."""
+    dirs: dict[str, None] = {}
+    for start in range(0, len(paths), PROBE_CHUNK):
+        chunk = paths.slice(start, PROBE_CHUNK).drop_null()
+        dirs.update(dict.fromkeys(pc.unique(_parents(chunk)).to_pylist()))
+    return list(dirs)
+
+
+def _dir_stamps(listing: pa.Table) -> dict[str, list[int]]:
+    """The stamp of every directory holding an image or metadata file `listing` names."""
+    return {d: dir_stamp(d) for d in dict.fromkeys(_dirs(listing["path"]) + _dirs(listing["meta"]))}
+
+
+def _reusable(listing: pa.Table, at: np.ndarray, trusted: dict[str, bool]) -> np.ndarray:
+    """Which rows of `listing` are in the index with both files in trusted directories: their
+    recorded stamps hold without a stat (see `core.index.trusted_dirs`)."""
+    if trusted and all(trusted.values()):  # the index's rows all lie in its recorded directories
+        return at >= 0
+    if not any(trusted.values()):
+        return np.zeros(len(at), bool)
+    ok = pa.array([d for d, yes in trusted.items() if yes], pa.string())
+
+    def inside(column: str) -> np.ndarray:  # no file (null) is inside
+        dirs = _parents(listing[column])
+        return pc.or_(pc.is_null(dirs), pc.is_in(dirs, value_set=ok)).to_numpy(zero_copy_only=False)
+
+    return (at >= 0) & inside("path") & inside("meta")
+
+
+def _stamps(listing: pa.Table, recorded: np.ndarray, at: np.ndarray, reuse: np.ndarray) -> np.ndarray:
+    """`STAMP` of every listed photo: `recorded` (the index's, by index row) where `reuse`, stat'ed otherwise."""
+    stamps = np.empty((len(listing), 4), np.int64)
+    stamps[reuse] = recorded[at[reuse]]
+    stat = np.flatnonzero(~reuse)
+    if len(stat):
+        paths = listing.select(["path", "meta"]).take(stat)
+        stamps[stat] = np.hstack([stat_files(paths["path"]), stat_files(paths["meta"])])
+    return stamps
+
+
+def _probed(listing: pa.Table, stamps: np.ndarray, chunk: np.ndarray) -> pa.Table:
+    """The index rows (`SCHEMA`) of `listing`'s rows `chunk`, read from their files."""
+    probes = [_probe(_entry(row)) for row in listing.take(chunk).to_pylist()]
+    return pa.table({"path": listing["path"].take(chunk), **dict(zip(STAMP, stamps[chunk].T, strict=True)),
+                     "problem": [p.problem for p in probes], "count": [p.count for p in probes],
+                     "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA)
+
+
+def _in_order(listing: pa.Table, known: pa.Table, at: np.ndarray, stamps: np.ndarray, rows: np.ndarray,
+              stale: np.ndarray, bar: tqdm) -> Iterator[pa.Table]:
+    """The index rows of `listing`'s `rows`, in listing order, a window at a time: taken from
+    `known` where unchanged, read from the files where `stale`. Python objects and item lists
+    exist for one window at a time, never for the whole collection, and a window of unchanged
+    rows in index order is a slice of the memory-mapped index, not a copy."""
+    for start in range(0, len(rows), PROBE_CHUNK):
+        window = rows[start:start + PROBE_CHUNK]
+        old, new = window[~stale[window]], window[stale[window]]
+        if not len(new) and np.array_equal(at[old], np.arange(at[old[0]], at[old[0]] + len(old))):
+            yield known.slice(at[old[0]], len(old))
+            continue
+        lo, hi = (int(at[old].min()), int(at[old].max()) + 1) if len(old) else (0, 0)
+        # a take on a slice: a take on the whole table would first copy every batch of the mapped index into one
+        part = pa.concat_tables([known.slice(lo, hi - lo).take(at[old] - lo), _probed(listing, stamps, new)])
+        bar.update(len(new))
+        yield part.take(np.argsort(np.concatenate([old, new]), kind="stable")) if len(old) and len(new) else part
+
+
+def _release() -> None:
+    """Hand back the memory Arrow has freed: its allocator keeps freed pages for reuse, so one phase's
+    hash tables and copies would otherwise stay resident under the next phase's peak."""
+    pa.default_memory_pool().release_unused()
+
+
+def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool,
+           recheck: bool) -> tuple[pa.Table, np.ndarray]:
     """What the files of `listing`'s photos say (the index's columns, `items` if asked) for those whose
-    image exists, and their rows in `listing`. Only new or changed files are read; the index is
-    brought up to date. Vectorised in Arrow: an unchanged rescan costs two stats per photo."""
-    stamps = np.hstack([stat_files(listing["path"]), stat_files(listing["meta"])])
-    known = read_index(index, items) if index else read_index(Path(), items)
+    image exists, in listing order, and their rows in `listing`. Only new or changed files are read;
+    the index is brought up to date. Files in directories the index trusts are not even stat'ed
+    unless `recheck`: an unchanged rescan costs a few directory stats."""
+    started = time.time_ns()  # before any stat: what the index will trust is judged against it
+    known = read_index(index, items=True) if index else SCHEMA.empty_table()
+    trusted = trusted_dirs(known)
     at = pc.index_in(listing["path"], value_set=known["path"]).to_numpy(zero_copy_only=False)
     at = np.nan_to_num(at, nan=-1).astype(np.int64)  # -1: not in the index
+    recorded = np.column_stack([known[c].to_numpy() for c in STAMP]) if len(known) else np.empty((0, 4), np.int64)
+    reuse = np.zeros(len(at), bool) if recheck else _reusable(listing, at, trusted)
+    stamps = _stamps(listing, recorded, at, reuse)
+    _release()
     same = np.zeros(len(listing), bool)
-    old = np.column_stack([known[c].to_numpy() for c in STAMP]) if len(known) else np.empty((0, 4), np.int64)
-    same[at >= 0] = (old[at[at >= 0]] == stamps[at >= 0]).all(axis=1)
-    found = stamps[:, 0] >= 0
-    unchanged, stale = np.flatnonzero(found & same), np.flatnonzero(found & ~same)
-    parts = [SCHEMA.empty_table()]
-    with tqdm(total=len(stale), desc="reading new or changed photos", unit="img",
-              disable=not progress or len(stale) < 1000) as bar:
-        for start in range(0, len(stale), PROBE_CHUNK):  # Python objects for one chunk at a time
-            chunk = stale[start:start + PROBE_CHUNK]
-            probes = [_probe(_entry(row)) for row in listing.take(chunk).to_pylist()]
-            parts.append(pa.table({
-                "path": listing["path"].take(chunk), **dict(zip(STAMP, stamps[chunk].T, strict=True)),
-                "problem": [p.problem for p in probes], "count": [p.count for p in probes],
-                "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA))
-            bar.update(len(chunk))
-    fresh = pa.concat_tables(parts).combine_chunks()
-    rows = np.concatenate([unchanged, stale])
-    in_order = bool(np.all(rows[1:] > rows[:-1]))
-    if len(stale) == 0 and len(known) == len(unchanged) and np.array_equal(at[unchanged], np.arange(len(known))):
-        facts = known  # the usual rescan: nothing changed, and the index is in listing order
-    else:
-        facts = pa.concat_tables([known.take(at[unchanged]), fresh.select(known.column_names)])
-        if not in_order:
-            facts, rows = facts.take(np.argsort(rows, kind="stable")), np.sort(rows)
-    if index and (len(stale) or len(unchanged) != len(known) or not index.is_file()):
-        full = known if items else read_index(index, items=True)
-        kept = pc.index_in(listing["path"].take(unchanged), value_set=full["path"]).to_numpy(zero_copy_only=False)
-        gone = np.isnan(kept)  # the index changed under us: those are read again next time
-        take = np.concatenate([kept[~gone].astype(np.int64), len(full) + np.arange(len(stale))])
-        order = np.argsort(np.concatenate([unchanged[~gone], stale]), kind="stable")  # listing order
-        source, picks = pa.concat_tables([full, fresh.select(full.column_names)]), take[order]
-        try:  # in listing order, a slice at a time
-            write_index(index, (source.take(picks[i:i + PROBE_CHUNK])
-                                for i in range(0, max(len(picks), 1), PROBE_CHUNK)))
-        except OSError as err:  # a read-only store: work on, but say why it is slow
-            warnings.warn(f"collection index {index} not updated ({err}); the next load reads every file again",
-                          stacklevel=3)
-    return facts, rows
+    same[at >= 0] = (recorded[at[at >= 0]] == stamps[at >= 0]).all(axis=1)
+    rows = np.flatnonzero(stamps[:, 0] >= 0)
+    stale = ~same
+    lean = known.column_names if items else [c for c in known.column_names if c != ITEMS]
+    if not stale[rows].any() and len(rows) == len(known) and np.array_equal(at[rows], np.arange(len(known))):
+        if index and not (trusted and all(trusted.values())):  # record today's directory stamps for the next load
+            with IndexWriter(index, _dir_stamps(listing), started) as writer:
+                for start in range(0, len(known), PROBE_CHUNK):
+                    writer.write(known.slice(start, PROBE_CHUNK))
+        return known.select(lean), rows  # the usual rescan: nothing changed
+    kept = [known.select(lean).slice(0, 0)]
+    with (tqdm(total=int(stale[rows].sum()), desc="reading new or changed photos", unit="img",
+               disable=not progress or stale[rows].sum() < 1000) as bar,
+          IndexWriter(index, _dir_stamps(listing), started) if index else nullcontext() as writer):
+        for part in _in_order(listing, known, at, stamps, rows, stale, bar):
+            if writer is not None:
+                writer.write(part)
+            kept.append(part.select(lean))
+    return pa.concat_tables(kept).combine_chunks(), rows  # a copy, so the mapped index (paged in whole) is let go
 
 
 def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | None = None,
-                    progress: bool = False, items: bool = True, open_top: bool = False) -> Collection:
+                    progress: bool = False, items: bool = True, open_top: bool = False,
+                    recheck: bool = False) -> Collection:
     """Read a labelled collection; images with counts above `max_count` are left out and counted,
     or, with `open_top`, kept with the label `max_count + 1`: the open class "more than max_count".
 
     With `index` (a file, see `core.index`), only files that are new or changed since the last
-    load are read; the rest is taken from the index, bad files included (still reported).
+    load are read; the rest is taken from the index, bad files included (still reported). Files in
+    directories unchanged since the index was written are not even stat'ed (see `core.index`), so
+    a file rewritten in place, without a rename, is only seen with `recheck`, which stats every file.
     `items=False` leaves out the `items` column (item lists from the metadata), which only the
     dashboard reads: at ABID scale it is the largest thing a collection holds.
     """
@@ -310,7 +381,8 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
         skipped += [(p, f"duplicate image id {i}")
                     for p, i, t in zip(listing["path"].to_pylist(), ids, twice, strict=True) if t]
         listing = listing.filter(~twice)
-    facts, rows = _facts(listing, index, progress, items)
+    _release()
+    facts, rows = _facts(listing, index, progress, items, recheck)
     reason = np.full(len(listing), "file not found", dtype=object)
     reason[rows] = facts["problem"].to_numpy(zero_copy_only=False)
     bad = pd.notna(reason)

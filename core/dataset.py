@@ -100,6 +100,13 @@ def collection_folder(root: str | Path, store_root: Path | None = None) -> Path:
     return folder
 
 
+def recheck_collection(root: str | Path, store_root: Path | None = None) -> None:
+    """Stat every file of the collection at `root` and bring its index up to date, so later loads
+    (which trust unchanged directories, see `core.index`) see files rewritten in place too."""
+    load_collection(root, max_count=10**6, index=collection_folder(root, store_root) / "index.arrow", items=False,
+                    recheck=True)
+
+
 def data_fingerprint(table: pd.DataFrame) -> str:
     """Identifies this version of the data: changes when a photo, its label or the set of photos changes."""
     ordered = table.sort_values("image_id")
@@ -117,6 +124,7 @@ def prepare_dataset(
     store_root: Path | None = None,
     progress: bool = True,
     open_top: bool = False,
+    recheck: bool = False,
 ) -> Dataset:
     """Load `root` (re-reading only changed files), grow its cache at `image_size`, and split it.
 
@@ -124,10 +132,11 @@ def prepare_dataset(
     adding photos never moves old ones and near-duplicates stay on one side.
     Images that fail to decode are dropped and added to `collection.skipped`. With `open_top`,
     bins of more than `max_count` items form one more class, if the collection has any.
+    `recheck` stats every file, to see files rewritten in place (see `load_collection`).
     """
     folder = collection_folder(root, store_root)
     collection = load_collection(root, max_count, index=folder / "index.arrow", progress=progress, items=False,
-                                 open_top=open_top)
+                                 open_top=open_top, recheck=recheck)
     table = collection.table.reset_index(drop=True).copy()
     table["row"] = assign_rows(folder, table)
     _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"], progress=progress)

@@ -7,12 +7,22 @@ the image and of its metadata file (its stamp), so a rescan only stats files and
 new or changed. The file is columnar and memory-mapped, so a rescan reads it in one vectorised
 pass without a Python object per photo, and the item lists (the largest column, read only by the
 dashboard) stay on disk unless asked for.
+
+Like git's untracked cache, the file's schema metadata also records the stamp of every directory
+holding indexed files and when the scan that wrote it started. A directory whose stamp is unchanged,
+and was already at least `TRUST_MARGIN_NS` older than that scan, has had no file added, removed or
+renamed since, so its files' recorded stamps are reused without stat'ing them (`trusted_dirs`). The
+margin is git's "racily clean" rule: a change made in the same timestamp tick as the scan would not
+move the directory's mtime visibly. A file rewritten in place (same name, no rename) does not change
+its directory, so only a full re-check sees it (`load_collection(recheck=True)`, `--recheck`).
+An index written before directory stamps existed reads as having none: every file is stat'ed.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import warnings
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,14 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc  # noqa: F401 - pa.ipc
 
-from core.files import atomic_path
-
 STAMP = ["bytes", "mtime_ns", "meta_bytes", "meta_mtime_ns"]  # -1 where the file (or its metadata) is missing
 PROBE = ["problem", "count", "digest"]  # why it is unusable (null if usable), the metadata's count (-1: none), hash
 ITEMS = "items"  # the metadata's items as a JSON list ("" if none)
 SCHEMA = pa.schema([("path", pa.string()), *[(c, pa.int64()) for c in STAMP], ("problem", pa.string()),
                     ("count", pa.int64()), ("digest", pa.string()), (ITEMS, pa.string())])
 STAT_CHUNK = 4096  # paths stat'ed per thread task
+DIRS, STARTED = b"binsight.dirs", b"binsight.scan_started_ns"  # schema metadata: directory stamps, scan start
+TRUST_MARGIN_NS = 2_000_000_000  # a directory is trusted only if its mtime is this much older than the scan
 
 
 def read_index(path: Path, items: bool = False) -> pa.Table:
@@ -46,12 +56,78 @@ def read_index(path: Path, items: bool = False) -> pa.Table:
     return schema.empty_table()
 
 
-def write_index(path: Path, parts: Iterable[pa.Table]) -> None:
-    """Replace the index with the rows of `parts` (tables with `SCHEMA`'s columns), written one part
-    at a time, in one atomic step: a reader or a crash sees the old file or the new one."""
-    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-        for part in parts:
-            writer.write_table(part.select(SCHEMA.names).cast(SCHEMA))
+def dir_stamp(path: str) -> list[int]:
+    """A directory's (mtime_ns, inode, size), all -1 if it is missing: any file added, removed or
+    renamed in it changes the mtime, a directory put in its place changes the inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1, -1]
+    return [st.st_mtime_ns, st.st_ino, st.st_size]
+
+
+def trusted_dirs(index: pa.Table) -> dict[str, bool]:
+    """Each directory `index` (from `read_index`) recorded, and whether its files' recorded stamps
+    still hold without stat'ing them: its stamp is unchanged and was older than the recording scan
+    by `TRUST_MARGIN_NS`. Empty for an index without directory stamps (an older layout)."""
+    meta = index.schema.metadata or {}
+    if DIRS not in meta or STARTED not in meta:
+        return {}
+    started, dirs = int(meta[STARTED]), json.loads(meta[DIRS])
+    return {d: stamp[0] < started - TRUST_MARGIN_NS and dir_stamp(d) == stamp for d, stamp in dirs.items()}
+
+
+class IndexWriter:
+    """Writes a new index a part at a time (tables with `SCHEMA`'s columns, rows in listing order);
+    it replaces the old file in one atomic step when the block ends without error, so a reader or a
+    crash sees the old file or the new one. `dirs` (directory -> `dir_stamp`) and `started` (when
+    the scan began, ns) go into the schema metadata. A store that cannot be written (read-only,
+    full) is warned about once; loading works on, and the next load reads every file again."""
+
+    def __init__(self, path: Path, dirs: dict[str, list[int]], started: int) -> None:
+        self.path = path
+        self.tmp: str | None = None
+        self.schema = SCHEMA.with_metadata({DIRS: json.dumps(dirs), STARTED: str(started)})
+        self.sink: pa.OSFile | None = None
+        self.writer: pa.ipc.RecordBatchFileWriter | None = None
+
+    def __enter__(self) -> IndexWriter:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            os.close(fd)
+            self.sink = pa.OSFile(self.tmp, "wb")
+            self.writer = pa.ipc.new_file(self.sink, self.schema)
+        except OSError as err:
+            self._fail(err)
+        return self
+
+    def write(self, part: pa.Table) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.write_table(part.select(SCHEMA.names).cast(SCHEMA))
+            except OSError as err:
+                self._fail(err)
+
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
+        try:
+            if self.writer is not None:
+                self.writer.close()
+                self.sink.close()  # type: ignore[union-attr]  # open while the writer is
+                if failed is None:
+                    os.replace(self.tmp, self.path)  # type: ignore[arg-type]  # made with the writer
+        except OSError as err:
+            self._fail(err)
+        finally:
+            if self.tmp is not None and os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+
+    def _fail(self, err: OSError) -> None:
+        warnings.warn(f"collection index {self.path} not updated ({err}); the next load reads every file again",
+                      stacklevel=4)
+        self.writer = None
+        if self.sink is not None:
+            self.sink.close()
 
 
 def _stat_chunk(paths: pa.Array) -> np.ndarray:

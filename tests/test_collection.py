@@ -11,8 +11,14 @@ import pandas as pd
 import pytest
 
 from core.collection import DataError, assign_splits, load_collection, parse_count
-from core.dataset import prepare_dataset
-from tests.builders import bin_photo, requires_sample, write_abid_collection, write_manifest_collection
+from core.dataset import prepare_dataset, recheck_collection
+from tests.builders import (
+    bin_photo,
+    requires_sample,
+    settle_folders,
+    write_abid_collection,
+    write_manifest_collection,
+)
 
 
 def test_manifest_layout(tiny_collection):
@@ -265,3 +271,14 @@ def test_counts_are_whole_numbers_whatever_the_layout(tmp_path):
     manifest = load_collection(write_manifest_collection(tmp_path / "manifest", per_class=1))
     for table in (abid.table, manifest.table):
         assert table["count"].dtype == np.int64
+
+
+def test_recheck_collection_lets_later_loads_see_edits_in_place(tmp_path):
+    root = write_abid_collection(tmp_path / "abid", [1, 2, 3])
+    settle_folders(root / "bin-images", root / "metadata")
+    store = tmp_path / "store"
+    assert len(prepare_dataset(root, image_size=32, store_root=store, progress=False).table) == 3
+    (root / "metadata" / "3.json").write_text(json.dumps({"EXPECTED_QUANTITY": 9}))  # in place: out of range now
+    assert len(prepare_dataset(root, image_size=32, store_root=store, progress=False).table) == 3
+    recheck_collection(root, store)
+    assert len(prepare_dataset(root, image_size=32, store_root=store, progress=False).table) == 2

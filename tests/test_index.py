@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import pyarrow as pa
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import core.collection
 import core.index
 from core.collection import load_collection
-from tests.builders import bin_photo, write_abid_collection
+from tests.builders import bin_photo, settle_folders, write_abid_collection, write_manifest_collection
 
 
 @pytest.fixture
@@ -125,3 +126,133 @@ def test_stat_files_matches_os_stat_on_every_thread(tmp_path, monkeypatch):
             assert (size, mtime) == (-1, -1)
         else:
             assert (size, mtime) == (os.stat(path).st_size, os.stat(path).st_mtime_ns)
+
+
+@pytest.fixture
+def stats(monkeypatch) -> list[int]:
+    """How many files each `stat_files` call of `load_collection` stats."""
+    calls: list[int] = []
+    real = core.collection.stat_files
+    monkeypatch.setattr(core.collection, "stat_files", lambda paths, *a, **k: calls.append(len(paths)) or real(paths))
+    return calls
+
+
+def counts_of(root, index, **kwargs) -> dict[str, int]:
+    table = load_collection(root, index=index, **kwargs).table
+    return dict(zip(table["image_id"], table["count"], strict=True))
+
+
+def test_an_unchanged_rescan_of_settled_folders_stats_no_file(tmp_path, probes, stats):
+    root = write_abid_collection(tmp_path / "abid", [1, 2, 3])
+    settle_folders(root / "bin-images", root / "metadata")
+    index = tmp_path / "index.arrow"
+    first = load_collection(root, index=index)
+    assert sum(stats) == 6  # the first load stats every image and metadata file
+    stats.clear(), probes.clear()
+    again = load_collection(root, index=index)
+    assert stats == [] and probes == []
+    assert again.table.equals(first.table)
+
+
+def test_files_added_removed_or_replaced_by_rename_are_seen(tmp_path, probes):
+    root = write_abid_collection(tmp_path / "abid", [1, 2, 3])
+    index = tmp_path / "index.arrow"
+    settle_folders(root / "bin-images", root / "metadata")
+    load_collection(root, index=index)
+    bin_photo(4, seed=9).save(root / "bin-images" / "4.jpg")
+    (root / "metadata" / "4.json").write_text(json.dumps({"EXPECTED_QUANTITY": 4}))
+    assert counts_of(root, index) == {"1": 1, "2": 2, "3": 3, "4": 4}
+    settle_folders(root / "bin-images", root / "metadata")
+    load_collection(root, index=index)
+    (root / "bin-images" / "1.jpg").unlink()
+    assert counts_of(root, index) == {"2": 2, "3": 3, "4": 4}
+    settle_folders(root / "bin-images", root / "metadata")
+    load_collection(root, index=index)
+    (root / "metadata" / "tmp").write_text(json.dumps({"EXPECTED_QUANTITY": 5}))  # how the downloader writes
+    os.replace(root / "metadata" / "tmp", root / "metadata" / "2.json")
+    probes.clear()
+    assert counts_of(root, index) == {"2": 5, "3": 3, "4": 4} and probes == ["2.jpg"]
+
+
+def test_an_edit_in_place_is_seen_only_with_recheck(tmp_path, probes, stats):
+    root = write_abid_collection(tmp_path / "abid", [1, 2, 3])
+    index = tmp_path / "index.arrow"
+    settle_folders(root / "bin-images", root / "metadata")
+    load_collection(root, index=index)
+    with open(root / "metadata" / "2.json", "w") as fh:  # same file, new content: the folder does not change
+        json.dump({"EXPECTED_QUANTITY": 5}, fh)
+    assert counts_of(root, index) == {"1": 1, "2": 2, "3": 3}  # trusted, so not seen
+    stats.clear(), probes.clear()
+    assert counts_of(root, index, recheck=True) == {"1": 1, "2": 5, "3": 3}
+    assert sum(stats) == 6 and probes == ["2.jpg"]
+    stats.clear()
+    assert counts_of(root, index) == {"1": 1, "2": 5, "3": 3} and stats == []  # the index learnt it
+
+
+def test_a_folder_changed_just_before_the_scan_is_not_trusted(tmp_path, stats):
+    root = write_abid_collection(tmp_path / "abid", [1, 2, 3])
+    index = tmp_path / "index.arrow"
+    load_collection(root, index=index)  # the folders were written within the margin of this scan
+    stats.clear()
+    load_collection(root, index=index)
+    assert sum(stats) == 6  # a file written in the same tick as the scan could hide behind an unchanged mtime
+
+
+def test_only_files_in_changed_folders_are_stated(tmp_path, stats):
+    root = write_manifest_collection(tmp_path / "data", per_class=1)
+    (root / "more").mkdir()
+    bin_photo(2, seed=7).save(root / "more" / "x.jpg")
+    with open(root / "manifest.csv", "a") as fh:
+        fh.write("more/x.jpg,2,\n")
+    settle_folders(root / "images", root / "more")
+    index = tmp_path / "index.arrow"
+    load_collection(root, index=index)
+    bin_photo(3, seed=8).save(root / "more" / "y.jpg")  # changes more/, not images/
+    stats.clear()
+    assert len(load_collection(root, index=index).table) == 7
+    assert stats == [1, 1]  # more/x.jpg (and its missing metadata): not the six in images/
+
+
+def test_an_index_without_folder_stamps_still_loads(tmp_path, probes, stats):
+    root = write_abid_collection(tmp_path / "abid", [1, 2])
+    settle_folders(root / "bin-images", root / "metadata")
+    index = tmp_path / "index.arrow"
+    first = load_collection(root, index=index)
+    table = pa.ipc.open_file(index.read_bytes()).read_all()  # a copy: the file is overwritten below
+    assert table.schema.metadata  # this layout has them
+    older = table.replace_schema_metadata(None)
+    with pa.OSFile(str(index), "wb") as sink, pa.ipc.new_file(sink, older.schema) as writer:
+        writer.write_table(older)
+    stats.clear(), probes.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = load_collection(root, index=index)
+    assert again.table.equals(first.table) and probes == [] and sum(stats) == 4  # stat'ed, nothing read
+    stats.clear()
+    load_collection(root, index=index)  # stamps recorded by the load before
+    assert stats == []
+
+
+def test_an_index_of_another_layout_is_read_again(tmp_path, probes):
+    root = write_abid_collection(tmp_path / "abid", [1, 2])
+    index = tmp_path / "index.arrow"
+    load_collection(root, index=index)
+    table = pa.ipc.open_file(index.read_bytes()).read_all().drop_columns(["digest"])
+    with pa.OSFile(str(index), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    probes.clear()
+    with pytest.warns(UserWarning, match="another layout"):
+        load_collection(root, index=index)
+    assert sorted(probes) == ["1.jpg", "2.jpg"]
+
+
+def test_a_read_only_store_is_warned_about_and_loading_works_on(tmp_path, monkeypatch):
+    root = write_abid_collection(tmp_path / "abid", [1, 2])
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(core.index.tempfile, "mkstemp", refuse)
+    with pytest.warns(UserWarning, match="not updated"):
+        col = load_collection(root, index=tmp_path / "index.arrow")
+    assert len(col.table) == 2 and not (tmp_path / "index.arrow").exists()

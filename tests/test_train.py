@@ -1,14 +1,16 @@
 """train.py's command line: preset choices in --help, a clear error for an unknown preset, --store."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 import train
 from core.cnn.recipes import PRESETS
-from tests.builders import write_manifest_collection
+from tests.builders import settle_folders, write_abid_collection, write_manifest_collection
 
+RECHECK_COMMANDS = ("prepare", "classical", "suite", "cnn", "lr-find")  # those that load through the index
 STORE_COMMANDS = ("prepare", "classical", "suite", "count", "evaluate", "reconcile", "cnn", "lr-find")
 
 
@@ -62,3 +64,25 @@ def test_evaluate_reads_the_given_store(tmp_path, store_root):
     assert "python train.py suite" in str(exit_.value.code)  # no finished experiment in that store
     assert (tmp_path / "empty" / "experiments.sqlite").is_file()
     assert not store_root.exists()
+
+
+@pytest.mark.parametrize("command", RECHECK_COMMANDS)
+def test_every_indexed_command_takes_recheck(command):
+    assert train.build_parser().parse_args([command, "--recheck"]).recheck
+    assert not train.build_parser().parse_args([command]).recheck
+
+
+def test_prepare_recheck_sees_a_label_edited_in_place(tmp_path, store_root, capsys):
+    data = write_abid_collection(tmp_path / "data", [1, 2])
+    settle_folders(data / "bin-images", data / "metadata")
+
+    def counts(*flags: str) -> dict:
+        capsys.readouterr()
+        train.main(["prepare", "--data", str(data), "--size", "32", *flags])
+        return json.loads(capsys.readouterr().out)["counts"]
+
+    assert counts() == {"1": 1, "2": 1}
+    with open(data / "metadata" / "2.json", "w") as fh:  # rewritten in place: its folder does not change
+        json.dump({"EXPECTED_QUANTITY": 1}, fh)
+    assert counts() == {"1": 1, "2": 1}
+    assert counts("--recheck") == {"1": 2}
