@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc  # noqa: F401 - pa.ipc
+
+from core.files import atomic_path
 
 STAMP = ["bytes", "mtime_ns", "meta_bytes", "meta_mtime_ns"]  # -1 where the file (or its metadata) is missing
 PROBE = ["problem", "count", "digest"]  # why it is unusable (null if usable), the metadata's count (-1: none), hash
@@ -79,25 +82,22 @@ def trusted_dirs(index: pa.Table) -> dict[str, bool]:
 
 class IndexWriter:
     """Writes a new index a part at a time (tables with `SCHEMA`'s columns, rows in listing order);
-    it replaces the old file in one atomic step when the block ends without error, so a reader or a
-    crash sees the old file or the new one. `dirs` (directory -> `dir_stamp`) and `started` (when
-    the scan began, ns) go into the schema metadata. A store that cannot be written (read-only,
-    full) is warned about once; loading works on, and the next load reads every file again."""
+    it replaces the old file in one atomic step when the block ends without error (`atomic_path`),
+    so a reader or a crash sees the old file or the new one. `dirs` (directory -> `dir_stamp`) and
+    `started` (when the scan began, ns) go into the schema metadata. A store that cannot be written
+    (read-only, full) is warned about once; loading works on, and the next load reads every file again."""
 
     def __init__(self, path: Path, dirs: dict[str, list[int]], started: int) -> None:
         self.path = path
-        self.tmp: str | None = None
         self.schema = SCHEMA.with_metadata({DIRS: json.dumps(dirs), STARTED: str(started)})
-        self.sink: pa.OSFile | None = None
+        self.files = ExitStack()  # the temporary file, its sink and the Arrow writer, closed in reverse
         self.writer: pa.ipc.RecordBatchFileWriter | None = None
 
     def __enter__(self) -> IndexWriter:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            os.close(fd)
-            self.sink = pa.OSFile(self.tmp, "wb")
-            self.writer = pa.ipc.new_file(self.sink, self.schema)
+            tmp = self.files.enter_context(atomic_path(self.path))
+            sink = self.files.enter_context(pa.OSFile(str(tmp), "wb"))
+            self.writer = self.files.enter_context(pa.ipc.new_file(sink, self.schema))
         except OSError as err:
             self._fail(err)
         return self
@@ -109,25 +109,17 @@ class IndexWriter:
             except OSError as err:
                 self._fail(err)
 
-    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         try:
-            if self.writer is not None:
-                self.writer.close()
-                self.sink.close()  # type: ignore[union-attr]  # open while the writer is
-                if failed is None:
-                    os.replace(self.tmp, self.path)  # type: ignore[arg-type]  # made with the writer
+            self.files.__exit__(*exc)  # on an error the temporary file is dropped, the old index kept
         except OSError as err:
             self._fail(err)
-        finally:
-            if self.tmp is not None and os.path.exists(self.tmp):
-                os.unlink(self.tmp)
 
     def _fail(self, err: OSError) -> None:
         warnings.warn(f"collection index {self.path} not updated ({err}); the next load reads every file again",
                       stacklevel=4)
         self.writer = None
-        if self.sink is not None:
-            self.sink.close()
+        self.files.__exit__(type(err), err, err.__traceback__)  # abandon the half-written file
 
 
 def _stat_chunk(paths: pa.Array) -> np.ndarray:

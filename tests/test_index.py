@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 import core.collection
+import core.files
 import core.index
 from core.collection import load_collection
 from tests.builders import bin_photo, settle_folders, write_abid_collection, write_manifest_collection
@@ -252,7 +253,23 @@ def test_a_read_only_store_is_warned_about_and_loading_works_on(tmp_path, monkey
     def refuse(*args, **kwargs):
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(core.index.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(core.files.tempfile, "mkstemp", refuse)
     with pytest.warns(UserWarning, match="not updated"):
         col = load_collection(root, index=tmp_path / "index.arrow")
     assert len(col.table) == 2 and not (tmp_path / "index.arrow").exists()
+
+
+def test_an_index_rewrite_that_fails_midway_keeps_the_old_index(tmp_path, monkeypatch):
+    root, index = write_abid_collection(tmp_path / "abid", [1, 2]), tmp_path / "index.arrow"
+    load_collection(root, index=index)
+    before = index.read_bytes()
+    write_abid_collection(root, [3])  # bin 1 now holds 3 items: its files are read again and the index rewritten
+
+    def full(self, part):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pa.ipc.RecordBatchFileWriter, "write_table", full)
+    with pytest.warns(UserWarning, match="not updated"):
+        col = load_collection(root, index=index)
+    assert sorted(col.table["count"]) == [2, 3] and index.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
