@@ -178,11 +178,17 @@ def verdict(comparison: dict[str, dict[str, float]], name_a: str, name_b: str,
     return f"{name_a} and {name_b} are within noise of each other on {label} ({span})."
 
 
-def rounded_expected_count(probs: np.ndarray) -> np.ndarray:
-    """The expected count under `probs`, rounded: the other candidate for "the count" (the open
-    top class counts as K-1 items, as in RMSE). It trades accuracy for a lower RMSE."""
+def expected_count(probs: np.ndarray) -> np.ndarray:
+    """The probability-weighted mean count of each row of `probs` (or of one probability vector);
+    the open top class counts as K-1 items, as in RMSE."""
     probs = np.asarray(probs, dtype=float)
-    return np.clip(np.rint(probs @ np.arange(probs.shape[1])), 0, probs.shape[1] - 1).astype(int)
+    return probs @ np.arange(probs.shape[-1])
+
+
+def rounded_expected_count(probs: np.ndarray) -> np.ndarray:
+    """The expected count under `probs`, rounded: the other candidate for "the count". It trades
+    accuracy for a lower RMSE."""
+    return np.rint(expected_count(probs)).astype(int)
 
 
 def _headline(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:

@@ -20,7 +20,7 @@ from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
 from core.collection import load_collection
 from core.images import ImageError, ImageSource, load_rgb
-from core.metrics import split_figures
+from core.metrics import expected_count, split_figures
 from core.records import Experiment
 from core.store import Store, best_of, same_root
 
@@ -103,7 +103,7 @@ class BinCounter:
     def _result(self, probs: np.ndarray) -> CountResult:
         count = int(decide(probs[None], self.calibration)[0])
         rounded = probs.round(6)
-        return CountResult(count, rounded.tolist(), float(np.dot(probs, np.arange(len(probs)))), float(rounded[count]))
+        return CountResult(count, rounded.tolist(), float(expected_count(probs)), float(rounded[count]))
 
     def count(self, source: ImageSource) -> CountResult:
         """Count one photo; raises `ImageError` for anything that is not a usable image."""
