@@ -141,11 +141,9 @@ def coverage_curve(probs: np.ndarray, y_true, calibration: dict[str, Any],
     return {"coverage": coverage[keep].round(4).tolist(), "coverage_accuracy": accuracy[keep].round(4).tolist()}
 
 
-def calibrate(fit_probs: np.ndarray, fit_true, test_probs: np.ndarray, test_true) -> dict[str, Any]:
-    """Fit the map on held-out predictions; add test ECE before/after and the test accuracy-coverage curve."""
-    calibration = fit_calibration(fit_probs, fit_true)
-    test_scaled = apply_calibration(test_probs, calibration)
-    return {**calibration,
-            "ece_test_before": round(expected_calibration_error(test_probs, test_true), 5),
-            "ece_test_after": round(expected_calibration_error(test_scaled, test_true), 5),
-            **coverage_curve(test_scaled, test_true, calibration)}
+def summary_on_test(raw_probs: np.ndarray, calibrated: np.ndarray, test_true, calibration: dict[str, Any]) -> dict:
+    """What calibration did on the test split: ECE before (`raw_probs`) and after (`calibrated`),
+    and the accuracy-coverage curve of the calibrated probabilities."""
+    return {"ece_test_before": round(expected_calibration_error(raw_probs, test_true), 5),
+            "ece_test_after": round(expected_calibration_error(calibrated, test_true), 5),
+            **coverage_curve(calibrated, test_true, calibration)}

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.calibration import apply_calibration, calibrate, coverage_curve, decide, fit_calibration
+from core.calibration import apply_calibration, decide, fit_calibration, summary_on_test
 from core.dataset import Dataset
-from core.metrics import expected_calibration_error, split_figures
+from core.metrics import split_figures
 from core.store import Store
 
 CV_POOL = ("train", "val")  # what cross-validation folds; the test split stays untouched
@@ -56,8 +56,9 @@ def finish_single(store: Store, exp_id: str, dataset: Dataset, val_probs: np.nda
     """Calibrate on validation, record validation and test figures of the served counts and
     calibrated probabilities, both splits' predictions and the run's split; mark it finished."""
     val, test = dataset.split("val"), dataset.split("test")
-    calibration = calibrate(val_probs, val["count"], test_probs, test["count"])
+    calibration = fit_calibration(val_probs, val["count"])
     val_cal, test_cal = apply_calibration(val_probs, calibration), apply_calibration(test_probs, calibration)
+    calibration.update(summary_on_test(test_probs, test_cal, test["count"], calibration))
     val_shown, test_shown = decide(val_cal, calibration), decide(test_cal, calibration)
     k, open_top = dataset.num_classes, dataset.open_top
     _log(store, exp_id, val, val_cal, "val", val_shown)
@@ -82,9 +83,7 @@ def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof
     calibration = fit_calibration(oof_probs, y_pool)
     ensemble = np.mean([apply_calibration(p, calibration) for p in test_probs], axis=0)
     test_shown = decide(ensemble, calibration)
-    calibration.update(ece_test_before=round(expected_calibration_error(np.mean(test_probs, axis=0), y_test), 5),
-                       ece_test_after=round(expected_calibration_error(ensemble, y_test), 5),
-                       **coverage_curve(ensemble, y_test, calibration))
+    calibration.update(summary_on_test(np.mean(test_probs, axis=0), ensemble, y_test, calibration))
     _log(store, exp_id, pool, oof_cal, "oof", oof_shown)
     _log(store, exp_id, test, ensemble, "test", test_shown)
     _log_split(store, exp_id, dataset, cv=True)
