@@ -89,13 +89,13 @@ def cmd_classical(args: argparse.Namespace) -> None:
     print(table.drop(columns=["id"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for exp_id in ids:
         exp = store.experiment(exp_id)
-        print(f"{exp.name} ({exp_id}), calibration: {exp.calibration.get('method')}")
+        print(f"{exp.name} ({exp_id}), calibration: {exp.calibration.method}")
         print_figures(exp)
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
-def counter_for(name: str, store: Path | None, data: Path | None = None):
-    """A counter for --model from the --store (default store when None), or a clear exit.
+def counter_for(name: str, store: Path | None, data: Path | None = None, prior: str = "uniform"):
+    """A counter for --model from the --store (default store when None), under --prior, or a clear exit.
 
     `best` is chosen on validation among the models trained on the data in use: `data` if models
     were trained on it, else the default data folder, else (said on stderr) any data."""
@@ -105,7 +105,7 @@ def counter_for(name: str, store: Path | None, data: Path | None = None):
     models = Store(store).experiments("finished")
     trained_on = next((root for root in (data, find_data_dir()) if root is not None and best_of(models, root)), None)
     try:
-        counter = load_counter(name, Store(store), data_root=trained_on)
+        counter = load_counter(name, Store(store), data_root=trained_on, prior=prior)
     except ModelNotFound as err:
         sys.exit(str(err))
     if name == "best":
@@ -114,13 +114,15 @@ def counter_for(name: str, store: Path | None, data: Path | None = None):
 
 
 def cmd_count(args: argparse.Namespace) -> None:
-    counter = counter_for(args.model, args.store)
+    counter = counter_for(args.model, args.store, prior=args.prior)
+    print(f"probabilities under the {args.prior} prior; the count is the most probable one", file=sys.stderr)
     for path, result in zip(args.images, counter.count_batch(args.images), strict=True):
         if isinstance(result, Exception):
             print(f"{path}: cannot count: {result}")
         else:
-            print(f"{path}: {counter.exp.count_label(result.count)} items (confidence {result.confidence:.0%}, "
-                  f"expected {result.expected:.2f})")
+            probs = ", ".join(f"{counter.exp.count_label(k)}: {p:.1%}" for k, p in enumerate(result.probs))
+            print(f"{path}: {counter.exp.count_label(result.count)} items (confidence {result.confidence:.1%}, "
+                  f"expected {result.expected:.2f}; {probs})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -129,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     root = data_dir(args.data)
     try:
-        report = evaluate_folder(counter_for(args.model, args.store, root), root, Store(args.store))
+        report = evaluate_folder(counter_for(args.model, args.store, root, args.prior), root, Store(args.store))
     except ValueError as err:
         sys.exit(str(err))
     print(json.dumps(report, indent=2))
@@ -137,9 +139,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import (
+        RECONCILE_PRIOR,
         budget_size,
         flag_rule,
         reconcile,
+        reconcile_prior,
         records_from_folder,
         report_totals,
         totals_line,
@@ -152,7 +156,7 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
         except ValueError as err:
             sys.exit(f"--budget: {err}")
     root = data_dir(args.data)
-    counter = counter_for(args.model, args.store, root)
+    counter = counter_for(args.model, args.store, root, RECONCILE_PRIOR)
     if args.simulate_errors is not None:
         return simulate_audit(counter, args)
     records, images = records_from_folder(root, args.records)
@@ -162,7 +166,7 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     write_report(report, args.out, settings={
         "model": counter.exp_id, "model_name": counter.name, "prior_wrong": args.prior_wrong,
         "threshold": None if args.budget is not None else args.threshold, "budget": args.budget, "rule": rule,
-        "class_prior": [round(float(x), 4) for x in counter.class_prior]})
+        "reconcile_prior": [round(float(x), 4) for x in reconcile_prior(counter.exp)]})
     print(f"{totals_line(report_totals(report))} -> {args.out}")
     print(f"model {counter.name} ({counter.exp_id}); {rule}")
 
@@ -172,7 +176,14 @@ def simulate_audit(counter, args: argparse.Namespace) -> None:
     import numpy as np
 
     from core.predict import CountResult
-    from core.reconcile import audit_curve, audit_table, judged_class, records_from_folder
+    from core.reconcile import (
+        audit_curve,
+        audit_table,
+        judged_class,
+        judged_probabilities,
+        reconcile_prior,
+        records_from_folder,
+    )
 
     if args.records:
         sys.exit("--simulate-errors uses the folder's own labels as the true counts; leave out --records")
@@ -183,13 +194,14 @@ def simulate_audit(counter, args: argparse.Namespace) -> None:
     usable = records[records["error"] == ""]
     results = counter.count_batch([images[name] for name in usable["image"]], progress=True)
     open_top = counter.exp.open_top
-    pairs = [(r.probs, cls) for r, true in zip(results, usable["recorded_quantity"], strict=True)
+    recorded = usable["recorded_quantity"]
+    pairs = [(judged_probabilities(counter, r), cls) for r, true in zip(results, recorded, strict=True)
              if isinstance(r, CountResult)
              and (cls := judged_class(int(true), counter.num_classes, open_top)) is not None]
     if not pairs:
         sys.exit(f"no photo in {root} has a count the model can check (0..{counter.num_classes - 1})")
     probs, true = np.array([p for p, _ in pairs]), np.array([c for _, c in pairs])
-    curve = audit_curve(probs, true, counter.class_prior, args.simulate_errors, args.prior_wrong, args.seed,
+    curve = audit_curve(probs, true, reconcile_prior(counter.exp), args.simulate_errors, args.prior_wrong, args.seed,
                         args.threshold)
     print(f"audit value of {counter.name} ({counter.exp_id}) on {curve['n']} labelled photos in {root} "
           f"({len(records) - curve['n']} left out: unreadable, or a count above {counter.num_classes - 1}); "
@@ -232,7 +244,7 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     print(f"{exp_id}: {exp.model} ({exp.weights}) on {exp.device}")
     trained = f"best epoch {exp.best_epoch}" if exp.best_epoch else f"{exp.folds} folds"
     print(f"  {exp.train_seconds or 0:.0f} s training, {trained}, {exp.image_size} px, "
-          f"calibration: {exp.calibration.get('method')}")
+          f"calibration: {exp.calibration.method}")
     print_figures(exp)
 
 
@@ -298,6 +310,15 @@ def cmd_suite(args: argparse.Namespace) -> None:
 def add_store_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, metavar="DIR",
                         help="experiment store: database, models, image caches (default: BINSIGHT_STORE, else models/)")
+
+
+def add_prior_flag(parser: argparse.ArgumentParser) -> None:
+    from core.priors import DEFAULT_PRIOR, PRIORS
+
+    parser.add_argument("--prior", choices=PRIORS, default=DEFAULT_PRIOR,
+                        help="the prior the probabilities shown are under: every count alike, ABID's natural count "
+                             "mix, or the mix of the photos given, estimated from them (EM); the count is the most "
+                             f"probable one (default {DEFAULT_PRIOR})")
 
 
 def add_recheck_flag(parser: argparse.ArgumentParser) -> None:
@@ -417,12 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("count", help="count the items in photos")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
+    add_prior_flag(p)
     add_store_flag(p)
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled collection (prints JSON)")
     p.add_argument("--model", default="best")
     p.add_argument("--data", help="collection folder in any supported layout")
+    add_prior_flag(p)
     add_store_flag(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.calibration import Calibration
+
 
 def count_label(count: int, num_classes: int, open_top: bool, short: bool = False) -> str:
     """A count as people read it; the open top class (index num_classes - 1) reads "more than K-2",
@@ -59,7 +61,7 @@ class Experiment:
     open_top: bool = False  # the top class means "more than num_classes - 2" items
     train_seconds: float | None = None
     artifact: str = ""  # model file name inside the artifact folder (per fold for ensembles)
-    calibration: dict[str, Any] = field(default_factory=dict)  # see core.calibration.fit_calibration
+    calibration: Calibration = field(default_factory=Calibration)  # see core.calibration.fit_calibration
     split_counts: dict[str, int] = field(default_factory=dict)  # photos per split
     warnings: list[str] = field(default_factory=list)
     # CNN runs
@@ -89,6 +91,10 @@ class Experiment:
         known = set(cls.detail_fields())
         return cls(**{k: columns[k] for k in COLUMN_FIELDS}, **{k: v for k, v in details.items() if k in known})
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.calibration, Calibration):  # the stored JSON, of this release or an older one
+            self.calibration = Calibration.from_dict(self.calibration)
+
     @property
     def is_model(self) -> bool:
         """A finished run that counts photos (LR-finder sweeps do not)."""
@@ -109,4 +115,4 @@ class Experiment:
 
     @property
     def temperature(self) -> float:
-        return float(self.calibration.get("temperature", 1.0))
+        return self.calibration.temperature

@@ -19,6 +19,7 @@ import train
 from core.cnn import train_cnn
 from core.config import PROJECT_ROOT
 from core.predict import load_counter
+from core.priors import describe
 from core.reconcile import PRIOR_WRONG, judge, read_records, reconcile
 from core.store import Store
 from dashboard import counting, tables, ui
@@ -183,7 +184,7 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
     assert bars.error_y.array is not None  # per-count 95% intervals as error bars
     calibration = exp.calibration  # calibrated when it was trained
     coverage = charts(at)[2].data[0]
-    assert list(coverage.y) == pytest.approx(calibration["coverage_accuracy"])
+    assert list(coverage.y) == pytest.approx(calibration.coverage_accuracy)
 
 
 def test_confusion_cell_shows_its_photos(store):
@@ -251,6 +252,28 @@ def test_upload_counts_a_photo_and_reports_a_bad_file(store, counter):
     _, p_mismatch, _ = judge(counter, result, recorded)
     alerts = at.warning if p_mismatch >= counting.MISMATCH_THRESHOLD else at.success
     assert f"{p_mismatch:.0%}" in alerts[0].value
+
+
+@pytest.mark.parametrize("prior", ["uniform", "natural", "batch"])
+def test_upload_shows_the_most_probable_count_of_the_bars_it_draws(store, counter, prior):
+    """Issue #18: an animated GIF, a grayscale JPEG and a 16-bit PNG showed a count and a
+    confidence that were not the highest bar. Each photo's count and confidence are its bars' top."""
+    files, _, _ = awkward_batch()
+    odd = [f for f in files if f[0] in ("animated.gif", "grey.jpg", "sixteen-bit.png")]
+    at = open_page("upload")
+    at.radio(key="up-prior").set_value(prior)
+    at.file_uploader(key="up-files").set_value(odd)
+    rerun(at)
+    assert any(c.value.startswith(f"Probabilities under {describe(prior)}") for c in at.caption)
+    counted = [m.value for m in at.metric if m.label == "Items counted"]
+    confidence = [m.value for m in at.metric if m.label == "Confidence"]
+    bars = [np.asarray(fig.data[0].y, dtype=float) for fig in charts(at)]
+    assert len(counted) == len(confidence) == len(bars) == 3
+    expected = counter.with_prior(prior).count_batch([data for _, data, _ in odd])
+    for shown, sure, probs, result in zip(counted, confidence, bars, expected, strict=True):
+        assert int(shown) == int(np.argmax(probs)) == result.count
+        assert sure == f"{probs.max():.0%}"
+        assert list(probs) == pytest.approx(result.probs)
 
 
 def test_upload_only_a_bad_file_keeps_the_page_serving(store):
