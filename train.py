@@ -252,9 +252,9 @@ def figures_line(label: str, m: dict) -> str:
     """Accuracy, balanced accuracy and RMSE with their 95% intervals, on one line."""
     from core.metrics import with_interval
 
+    ece = f"  ECE {m['ece']:.3f}" if "ece" in m else ""
     return (f"  {label:<12} n={m['n']:<5} accuracy {with_interval(m, 'accuracy')}  "
-            f"balanced {with_interval(m, 'balanced_accuracy')}  RMSE {with_interval(m, 'rmse')}  "
-            f"ECE {m.get('ece', float('nan')):.3f}")
+            f"balanced {with_interval(m, 'balanced_accuracy')}  RMSE {with_interval(m, 'rmse')}{ece}")
 
 
 def print_figures(exp) -> None:
@@ -262,14 +262,18 @@ def print_figures(exp) -> None:
     for label, m in (("validation", exp.val_metrics), ("out-of-fold", exp.cv_metrics), ("test", exp.metrics)):
         if m:
             print(figures_line(label, m))
+    for label, m in (("out-of-fold", exp.cv_metrics), ("test", exp.metrics)):
+        if m.get("paper_task"):
+            print(figures_line(f"{label}, the paper's task (answer among 0..{exp.num_classes - 1 - int(exp.open_top)})",
+                               m["paper_task"]))
     m = exp.cv_metrics or exp.metrics
     per_class = ", ".join(f"{exp.count_label(c)}: {'-' if a is None else f'{a:.2f}'}"
                           for c, a in enumerate(m["per_class_accuracy"]))
     print(f"  {'out-of-fold' if exp.cv_metrics else 'test'} accuracy per count: {per_class}")
     if m.get("open_class"):
-        print(f"  (accuracy, balanced accuracy and RMSE above are on bins of 0..{exp.num_classes - 2} items, the "
-              f"paper's task; {m['open_class']['n']} bins of more: recall of \"more than {exp.num_classes - 2}\" "
-              f"{m['open_class']['recall']:.2f})")
+        print(f"  (the product's figures above are on bins of 0..{exp.num_classes - 2} items, its answer "
+              f"\"more than {exp.num_classes - 2}\" counting as wrong there; {m['open_class']['n']} bins of more: "
+              f"recall of \"more than {exp.num_classes - 2}\" {m['open_class']['recall']:.2f})")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:

@@ -24,9 +24,10 @@ from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
 from core.collection import load_collection
 from core.images import ImageError, ImageSource, load_rgb
-from core.metrics import expected_count, split_figures
+from core.metrics import ece_by_prior, expected_count, split_figures
 from core.priors import DEFAULT_PRIOR, PRIORS, stated_prior, with_prior
 from core.records import Experiment
+from core.sources import photo_sources
 from core.store import Store, best_of, same_root
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -154,7 +155,9 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
 
     On the experiment's own collection only its test split is scored (`scope: "test split"`), from
     the split stored with the experiment; elsewhere every photo (`scope: "all photos"`). Counts
-    the model cannot predict are left out and counted.
+    the model cannot predict are left out and counted. The figures are those of what the counter
+    shows (`prior`), with the paper's task beside them (`paper_task`), the ECE under each prior
+    (`ece_by_prior`) and all of it per source (`by_source`, see `core.sources`).
     """
     store = store or Store()
     open_top = counter.exp.open_top
@@ -175,6 +178,17 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
         raise ValueError(f"no photo in {root} could be counted")
     counted = [r for r in results if isinstance(r, CountResult)]
     probs, shown = np.array([r.probs for r in counted]), np.array([r.count for r in counted])
-    return {"model": counter.exp_id, "scope": scope,
-            **split_figures(truth, probs, counter.num_classes, open_top, shown),
+    likelihood = probs / np.clip(np.array([r.prior for r in counted]), 1e-12, None)
+    k = counter.num_classes
+
+    def figures(rows: np.ndarray) -> dict:
+        return {**split_figures(truth[rows], probs[rows], k, open_top, shown[rows]),
+                "ece_by_prior": ece_by_prior(likelihood[rows], truth[rows], k, open_top)}
+
+    sources = np.array(photo_sources(table["path"].to_numpy()[ok].tolist()))
+    closed = truth < k - 1 if open_top else np.ones(len(truth), dtype=bool)
+    by_source = {name: {"photos": int((sources == name).sum()), **figures(sources == name)}
+                 for name in sorted(set(sources)) if (closed & (sources == name)).any()}
+    return {"model": counter.exp_id, "scope": scope, "prior": counter.prior_name,
+            **figures(np.ones(len(truth), dtype=bool)), "by_source": by_source,
             "left_out_counts": collection.out_of_range, "unreadable": len(collection.skipped) + len(results) - len(ok)}

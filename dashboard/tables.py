@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from core.metrics import paired_bootstrap, verdict, with_interval
+from core.metrics import paired_bootstrap, paper_task, verdict, with_interval
 from core.records import Experiment
 
 
@@ -59,6 +59,35 @@ def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
     if frame.empty:
         return frame
     return frame.sort_values("selection balanced accuracy", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def paper_task_figures(exp: Experiment, predictions: pd.DataFrame) -> dict | None:
+    """The paper's task on the test split (`core.metrics.paper_task`): stored with the run, or, for
+    a run of an older binsight, from its stored test predictions; None when neither is there."""
+    if exp.metrics.get("paper_task"):
+        return exp.metrics["paper_task"]
+    if predictions.empty or not exp.num_classes:
+        return None
+    return paper_task(predictions["true_count"].to_numpy(dtype=int), np.array(predictions["probs"].tolist()),
+                      exp.num_classes, exp.open_top)
+
+
+def answers_table(experiments: Sequence[Experiment], predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The product's answer (0..5 or "more than 5") beside the paper's task (the answer among 0..5),
+    both on the test bins of 0..5 items, each with its 95% interval: two rows per experiment."""
+    names = labels(experiments)
+    rows = []
+    for e in experiments:
+        if not is_scored(e):
+            continue
+        top = (e.num_classes or 0) - 1 - int(e.open_top)
+        for answer, m in ((f"the product's (0..{top}{' or more' if e.open_top else ''})", e.metrics),
+                          (f"the paper's task (among 0..{top})", paper_task_figures(e, predictions[e.id]))):
+            rows.append({"experiment": names[e.id], "answer": answer,
+                         **({} if m is None else {"accuracy (95% CI)": with_interval(m, "accuracy"),
+                                                  "balanced accuracy (95% CI)": with_interval(m, "balanced_accuracy"),
+                                                  "RMSE (95% CI)": with_interval(m, "rmse"), "bins": m.get("n")})})
+    return pd.DataFrame(rows)
 
 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str,

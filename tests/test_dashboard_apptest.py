@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 import train
 from core.cnn import train_cnn
 from core.config import PROJECT_ROOT
+from core.metrics import with_interval
 from core.predict import load_counter
 from core.priors import describe
 from core.reconcile import PRIOR_WRONG, judge, read_records, reconcile
@@ -154,7 +155,15 @@ def test_compare_puts_experiments_side_by_side(store):
     assert len(at.dataframe[0].value) == 2
     verdict = at.markdown[0].value
     assert "beats" in verdict or "within noise" in verdict
-    differences = at.dataframe[1].value
+    answers = at.dataframe[1].value  # the paper's task beside the product's answer, per experiment
+    picked = [store.experiment(i) for i in at.multiselect(key="compare").value]
+    assert len(answers) == 4 and list(answers["answer"]).count("the paper's task (among 0..5)") == 2
+    for exp in picked:
+        label = tables.labels(picked)[exp.id]
+        row = answers[(answers["experiment"] == label) & answers["answer"].str.startswith("the paper's")].iloc[0]
+        assert row["accuracy (95% CI)"] == with_interval(exp.metrics["paper_task"], "accuracy")
+        assert row["bins"] == exp.metrics["paper_task"]["n"]
+    differences = at.dataframe[2].value
     assert list(differences["metric"]) == ["accuracy", "balanced accuracy", "rmse"]
     assert (differences["95% low"] <= differences["A minus B"]).all()
     assert (differences["A minus B"] <= differences["95% high"]).all()

@@ -220,16 +220,38 @@ def test_evaluate_cli_scores_only_the_test_split_of_the_models_own_collection(tr
         lo, hi = report["intervals"][key]
         assert isinstance(report[key], float) and lo <= report[key] <= hi
     assert report["accuracy"] == pytest.approx(store.experiment(report["model"]).metrics["accuracy"])
+    assert report["paper_task"] == store.experiment(report["model"]).metrics["paper_task"]  # stored with the run
 
 
 def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tmp_path):
     other = write_manifest_collection(tmp_path / "other", per_class=2)
+    for count in range(6):  # one photo of each count as the natural-mix source keeps them: 224 x 224 px
+        photo = other / "images" / f"c{count}_0.jpg"
+        Image.open(photo).resize((224, 224)).save(photo, quality=90)
     run = run_cli("evaluate", "--model", "best", "--data", str(other), store=trained_store,
                ABID_DATA=str(trained_store.parent / "data"))  # the data in use: where the models were trained
     assert run.returncode == 0, run.stderr
     assert f"among finished models on {trained_store.parent / 'data'}" in run.stderr
     report = json.loads(run.stdout)
-    assert report["scope"] == "all photos" and report["n"] == 12
+    assert report["scope"] == "all photos" and report["n"] == 12 and report["prior"] == "uniform"
+    # the paper's task beside the product's answer (a 0..5 model: the same photos and answers)
+    task = report["paper_task"]
+    assert task["n"] == 12 and task["accuracy"] == pytest.approx(report["accuracy"])
+    assert all(lo <= task[k] <= hi for k, (lo, hi) in task["intervals"].items())
+    # per source: the 224 px photos and the originals, each with its figures, its paper's task and ECE per prior
+    sources = report["by_source"]
+    assert set(sources) == {"224 px natural mix", "originals"}
+    assert sources["224 px natural mix"]["photos"] == sources["originals"]["photos"] == 6
+    for figures in (report, *sources.values()):
+        assert set(figures["ece_by_prior"]) == {"uniform", "natural", "batch"}
+        assert figures["ece_by_prior"]["uniform"] == pytest.approx(figures["ece"], abs=1e-4)
+        assert figures["paper_task"]["n"] == figures["n"] and "intervals" in figures
+    natural = run_cli("evaluate", "--model", "best", "--data", str(other), "--prior", "natural", store=trained_store,
+                      ABID_DATA=str(trained_store.parent / "data"))
+    assert natural.returncode == 0, natural.stderr
+    report_natural = json.loads(natural.stdout)
+    assert report_natural["prior"] == "natural"
+    assert report_natural["ece"] == pytest.approx(report["ece_by_prior"]["natural"], abs=1e-4)
 
 
 def test_cli_without_models_says_how_to_train(tmp_path):
