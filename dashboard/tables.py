@@ -58,7 +58,8 @@ def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.sort_values("selection balanced accuracy", ascending=False, na_position="last").reset_index(drop=True)
+    return frame.sort_values("selection balanced accuracy", ascending=False, na_position="last",
+                             kind="stable").reset_index(drop=True)  # ties: in the order `best` breaks them
 
 
 def paper_task_figures(exp: Experiment, predictions: pd.DataFrame) -> dict | None:
