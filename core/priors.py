@@ -20,7 +20,7 @@ PRIORS = ("uniform", "natural", "batch")
 DEFAULT_PRIOR = "uniform"
 # ABID's natural count mix: photos per item count among the 6,499 natural-mix photos of the shared
 # sample (source NubZoro/bin_validator, ABID ids 1-9999), counts above 20 folded into 20.
-NATURAL_MIX = (120, 512, 934, 1125, 973, 763, 500, 438, 288, 224, 143, 108, 87, 61, 44, 28, 28, 23, 23, 18, 61)
+NATURAL_MIX = (120, 512, 934, 1125, 973, 763, 500, 438, 288, 224, 143, 108, 87, 61, 44, 28, 28, 23, 23, 18, 59)
 EM_PSEUDO_COUNT = 1.0  # Dirichlet pseudo-photos per count: a small batch stays near uniform
 EM_ITERATIONS = 200
 EPS = 1e-12

@@ -9,6 +9,7 @@ import pytest
 from core.calibration import Calibration, decide, fit_calibration, fit_map, fit_posterior, summary_on_test
 from core.metrics import expected_calibration_error
 from core.priors import NATURAL_MIX, batch_prior, natural_prior, stated_prior, uniform_prior, with_prior
+from tests.builders import requires_sample
 
 
 def overconfident(n: int, seed: int, prior=None, shares=None) -> tuple[np.ndarray, np.ndarray]:
@@ -136,3 +137,14 @@ def test_a_calibration_of_an_older_release_loads_and_gives_the_same_probabilitie
     assert not Calibration.from_dict({}).fitted and Calibration.from_dict(None) == Calibration()
     fitted = fit_calibration(*overconfident(300, 12))
     assert Calibration.from_dict(fitted.to_dict()) == fitted  # the store's JSON round trip
+
+
+@requires_sample
+def test_the_natural_mix_is_the_shared_samples_natural_mix_photos():
+    import pandas as pd
+
+    from core.config import SHARED_SAMPLE
+
+    manifest = pd.read_csv(SHARED_SAMPLE / "manifest.csv")
+    counts = manifest.loc[manifest["source_repo"] == "NubZoro/bin_validator", "count"].clip(upper=len(NATURAL_MIX) - 1)
+    assert tuple(counts.value_counts().sort_index()) == NATURAL_MIX
