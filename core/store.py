@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core import layout
 from core.config import store_dir
 from core.records import COLUMN_FIELDS, Experiment
 
@@ -74,7 +75,6 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
 MIGRATIONS = {1: _migrate_to_1}  # target version -> step from the version before
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 10 * HEARTBEAT_S  # no lock file to look at and no heartbeat for this long: interrupted
-LOCK_FILE = "run.lock"
 
 
 def config_key(family: str, model: str, params: dict, dataset: str, code_version: int, world_size: int = 1) -> str:
@@ -129,7 +129,7 @@ class Store:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else store_dir()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / "experiments.sqlite"
+        self.path = layout.database(self.root)
         self._use_wal()
         self._migrate()
 
@@ -143,7 +143,7 @@ class Store:
         with closing(sqlite3.connect(self.path, timeout=30)) as db:
             if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                 return
-        with exclusive_lock(self.root / "locks" / "journal.lock"):
+        with exclusive_lock(layout.journal_lock(self.root)):
             with closing(sqlite3.connect(self.path, timeout=30)) as db:
                 db.execute("PRAGMA journal_mode=WAL")
 
@@ -207,7 +207,7 @@ class Store:
                 with self._connect() as db:
                     db.execute("UPDATE experiments SET heartbeat = ? WHERE id = ?", (time.time(), exp_id))
 
-        with exclusive_lock(self.artifact_dir(exp_id) / LOCK_FILE):
+        with exclusive_lock(layout.run_lock(self.root, exp_id)):
             self._set_columns(exp_id, status="running", pid=os.getpid(), host=socket.gethostname(), error=None,
                               ended_at=None)
             thread = threading.Thread(target=beat, name=f"heartbeat {exp_id}", daemon=True)
@@ -225,7 +225,7 @@ class Store:
     def claim(self, config: str) -> Iterator[None]:
         """Serialise training of one configuration across processes: the second waits for the first,
         then finds its finished result instead of training the same thing again."""
-        with exclusive_lock(self.root / "locks" / f"{config}.lock"):
+        with exclusive_lock(layout.claim_lock(self.root, config)):
             yield
 
     # ---- writing -------------------------------------------------------------------------
@@ -305,12 +305,12 @@ class Store:
 
     # ---- reading -------------------------------------------------------------------------
     def artifact_dir(self, exp_id: str) -> Path:
-        return self.root / exp_id
+        return layout.artifact_dir(self.root, exp_id)
 
     def _effective_status(self, row: sqlite3.Row) -> str:
         if row["status"] != "running":
             return row["status"]
-        held = _lock_is_held(self.artifact_dir(row["id"]) / LOCK_FILE)
+        held = _lock_is_held(layout.run_lock(self.root, row["id"]))
         if held is not None:
             return "running" if held else "interrupted"
         return "running" if time.time() - (row["heartbeat"] or 0) < STALE_AFTER_S else "interrupted"

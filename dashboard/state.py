@@ -17,6 +17,7 @@ from PIL import ImageOps
 from core.collection import DataError, load_collection
 from core.config import find_data_dir, store_dir
 from core.images import ImageError, open_image
+from core.layout import database, database_files
 from core.records import Experiment
 from core.store import Store, best_of, best_rule
 from dashboard.counting import PhotoCount, count_photos
@@ -33,9 +34,9 @@ def store_root() -> str:
 def version(root: str) -> Version:
     """Changes whenever the store is written (size and mtime of the database and its WAL)."""
     out = []
-    for name in ("experiments.sqlite", "experiments.sqlite-wal"):
+    for path in database_files(Path(root)):
         try:
-            stat = (Path(root) / name).stat()
+            stat = path.stat()
             out.append((stat.st_mtime_ns, stat.st_size))
         except FileNotFoundError:
             out.append((0, 0))
@@ -44,7 +45,7 @@ def version(root: str) -> Version:
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
 def _experiments(root: str, store_version: Version) -> list[Experiment]:
-    if not (Path(root) / "experiments.sqlite").is_file():
+    if not database(Path(root)).is_file():
         return []  # an empty store is not created just by looking at it
     return Store(root).experiments()
 
