@@ -11,7 +11,6 @@ while another process grows it.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from core.images import ImageError, load_rgb
 from core.layout import cache_db, cache_file, cache_files, cache_lock
+from core.locks import exclusive_lock
 
 CHUNK = 64
 SCHEMA = """
@@ -38,9 +38,7 @@ CREATE TABLE IF NOT EXISTS decoded (size INTEGER, row INTEGER, error TEXT, PRIMA
 @contextmanager
 def _locked(folder: Path) -> Iterator[sqlite3.Connection]:
     """The cache's row table, with the folder locked against other processes growing it at once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(cache_lock(folder), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(cache_lock(folder)):
         with closing(sqlite3.connect(cache_db(folder), timeout=60)) as db:
             db.executescript(SCHEMA)
             yield db

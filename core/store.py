@@ -11,7 +11,6 @@ The schema carries `PRAGMA user_version`; `MIGRATIONS` bring an older store up t
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ import pandas as pd
 
 from core import layout
 from core.config import store_dir
+from core.locks import exclusive_lock, lock_is_held
 from core.records import COLUMN_FIELDS, Experiment
 
 SCHEMA_VERSION = 1
@@ -87,42 +87,6 @@ def config_key(family: str, model: str, params: dict, dataset: str, code_version
     blob = json.dumps({"family": family, "model": model, "params": params, "dataset": dataset,
                        "code_version": code_version, "world_size": world_size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _lock_is_held(path: Path) -> bool | None:
-    """True if some process holds the lock file, False if it is free, None if there is no such file."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def exclusive_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive `flock` on `path` for the block; yields False if `blocking` is off and it is taken."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -310,7 +274,7 @@ class Store:
     def _effective_status(self, row: sqlite3.Row) -> str:
         if row["status"] != "running":
             return row["status"]
-        held = _lock_is_held(layout.run_lock(self.root, row["id"]))
+        held = lock_is_held(layout.run_lock(self.root, row["id"]))
         if held is not None:
             return "running" if held else "interrupted"
         return "running" if time.time() - (row["heartbeat"] or 0) < STALE_AFTER_S else "interrupted"

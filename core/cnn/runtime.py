@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from filelock import FileLock, Timeout
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from core.locks import exclusive_lock
 
 
 @dataclass(frozen=True)
@@ -120,23 +121,17 @@ def first_alone(lock_path: Path, waiting: str | None = None) -> Iterator[bool]:
     the block needs; the others wait for the lock (printing `waiting` once), then run the block
     side by side and find it built. Any lock holder is the first or waited for it, so nobody
     passes before the first is done. With the store on shared storage this holds across nodes
-    (`flock`: NFS, Lustre mounted with `-o flock`). A process that dies releases the lock.
+    (see `core.locks`). A process that dies releases the lock.
     """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_path)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if waiting:
-            print(waiting, file=sys.stderr, flush=True)
-        with lock:
-            pass
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+    with exclusive_lock(lock_path, blocking=False) as first:
+        if first:
+            yield True
+            return
+    if waiting:
+        print(waiting, file=sys.stderr, flush=True)
+    with exclusive_lock(lock_path):
+        pass
+    yield False
 
 
 def setup_runtime() -> Runtime:
