@@ -89,12 +89,29 @@ def config_key(family: str, model: str, params: dict, dataset: str, code_version
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class NoStoreError(FileNotFoundError):
+    """`Store(root, create=False)` found no experiment store at `root`."""
+
+
 class Store:
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, create: bool = True):
+        """Open the store at `root` (default `core.config.store_dir`), creating it if there is none.
+
+        With `create` off (to read: the dashboard) nothing is created, neither by opening nor by
+        any later call: no folder, no database file (`NoStoreError` if there is none, and every
+        connection opens the file only if it exists) and no change of journal mode. A store of an older schema is
+        still brought up to date, since the current code reads only that.
+        """
         self.root = Path(root) if root else store_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.path = layout.database(self.root)
-        self._use_wal()
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._uri = str(self.path)  # not a "file:" URI: a plain file name, created if missing
+            self._use_wal()
+        elif not self.path.is_file():
+            raise NoStoreError(f"no experiment store at {self.root} (no {self.path.name})")
+        else:
+            self._uri = f"{self.path.resolve().as_uri()}?mode=rw"  # never creates the file
         self._migrate()
 
     def _use_wal(self) -> None:
@@ -132,7 +149,7 @@ class Store:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
+        with closing(sqlite3.connect(self._uri, timeout=30, uri=True)) as db:
             db.row_factory = sqlite3.Row
             with db:  # commit on success, roll back on error
                 yield db
