@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -155,12 +156,12 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
     for f in tqdm(range(cv), desc="cross-validation", unit="fold", disable=not (progress and runtime.is_main)):
         folder = fold_dir(store.artifact_dir(exp_id), f)
         done = folder / FOLD_PROBS
-        if not runtime.broadcast(done.is_file() if runtime.is_main else None):
+        if not runtime.on_main(done.is_file):
             model, _ = _fresh_model(recipe, dataset.num_classes, runtime, seed_offset=f)
             data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes)
             trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress, fold=f)
             state = trainer.fit(on_epoch)
-            last = runtime.broadcast(load_checkpoint(folder) if runtime.is_main else None)
+            last = runtime.on_main(partial(load_checkpoint, folder))
             if last is not None:  # the last epoch's weights, not the epoch that did best on the held-out fold
                 trainer.model.load_state_dict(last[0])
             held = _probs(trainer, pool[fold == f], size, progress, f"fold {f} held out")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.locks import exclusive_lock
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class Runtime:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, compute: Callable[[], T]) -> T:
+        """`compute()`, run on rank 0 only (it may read the store or the disk), on every rank."""
+        return self.broadcast(compute() if self.is_main else None)
 
     def gather(self, value) -> list:
         """Every rank's `value` (any picklable object) on every rank, in rank order."""
