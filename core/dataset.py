@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from core.cache import assign_rows, cached_images, read_rows
-from core.collection import Collection, assign_splits, load_collection
+from core.collection import Collection, load_collection
 from core.config import MAX_COUNT
 from core.layout import collection_folder, features_dir, index_file, record_collection_root, version_dir
 
+SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT = (0.7, 0.2, 0.1)
 TABLE_COLUMNS = ["image_id", "path", "count", "group", "split", "row"]  # item lists: load_collection(items=True)
 
@@ -107,6 +108,23 @@ def data_fingerprint(table: pd.DataFrame) -> str:
     lines = "\n".join(f"{i}|{c}|{g}|{b}|{m}" for i, c, g, b, m in
                       ordered[["image_id", "count", "group", "bytes", "mtime_ns"]].itertuples(index=False))
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
+
+
+def assign_splits(groups: pd.Series | list[str], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
+                  seed: int = 0) -> np.ndarray:
+    """The split of each photo, a pure function of (group, seed, fractions).
+
+    The first 8 bytes of sha256(f"{seed}:{group}") are read as a uniform number in [0, 1) and
+    placed against the cumulative fractions. So adding photos never moves old ones, and photos
+    of one group (the same ABID bin, or the same bytes) always land in the same split.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers adding to 1, got {fractions}")
+    draws = np.array([
+        int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2**64 for group in groups
+    ])
+    edges = np.cumsum(fractions[:2])
+    return np.array(SPLITS, dtype=object)[np.searchsorted(edges, draws, side="right")]
 
 
 def prepare_dataset(
