@@ -228,21 +228,48 @@ def _probed(listing: pa.Table, stamps: np.ndarray, chunk: np.ndarray, probe: Pro
                      "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA)
 
 
-def _in_order(listing: pa.Table, known: pa.Table, at: np.ndarray, stamps: np.ndarray, rows: np.ndarray,
-              stale: np.ndarray, probe: Prober, bar: tqdm) -> Iterator[pa.Table]:
-    """The index rows of `listing`'s `rows`, in listing order, a window at a time: taken from
-    `known` where unchanged, read from the files where `stale`. Python objects and item lists
-    exist for one window at a time, never for the whole collection, and a window of unchanged
-    rows in index order is a slice of the memory-mapped index, not a copy."""
-    for start in range(0, len(rows), SCAN_CHUNK):
-        window = rows[start:start + SCAN_CHUNK]
+class _Match(NamedTuple):
+    """How each photo of a listing stands against the index, by listing position."""
+
+    at: np.ndarray  # its row in the index, -1 if it is not there
+    stamps: np.ndarray  # its `STAMP` now: the recorded one where trusted, else stat'ed
+    stale: np.ndarray  # whether its files must be read (not in the index, or its stamp changed)
+    rows: np.ndarray  # the listing positions of photos whose image exists
+
+    def unchanged(self, indexed: int) -> bool:
+        """Whether the index (of `indexed` rows) holds exactly these photos, unchanged, in this order."""
+        return (not self.stale[self.rows].any() and len(self.rows) == indexed
+                and np.array_equal(self.at[self.rows], np.arange(indexed)))
+
+
+def _match(listing: pa.Table, known: pa.Table, trusted: dict[str, bool], recheck: bool) -> _Match:
+    """Find each listed photo in the index `known` and stamp it, stat'ing only what is not trusted."""
+    at = pc.index_in(listing["path"], value_set=known["path"]).to_numpy(zero_copy_only=False)
+    at = np.nan_to_num(at, nan=-1).astype(np.int64)  # -1: not in the index
+    recorded = np.column_stack([known[c].to_numpy() for c in STAMP]) if len(known) else np.empty((0, 4), np.int64)
+    reuse = np.zeros(len(at), bool) if recheck else _reusable(listing, at, trusted)
+    stamps = _stamps(listing, recorded, at, reuse)
+    same = np.zeros(len(listing), bool)
+    same[at >= 0] = (recorded[at[at >= 0]] == stamps[at >= 0]).all(axis=1)
+    return _Match(at, stamps, ~same, np.flatnonzero(stamps[:, 0] >= 0))
+
+
+def _in_order(listing: pa.Table, known: pa.Table, match: _Match, probe: Prober, bar: tqdm) -> Iterator[pa.Table]:
+    """The index rows of the listed photos whose image exists, in listing order, a window at a
+    time: taken from `known` where unchanged, read from the files where stale. Python objects and
+    item lists exist for one window at a time, never for the whole collection, and a window of
+    unchanged rows in index order is a slice of the memory-mapped index, not a copy."""
+    at, stale = match.at, match.stale
+    for start in range(0, len(match.rows), SCAN_CHUNK):
+        window = match.rows[start:start + SCAN_CHUNK]
         old, new = window[~stale[window]], window[stale[window]]
         if not len(new) and np.array_equal(at[old], np.arange(at[old[0]], at[old[0]] + len(old))):
             yield known.slice(at[old[0]], len(old))
             continue
         lo, hi = (int(at[old].min()), int(at[old].max()) + 1) if len(old) else (0, 0)
+        read = _probed(listing, match.stamps, new, probe)
         # a take on a slice: a take on the whole table would first copy every batch of the mapped index into one
-        part = pa.concat_tables([known.slice(lo, hi - lo).take(at[old] - lo), _probed(listing, stamps, new, probe)])
+        part = pa.concat_tables([known.slice(lo, hi - lo).take(at[old] - lo), read])
         bar.update(len(new))
         yield part.take(np.argsort(np.concatenate([old, new]), kind="stable")) if len(old) and len(new) else part
 
@@ -266,29 +293,22 @@ def scan(listing: pa.Table, index: Path | None, probe: Prober, progress: bool = 
     started = time.time_ns()  # before any stat: what the index will trust is judged against it
     known = read_index(index, items=True) if index else SCHEMA.empty_table()
     trusted = trusted_dirs(known)
-    at = pc.index_in(listing["path"], value_set=known["path"]).to_numpy(zero_copy_only=False)
-    at = np.nan_to_num(at, nan=-1).astype(np.int64)  # -1: not in the index
-    recorded = np.column_stack([known[c].to_numpy() for c in STAMP]) if len(known) else np.empty((0, 4), np.int64)
-    reuse = np.zeros(len(at), bool) if recheck else _reusable(listing, at, trusted)
-    stamps = _stamps(listing, recorded, at, reuse)
+    match = _match(listing, known, trusted, recheck)
     release_memory()
-    same = np.zeros(len(listing), bool)
-    same[at >= 0] = (recorded[at[at >= 0]] == stamps[at >= 0]).all(axis=1)
-    rows = np.flatnonzero(stamps[:, 0] >= 0)
-    stale = ~same
     lean = known.column_names if items else [c for c in known.column_names if c != ITEMS]
-    if not stale[rows].any() and len(rows) == len(known) and np.array_equal(at[rows], np.arange(len(known))):
+    if match.unchanged(len(known)):
         if index and not (trusted and all(trusted.values())):  # record today's directory stamps for the next load
             with IndexWriter(index, _dir_stamps(listing), started) as writer:
                 for start in range(0, len(known), SCAN_CHUNK):
                     writer.write(known.slice(start, SCAN_CHUNK))
-        return known.select(lean), rows  # the usual rescan: nothing changed
+        return known.select(lean), match.rows  # the usual rescan: nothing changed
     kept = [known.select(lean).slice(0, 0)]
-    with (tqdm(total=int(stale[rows].sum()), desc="reading new or changed photos", unit="img",
-               disable=not progress or stale[rows].sum() < 1000) as bar,
+    todo = int(match.stale[match.rows].sum())
+    with (tqdm(total=todo, desc="reading new or changed photos", unit="img",
+               disable=not progress or todo < 1000) as bar,
           IndexWriter(index, _dir_stamps(listing), started) if index else nullcontext() as writer):
-        for part in _in_order(listing, known, at, stamps, rows, stale, probe, bar):
+        for part in _in_order(listing, known, match, probe, bar):
             if writer is not None:
                 writer.write(part)
             kept.append(part.select(lean))
-    return pa.concat_tables(kept).combine_chunks(), rows  # a copy, so the mapped index (paged in whole) is let go
+    return pa.concat_tables(kept).combine_chunks(), match.rows  # a copy, so the mapped index (paged in whole) is let go
