@@ -214,6 +214,11 @@ def _probe(entry: Entry) -> Probe:
     return Probe(None, count, items, digest)
 
 
+def _probe_row(row: dict) -> Probe:
+    """`_probe` of one row of a listing: how `core.index.scan` reads a new or changed photo."""
+    return _probe(_entry(row))
+
+
 def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | None = None,
                     progress: bool = False, items: bool = True, open_top: bool = False,
                     recheck: bool = False) -> Collection:
@@ -250,7 +255,7 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
                     for p, i, t in zip(listing["path"].to_pylist(), ids, twice, strict=True) if t]
         listing = listing.filter(~twice)
     release_memory()
-    facts, rows = scan(listing, index, lambda row: _probe(_entry(row)), progress, items, recheck)
+    facts, rows = scan(listing, index, _probe_row, progress, items, recheck)
     reason = np.full(len(listing), "file not found", dtype=object)
     reason[rows] = facts["problem"].to_numpy(zero_copy_only=False)
     bad = pd.notna(reason)
