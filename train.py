@@ -10,8 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import DEFAULT_SAMPLE_SIZE, DOWNLOAD_HINT, MAX_COUNT, find_data_dir
+
+if TYPE_CHECKING:
+    from core.metrics import SplitFigures
+    from core.records import Experiment
 
 
 def data_dir(arg: str | None) -> Path:
@@ -132,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         report = evaluate_folder(counter_for(args.model, args.store, root), root, Store(args.store))
     except ValueError as err:
         sys.exit(str(err))
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report.to_dict(), indent=2))
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
@@ -191,14 +196,14 @@ def simulate_audit(counter, args: argparse.Namespace) -> None:
     probs, true = np.array([p for p, _ in pairs]), np.array([c for _, c in pairs])
     curve = audit_curve(probs, true, counter.class_prior, args.simulate_errors, args.prior_wrong, args.seed,
                         args.threshold)
-    print(f"audit value of {counter.name} ({counter.exp_id}) on {curve['n']} labelled photos in {root} "
-          f"({len(records) - curve['n']} left out: unreadable, or a count above {counter.num_classes - 1}); "
-          f"{curve['wrong']} records ({args.simulate_errors:.0%} asked) moved by 1 or 2 items, seed {args.seed}")
+    print(f"audit value of {counter.name} ({counter.exp_id}) on {curve.n} labelled photos in {root} "
+          f"({len(records) - curve.n} left out: unreadable, or a count above {counter.num_classes - 1}); "
+          f"{curve.wrong} records ({args.simulate_errors:.0%} asked) moved by 1 or 2 items, seed {args.seed}")
     print(audit_table(curve).to_string(index=False, formatters={"wrong records caught": "{:.0%}".format}))
-    print(f"ROC AUC {curve['roc_auc']:.3f}, average precision {curve['average_precision']:.3f}")
+    print(f"ROC AUC {curve.roc_auc:.3f}, average precision {curve.average_precision:.3f}")
     print(f"P(mismatch) >= {args.threshold:.2f} with a prior share of wrong records of {args.prior_wrong:.0%} flags "
-          f"{curve['flagged']} of {curve['n']} bins ({curve['flagged'] / curve['n']:.0%}); "
-          f"{curve['flagged_precision']:.0%} of them are wrong records, {curve['flagged_recall']:.0%} of the wrong "
+          f"{curve.flagged} of {curve.n} bins ({curve.flagged / curve.n:.0%}); "
+          f"{curve.flagged_precision:.0%} of them are wrong records, {curve.flagged_recall:.0%} of the wrong "
           "records are flagged")
 
 
@@ -236,28 +241,31 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     print_figures(exp)
 
 
-def figures_line(label: str, m: dict) -> str:
+def figures_line(label: str, m: SplitFigures) -> str:
     """Accuracy, balanced accuracy and RMSE with their 95% intervals, on one line."""
-    from core.metrics import with_interval
+    from core.metrics import headline_text
 
-    return (f"  {label:<12} n={m['n']:<5} accuracy {with_interval(m, 'accuracy')}  "
-            f"balanced {with_interval(m, 'balanced_accuracy')}  RMSE {with_interval(m, 'rmse')}  "
-            f"ECE {m.get('ece', float('nan')):.3f}")
+    accuracy, balanced, rmse = headline_text(m)
+    return (f"  {label:<12} n={m.n!s:<5} accuracy {accuracy}  balanced {balanced}  RMSE {rmse}  "
+            f"ECE {m.ece if m.ece is not None else float('nan'):.3f}")
 
 
-def print_figures(exp) -> None:
+def print_figures(exp: Experiment) -> None:
     """Selection figures (validation or out-of-fold) and test figures, with intervals, and per-count accuracy."""
     for label, m in (("validation", exp.val_metrics), ("out-of-fold", exp.cv_metrics), ("test", exp.metrics)):
         if m:
             print(figures_line(label, m))
     m = exp.cv_metrics or exp.metrics
+    if m is None:
+        return
     per_class = ", ".join(f"{exp.count_label(c)}: {'-' if a is None else f'{a:.2f}'}"
-                          for c, a in enumerate(m["per_class_accuracy"]))
+                          for c, a in enumerate(m.per_class_accuracy))
     print(f"  {'out-of-fold' if exp.cv_metrics else 'test'} accuracy per count: {per_class}")
-    if m.get("open_class"):
+    if m.open_class and exp.num_classes:
+        recall = "-" if m.open_class.recall is None else f"{m.open_class.recall:.2f}"
         print(f"  (accuracy, balanced accuracy and RMSE above are on bins of 0..{exp.num_classes - 2} items, the "
-              f"paper's task; {m['open_class']['n']} bins of more: recall of \"more than {exp.num_classes - 2}\" "
-              f"{m['open_class']['recall']:.2f})")
+              f"paper's task; {m.open_class.n} bins of more: recall of \"more than {exp.num_classes - 2}\" "
+              f"{recall})")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.classical import suite_experiments, train_classical
 from core.cnn import find_lr, train_cnn
+from core.metrics import SplitFigures
 from core.records import Experiment
 from core.store import Store
 
@@ -29,11 +30,14 @@ def result_line(exp: Experiment, seconds: float, reused: bool) -> str:
     how = "already in the store" if reused else f"trained in {seconds:.0f} s"
     if not exp.is_model:
         return f"{exp.name:<14} suggested learning rate {exp.suggested_lr or float('nan'):.1e}  ({how})"
-    val, test = exp.val_metrics, exp.metrics
-    return (f"{exp.name:<14} validation balanced accuracy "
-            f"{val.get('balanced_accuracy', float('nan')):.1%} | test: "
-            f"accuracy {test['accuracy']:.1%}  balanced {test['balanced_accuracy']:.1%}  "
-            f"RMSE {test['rmse']:.2f}  ({how})")
+    val, test = exp.val_metrics or SplitFigures(), exp.metrics or SplitFigures()
+    return (f"{exp.name:<14} validation balanced accuracy {_percent(val.balanced_accuracy)} | test: "
+            f"accuracy {_percent(test.accuracy)}  balanced {_percent(test.balanced_accuracy)}  "
+            f"RMSE {test.rmse if test.rmse is not None else float('nan'):.2f}  ({how})")
+
+
+def _percent(value: float | None) -> str:
+    return f"{value if value is not None else float('nan'):.1%}"
 
 
 def run_default_suite(data_root: str | Path, store: Store | None = None, cnn_overrides: dict | None = None,

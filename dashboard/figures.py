@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.config import MAX_COUNT
-from core.reconcile import is_mismatch
+from core.reconcile import AuditCurve, is_mismatch
 from core.records import count_label
 
 COUNT_TITLE = "items in the bin"
@@ -263,23 +263,23 @@ def coverage_curve(coverage: Sequence[float], accuracy: Sequence[float], title: 
     return _layout(fig, title)
 
 
-def audit_value_curve(curve: Mapping, title: str | None = None) -> go.Figure:
+def audit_value_curve(curve: AuditCurve, title: str | None = None) -> go.Figure:
     """What a recount budget buys (`core.reconcile.audit_curve`): share of wrong records caught
     against share of bins recounted, riskiest first; the diagonal is recounting in random order
     and the star is what the threshold flags."""
-    recounted, caught = np.asarray(curve["recounted"]), np.asarray(curve["caught"])
+    recounted, caught = np.asarray(curve.recounted), np.asarray(curve.caught)
     fig = go.Figure([
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random order", line=dict(color=NEUTRAL, dash="dash"),
                    hoverinfo="skip"),
         go.Scatter(x=recounted, y=caught, mode="lines", name="riskiest first", line=dict(color=colour(0), width=3),
                    hovertemplate="recount %{x:.0%} of the bins: catch %{y:.0%} of the wrong records<extra></extra>"),
     ])
-    if curve["n"]:
-        share = curve["flagged"] / curve["n"]
+    if curve.n:
+        share = curve.flagged / curve.n
         fig.add_trace(go.Scatter(
             x=[share], y=[float(np.interp(share, recounted, caught))], mode="markers", name="flagged by the threshold",
             marker=dict(symbol="star", size=16, color=MISMATCH, line=dict(color="black", width=1)),
-            hovertemplate=f"P(mismatch) >= {curve['threshold']:.2f}: %{{x:.0%}} of the bins, "
+            hovertemplate=f"P(mismatch) >= {curve.threshold:.2f}: %{{x:.0%}} of the bins, "
                           "%{y:.0%} of the wrong records<extra></extra>"))
     fig.update_xaxes(title="share of bins recounted, riskiest first", tickformat=".0%", range=[0, 1])
     fig.update_yaxes(title="share of wrong records caught", tickformat=".0%", range=[0, 1.02])

@@ -17,6 +17,7 @@ from PIL import ImageOps
 from core.collection import DataError, load_collection
 from core.config import find_data_dir, store_dir
 from core.images import ImageError, open_image
+from core.reconcile import AuditCurve
 from core.records import Experiment
 from core.store import Store, best_of, best_rule
 from dashboard.counting import PhotoCount, count_photos
@@ -189,7 +190,7 @@ def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: t
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> dict | None:
+def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> AuditCurve | None:
     from core.predict import class_prior
     from core.reconcile import audit_curve
 
@@ -201,7 +202,7 @@ def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: flo
     return audit_curve(probs, true, class_prior(Store(root).experiment(exp_id)), error_rate)
 
 
-def audit_curve(exp_id: str, error_rate: float) -> dict | None:
+def audit_curve(exp_id: str, error_rate: float) -> AuditCurve | None:
     """`core.reconcile.audit_curve` on the experiment's stored, calibrated test predictions."""
     root = store_root()
     return _audit_curve(root, exp_id, version(root), error_rate)

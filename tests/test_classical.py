@@ -27,6 +27,7 @@ from core.classical.predictor import (
 )
 from core.classical.search import choose_folds, failed_rows, grid_search, select_balanced, select_paper
 from core.dataset import prepare_dataset
+from core.metrics import Intervals
 from core.store import Store
 
 FAST = {"image_size": 32, "feature_params": {"size": 32}, "grid": {"C": [1, 10]}, "n_jobs": 1, "progress": False}
@@ -154,8 +155,8 @@ def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_c
     assert len(exp.cv_results) == 2 and sum(row["chosen"] for row in exp.cv_results) == 1
     assert exp.probabilities.startswith("softmax") and exp.train_seconds is not None
     dataset = prepare_dataset(tiny_collection, image_size=32, store_root=store_root, progress=False)
-    assert exp.metrics["n"] == len(dataset.split("test")) and exp.val_metrics["n"] == len(dataset.split("val"))
-    assert set(exp.metrics["intervals"]) == {"accuracy", "balanced_accuracy", "rmse"}
+    assert exp.metrics.n == len(dataset.split("test")) and exp.val_metrics.n == len(dataset.split("val"))
+    assert isinstance(exp.metrics.intervals, Intervals)
     assert exp.calibration["method"] in ("none", "temperature", "temperature+bias")
     assert store.split(exp_id).set_index("image_id")["split"].to_dict() == \
         dataset.table.set_index("image_id")["split"].to_dict()
@@ -188,7 +189,7 @@ def test_cross_validated_run_is_one_experiment_of_k_models_with_out_of_fold_figu
     oof = store.predictions(exp_id, "oof")
     dataset = prepare_dataset(tiny_collection, image_size=32, store_root=store_root, progress=False)
     pool = dataset.table[dataset.table["split"] != "test"]
-    assert sorted(oof["image_id"]) == sorted(pool["image_id"]) and exp.cv_metrics["n"] == len(pool)
+    assert sorted(oof["image_id"]) == sorted(pool["image_id"]) and exp.cv_metrics.n == len(pool)
     assert set(store.split(exp_id)["split"]) == {"oof", "test"}
     assert all((store.artifact_dir(exp_id) / f"fold-{f}" / ARTIFACT).is_file() for f in range(3))
     assert exp.calibration["n_fit"] == len(pool)  # calibrated on the pooled out-of-fold predictions

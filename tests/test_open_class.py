@@ -49,11 +49,11 @@ def test_the_papers_figures_are_on_zero_to_five_and_the_open_recall_beside_them(
     probs = np.eye(7)[pred] * 0.9 + 0.1 / 7
     figures = split_figures(y, probs, 7, open_top=True)
     paper = count_report(y[:4], pred[:4], 7)
-    assert figures["n"] == 4 and figures["accuracy"] == pytest.approx(paper["accuracy"]) == 0.75
-    assert figures["rmse"] == pytest.approx(paper["rmse"])  # "more than 5" counts as 6 items
-    assert figures["open_class"]["n"] == 4 and figures["open_class"]["recall"] == pytest.approx(0.75)
-    assert figures["per_class_accuracy"][6] == pytest.approx(0.75)
-    assert np.asarray(figures["confusion_matrix"]).sum() == 8 and figures["confusion_matrix"][6][5] == 1
+    assert figures.n == 4 and figures.accuracy == pytest.approx(paper.accuracy) == 0.75
+    assert figures.rmse == pytest.approx(paper.rmse)  # "more than 5" counts as 6 items
+    assert figures.open_class.n == 4 and figures.open_class.recall == pytest.approx(0.75)
+    assert figures.per_class_accuracy[6] == pytest.approx(0.75)
+    assert np.asarray(figures.confusion_matrix).sum() == 8 and figures.confusion_matrix[6][5] == 1
 
 
 def test_a_classical_model_learns_the_open_class(tmp_path, store_root):
@@ -63,7 +63,7 @@ def test_a_classical_model_learns_the_open_class(tmp_path, store_root):
                                            feature_params={"size": 32}, folds=2, n_jobs=1, progress=False))
     assert exp.open_top and exp.num_classes == 7 and exp.params["open_top"] is True
     assert exp.count_label(6) == "more than 5" and exp.count_label(3) == "3"
-    assert "open_class" in exp.metrics and len(exp.metrics["per_class_accuracy"]) == 7
+    assert exp.metrics.open_class is not None and len(exp.metrics.per_class_accuracy) == 7
     closed = store.experiment(train_classical(root, "hog", "logreg", store=store, image_size=32, grid={"C": [1]},
                                               feature_params={"size": 32}, folds=2, n_jobs=1, progress=False,
                                               open_top=False))

@@ -124,15 +124,15 @@ def test_default_settings_flag_few_bins_and_mostly_wrong_records():
     probs, true = calibrated_model(3000, prior, noise=1.0, seed=1)
     assert 0.6 < (probs.argmax(1) == true).mean() < 0.8
     curve = audit_curve(probs, true, prior, error_rate=0.2, seed=2)
-    assert curve["flagged"] / curve["n"] < 0.25
-    assert curve["flagged_precision"] > 0.6
-    assert curve["roc_auc"] > 0.75 and curve["average_precision"] > 0.5
-    assert np.all(np.diff(curve["caught"]) >= 0) and curve["caught"][-1] == 1 and curve["recounted"][-1] == 1
+    assert curve.flagged / curve.n < 0.25
+    assert curve.flagged_precision > 0.6
+    assert curve.roc_auc > 0.75 and curve.average_precision > 0.5
+    assert np.all(np.diff(curve.caught) >= 0) and curve.caught[-1] == 1 and curve.recounted[-1] == 1
     table = audit_table(curve)
     assert list(table["recount"]) == ["10%", "20%", "30%", "50%"]
     assert table["wrong records caught"].is_monotonic_increasing and table["wrong records caught"].iloc[0] > 0.2
     uninformative = audit_curve(np.tile(prior, (3000, 1)), true, prior, error_rate=0.2, seed=2)
-    assert uninformative["flagged"] == 0  # a photo that says nothing never outweighs the prior
+    assert uninformative.flagged == 0  # a photo that says nothing never outweighs the prior
 
 
 # ---- records -------------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
                 curve = trainer.find_lr()
                 if runtime.is_main:
                     store.log_lr_curve(exp_id, curve.lrs, curve.losses, curve.suggested, name=preset)
-                    store.finish(exp_id, metrics={}, suggested_lr=curve.suggested)
+                    store.finish(exp_id, metrics=None, suggested_lr=curve.suggested)
         return exp_id
     finally:
         shutdown(runtime)
