@@ -66,7 +66,7 @@ def recheck_if_asked(args: argparse.Namespace, root: Path) -> None:
 def cmd_classical(args: argparse.Namespace) -> None:
     import time
 
-    from core.classical import results_table, suite_experiments, train_classical
+    from core.classical import ClassicalConfig, results_table, suite_experiments, train_classical
     from core.store import Store
 
     def json_arg(flag: str, text: str | None):
@@ -78,16 +78,16 @@ def cmd_classical(args: argparse.Namespace) -> None:
     store, root, started = Store(args.store), data_dir(args.data), time.perf_counter()
     recheck_if_asked(args, root)
     options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv}
-    options = {k: v for k, v in options.items() if v is not None}
-    common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet}
     try:
         if args.suite:
-            configs = suite_experiments(args.suite)
+            configs = [config.with_overrides(options) for config in suite_experiments(args.suite)]
         else:
-            configs = [{"features": args.features, "model": args.model, "pca": args.pca, "name": args.name,
-                        "feature_params": json_arg("--feature-params", args.feature_params),
-                        "grid": json_arg("--grid", args.grid)}]
-        ids = [train_classical(root, **{**config, **options}, **common) for config in configs]
+            configs = [ClassicalConfig.from_dict({
+                "features": args.features, "model": args.model, "pca": args.pca, "name": args.name,
+                "feature_params": json_arg("--feature-params", args.feature_params),
+                "grid": json_arg("--grid", args.grid), **options})]
+        ids = [train_classical(root, config, store, n_jobs=args.jobs, progress=not args.quiet)
+               for config in configs]
     except ValueError as err:
         sys.exit(str(err))
     table = results_table(store, ids)

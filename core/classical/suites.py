@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 
+from core.classical.config import ClassicalConfig
 from core.metrics import SplitFigures
 from core.store import Store
 
@@ -37,11 +38,11 @@ SUITES: dict[str, list[dict]] = {
 PAPER_TABLES = {"raw-logreg": "I", "raw-tree": "I", "raw-svm": "I", "blobs-svm": "II", "hog-svm": "II", "pca-svm": "II"}
 
 
-def suite_experiments(name: str) -> list[dict]:
-    """The experiments of a suite, each a dict of keyword arguments for `train_classical`."""
+def suite_experiments(name: str) -> list[ClassicalConfig]:
+    """The experiments of a suite, each the configuration `train_classical` takes."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
-    return [json.loads(json.dumps(config)) for config in SUITES[name]]
+    return [ClassicalConfig.from_dict(config) for config in SUITES[name]]
 
 
 def results_table(store: Store, exp_ids: list[str]) -> pd.DataFrame:

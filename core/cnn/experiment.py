@@ -9,7 +9,6 @@ Under `torchrun`, rank 0 talks to the store and every rank trains.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from core.cnn.recipes import Recipe, get_recipe
 from core.cnn.runtime import Runtime, first_alone, launch_rank, setup_runtime, shutdown
 from core.dataset import Dataset, prepare_dataset
 from core.files import atomic_path
-from core.runs import cv_folds, cv_pool, finish_cv, finish_single
+from core.runs import cv_folds, cv_pool, finish_cv, finish_single, run_once
 from core.store import Store, config_key
 
 FAMILY = "cnn"
@@ -191,21 +190,23 @@ def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | No
     store = store or Store()
     dataset = load_data(dataset_root, recipe, store, progress)  # before the process group (see load_data)
     runtime = setup_runtime()
+    model: nn.Module | None = None
+
+    def start() -> str | None:
+        nonlocal model
+        model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
+        return _open_experiment(store, preset, recipe, cv, dataset, runtime, key, weights) if runtime.is_main else None
+
+    def train(exp_id: str) -> None:
+        if cv:
+            _train_folds(store, exp_id, recipe, cv, dataset, runtime, progress, on_epoch)
+        else:
+            assert model is not None  # built by start()
+            _train_single(store, exp_id, recipe, dataset, model, runtime, progress, on_epoch)
+
     try:
         key = _key(FAMILY, recipe, cv, dataset, runtime)
-        with store.claim(key) if runtime.is_main else nullcontext():
-            done = runtime.broadcast(store.find_finished(key) if runtime.is_main else None)
-            if done:
-                return done
-            model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
-            exp_id = runtime.broadcast(_open_experiment(store, preset, recipe, cv, dataset, runtime, key, weights)
-                                       if runtime.is_main else None)
-            with store.running(exp_id) if runtime.is_main else nullcontext():
-                if cv:
-                    _train_folds(store, exp_id, recipe, cv, dataset, runtime, progress, on_epoch)
-                else:
-                    _train_single(store, exp_id, recipe, dataset, model, runtime, progress, on_epoch)
-        return exp_id
+        return run_once(store, key, start, train, is_main=runtime.is_main, share=runtime.broadcast)
     finally:
         shutdown(runtime)
 
@@ -220,28 +221,30 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
     store = store or Store()
     dataset = load_data(dataset_root, recipe, store, progress)  # before the process group (see load_data)
     runtime = setup_runtime()
+    model: nn.Module | None = None
+
+    def start() -> str | None:
+        nonlocal model
+        model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
+        if not runtime.is_main:
+            return None
+        return store.start(f"lr-find {preset}", LR_FAMILY, recipe.backbone, _params(recipe, 0), dataset.fingerprint,
+                           code_version=VERSION, world_size=runtime.world_size,
+                           data_root=str(Path(dataset.collection.root).resolve()), device=runtime.describe(),
+                           weights=weights, preset=preset, image_size=recipe.phases[0].image_size,
+                           num_classes=dataset.num_classes)
+
+    def sweep(exp_id: str) -> None:
+        assert model is not None  # built by start()
+        data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
+                            dataset.num_classes)
+        curve = Trainer(model, recipe, data, runtime, store.artifact_dir(exp_id), progress=progress).find_lr()
+        if runtime.is_main:
+            store.log_lr_curve(exp_id, curve.lrs, curve.losses, curve.suggested, name=preset)
+            store.finish(exp_id, metrics=None, suggested_lr=curve.suggested)
+
     try:
-        key = _key(LR_FAMILY, recipe, 0, dataset, runtime)
-        with store.claim(key) if runtime.is_main else nullcontext():
-            done = runtime.broadcast(store.find_finished(key) if runtime.is_main else None)
-            if done:
-                return done
-            model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
-            phase = recipe.phases[0]
-            exp_id = runtime.broadcast(
-                store.start(f"lr-find {preset}", LR_FAMILY, recipe.backbone, _params(recipe, 0), dataset.fingerprint,
-                            code_version=VERSION, world_size=runtime.world_size,
-                            data_root=str(Path(dataset.collection.root).resolve()), device=runtime.describe(),
-                            weights=weights, preset=preset, image_size=phase.image_size,
-                            num_classes=dataset.num_classes) if runtime.is_main else None)
-            with store.running(exp_id) if runtime.is_main else nullcontext():
-                data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
-                                    dataset.num_classes)
-                trainer = Trainer(model, recipe, data, runtime, store.artifact_dir(exp_id), progress=progress)
-                curve = trainer.find_lr()
-                if runtime.is_main:
-                    store.log_lr_curve(exp_id, curve.lrs, curve.losses, curve.suggested, name=preset)
-                    store.finish(exp_id, metrics=None, suggested_lr=curve.suggested)
-        return exp_id
+        return run_once(store, _key(LR_FAMILY, recipe, 0, dataset, runtime), start, sweep,
+                        is_main=runtime.is_main, share=runtime.broadcast)
     finally:
         shutdown(runtime)
