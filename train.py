@@ -99,18 +99,19 @@ def cmd_classical(args: argparse.Namespace) -> None:
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
-def counter_for(name: str, store: Path | None, data: Path | None = None):
+def counter_for(name: str, store_root: Path | None, data: Path | None = None):
     """A counter for --model from the --store (default store when None), or a clear exit.
 
-    `best` is chosen on validation among the models trained on the data in use: `data` if models
-    were trained on it, else the default data folder, else (said on stderr) any data."""
+    `best` is chosen on validation among the models trained on the data in use
+    (`core.store.data_in_use`: `data` if models were trained on it, else the default data folder,
+    else the newest model's data); the choice and its rule are said on stderr."""
     from core.predict import ModelNotFound, load_counter
-    from core.store import Store, best_of, best_rule
+    from core.store import Store, best_rule, data_in_use
 
-    models = Store(store).experiments("finished")
-    trained_on = next((root for root in (data, find_data_dir()) if root is not None and best_of(models, root)), None)
+    store = Store(store_root)
+    trained_on = data_in_use(store.experiments("finished"), data)
     try:
-        counter = load_counter(name, Store(store), data_root=trained_on)
+        counter = load_counter(name, store, data_root=trained_on)
     except ModelNotFound as err:
         sys.exit(str(err))
     if name == "best":
@@ -173,31 +174,23 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
 
 
 def simulate_audit(counter, args: argparse.Namespace) -> None:
-    """What a recount budget buys on a labelled folder: its labels with simulated record errors."""
-    import numpy as np
-
-    from core.predict import CountResult
-    from core.reconcile import audit_curve, audit_table, judged_class, records_from_folder
+    """What a recount budget buys on a labelled folder (`core.reconcile.audit_folder`), and on which photos."""
+    from core.reconcile import audit_folder, audit_table
+    from core.store import Store
 
     if args.records:
         sys.exit("--simulate-errors uses the folder's own labels as the true counts; leave out --records")
     if not 0 <= args.simulate_errors <= 1:
         sys.exit(f"--simulate-errors is a share of records in [0, 1], got {args.simulate_errors}")
     root = data_dir(args.data)
-    records, images = records_from_folder(root)
-    usable = records[records["error"] == ""]
-    results = counter.count_batch([images[name] for name in usable["image"]], progress=True)
-    open_top = counter.exp.open_top
-    pairs = [(r.probs, cls) for r, true in zip(results, usable["recorded_quantity"], strict=True)
-             if isinstance(r, CountResult)
-             and (cls := judged_class(int(true), counter.num_classes, open_top)) is not None]
-    if not pairs:
-        sys.exit(f"no photo in {root} has a count the model can check (0..{counter.num_classes - 1})")
-    probs, true = np.array([p for p, _ in pairs]), np.array([c for _, c in pairs])
-    curve = audit_curve(probs, true, counter.class_prior, args.simulate_errors, args.prior_wrong, args.seed,
-                        args.threshold)
-    print(f"audit value of {counter.name} ({counter.exp_id}) on {curve.n} labelled photos in {root} "
-          f"({len(records) - curve.n} left out: unreadable, or a count above {counter.num_classes - 1}); "
+    try:
+        audit = audit_folder(counter, root, Store(args.store), args.simulate_errors, args.prior_wrong, args.seed,
+                             args.threshold)
+    except ValueError as err:
+        sys.exit(str(err))
+    curve = audit.curve
+    print(f"audit value of {counter.name} ({counter.exp_id}) on {curve.n} labelled photos in {root}, scope: "
+          f"{audit.scope} ({audit.left_out} left out: unreadable, or a count above {counter.num_classes - 1}); "
           f"{curve.wrong} records ({args.simulate_errors:.0%} asked) moved by 1 or 2 items, seed {args.seed}")
     print(audit_table(curve).to_string(index=False, formatters={"wrong records caught": "{:.0%}".format}))
     print(f"ROC AUC {curve.roc_auc:.3f}, average precision {curve.average_precision:.3f}")

@@ -30,7 +30,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core.collection import inside_root, load_collection, parse_count
 from core.images import ImageError
-from core.predict import BinCounter, CountResult
+from core.predict import BinCounter, CountResult, scope_of
+from core.store import Store
 
 # Chosen on simulations on the validation split (never the test split) of the default HOG+SVM and
 # PCA+SVM models on the shared ABID sample (530 photos, 10 seeds): with a fifth of the records moved
@@ -344,3 +345,32 @@ def audit_table(curve: AuditCurve, shares=AUDIT_SHARES) -> pd.DataFrame:
     return pd.DataFrame({"recount": [f"{s:.0%}" for s in shares],
                          "bins": [math.ceil(s * curve.n - 1e-9) for s in shares],
                          "wrong records caught": [caught_at(curve, s) for s in shares]})
+
+
+@dataclass(frozen=True)
+class FolderAudit:
+    """`audit_curve` of a counter on a labelled folder (`audit_folder`)."""
+
+    curve: AuditCurve
+    scope: str  # "test split" (the model's own collection) or "all photos", as `core.predict.scope_of` decides
+    left_out: int  # photos in scope that were not ranked: unreadable, or a count the model cannot check
+
+
+def audit_folder(counter: BinCounter, root: str | Path, store: Store, error_rate: float,
+                 prior_wrong: float = PRIOR_WRONG, seed: int = 0, threshold: float = MISMATCH_THRESHOLD,
+                 progress: bool = True) -> FolderAudit:
+    """What a recount budget buys on a labelled folder: its labels are the true counts, `error_rate`
+    of them are moved (`simulate_errors`). On the model's own collection only its test split is
+    scored, as `core.predict.evaluate_folder` does, since the rest trained, calibrated or selected it."""
+    root = Path(root)
+    collection = load_collection(root, max_count=10**6)
+    table, scope = scope_of(counter.exp, collection.table, root, store)
+    unreadable = len(collection.skipped) if scope == "all photos" else 0  # skipped files belong to no split
+    results = counter.count_batch(table["path"].tolist(), progress=progress)
+    pairs = [(r.probs, cls) for r, true in zip(results, table["count"], strict=True) if isinstance(r, CountResult)
+             and (cls := judged_class(int(true), counter.num_classes, counter.exp.open_top)) is not None]
+    if not pairs:
+        raise ValueError(f"no photo in {root} ({scope}) has a count the model can check (0..{counter.num_classes - 1})")
+    probs, true = np.array([p for p, _ in pairs]), np.array([c for _, c in pairs])
+    curve = audit_curve(probs, true, counter.class_prior, error_rate, prior_wrong, seed, threshold)
+    return FolderAudit(curve, scope, len(table) + unreadable - curve.n)

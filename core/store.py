@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.config import store_dir
+from core.config import find_data_dir, store_dir
 from core.metrics import SplitFigures
 from core.records import COLUMN_FIELDS, Experiment, stored
 
@@ -404,3 +404,15 @@ def best_rule(data_root: str | Path | None = None) -> str:
     where = f" on {data_root}" if data_root else ""
     return (f"best = highest validation balanced accuracy (out-of-fold for cross-validated models) "
             f"among finished models{where}; test figures play no part in the choice")
+
+
+def data_in_use(experiments: Sequence[Experiment], asked: str | Path | None = None) -> str | None:
+    """The data `best` is chosen on, for the CLI and the dashboard alike: `asked` (a --data folder)
+    if finished models were trained on it, else the default data folder (`core.config.find_data_dir`)
+    if they were, else the data of the newest finished model; None when there is no finished model.
+    Models trained on other data are never ranked against them: their figures are not comparable."""
+    for root in (asked, find_data_dir()):
+        if root is not None and best_of(experiments, root):
+            return str(root)
+    models = [e for e in experiments if e.is_model]
+    return max(models, key=lambda e: e.started_at).data_root or None if models else None

@@ -20,6 +20,7 @@ from core.images import ImageError, open_image
 from core.reconcile import AuditCurve
 from core.records import Experiment
 from core.store import Store, best_of, best_rule
+from core.store import data_in_use as store_data_in_use
 from dashboard.counting import PhotoCount, count_photos
 from dashboard.tables import is_scored, item_names
 
@@ -62,13 +63,8 @@ def finished() -> list[Experiment]:
 
 
 def data_in_use() -> str | None:
-    """The data `best` is chosen on: the default data folder if models were trained on it, else the
-    data of the newest finished model."""
-    models = finished()
-    found = find_data_dir()
-    if found is not None and best_of(models, found):
-        return str(found)
-    return models[0].data_root if models else None
+    """`core.store.data_in_use` over the cached list: the data `best` is chosen on."""
+    return store_data_in_use(finished())
 
 
 def best_id() -> str | None:

@@ -13,7 +13,7 @@ import pytest
 
 from core.metrics import SplitFigures
 from core.records import Experiment
-from core.store import SCHEMA_VERSION, Store, best_of, config_key
+from core.store import SCHEMA_VERSION, Store, best_of, config_key, data_in_use
 
 
 def test_store_round_trip(store_root):
@@ -86,6 +86,25 @@ def test_best_is_chosen_on_validation_and_on_the_data_in_use(store_root, tmp_pat
     crossed = _finished(store, "cross-validated", here, val=0.0, test=0.1, cv=0.6)  # out-of-fold counts instead
     assert best_of(store.experiments(), here) == crossed
     assert store.best(tmp_path / "nothing") is None
+
+
+def test_the_data_in_use_is_the_asked_folder_then_the_default_one_then_the_newest_models(
+        store_root, tmp_path, monkeypatch):
+    store = Store()
+    here, elsewhere, default = (str(tmp_path / name) for name in ("here", "elsewhere", "default"))
+    monkeypatch.setenv("ABID_DATA", default)
+    assert data_in_use(store.experiments(), here) is None  # no model at all
+    _finished(store, "older", here, val=0.5, test=0.5)
+    time.sleep(0.01)
+    _finished(store, "newer", elsewhere, val=0.4, test=0.4)
+    models = store.experiments("finished")
+    assert data_in_use(models, here) == here  # asked, and models were trained on it
+    assert data_in_use(models, tmp_path / "nothing") == elsewhere  # neither asked nor default: the newest model's
+    assert data_in_use(models) == elsewhere
+    _finished(store, "on-default", default, val=0.1, test=0.1)
+    models = store.experiments("finished")
+    assert data_in_use(models) == default and data_in_use(models, tmp_path / "nothing") == default
+    assert data_in_use(models, here) == here
 
 
 def test_failure_is_recorded_and_never_finished(store_root):
