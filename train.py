@@ -296,15 +296,29 @@ def cmd_suite(args: argparse.Namespace) -> None:
                       classical_overrides=json.loads(args.classical_overrides) if args.classical_overrides else None)
 
 
-def add_store_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, metavar="DIR",
-                        help="experiment store: database, models, image caches (default: BINSIGHT_STORE, else models/)")
+DATA_HELP = "data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)"
 
 
-def add_recheck_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recheck", action="store_true",
-                        help="stat every photo, not only those in folders changed since the last load: "
-                             "sees files rewritten in place (without a rename)")
+def shared_flags() -> dict[str, argparse.ArgumentParser]:
+    """Parent parsers of the flags several commands share, each declared once."""
+
+    def parent() -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(add_help=False)
+
+    flags = {name: parent() for name in ("data", "store", "recheck", "quiet", "model", "cv")}
+    flags["data"].add_argument("--data", help=DATA_HELP)
+    flags["store"].add_argument("--store", type=Path, metavar="DIR",
+                                help="experiment store: database, models, image caches "
+                                     "(default: BINSIGHT_STORE, else models/)")
+    flags["recheck"].add_argument("--recheck", action="store_true",
+                                  help="stat every photo, not only those in folders changed since the last load: "
+                                       "sees files rewritten in place (without a rename)")
+    flags["quiet"].add_argument("--quiet", action="store_true", help="no progress bars")
+    flags["model"].add_argument("--model", default="best", help="experiment id or name, or 'best'")
+    flags["cv"].add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
+                             help="cross-validate: K models on K folds of train+val (K defaults to 5), "
+                                  "served as an ensemble")
+    return flags
 
 
 def presets_epilog() -> str:
@@ -351,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    flags = shared_flags()
+    data, store, recheck, quiet, model, cv = (flags[name] for name in ("data", "store", "recheck", "quiet", "model",
+                                                                      "cv"))
 
     p = sub.add_parser("download", help="fetch photos and metadata from ABID's public bucket")
     p.add_argument("--n", type=int, default=100, help="how many bins, counting up from --start")
@@ -361,20 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8)
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("prepare", help="load a collection, build its image cache and split")
-    p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+    p = sub.add_parser("prepare", help="load a collection, build its image cache and split",
+                       parents=[data, store, recheck])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--max-count", type=int, default=MAX_COUNT)
     p.add_argument("--export-split", metavar="FILE.csv", help="write image_id,split of every usable photo")
-    add_store_flag(p)
-    add_recheck_flag(p)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("classical",
                        help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
                        description="Cross-validated grid search on the train split, one test evaluation; "
-                                   "a configuration already trained on the same data is served from the store.")
-    p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+                                   "a configuration already trained on the same data is served from the store.",
+                       parents=[data, cv, quiet, store, recheck])
     p.add_argument("--suite", help="a suite from core/classical/suites.py: paper-classical (Tables I and II), "
                                     "default, cnn-features")
     p.add_argument("--features", default="hog",
@@ -391,45 +406,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="image cache resolution the features read (default: 128)")
     p.add_argument("--name", help="experiment name (default: <features>-<model>)")
     p.add_argument("--jobs", type=int, default=2, help="parallel processes for features and the search")
-    p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
-                   help="cross-validate: K models on K folds of train+val (K defaults to 5), served as an ensemble")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_store_flag(p)
-    add_recheck_flag(p)
     p.set_defaults(func=cmd_classical)
 
-    p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)")
-    p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+    p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)",
+                       parents=[data, store, recheck])
     p.add_argument("--cnn-overrides", help='JSON recipe overrides for the CNN, e.g. \'{"batch_size": 16}\'')
     p.add_argument("--classical-overrides",
-                   help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
+                   help='JSON overrides of the classical settings (and n_jobs), e.g. \'{"folds": 5}\'')
     p.add_argument("--sample-size", type=int, default=DEFAULT_SAMPLE_SIZE,
                    help="with no data folder: how many ABID bins to fetch first (spread over the id range)")
     p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where to fetch them from")
-    add_store_flag(p)
-    add_recheck_flag(p)
     p.set_defaults(func=cmd_suite)
 
-    p = sub.add_parser("gc", help="remove image caches no experiment uses, and report what that frees")
+    p = sub.add_parser("gc", help="remove image caches no experiment uses, and report what that frees",
+                       parents=[store])
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    add_store_flag(p)
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("count", help="count the items in photos")
+    p = sub.add_parser("count", help="count the items in photos", parents=[model, store])
     p.add_argument("images", nargs="+")
-    p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
-    add_store_flag(p)
     p.set_defaults(func=cmd_count)
 
-    p = sub.add_parser("evaluate", help="score a model on a labelled collection (prints JSON)")
-    p.add_argument("--model", default="best")
-    p.add_argument("--data", help="collection folder in any supported layout")
-    add_store_flag(p)
+    p = sub.add_parser("evaluate", help="score a model on a labelled collection in any supported layout "
+                                        "(prints JSON)", parents=[model, data, store])
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity")
-    p.add_argument("--model", default="best")
-    p.add_argument("--data", help="folder of photos (its own labels are the recorded quantities unless --records)")
+    p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity",
+                       description="The --data folder's photos; its own labels are the recorded quantities "
+                                   "unless --records.", parents=[model, data, store])
     p.add_argument("--records", help="CSV with columns image,recorded_quantity (image = path relative to --data)")
     p.add_argument("--out", default="report.csv", help=".csv (the rows) or .json (settings, totals and rows)")
     p.add_argument("--threshold", type=float, default=MISMATCH_THRESHOLD,
@@ -439,29 +443,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"share of records assumed wrong before a photo is seen (default {PRIOR_WRONG})")
     p.add_argument("--simulate-errors", type=float, metavar="RATE",
                    help="on a labelled --data folder: move this share of its labels by 1 or 2 and print what "
-                        "recounting the riskiest 10/20/30/50%% of bins catches (no report written)")
+                        "recounting the riskiest 10/20/30/50%% of bins catches (no report written; on the "
+                        "model's own collection, its test split only)")
     p.add_argument("--seed", type=int, default=0, help="seed of --simulate-errors")
-    add_store_flag(p)
     p.set_defaults(func=cmd_reconcile)
 
-    for name, func, help_ in (
-        ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run"),
-        ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase"),
+    for name, func, help_, extra in (
+        ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run", [cv]),
+        ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase", []),
     ):
         p = sub.add_parser(name, help=help_, description=f"{help_}. Runs under `torchrun --nproc_per_node N` too.",
-                           epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+                           epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                           parents=[data, *extra, quiet, store, recheck])
         p.add_argument("--preset", default="quick", choices=PRESETS, metavar="PRESET",
                        help="recipe from core/cnn/recipes.py, listed below (default: quick)")
         p.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
                        help="override recipe fields, values in JSON, e.g. batch_size=64 "
                             '\'phases=[{"epochs": 3, "image_size": 128}]\'')
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        if name == "cnn":
-            p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
-                           help="cross-validate: K models on K folds of train+val (K defaults to 5), one ensemble")
-        add_store_flag(p)
-        add_recheck_flag(p)
         p.set_defaults(func=func)
     return parser
 

@@ -135,7 +135,8 @@ def items_by_image(data_root: str) -> dict[str, list[str]]:
     table = collection(data_root)
     if table is None:
         return {}
-    return {row.image_id: names for row in table.itertuples() if (names := item_names(row.items))}
+    return {str(image_id): names for image_id, items in zip(table["image_id"], table["items"], strict=True)
+            if (names := item_names(str(items)))}
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)

@@ -83,7 +83,7 @@ def photo_grid(photos: pd.DataFrame, caption, columns: int = 4, details=None) ->
     for start in range(0, len(rows), columns):
         for col, row in zip(st.columns(columns), rows[start:start + columns], strict=False):
             with col.container(border=True):
-                image = state.thumbnail(row.path)
+                image = state.thumbnail(str(row.path))
                 if image is None:
                     st.warning(f"photo not found: {row.path}")
                 else:

@@ -30,7 +30,7 @@ left.plotly_chart(figures.per_class_bars({exp.name: metrics.per_class_accuracy},
 right.plotly_chart(figures.per_class_bars({exp.name: metrics.per_class_rmse}, "RMSE",
                                           title="RMSE: typical error in items", open_top=exp.open_top),
                    key="pc-rmse")
-if open_class := metrics.open_class:
+if (open_class := metrics.open_class) and exp.num_classes:
     st.caption(f"Accuracy, balanced accuracy and RMSE are on bins of 0..{exp.num_classes - 2} items, the paper's task. "
                f"The model also learns \"{exp.count_label(exp.num_classes - 1)}\": it recognises "
                f"{open_class.recall or 0:.0%} of the {open_class.n} test bins that hold more (the last bar).")
