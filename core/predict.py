@@ -13,10 +13,12 @@ was trained.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from core.calibration import decide
@@ -24,7 +26,8 @@ from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
 from core.collection import load_collection
 from core.images import ImageError, ImageSource, load_rgb
-from core.metrics import ece_by_prior, expected_count, split_figures
+from core.layout import fold_dir
+from core.metrics import SplitFigures, ece_by_prior, expected_count, split_figures
 from core.priors import DEFAULT_PRIOR, PRIORS, stated_prior, with_prior
 from core.records import Experiment
 from core.sources import photo_sources
@@ -50,7 +53,7 @@ class CountResult:
 def model_folders(store: Store, exp: Experiment) -> list[Path]:
     """Where the experiment's model files are: its folder, or one folder per cross-validation fold."""
     root = store.artifact_dir(exp.id)
-    return [root / f"fold-{f}" for f in range(exp.folds)] if exp.folds else [root]
+    return [fold_dir(root, f) for f in range(exp.folds)] if exp.folds else [root]
 
 
 def resolve_experiment(store: Store, model: str = "best", data_root: str | Path | None = None) -> Experiment:
@@ -149,28 +152,67 @@ def load_counter(model: str = "best", store: Store | None = None, data_root: str
                       prior)
 
 
-def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None = None,
-                    progress: bool = True) -> dict:
-    """Score a counter on a labelled collection, with 95% bootstrap intervals.
+@dataclass(frozen=True)
+class SourceScore:
+    """A counter scored on the photos of one source of a folder (`core.sources`)."""
 
-    On the experiment's own collection only its test split is scored (`scope: "test split"`), from
-    the split stored with the experiment; elsewhere every photo (`scope: "all photos"`). Counts
-    the model cannot predict are left out and counted. The figures are those of what the counter
-    shows (`prior`), with the paper's task beside them (`paper_task`), the ECE under each prior
-    (`ece_by_prior`) and all of it per source (`by_source`, see `core.sources`).
+    photos: int
+    figures: SplitFigures
+    ece_by_prior: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"photos": self.photos, **self.figures.to_dict(), "ece_by_prior": self.ece_by_prior}
+
+
+@dataclass(frozen=True)
+class FolderScore:
+    """A counter scored on a labelled folder (`evaluate_folder`)."""
+
+    model: str  # experiment id
+    scope: str  # "test split" (the model's own collection) or "all photos" (see `scope_of`)
+    figures: SplitFigures  # of what the counter shows, under `prior`; the paper's task in `figures.paper_task`
+    left_out_counts: int  # photos whose count the model cannot predict
+    unreadable: int
+    prior: str = DEFAULT_PRIOR  # the prior the figures' probabilities are under (`core.priors`)
+    ece_by_prior: dict[str, float] = field(default_factory=dict)  # `core.metrics.ece_by_prior`
+    by_source: dict[str, SourceScore] = field(default_factory=dict)  # `core.sources`
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON `train.py evaluate` prints: model, scope, prior, the figures' keys, the ECE under
+        each prior, the same per source, then what was left out."""
+        return {"model": self.model, "scope": self.scope, "prior": self.prior, **self.figures.to_dict(),
+                "ece_by_prior": self.ece_by_prior,
+                "by_source": {name: score.to_dict() for name, score in self.by_source.items()},
+                "left_out_counts": self.left_out_counts, "unreadable": self.unreadable}
+
+
+def scope_of(exp: Experiment, table: pd.DataFrame, root: str | Path, store: Store) -> tuple[pd.DataFrame, str]:
+    """The photos of `table` (a collection of `root`) that may score `exp`, and that scope in words.
+
+    On the experiment's own collection only its test split (`"test split"`, from the split stored
+    with the experiment), since the rest trained, calibrated or selected it; elsewhere every photo
+    (`"all photos"`). Evaluation and the folder audit both score by this rule.
+    """
+    if not (exp.data_root and same_root(exp.data_root, root)):
+        return table, "all photos"
+    split = store.split(exp.id)
+    if split.empty:
+        raise ValueError(f"{root} is the collection {exp.name} was trained on, but its split was not stored "
+                         "with it (trained by an older binsight): retrain it, or use other photos")
+    return table[table["image_id"].isin(split.loc[split["split"] == "test", "image_id"])], "test split"
+
+
+def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None = None,
+                    progress: bool = True) -> FolderScore:
+    """Score a counter on a labelled collection, with 95% bootstrap intervals, on the photos
+    `scope_of` allows. Counts the model cannot predict are left out and counted. The figures are
+    those of what the counter shows (`prior`), with the paper's task beside them
+    (`SplitFigures.paper_task`), the ECE under each prior and all of it per source (`core.sources`).
     """
     store = store or Store()
     open_top = counter.exp.open_top
     collection = load_collection(root, max_count=counter.num_classes - 1 - int(open_top), open_top=open_top)
-    table = collection.table
-    scope = "all photos"
-    if counter.exp.data_root and same_root(counter.exp.data_root, root):
-        split = store.split(counter.exp_id)
-        if split.empty:
-            raise ValueError(f"{root} is the collection {counter.name} was trained on, but its split was not stored "
-                             "with it (trained by an older binsight): retrain it, or evaluate on other photos")
-        table = table[table["image_id"].isin(split.loc[split["split"] == "test", "image_id"])]
-        scope = "test split"
+    table, scope = scope_of(counter.exp, collection.table, root, store)
     results = counter.count_batch(table["path"].tolist(), progress=progress)
     ok = [i for i, r in enumerate(results) if isinstance(r, CountResult)]
     truth = table["count"].to_numpy()[ok]
@@ -181,14 +223,14 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
     likelihood = probs / np.clip(np.array([r.prior for r in counted]), 1e-12, None)
     k = counter.num_classes
 
-    def figures(rows: np.ndarray) -> dict:
-        return {**split_figures(truth[rows], probs[rows], k, open_top, shown[rows]),
-                "ece_by_prior": ece_by_prior(likelihood[rows], truth[rows], k, open_top)}
+    def score(rows: np.ndarray) -> SourceScore:
+        return SourceScore(int(rows.sum()), split_figures(truth[rows], probs[rows], k, open_top, shown[rows]),
+                           ece_by_prior(likelihood[rows], truth[rows], k, open_top))
 
     sources = np.array(photo_sources(table["path"].to_numpy()[ok].tolist()))
     closed = truth < k - 1 if open_top else np.ones(len(truth), dtype=bool)
-    by_source = {name: {"photos": int((sources == name).sum()), **figures(sources == name)}
-                 for name in sorted(set(sources)) if (closed & (sources == name)).any()}
-    return {"model": counter.exp_id, "scope": scope, "prior": counter.prior_name,
-            **figures(np.ones(len(truth), dtype=bool)), "by_source": by_source,
-            "left_out_counts": collection.out_of_range, "unreadable": len(collection.skipped) + len(results) - len(ok)}
+    by_source = {name: score(sources == name) for name in sorted(set(sources)) if (closed & (sources == name)).any()}
+    overall = score(np.ones(len(truth), dtype=bool))
+    return FolderScore(counter.exp_id, scope, overall.figures, collection.out_of_range,
+                       len(collection.skipped) + len(results) - len(ok), counter.prior_name, overall.ece_by_prior,
+                       by_source)

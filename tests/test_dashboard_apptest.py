@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 import train
 from core.cnn import train_cnn
 from core.config import PROJECT_ROOT
-from core.metrics import with_interval
+from core.metrics import headline_text
 from core.predict import load_counter
 from core.priors import describe
 from core.reconcile import PRIOR_WRONG, judge, read_records, reconcile
@@ -161,8 +161,8 @@ def test_compare_puts_experiments_side_by_side(store):
     for exp in picked:
         label = tables.labels(picked)[exp.id]
         row = answers[(answers["experiment"] == label) & answers["answer"].str.startswith("the paper's")].iloc[0]
-        assert row["accuracy (95% CI)"] == with_interval(exp.metrics["paper_task"], "accuracy")
-        assert row["bins"] == exp.metrics["paper_task"]["n"]
+        assert row["accuracy (95% CI)"] == headline_text(exp.metrics.paper_task)[0]
+        assert row["bins"] == exp.metrics.paper_task.n
     differences = at.dataframe[2].value
     assert list(differences["metric"]) == ["accuracy", "balanced accuracy", "rmse"]
     assert (differences["95% low"] <= differences["A minus B"]).all()
@@ -186,9 +186,9 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
     at = open_page("per_class")
     exp = store.experiment(at.selectbox(key="per-class").value)
     table = at.dataframe[0].value
-    expected = [np.nan if v is None else v for v in exp.metrics["per_class_accuracy"]]
+    expected = [np.nan if v is None else v for v in exp.metrics.per_class_accuracy]
     np.testing.assert_allclose(table["accuracy"].to_numpy(dtype=float), expected)
-    assert table["test photos"].sum() == exp.metrics["n"]
+    assert table["test photos"].sum() == exp.metrics.n
     bars = charts(at)[0].data[0]
     assert bars.error_y.array is not None  # per-count 95% intervals as error bars
     calibration = exp.calibration  # calibrated when it was trained
@@ -199,7 +199,7 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
 def test_confusion_cell_shows_its_photos(store):
     at = open_page("confusion")
     exp = store.experiment(at.selectbox(key="cm-exp").value)
-    matrix = np.asarray(exp.metrics["confusion_matrix"])
+    matrix = np.asarray(exp.metrics.confusion_matrix)
     heat = charts(at)[0].data[0]
     np.testing.assert_array_equal(np.asarray(heat.z), matrix)
     true, pred = map(int, np.unravel_index(matrix.argmax(), matrix.shape))
