@@ -94,13 +94,13 @@ def cmd_classical(args: argparse.Namespace) -> None:
     print(table.drop(columns=["id"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for exp_id in ids:
         exp = store.experiment(exp_id)
-        print(f"{exp.name} ({exp_id}), calibration: {exp.calibration.get('method')}")
+        print(f"{exp.name} ({exp_id}), calibration: {exp.calibration.method}")
         print_figures(exp)
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
-def counter_for(name: str, store_root: Path | None, data: Path | None = None):
-    """A counter for --model from the --store (default store when None), or a clear exit.
+def counter_for(name: str, store_root: Path | None, data: Path | None = None, prior: str = "uniform"):
+    """A counter for --model from the --store (default store when None), under --prior, or a clear exit.
 
     `best` is chosen on validation among the models trained on the data in use
     (`core.store.data_in_use`: `data` if models were trained on it, else the default data folder,
@@ -111,7 +111,7 @@ def counter_for(name: str, store_root: Path | None, data: Path | None = None):
     store = Store(store_root)
     trained_on = data_in_use(store.experiments("finished"), data)
     try:
-        counter = load_counter(name, store, data_root=trained_on)
+        counter = load_counter(name, store, data_root=trained_on, prior=prior)
     except ModelNotFound as err:
         sys.exit(str(err))
     if name == "best":
@@ -120,13 +120,15 @@ def counter_for(name: str, store_root: Path | None, data: Path | None = None):
 
 
 def cmd_count(args: argparse.Namespace) -> None:
-    counter = counter_for(args.model, args.store)
+    counter = counter_for(args.model, args.store, prior=args.prior)
+    print(f"probabilities under the {args.prior} prior; the count is the most probable one", file=sys.stderr)
     for path, result in zip(args.images, counter.count_batch(args.images), strict=True):
         if isinstance(result, Exception):
             print(f"{path}: cannot count: {result}")
         else:
-            print(f"{path}: {counter.exp.count_label(result.count)} items (confidence {result.confidence:.0%}, "
-                  f"expected {result.expected:.2f})")
+            probs = ", ".join(f"{counter.exp.count_label(k)}: {p:.1%}" for k, p in enumerate(result.probs))
+            print(f"{path}: {counter.exp.count_label(result.count)} items (confidence {result.confidence:.1%}, "
+                  f"expected {result.expected:.2f}; {probs})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -135,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     root = data_dir(args.data)
     try:
-        report = evaluate_folder(counter_for(args.model, args.store, root), root, Store(args.store))
+        report = evaluate_folder(counter_for(args.model, args.store, root, args.prior), root, Store(args.store))
     except ValueError as err:
         sys.exit(str(err))
     print(json.dumps(report.to_dict(), indent=2))
@@ -143,9 +145,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import (
+        RECONCILE_PRIOR,
         budget_size,
         flag_rule,
         reconcile,
+        reconcile_prior,
         records_from_folder,
         report_totals,
         totals_line,
@@ -158,7 +162,7 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
         except ValueError as err:
             sys.exit(f"--budget: {err}")
     root = data_dir(args.data)
-    counter = counter_for(args.model, args.store, root)
+    counter = counter_for(args.model, args.store, root, RECONCILE_PRIOR)
     if args.simulate_errors is not None:
         return simulate_audit(counter, args)
     records, images = records_from_folder(root, args.records)
@@ -168,7 +172,7 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     write_report(report, args.out, settings={
         "model": counter.exp_id, "model_name": counter.name, "prior_wrong": args.prior_wrong,
         "threshold": None if args.budget is not None else args.threshold, "budget": args.budget, "rule": rule,
-        "class_prior": [round(float(x), 4) for x in counter.class_prior]})
+        "reconcile_prior": [round(float(x), 4) for x in reconcile_prior(counter.exp)]})
     print(f"{totals_line(report_totals(report))} -> {args.out}")
     print(f"model {counter.name} ({counter.exp_id}); {rule}")
 
@@ -230,7 +234,7 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     print(f"{exp_id}: {exp.model} ({exp.weights}) on {exp.device}")
     trained = f"best epoch {exp.best_epoch}" if exp.best_epoch else f"{exp.folds} folds"
     print(f"  {exp.train_seconds or 0:.0f} s training, {trained}, {exp.image_size} px, "
-          f"calibration: {exp.calibration.get('method')}")
+          f"calibration: {exp.calibration.method}")
     print_figures(exp)
 
 
@@ -239,8 +243,8 @@ def figures_line(label: str, m: SplitFigures) -> str:
     from core.metrics import headline_text
 
     accuracy, balanced, rmse = headline_text(m)
-    return (f"  {label:<12} n={m.n!s:<5} accuracy {accuracy}  balanced {balanced}  RMSE {rmse}  "
-            f"ECE {m.ece if m.ece is not None else float('nan'):.3f}")
+    ece = "" if m.ece is None else f"  ECE {m.ece:.3f}"
+    return f"  {label:<12} n={m.n!s:<5} accuracy {accuracy}  balanced {balanced}  RMSE {rmse}{ece}"
 
 
 def print_figures(exp: Experiment) -> None:
@@ -248,6 +252,10 @@ def print_figures(exp: Experiment) -> None:
     for label, m in (("validation", exp.val_metrics), ("out-of-fold", exp.cv_metrics), ("test", exp.metrics)):
         if m:
             print(figures_line(label, m))
+    for label, m in (("out-of-fold", exp.cv_metrics), ("test", exp.metrics)):
+        if m is not None and m.paper_task is not None:
+            top = (exp.num_classes or 0) - 1 - int(exp.open_top)
+            print(figures_line(f"{label}, the paper's task (answer among 0..{top})", m.paper_task))
     m = exp.cv_metrics or exp.metrics
     if m is None:
         return
@@ -256,9 +264,9 @@ def print_figures(exp: Experiment) -> None:
     print(f"  {'out-of-fold' if exp.cv_metrics else 'test'} accuracy per count: {per_class}")
     if m.open_class and exp.num_classes:
         recall = "-" if m.open_class.recall is None else f"{m.open_class.recall:.2f}"
-        print(f"  (accuracy, balanced accuracy and RMSE above are on bins of 0..{exp.num_classes - 2} items, the "
-              f"paper's task; {m.open_class.n} bins of more: recall of \"more than {exp.num_classes - 2}\" "
-              f"{recall})")
+        print(f"  (the product's figures above are on bins of 0..{exp.num_classes - 2} items, its answer "
+              f"\"more than {exp.num_classes - 2}\" counting as wrong there; {m.open_class.n} bins of more: "
+              f"recall of \"more than {exp.num_classes - 2}\" {recall})")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
@@ -301,11 +309,12 @@ DATA_HELP = "data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)"
 
 def shared_flags() -> dict[str, argparse.ArgumentParser]:
     """Parent parsers of the flags several commands share, each declared once."""
+    from core.priors import DEFAULT_PRIOR, PRIORS
 
     def parent() -> argparse.ArgumentParser:
         return argparse.ArgumentParser(add_help=False)
 
-    flags = {name: parent() for name in ("data", "store", "recheck", "quiet", "model", "cv")}
+    flags = {name: parent() for name in ("data", "store", "recheck", "quiet", "model", "cv", "prior")}
     flags["data"].add_argument("--data", help=DATA_HELP)
     flags["store"].add_argument("--store", type=Path, metavar="DIR",
                                 help="experiment store: database, models, image caches "
@@ -318,6 +327,10 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
     flags["cv"].add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
                              help="cross-validate: K models on K folds of train+val (K defaults to 5), "
                                   "served as an ensemble")
+    flags["prior"].add_argument("--prior", choices=PRIORS, default=DEFAULT_PRIOR,
+                                help="the prior the probabilities shown are under: every count alike, ABID's natural "
+                                     "count mix, or the mix of the photos given, estimated from them (EM); the count "
+                                     f"is the most probable one (default {DEFAULT_PRIOR})")
     return flags
 
 
@@ -366,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     flags = shared_flags()
+    prior = flags["prior"]
     data, store, recheck, quiet, model, cv = (flags[name] for name in ("data", "store", "recheck", "quiet", "model",
                                                                       "cv"))
 
@@ -423,12 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("count", help="count the items in photos", parents=[model, store])
+    p = sub.add_parser("count", help="count the items in photos", parents=[model, prior, store])
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_count)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled collection in any supported layout "
-                                        "(prints JSON)", parents=[model, data, store])
+                                        "(prints JSON)", parents=[model, data, prior, store])
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity",

@@ -60,6 +60,12 @@ def _open_checked(source: str | Path | BinaryIO) -> Image.Image:
     return img
 
 
+def pixel_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the photo at `path`, from its header alone; raises `ImageError` like the decoder."""
+    with _open_checked(str(path)) as img:
+        return img.size
+
+
 def check_header(path: str | Path) -> str | None:
     """Why the file at `path` is not a usable photo, judged from its header alone; None if it looks fine.
 

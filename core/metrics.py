@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
+from core.priors import PRIORS, stated_prior, with_prior
+
 
 class Interval(NamedTuple):
     """A 95% bootstrap interval (stored as the JSON list `[low, high]`)."""
@@ -74,6 +76,7 @@ class SplitFigures:
     per_class_intervals: list[Interval | None] = dataclasses.field(default_factory=list)
     rounded_expected: Headline | None = None  # the headline figures had the rounded expected count been shown
     open_class: OpenClass | None = None  # models with an open top class only
+    paper_task: SplitFigures | None = None  # the paper's task on the same split (`paper_task`)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored (JSON) form: the same keys earlier releases wrote; absent figures left out."""
@@ -96,6 +99,8 @@ class SplitFigures:
             interval = open_class.get("interval")
             values["open_class"] = OpenClass(open_class["n"], open_class.get("recall"),
                                              None if interval is None else Interval(*interval))
+        if (task := values.get("paper_task")) is not None:
+            values["paper_task"] = cls.from_dict(task)
         return cls(**values)
 
     @property
@@ -302,16 +307,45 @@ def _headline(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> Headl
     return dataclasses.replace(headline, intervals=bootstrap_intervals(y_true, y_pred))
 
 
+def paper_task(y_true, probs: np.ndarray, num_classes: int, open_top: bool = False) -> SplitFigures | None:
+    """The paper's task (and Park's): bins of 0..K-2 items (0..5) with the answer restricted to
+    those counts, the argmax of `probs` over them; n, accuracy, balanced accuracy, RMSE, their
+    intervals and per-count accuracy. For a closed model (no "more than" class) it is every photo
+    and the plain argmax. None when no photo holds 0..K-2 items."""
+    probs = np.asarray(probs, dtype=float)
+    y_true = np.asarray(y_true, dtype=int)
+    closed_classes = num_classes - int(open_top)
+    kept = y_true < closed_classes
+    if not kept.any():
+        return None
+    answer = probs[kept, :closed_classes].argmax(axis=1)
+    report = count_report(y_true[kept], answer, closed_classes)
+    return SplitFigures(n=report.n, accuracy=report.accuracy, balanced_accuracy=report.balanced_accuracy,
+                        rmse=report.rmse, per_class_accuracy=report.per_class_accuracy,
+                        intervals=bootstrap_intervals(y_true[kept], answer))
+
+
+def ece_by_prior(likelihood: np.ndarray, y_true, num_classes: int, open_top: bool = False) -> dict[str, float]:
+    """ECE of the probabilities shown under each stated prior (`core.priors.PRIORS`; "batch": the
+    mix of these photos by EM), from the photos' likelihoods: which prior these photos' shown
+    probabilities are calibrated under."""
+    likelihood = np.asarray(likelihood, dtype=float)
+    return {name: round(expected_calibration_error(
+        with_prior(likelihood, stated_prior(name, num_classes, open_top, likelihood)), y_true), 5) for name in PRIORS}
+
+
 def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = False,
                   y_pred=None) -> SplitFigures:
     """A split's figures: `count_report` of the shown counts (`y_pred`, default the most probable),
     ECE of the probabilities, bootstrap intervals.
 
     With an open top class ("more than K-2" items), accuracy, balanced accuracy, RMSE and their
-    intervals are the paper's, on the photos of 0..K-2 items (a photo called "more than" counts
-    as wrong, at K-1 items); the open class's own recall stands beside them (`open_class`, and
-    the last entry of `per_class_accuracy`), and the confusion matrix holds every photo.
-    `rounded_expected` holds the headline figures had the rounded expected count been shown.
+    intervals are on the paper's bins, the photos of 0..K-2 items, with the product's answer (a
+    photo called "more than" counts as wrong, at K-1 items); the open class's own recall stands
+    beside them (`open_class`, and the last entry of `per_class_accuracy`), and the confusion
+    matrix holds every photo.
+    `rounded_expected` holds the headline figures had the rounded expected count been shown, and
+    `paper_task` those of the paper's task (`paper_task`: the answer restricted to 0..K-2).
     """
     probs = np.asarray(probs, dtype=float)
     y_true = np.asarray(y_true, dtype=int)
@@ -322,7 +356,8 @@ def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = 
     report = dataclasses.replace(
         report, ece=expected_calibration_error(probs, y_true),
         intervals=bootstrap_intervals(y_true[closed], y_pred[closed]), per_class_intervals=class_intervals,
-        rounded_expected=_headline(y_true[closed], rounded_expected_count(probs)[closed], num_classes))
+        rounded_expected=_headline(y_true[closed], rounded_expected_count(probs)[closed], num_classes),
+        paper_task=paper_task(y_true, probs, num_classes, open_top))
     if open_top:
         top = num_classes - 1
         hits = y_pred[y_true == top] == top

@@ -1,15 +1,19 @@
 """The counting service: load any finished experiment and count the items in bin photos.
 
 Every model family exposes `load_predictor(folder, artifact, num_classes)`: uint8 RGB arrays
-at the experiment's `image_size` in, class probabilities out. A cross-validated experiment is
-K such models, served as the mean of their calibrated probabilities. Photos reach them through
-`core.images.load_rgb`, the same decoder that filled the training cache, so training and serving
-see identical pixels. Loading only loads: calibration happened when the experiment was trained.
+at the experiment's `image_size` in, class probabilities out. The experiment's calibration
+turns them into likelihoods; a cross-validated experiment is K such models, served as the mean
+of their likelihoods. What a counter shows is the posterior under its stated prior
+(`core.priors`: uniform by default, ABID's natural mix, or the batch's own mix by EM), and the
+count shown is its most probable count (`core.calibration.decide`). Photos reach the models
+through `core.images.load_rgb`, the same decoder that filled the training cache, so training
+and serving see identical pixels. Loading only loads: calibration happened when the experiment
+was trained.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +21,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from core.calibration import apply_calibration, decide
+from core.calibration import decide
 from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
 from core.collection import load_collection
 from core.images import ImageError, ImageSource, load_rgb
 from core.layout import fold_dir
-from core.metrics import SplitFigures, expected_count, split_figures
+from core.metrics import SplitFigures, ece_by_prior, expected_count, split_figures
+from core.priors import DEFAULT_PRIOR, PRIORS, stated_prior, with_prior
 from core.records import Experiment
+from core.sources import photo_sources
 from core.store import Store, best_of, same_root
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -37,10 +43,11 @@ class ModelNotFound(LookupError):
 
 @dataclass
 class CountResult:
-    count: int  # the number of items shown: the model's own choice (`core.calibration.decide`)
-    probs: list[float]  # probability of each count 0..num_classes-1
+    count: int  # the number of items shown: the most probable count of `probs` (`core.calibration.decide`)
+    probs: list[float]  # probability of each count 0..num_classes-1, under `prior`
     expected: float  # probability-weighted mean count
-    confidence: float  # calibrated probability of `count`
+    confidence: float  # probability of `count`
+    prior: list[float]  # the prior `probs` are under (see `BinCounter.prior_name`)
 
 
 def model_folders(store: Store, exp: Experiment) -> list[Path]:
@@ -70,54 +77,57 @@ def resolve_experiment(store: Store, model: str = "best", data_root: str | Path 
     return match[0]
 
 
-def class_prior(exp: Experiment) -> np.ndarray:
-    """The class prior reconciliation reads a photo against (`core.reconcile.mismatch_probability`):
-    every count alike.
-
-    Chosen on the validation photos of the default models on the shared sample (496 photos, a fifth
-    of the records moved by 1 or 2 items, 10 seeds): ranking bins with a uniform prior gave ROC AUC
-    0.85-0.86 and, at the default settings, flagged 12-15% of the bins, 74-77% of them wrong records;
-    with the calibration's implied prior (`calibration["class_prior"]`, near the photos' own count
-    shares) AUC fell to 0.60-0.75 and almost nothing was flagged. A wrong record is usually a
-    neighbour of the true count, not a draw from the count shares, so weighing records of common
-    counts as more likely wrong hurts.
-    """
-    return np.full(exp.num_classes or 1, 1 / (exp.num_classes or 1))
-
-
 class BinCounter:
-    """A loaded model (or ensemble) with calibrated probabilities; `count` takes any photo the decoder accepts."""
+    """A loaded model (or ensemble) with calibrated probabilities under a stated prior (`prior_name`,
+    one of `core.priors.PRIORS`); `count` takes any photo the decoder accepts."""
 
-    def __init__(self, exp: Experiment, predictors: Sequence[Predictor]):
+    def __init__(self, exp: Experiment, predictors: Sequence[Predictor], prior: str = DEFAULT_PRIOR):
         if exp.num_classes is None or exp.image_size is None:
             raise ValueError(f"experiment {exp.id} has no image size or class count: not a counting model")
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}: one of {', '.join(PRIORS)}")
         self.exp = exp
         self.exp_id, self.name = exp.id, exp.name
         self.num_classes: int = exp.num_classes
         self.image_size: int = exp.image_size
         self.calibration = exp.calibration
-        self.class_prior = class_prior(exp)
+        self.prior_name = prior
         self._predictors = list(predictors)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities for a batch of uint8 (N, S, S, 3) arrays."""
-        return np.mean([apply_calibration(p(images), self.calibration) for p in self._predictors], axis=0)
+    def with_prior(self, prior: str) -> BinCounter:
+        """The same loaded models, showing posteriors under another prior."""
+        return BinCounter(self.exp, self._predictors, prior)
 
-    def _result(self, probs: np.ndarray) -> CountResult:
-        count = int(decide(probs[None], self.calibration)[0])
-        rounded = probs.round(6)
-        return CountResult(count, rounded.tolist(), float(expected_count(probs)), float(rounded[count]))
+    def likelihoods(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated likelihoods (normalised per photo) for a batch of uint8 (N, S, S, 3) arrays."""
+        return np.mean([self.calibration.likelihood(p(images)) for p in self._predictors], axis=0)
+
+    def shown(self, likelihoods: np.ndarray) -> list[CountResult]:
+        """What is shown for photos of these likelihoods, counted together: the posteriors under the
+        stated prior (for "batch", the mix of these photos) and their most probable counts."""
+        likelihoods = np.atleast_2d(likelihoods)
+        prior = stated_prior(self.prior_name, self.num_classes, self.exp.open_top, likelihoods)
+        probs = with_prior(likelihoods, prior)
+        counts, rounded, prior_list = decide(probs), probs.round(6), prior.round(6).tolist()
+        return [CountResult(int(c), r.tolist(), float(e), float(r[c]), prior_list)
+                for c, r, e in zip(counts, rounded, expected_count(probs), strict=True)]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """The probabilities shown for a batch of uint8 (N, S, S, 3) arrays, counted together."""
+        return np.array([r.probs for r in self.shown(self.likelihoods(images))])
 
     def count(self, source: ImageSource) -> CountResult:
         """Count one photo; raises `ImageError` for anything that is not a usable image."""
-        return self._result(self.probabilities(load_rgb(source, self.image_size)[None])[0])
+        return self.shown(self.likelihoods(load_rgb(source, self.image_size)[None]))[0]
 
     def count_batch(self, sources: Sequence[ImageSource], batch_size: int = 64,
                     progress: bool = False) -> list[CountResult | ImageError]:
-        """Count many photos; a bad one yields its `ImageError` in place, the rest are counted."""
+        """Count many photos (together: a batch prior is their mix); a bad one yields its
+        `ImageError` in place, the rest are counted."""
         results: list[CountResult | ImageError | None] = [None] * len(sources)
+        where, likelihoods = [], []
         for start in tqdm(range(0, len(sources), batch_size), desc="counting", unit="batch", disable=not progress):
-            arrays, where = [], []
+            arrays = []
             for i in range(start, min(start + batch_size, len(sources))):
                 try:
                     arrays.append(load_rgb(sources[i], self.image_size))
@@ -125,17 +135,33 @@ class BinCounter:
                 except (ImageError, OSError) as err:
                     results[i] = err if isinstance(err, ImageError) else ImageError(str(err))
             if arrays:
-                for i, probs in zip(where, self.probabilities(np.stack(arrays)), strict=True):
-                    results[i] = self._result(probs)
+                likelihoods.append(self.likelihoods(np.stack(arrays)))
+        if likelihoods:
+            for i, result in zip(where, self.shown(np.concatenate(likelihoods)), strict=True):
+                results[i] = result
         return [r if r is not None else ImageError("not counted") for r in results]
 
 
-def load_counter(model: str = "best", store: Store | None = None, data_root: str | Path | None = None) -> BinCounter:
-    """Load a finished experiment (or the best on `data_root`) for counting."""
+def load_counter(model: str = "best", store: Store | None = None, data_root: str | Path | None = None,
+                 prior: str = DEFAULT_PRIOR) -> BinCounter:
+    """Load a finished experiment (or the best on `data_root`) for counting under `prior`."""
     store = store or Store()
     exp = resolve_experiment(store, model, data_root)
     loader = LOADERS[exp.family]
-    return BinCounter(exp, [loader(folder, exp.artifact, exp.num_classes or 0) for folder in model_folders(store, exp)])
+    return BinCounter(exp, [loader(folder, exp.artifact, exp.num_classes or 0) for folder in model_folders(store, exp)],
+                      prior)
+
+
+@dataclass(frozen=True)
+class SourceScore:
+    """A counter scored on the photos of one source of a folder (`core.sources`)."""
+
+    photos: int
+    figures: SplitFigures
+    ece_by_prior: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"photos": self.photos, **self.figures.to_dict(), "ece_by_prior": self.ece_by_prior}
 
 
 @dataclass(frozen=True)
@@ -144,13 +170,19 @@ class FolderScore:
 
     model: str  # experiment id
     scope: str  # "test split" (the model's own collection) or "all photos" (see `scope_of`)
-    figures: SplitFigures
+    figures: SplitFigures  # of what the counter shows, under `prior`; the paper's task in `figures.paper_task`
     left_out_counts: int  # photos whose count the model cannot predict
     unreadable: int
+    prior: str = DEFAULT_PRIOR  # the prior the figures' probabilities are under (`core.priors`)
+    ece_by_prior: dict[str, float] = field(default_factory=dict)  # `core.metrics.ece_by_prior`
+    by_source: dict[str, SourceScore] = field(default_factory=dict)  # `core.sources`
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON `train.py evaluate` prints: model, scope, the figures' keys, then what was left out."""
-        return {"model": self.model, "scope": self.scope, **self.figures.to_dict(),
+        """The JSON `train.py evaluate` prints: model, scope, prior, the figures' keys, the ECE under
+        each prior, the same per source, then what was left out."""
+        return {"model": self.model, "scope": self.scope, "prior": self.prior, **self.figures.to_dict(),
+                "ece_by_prior": self.ece_by_prior,
+                "by_source": {name: score.to_dict() for name, score in self.by_source.items()},
                 "left_out_counts": self.left_out_counts, "unreadable": self.unreadable}
 
 
@@ -173,7 +205,9 @@ def scope_of(exp: Experiment, table: pd.DataFrame, root: str | Path, store: Stor
 def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None = None,
                     progress: bool = True) -> FolderScore:
     """Score a counter on a labelled collection, with 95% bootstrap intervals, on the photos
-    `scope_of` allows. Counts the model cannot predict are left out and counted.
+    `scope_of` allows. Counts the model cannot predict are left out and counted. The figures are
+    those of what the counter shows (`prior`), with the paper's task beside them
+    (`SplitFigures.paper_task`), the ECE under each prior and all of it per source (`core.sources`).
     """
     store = store or Store()
     open_top = counter.exp.open_top
@@ -186,5 +220,17 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
         raise ValueError(f"no photo in {root} could be counted")
     counted = [r for r in results if isinstance(r, CountResult)]
     probs, shown = np.array([r.probs for r in counted]), np.array([r.count for r in counted])
-    return FolderScore(counter.exp_id, scope, split_figures(truth, probs, counter.num_classes, open_top, shown),
-                       collection.out_of_range, len(collection.skipped) + len(results) - len(ok))
+    likelihood = probs / np.clip(np.array([r.prior for r in counted]), 1e-12, None)
+    k = counter.num_classes
+
+    def score(rows: np.ndarray) -> SourceScore:
+        return SourceScore(int(rows.sum()), split_figures(truth[rows], probs[rows], k, open_top, shown[rows]),
+                           ece_by_prior(likelihood[rows], truth[rows], k, open_top))
+
+    sources = np.array(photo_sources(table["path"].to_numpy()[ok].tolist()))
+    closed = truth < k - 1 if open_top else np.ones(len(truth), dtype=bool)
+    by_source = {name: score(sources == name) for name in sorted(set(sources)) if (closed & (sources == name)).any()}
+    overall = score(np.ones(len(truth), dtype=bool))
+    return FolderScore(counter.exp_id, scope, overall.figures, collection.out_of_range,
+                       len(collection.skipped) + len(results) - len(ok), counter.prior_name, overall.ece_by_prior,
+                       by_source)

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.calibration import Calibration
 from core.metrics import SplitFigures
 
 
@@ -31,7 +32,7 @@ FIGURE_FIELDS = ("metrics", "val_metrics", "cv_metrics")  # stored as SplitFigur
 def stored(value: Any) -> Any:
     """A record field's value as the store keeps it (JSON-ready): figures as their dict, other
     dataclasses as theirs."""
-    if isinstance(value, SplitFigures):
+    if isinstance(value, (SplitFigures, Calibration)):
         return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
@@ -77,7 +78,7 @@ class Experiment:
     open_top: bool = False  # the top class means "more than num_classes - 2" items
     train_seconds: float | None = None
     artifact: str = ""  # model file name inside the artifact folder (per fold for ensembles)
-    calibration: dict[str, Any] = field(default_factory=dict)  # see core.calibration.fit_calibration
+    calibration: Calibration = field(default_factory=Calibration)  # see core.calibration.fit_calibration
     split_counts: dict[str, int] = field(default_factory=dict)  # photos per split
     warnings: list[str] = field(default_factory=list)
     # CNN runs
@@ -109,6 +110,7 @@ class Experiment:
         for name in FIGURE_FIELDS:
             if name in values:
                 values[name] = _figures(values[name])
+        values["calibration"] = Calibration.from_dict(values.get("calibration"))  # this release's JSON or older
         return cls(**values)
 
     @property
@@ -131,4 +133,4 @@ class Experiment:
 
     @property
     def temperature(self) -> float:
-        return float(self.calibration.get("temperature", 1.0))
+        return self.calibration.temperature

@@ -7,7 +7,10 @@ tested once. A cross-validated run fits K models on K folds of train+val (groupe
 near-duplicates stay in one fold; stratified by count), calibrates on their pooled out-of-fold
 predictions, reports out-of-fold figures (each fold calibrated by the map fitted on the others,
 so no figure is judged on what it was fitted on) and tests the K models once, as the ensemble
-the counting service serves: the mean of their calibrated probabilities.
+the counting service serves: the mean of their calibrated likelihoods.
+
+The figures and predictions recorded are those of what is shown: the posteriors under the
+default prior (`core.priors.DEFAULT_PRIOR`), and their most probable count (`decide`).
 """
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.calibration import apply_calibration, decide, fit_calibration, summary_on_test
+from core.calibration import decide, fit_calibration, summary_on_test
 from core.dataset import Dataset
 from core.metrics import split_figures
+from core.priors import DEFAULT_PRIOR, stated_prior, with_prior
 from core.store import Store
 
 CV_POOL = ("train", "val")  # what cross-validation folds; the test split stays untouched
@@ -82,22 +86,28 @@ def _log(store: Store, exp_id: str, part, probs: np.ndarray, split: str, shown: 
                           probs, split=split, pred_counts=shown)
 
 
+def _shown(likelihood: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """The probabilities shown: the posteriors under the default prior."""
+    return with_prior(likelihood, stated_prior(DEFAULT_PRIOR, dataset.num_classes, dataset.open_top))
+
+
 def finish_single(store: Store, exp_id: str, dataset: Dataset, val_probs: np.ndarray, test_probs: np.ndarray,
                   **fields: Any) -> None:
-    """Calibrate on validation, record validation and test figures of the served counts and
-    calibrated probabilities, both splits' predictions and the run's split; mark it finished."""
+    """Calibrate on validation, record validation and test figures of the shown probabilities
+    and counts, both splits' predictions and the run's split; mark it finished."""
     val, test = dataset.split("val"), dataset.split("test")
     calibration = fit_calibration(val_probs, val["count"])
-    val_cal, test_cal = apply_calibration(val_probs, calibration), apply_calibration(test_probs, calibration)
-    calibration.update(summary_on_test(test_probs, test_cal, test["count"], calibration))
-    val_shown, test_shown = decide(val_cal, calibration), decide(test_cal, calibration)
+    val_cal = _shown(calibration.likelihood(val_probs), dataset)
+    test_cal = _shown(calibration.likelihood(test_probs), dataset)
+    calibration = summary_on_test(test_probs, test_cal, test["count"], calibration)
+    val_shown, test_shown = decide(val_cal), decide(test_cal)
     k, open_top = dataset.num_classes, dataset.open_top
     _log(store, exp_id, val, val_cal, "val", val_shown)
     _log(store, exp_id, test, test_cal, "test", test_shown)
     _log_split(store, exp_id, dataset, cv=False)
     store.finish(exp_id, split_figures(test["count"], test_cal, k, open_top, test_shown),
-                 val_metrics=split_figures(val["count"], val_cal, k, open_top, val_shown), calibration=calibration,
-                 folds=0, **fields)
+                 val_metrics=split_figures(val["count"], val_cal, k, open_top, val_shown),
+                 calibration=calibration.to_dict(), folds=0, **fields)
 
 
 def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof_probs: np.ndarray,
@@ -105,19 +115,19 @@ def finish_cv(store: Store, exp_id: str, dataset: Dataset, fold: np.ndarray, oof
     """The cross-validated counterpart of `finish_single` (see the module docstring)."""
     pool, test = cv_pool(dataset), dataset.split("test")
     y_pool, y_test, k = pool["count"].to_numpy(), test["count"].to_numpy(), dataset.num_classes
-    oof_cal, oof_shown = np.empty_like(oof_probs), np.empty(len(y_pool), dtype=int)
+    oof_cal = np.empty_like(oof_probs)
     for f in np.unique(fold):
         held, others = fold == f, fold != f
         fitted = fit_calibration(oof_probs[others], y_pool[others])  # never fitted on the fold it scores
-        oof_cal[held] = apply_calibration(oof_probs[held], fitted)
-        oof_shown[held] = decide(oof_cal[held], fitted)
+        oof_cal[held] = _shown(fitted.likelihood(oof_probs[held]), dataset)
+    oof_shown = decide(oof_cal)
     calibration = fit_calibration(oof_probs, y_pool)
-    ensemble = np.mean([apply_calibration(p, calibration) for p in test_probs], axis=0)
-    test_shown = decide(ensemble, calibration)
-    calibration.update(summary_on_test(np.mean(test_probs, axis=0), ensemble, y_test, calibration))
+    ensemble = _shown(np.mean([calibration.likelihood(p) for p in test_probs], axis=0), dataset)
+    test_shown = decide(ensemble)
+    calibration = summary_on_test(np.mean(test_probs, axis=0), ensemble, y_test, calibration)
     _log(store, exp_id, pool, oof_cal, "oof", oof_shown)
     _log(store, exp_id, test, ensemble, "test", test_shown)
     _log_split(store, exp_id, dataset, cv=True)
     store.finish(exp_id, split_figures(y_test, ensemble, k, dataset.open_top, test_shown),
-                 cv_metrics=split_figures(y_pool, oof_cal, k, dataset.open_top, oof_shown), calibration=calibration,
-                 folds=len(test_probs), **fields)
+                 cv_metrics=split_figures(y_pool, oof_cal, k, dataset.open_top, oof_shown),
+                 calibration=calibration.to_dict(), folds=len(test_probs), **fields)

@@ -183,22 +183,21 @@ def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: t
                     threshold: float, budget: str | None) -> pd.DataFrame:
     """`core.reconcile.reconcile` for uploaded photos (named by `upload_key`), kept so that other
     widget changes do not recount the batch."""
-    from core.reconcile import reconcile
+    from core.reconcile import RECONCILE_PRIOR, reconcile
 
-    return reconcile(counter(exp_id, root), records, _photos, threshold, budget=budget)
+    return reconcile(counter(exp_id, root).with_prior(RECONCILE_PRIOR), records, _photos, threshold, budget=budget)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> AuditCurve | None:
-    from core.predict import class_prior
-    from core.reconcile import audit_curve
+    from core.reconcile import audit_curve, reconcile_prior
 
 
     preds = _predictions(root, exp_id, store_version)
     if preds.empty:
         return None
     probs, true = np.array(preds["probs"].tolist()), preds["true_count"].to_numpy(dtype=int)
-    return audit_curve(probs, true, class_prior(Store(root, create=False).experiment(exp_id)), error_rate)
+    return audit_curve(probs, true, reconcile_prior(Store(root, create=False).experiment(exp_id)), error_rate)
 
 
 def audit_curve(exp_id: str, error_rate: float) -> AuditCurve | None:
@@ -208,6 +207,7 @@ def audit_curve(exp_id: str, error_rate: float) -> AuditCurve | None:
 
 
 @st.cache_data(show_spinner="Counting…", max_entries=16)
-def photo_counts(exp_id: str, root: str, photos: list[tuple[str, bytes]]) -> list[PhotoCount]:
-    """`dashboard.counting.count_photos` for uploads, kept so that typing a recorded quantity does not recount."""
-    return count_photos(counter(exp_id, root), photos)
+def photo_counts(exp_id: str, root: str, photos: list[tuple[str, bytes]], prior: str) -> list[PhotoCount]:
+    """`dashboard.counting.count_photos` for uploads under `prior`, kept so that typing a recorded
+    quantity does not recount."""
+    return count_photos(counter(exp_id, root).with_prior(prior), photos)

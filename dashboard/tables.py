@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from core.metrics import SplitFigures, headline_text, paired_bootstrap, verdict
+from core.metrics import SplitFigures, headline_text, paired_bootstrap, paper_task, verdict
 from core.records import Experiment
 
 
@@ -58,7 +58,37 @@ def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.sort_values("selection balanced accuracy", ascending=False, na_position="last").reset_index(drop=True)
+    return frame.sort_values("selection balanced accuracy", ascending=False, na_position="last",
+                             kind="stable").reset_index(drop=True)  # ties: in the order `best` breaks them
+
+
+def paper_task_figures(exp: Experiment, predictions: pd.DataFrame) -> SplitFigures | None:
+    """The paper's task on the test split (`core.metrics.paper_task`): stored with the run, or, for
+    a run of an older binsight, from its stored test predictions; None when neither is there."""
+    if exp.metrics is not None and exp.metrics.paper_task is not None:
+        return exp.metrics.paper_task
+    if predictions.empty or not exp.num_classes:
+        return None
+    return paper_task(predictions["true_count"].to_numpy(dtype=int), np.array(predictions["probs"].tolist()),
+                      exp.num_classes, exp.open_top)
+
+
+def answers_table(experiments: Sequence[Experiment], predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The product's answer (0..5 or "more than 5") beside the paper's task (the answer among 0..5),
+    both on the test bins of 0..5 items, each with its 95% interval: two rows per experiment."""
+    names = labels(experiments)
+    rows = []
+    for e in experiments:
+        if not is_scored(e):
+            continue
+        top = (e.num_classes or 0) - 1 - int(e.open_top)
+        for answer, m in ((f"the product's (0..{top}{' or more' if e.open_top else ''})", e.metrics),
+                          (f"the paper's task (among 0..{top})", paper_task_figures(e, predictions[e.id]))):
+            accuracy_ci, balanced_ci, rmse_ci = headline_text(m)
+            rows.append({"experiment": names[e.id], "answer": answer, "accuracy (95% CI)": accuracy_ci,
+                         "balanced accuracy (95% CI)": balanced_ci, "RMSE (95% CI)": rmse_ci,
+                         "bins": None if m is None else m.n})
+    return pd.DataFrame(rows)
 
 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str,

@@ -99,6 +99,18 @@ def test_upload_a_batch_of_awkward_files_and_read_every_count(dashboard_url, tra
             metrics = page.locator('[data-testid="stMetric"]').filter(has_text="Items counted")
             expect(metrics).to_have_count(len(good), timeout=120_000)
             shown = sorted(int(m.locator('[data-testid="stMetricValue"]').inner_text()) for m in metrics.all())
+            # issue #18: each photo's count and confidence are the highest of the bars drawn beside it
+            confidences = page.locator('[data-testid="stMetric"]').filter(has_text="Confidence")
+            charts = page.locator(".js-plotly-plot")
+            expect(charts).to_have_count(len(good), timeout=60_000)
+            for k, (metric, sure) in enumerate(zip(metrics.all(), confidences.all(), strict=True)):
+                charts.nth(k).scroll_into_view_if_needed()
+                bars = charts.nth(k).locator("text.bartext")
+                expect(bars).not_to_have_count(0)
+                heights = [int(text.rstrip("%")) for text in bars.all_text_contents()]
+                counted = int(metric.locator('[data-testid="stMetricValue"]').inner_text())
+                assert sure.locator('[data-testid="stMetricValue"]').inner_text() == f"{max(heights)}%"
+                assert heights[counted] == max(heights), (counted, heights)
             errors = page.locator('[data-testid="stAlertContentError"]')
             expect(errors).to_have_count(len(bad))
             texts = errors.all_inner_texts()

@@ -1,18 +1,22 @@
-"""Calibration maps chosen by cross-fitting: overconfidence softened, shifted class priors corrected,
-nothing forced on probabilities that are already right."""
+"""Calibration maps chosen by cross-fitting: overconfidence softened, a learnt prior taken out,
+nothing forced on probabilities that are already right; one decision rule; the prior explicit
+(uniform, natural, a batch's own by EM); calibration records of an older release still load."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.calibration import apply_calibration, decide, fit_calibration, fit_map, summary_on_test
+from core.calibration import Calibration, decide, fit_calibration, fit_map, fit_posterior, summary_on_test
 from core.metrics import expected_calibration_error
+from core.priors import NATURAL_MIX, batch_prior, natural_prior, stated_prior, uniform_prior, with_prior
+from tests.builders import requires_sample
 
 
-def overconfident(n: int, seed: int, prior=None) -> tuple[np.ndarray, np.ndarray]:
-    """True accuracy ~60%, stated ~95%; with `prior`, also biased towards some counts."""
+def overconfident(n: int, seed: int, prior=None, shares=None) -> tuple[np.ndarray, np.ndarray]:
+    """True accuracy ~60%, stated ~95%; with `prior`, the model also favours some counts; with
+    `shares`, the photos' counts are drawn with those shares (else uniformly)."""
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 6, n)
+    y = rng.choice(6, n, p=shares) if shares is not None else rng.integers(0, 6, n)
     logits = rng.normal(0, 1, (n, 6))
     right = rng.random(n) < 0.6
     pred = np.where(right, y, (y + rng.integers(1, 6, n)) % 6)
@@ -25,31 +29,33 @@ def overconfident(n: int, seed: int, prior=None) -> tuple[np.ndarray, np.ndarray
 def test_overconfidence_is_softened_and_held_out_ece_falls():
     (val_p, val_y), (test_p, test_y) = overconfident(800, 0), overconfident(800, 1)
     fitted = fit_calibration(val_p, val_y)
-    summary = {**fitted, **summary_on_test(test_p, apply_calibration(test_p, fitted), test_y, fitted)}
-    assert summary["method"] != "none" and summary["temperature"] > 1  # overconfident -> softened
-    assert summary["ece_fit_after"] < summary["ece_fit_before"]
-    assert summary["ece_test_after"] < summary["ece_test_before"] / 2
-    scaled = apply_calibration(test_p, summary)
-    assert expected_calibration_error(scaled, test_y) == pytest.approx(summary["ece_test_after"], abs=1e-5)
+    shown = with_prior(fitted.likelihood(test_p), uniform_prior(6))  # the photos' counts are uniform here
+    summary = summary_on_test(test_p, shown, test_y, fitted)
+    assert summary.method != "none" and summary.temperature > 1  # overconfident -> softened
+    assert summary.ece_fit_after < summary.ece_fit_before
+    assert summary.ece_test_after < summary.ece_test_before / 2
+    assert expected_calibration_error(shown, test_y) == pytest.approx(summary.ece_test_after, abs=1e-5)
 
 
-def test_a_shifted_class_prior_is_corrected_by_the_bias():
-    """Class weights made the model favour counts 0 and 3; one temperature cannot undo that."""
+def test_a_prior_the_model_learnt_is_taken_out_by_the_bias():
+    """Class weights made the model favour counts 0 and 3; one temperature cannot undo that. The
+    likelihood the map gives no longer favours them, so the posterior under the photos' own mix
+    (uniform here) beats the temperature-only map on photos it never saw."""
     prior = np.array([6.0, 1, 1, 6, 1, 1])
     (val_p, val_y), (test_p, test_y) = overconfident(1500, 2, prior), overconfident(1500, 3, prior)
     fitted = fit_calibration(val_p, val_y)
-    assert fitted["method"] == "temperature+bias"
-    assert fitted["nll_by_method"]["temperature+bias"] < fitted["nll_by_method"]["temperature"]
-    bias = np.array(fitted["bias"])
+    assert fitted.method == "temperature+bias"
+    assert fitted.nll_by_method["temperature+bias"] < fitted.nll_by_method["temperature"]
+    bias = np.array(fitted.bias)
     assert bias[[0, 3]].mean() < bias[[1, 2, 4, 5]].mean()  # the favoured counts are pushed down
 
-    def held_out(calibration):
-        probs = apply_calibration(test_p, calibration)
-        return -np.log(probs[np.arange(len(test_y)), test_y]).mean(), (probs.argmax(1) == test_y).mean()
+    def held_out(calibration: Calibration):
+        probs = fit_posterior(test_p, calibration)
+        return -np.log(probs[np.arange(len(test_y)), test_y]).mean(), (decide(probs) == test_y).mean()
 
     temperature_only = fit_map(val_p, val_y, "temperature")
     (nll_bias, acc_bias), (nll_t, acc_t) = held_out(fitted), held_out(temperature_only)
-    assert nll_bias < nll_t and acc_bias > acc_t  # on photos it never saw
+    assert nll_bias < nll_t and acc_bias > acc_t
 
 
 def test_probabilities_that_are_already_calibrated_are_left_nearly_alone():
@@ -58,32 +64,87 @@ def test_probabilities_that_are_already_calibrated_are_left_nearly_alone():
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     y = np.array([rng.choice(6, p=p) for p in probs])  # labels drawn from the stated probabilities
     fitted = fit_calibration(probs, y)
-    assert fitted["ece_fit_after"] <= fitted["ece_fit_before"] + 0.01
-    assert abs(fitted["temperature"] - 1) < 0.15
-    assert np.abs(apply_calibration(probs, fitted) - probs).max() < 0.1
+    assert fitted.ece_fit_after <= fitted.ece_fit_before + 0.01
+    assert abs(fitted.temperature - 1) < 0.15
+    assert np.abs(fit_posterior(probs, fitted) - probs).max() < 0.1
 
 
-def test_the_class_prior_is_what_the_calibrated_probabilities_imply():
-    """Calibrated on photos mostly of counts 1 and 2, the prior the calibrated probabilities imply
-    (their mean) follows those photos' shares, not the shares the model was biased towards."""
-    prior = np.array([6.0, 1, 1, 6, 1, 1])
-    probs, y = overconfident(1500, 6, prior)
-    keep = np.isin(y, [1, 2]) | (np.random.default_rng(0).random(1500) < 0.2)  # photos mostly of counts 1, 2
+def test_the_fit_prior_is_the_fitting_photos_count_shares_and_stays_out_of_the_likelihood():
+    """Calibrated on photos mostly of counts 1 and 2, the map records that mix as `fit_prior`, and
+    the likelihood it gives does not carry it: under a uniform prior, counts 1 and 2 are not named
+    more often than the photos' own argmax names them."""
+    probs, y = overconfident(3000, 6)
+    keep = np.isin(y, [1, 2]) | (np.random.default_rng(0).random(3000) < 0.15)
     fitted = fit_calibration(probs[keep], y[keep])
     shares = np.bincount(y[keep], minlength=6) / keep.sum()
-    assert sum(fitted["class_prior"]) == pytest.approx(1)
-    assert np.abs(np.array(fitted["class_prior"]) - shares).max() < 0.1
-    assert np.array_equal(apply_calibration(probs, {}), probs)
-    assert fit_calibration(probs[:3], y[:3])["n_fit"] == 3  # too few photos to cross-fit: still a map
+    assert sum(fitted.fit_prior) == pytest.approx(1)
+    assert np.abs(np.array(fitted.fit_prior) - shares).max() < 0.01
+    named_12 = np.isin(decide(with_prior(fitted.likelihood(probs), uniform_prior(6))), [1, 2]).mean()
+    assert named_12 < np.isin(probs.argmax(1), [1, 2]).mean() + 0.05
+    assert np.isin(decide(fit_posterior(probs, fitted)), [1, 2]).mean() > named_12  # the mix moves counts
+    np.testing.assert_allclose(Calibration().likelihood(probs), probs, atol=1e-6)  # no map: as they are
+    assert fit_calibration(probs[:3], y[:3]).n_fit == 3  # too few photos to cross-fit: still a map
 
 
-def test_calibration_never_changes_the_count_shown():
-    """A prior-correcting bias moves the most probable count to the common ones; the count shown
-    stays the model's own (the argmax of its uncalibrated probabilities)."""
+def test_the_count_shown_is_the_most_probable_count_of_the_probabilities_shown():
     prior = np.array([6.0, 1, 1, 6, 1, 1])
     probs, y = overconfident(1500, 8, prior)
     fitted = fit_map(probs, y, "temperature+bias")
-    calibrated = apply_calibration(probs, fitted)
-    assert (calibrated.argmax(1) != probs.argmax(1)).any()  # the bias alone would change some counts
-    np.testing.assert_array_equal(decide(calibrated, fitted), probs.argmax(1))
-    np.testing.assert_array_equal(decide(probs, {}), probs.argmax(1))
+    for stated in (uniform_prior(6), natural_prior(6, False), batch_prior(fitted.likelihood(probs))):
+        shown = with_prior(fitted.likelihood(probs), stated)
+        np.testing.assert_array_equal(decide(shown), shown.argmax(1))
+    assert (decide(with_prior(fitted.likelihood(probs), natural_prior(6, False)))
+            != decide(fitted.likelihood(probs))).any()  # the prior is what moves a count, and it is stated
+
+
+def test_em_recovers_a_batch_mix_and_a_lone_photo_stays_near_uniform():
+    """Saerens et al. 2002: with likelihoods of a calibrated model, EM finds the mix of a batch."""
+    shares = np.array([0.05, 0.05, 0.1, 0.2, 0.3, 0.3])
+    probs, y = overconfident(4000, 9, shares=shares)
+    fitted = fit_calibration(*overconfident(2000, 10))  # calibrated on photos of uniform counts
+    estimated = batch_prior(fitted.likelihood(probs))
+    assert np.abs(estimated - np.bincount(y, minlength=6) / len(y)).max() < 0.04
+    lone = batch_prior(fitted.likelihood(probs[:1]))
+    assert lone.max() < 0.3  # one photo is not a mix of one count
+    with pytest.raises(ValueError, match="batch"):
+        stated_prior("batch", 6, False)
+    with pytest.raises(ValueError, match="unknown prior"):
+        stated_prior("lucky", 6, False)
+
+
+def test_the_natural_prior_folds_the_counts_above_into_the_open_class():
+    open_top = natural_prior(7, open_top=True)
+    assert open_top.sum() == pytest.approx(1) and open_top[6] == pytest.approx(sum(NATURAL_MIX[6:]) / sum(NATURAL_MIX))
+    closed = natural_prior(6, open_top=False)
+    assert closed == pytest.approx(np.array(NATURAL_MIX[:6]) / sum(NATURAL_MIX[:6]))
+
+
+def test_a_calibration_of_an_older_release_loads_and_gives_the_same_probabilities():
+    """An older release stored `class_prior` (the prior its posteriors implied) and a bias that
+    included it; loaded, the posterior under its fit prior is that release's calibrated output."""
+    rng = np.random.default_rng(11)
+    probs = rng.dirichlet(np.ones(6), 50)
+    old = {"method": "temperature+bias", "temperature": 1.7, "bias": [0.3, -0.2, 0.1, 0.0, -0.4, 0.2],
+           "class_prior": [0.1, 0.3, 0.2, 0.15, 0.15, 0.1], "n_fit": 120, "nll_by_method": {"none": 1.2},
+           "ece_test_before": 0.2, "ece_test_after": 0.05, "coverage": [0.5, 1.0], "coverage_accuracy": [0.8, 0.6]}
+    logits = np.log(probs) / 1.7 + np.array(old["bias"])
+    old_calibrated = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    loaded = Calibration.from_dict(old)
+    assert loaded.shown_prior == "fit" and loaded.fit_prior == tuple(old["class_prior"])
+    np.testing.assert_allclose(fit_posterior(probs, loaded), old_calibrated, atol=1e-4)
+    assert loaded.ece_test_after == 0.05 and loaded.coverage == (0.5, 1.0) and loaded.n_fit == 120
+    assert Calibration.from_dict({"temperature": 0.7}).temperature == 0.7  # the oldest records
+    assert not Calibration.from_dict({}).fitted and Calibration.from_dict(None) == Calibration()
+    fitted = fit_calibration(*overconfident(300, 12))
+    assert Calibration.from_dict(fitted.to_dict()) == fitted  # the store's JSON round trip
+
+
+@requires_sample
+def test_the_natural_mix_is_the_shared_samples_natural_mix_photos():
+    import pandas as pd
+
+    from core.config import SHARED_SAMPLE
+
+    manifest = pd.read_csv(SHARED_SAMPLE / "manifest.csv")
+    counts = manifest.loc[manifest["source_repo"] == "NubZoro/bin_validator", "count"].clip(upper=len(NATURAL_MIX) - 1)
+    assert tuple(counts.value_counts().sort_index()) == NATURAL_MIX

@@ -158,16 +158,15 @@ def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_c
     dataset = prepare_dataset(tiny_collection, image_size=32, store_root=store_root, progress=False)
     assert exp.metrics.n == len(dataset.split("test")) and exp.val_metrics.n == len(dataset.split("val"))
     assert isinstance(exp.metrics.intervals, Intervals)
-    assert exp.calibration["method"] in ("none", "temperature", "temperature+bias")
+    assert exp.calibration.method in ("none", "temperature", "temperature+bias")
     assert store.split(exp_id).set_index("image_id")["split"].to_dict() == \
         dataset.table.set_index("image_id")["split"].to_dict()
 
     # the saved pipeline, as the counting service loads it, reproduces the logged (calibrated) test predictions
-    from core.calibration import apply_calibration
     predictions = store.predictions(exp_id).sort_values("image_id")
     test = dataset.split("test").sort_values("image_id")
     predict = load_predictor(store.artifact_dir(exp_id), exp.artifact, 6)
-    probs = apply_calibration(predict(dataset.images(32)[test["row"].to_numpy()]), exp.calibration)
+    probs = exp.calibration.likelihood(predict(dataset.images(32)[test["row"].to_numpy()]))  # uniform prior shown
     np.testing.assert_allclose(probs, np.stack(predictions["probs"]), atol=1e-4)
     assert list(predictions["true_count"]) == list(test["count"])
 
@@ -195,7 +194,7 @@ def test_cross_validated_run_is_one_experiment_of_k_models_with_out_of_fold_figu
     assert sorted(oof["image_id"]) == sorted(pool["image_id"]) and exp.cv_metrics.n == len(pool)
     assert set(store.split(exp_id)["split"]) == {"oof", "test"}
     assert all((store.artifact_dir(exp_id) / f"fold-{f}" / ARTIFACT).is_file() for f in range(3))
-    assert exp.calibration["n_fit"] == len(pool)  # calibrated on the pooled out-of-fold predictions
+    assert exp.calibration.n_fit == len(pool)  # calibrated on the pooled out-of-fold predictions
 
 
 def test_a_tampered_pipeline_file_is_refused(tmp_path):

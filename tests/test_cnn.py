@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from core.backbones import build_model, input_normalization, to_model_input
-from core.calibration import apply_calibration
 from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
 from core.cnn.checkpoint import CHECKPOINT
 from core.cnn.inputs import random_flip, random_rotation
@@ -136,14 +135,14 @@ def test_train_records_conventions_and_serves_the_same_predictions(tiny_collecti
     assert exp.metrics.headline is not None and exp.metrics.per_class_accuracy
     assert exp.metrics.intervals is not None and exp.metrics.ece is not None
     assert exp.val_metrics.headline is not None and exp.val_metrics.intervals is not None
-    assert exp.calibration["n_fit"] == exp.val_metrics.n  # calibrated on validation, when training ended
+    assert exp.calibration.n_fit == exp.val_metrics.n  # calibrated on validation, when training ended
 
     stored = store.predictions(exp_id)
     dataset = prepare_dataset(tiny_collection, 32, store_root=store.root, progress=False)
     test = dataset.split("test")
     assert sorted(stored["image_id"]) == sorted(test["image_id"])
     assert sorted(store.predictions(exp_id, "val")["image_id"]) == sorted(dataset.split("val")["image_id"])
-    probs = apply_calibration(load_predictor(folder)(dataset.images(32)[test["row"].to_numpy()]), exp.calibration)
+    probs = exp.calibration.likelihood(load_predictor(folder)(dataset.images(32)[test["row"].to_numpy()]))
     assert probs.shape == (len(test), 6) and np.allclose(probs.sum(axis=1), 1)
     expected = np.array(stored.set_index("image_id").loc[test["image_id"], "probs"].tolist())
     assert np.allclose(probs, expected, atol=1e-4)  # serving = training's evaluation path

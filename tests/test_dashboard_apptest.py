@@ -18,7 +18,9 @@ from streamlit.testing.v1 import AppTest
 import train
 from core.cnn import train_cnn
 from core.config import PROJECT_ROOT
+from core.metrics import headline_text
 from core.predict import load_counter
+from core.priors import describe
 from core.reconcile import PRIOR_WRONG, judge, read_records, reconcile
 from core.store import Store
 from dashboard import counting, tables, ui
@@ -153,7 +155,15 @@ def test_compare_puts_experiments_side_by_side(store):
     assert len(at.dataframe[0].value) == 2
     verdict = at.markdown[0].value
     assert "beats" in verdict or "within noise" in verdict
-    differences = at.dataframe[1].value
+    answers = at.dataframe[1].value  # the paper's task beside the product's answer, per experiment
+    picked = [store.experiment(i) for i in at.multiselect(key="compare").value]
+    assert len(answers) == 4 and list(answers["answer"]).count("the paper's task (among 0..5)") == 2
+    for exp in picked:
+        label = tables.labels(picked)[exp.id]
+        row = answers[(answers["experiment"] == label) & answers["answer"].str.startswith("the paper's")].iloc[0]
+        assert row["accuracy (95% CI)"] == headline_text(exp.metrics.paper_task)[0]
+        assert row["bins"] == exp.metrics.paper_task.n
+    differences = at.dataframe[2].value
     assert list(differences["metric"]) == ["accuracy", "balanced accuracy", "rmse"]
     assert (differences["95% low"] <= differences["A minus B"]).all()
     assert (differences["A minus B"] <= differences["95% high"]).all()
@@ -183,7 +193,7 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
     assert bars.error_y.array is not None  # per-count 95% intervals as error bars
     calibration = exp.calibration  # calibrated when it was trained
     coverage = charts(at)[2].data[0]
-    assert list(coverage.y) == pytest.approx(calibration["coverage_accuracy"])
+    assert list(coverage.y) == pytest.approx(calibration.coverage_accuracy)
 
 
 def test_confusion_cell_shows_its_photos(store):
@@ -251,6 +261,28 @@ def test_upload_counts_a_photo_and_reports_a_bad_file(store, counter):
     _, p_mismatch, _ = judge(counter, result, recorded)
     alerts = at.warning if p_mismatch >= counting.MISMATCH_THRESHOLD else at.success
     assert f"{p_mismatch:.0%}" in alerts[0].value
+
+
+@pytest.mark.parametrize("prior", ["uniform", "natural", "batch"])
+def test_upload_shows_the_most_probable_count_of_the_bars_it_draws(store, counter, prior):
+    """Issue #18: an animated GIF, a grayscale JPEG and a 16-bit PNG showed a count and a
+    confidence that were not the highest bar. Each photo's count and confidence are its bars' top."""
+    files, _, _ = awkward_batch()
+    odd = [f for f in files if f[0] in ("animated.gif", "grey.jpg", "sixteen-bit.png")]
+    at = open_page("upload")
+    at.radio(key="up-prior").set_value(prior)
+    at.file_uploader(key="up-files").set_value(odd)
+    rerun(at)
+    assert any(c.value.startswith(f"Probabilities under {describe(prior)}") for c in at.caption)
+    counted = [m.value for m in at.metric if m.label == "Items counted"]
+    confidence = [m.value for m in at.metric if m.label == "Confidence"]
+    bars = [np.asarray(fig.data[0].y, dtype=float) for fig in charts(at)]
+    assert len(counted) == len(confidence) == len(bars) == 3
+    expected = counter.with_prior(prior).count_batch([data for _, data, _ in odd])
+    for shown, sure, probs, result in zip(counted, confidence, bars, expected, strict=True):
+        assert int(shown) == int(np.argmax(probs)) == result.count
+        assert sure == f"{probs.max():.0%}"
+        assert list(probs) == pytest.approx(result.probs)
 
 
 def test_upload_only_a_bad_file_keeps_the_page_serving(store):

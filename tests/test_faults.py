@@ -48,7 +48,7 @@ def _assert_consistent(store_root: Path) -> None:
     for exp in store.experiments():
         assert exp.status in ("finished", "failed", "interrupted"), exp.status
         if exp.status == "finished":
-            assert exp.metrics and exp.calibration
+            assert exp.metrics and exp.calibration.fitted
             assert (store.artifact_dir(exp.id) / exp.artifact).is_file()
 
 

@@ -29,7 +29,7 @@ def test_default_suite_trains_once_then_retrains_nothing(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     finished = Store(store).experiments("finished")
     assert {e.family for e in finished} == {"classical", "cnn", "lr_finder"} and len(finished) == 4
-    assert all(e.calibration for e in finished if e.is_model)  # calibrated when they were trained
+    assert all(e.calibration.fitted for e in finished if e.is_model)  # calibrated when they were trained
     assert Store(store).lr_curves(next(e.id for e in finished if e.family == "lr_finder"))  # the LR page has a curve
     assert first.stdout.count("trained in") == 4
 

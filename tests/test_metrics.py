@@ -130,6 +130,41 @@ def test_split_figures_read_back_from_their_stored_form():
     stored = json.loads(json.dumps(figures.to_dict()))
     assert set(stored) == {"n", "accuracy", "balanced_accuracy", "rmse", "per_class_accuracy", "per_class_rmse",
                            "confusion_matrix", "ece", "intervals", "per_class_intervals", "rounded_expected",
-                           "open_class"}
+                           "open_class", "paper_task"}
     assert stored["intervals"]["accuracy"] == list(figures.intervals.accuracy)
     assert SplitFigures.from_dict(stored) == figures
+
+
+def test_the_papers_task_restricts_the_answer_to_zero_to_five_on_bins_of_zero_to_five():
+    """A bin of 3 whose most probable answer is "more than 5" is wrong for the product and right for
+    the paper's task when 3 is its most probable count among 0..5; bins of more are left out."""
+    from core.metrics import paper_task
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(7), 20)
+    probs = rng.dirichlet(np.ones(7) * 0.3, len(y))
+    probs[y == 3] = [0.02, 0.03, 0.05, 0.3, 0.1, 0.05, 0.45]  # "more than 5" first, 3 second
+    figures = split_figures(y, probs, 7, open_top=True)
+    task = figures.paper_task
+    assert task.n == 120 and figures.per_class_accuracy[3] == 0.0 and task.per_class_accuracy[3] == 1.0
+    answer = probs[y < 6, :6].argmax(1)
+    assert task.accuracy == pytest.approx(np.mean(answer == y[y < 6]))
+    assert task.rmse == pytest.approx(np.sqrt(np.mean((answer - y[y < 6]) ** 2)))
+    for key in ("accuracy", "balanced_accuracy", "rmse"):
+        lo, hi = getattr(task.intervals, key)
+        assert lo <= getattr(task, key) <= hi
+    closed = paper_task(y[y < 6], probs[y < 6, :6], 6, open_top=False)  # a 0..5 model: the plain argmax
+    assert closed.accuracy == pytest.approx(np.mean(answer == y[y < 6]))
+    assert paper_task([6, 6], probs[:2], 7, open_top=True) is None
+
+
+def test_ece_by_prior_scores_the_shown_probabilities_under_each_prior():
+    from core.metrics import ece_by_prior
+
+    rng = np.random.default_rng(1)
+    y = rng.choice(6, 3000, p=[0.02, 0.08, 0.15, 0.2, 0.25, 0.3])
+    likelihood = np.full((3000, 6), 0.1)
+    likelihood[np.arange(3000), y] = 0.5  # as sure of every photo; only the prior tells the mix
+    by_prior = ece_by_prior(likelihood, y, 6)
+    assert set(by_prior) == {"uniform", "natural", "batch"}
+    assert by_prior["batch"] < by_prior["uniform"]  # the batch's own mix fits the batch

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from core.calibration import Calibration
 from core.classical import ClassicalConfig, train_classical
 from core.collection import load_collection
 from core.config import PROJECT_ROOT
@@ -82,7 +83,7 @@ def _open_counter() -> BinCounter:
     5"), dark looks like 2 items. It tests the reconciliation rule, not a network."""
     exp = Experiment(id="open", name="open", family="cnn", model="m", params={}, config_key="k", dataset="d",
                      data_root="", status="finished", started_at=0.0, num_classes=7, image_size=16, open_top=True,
-                     metrics={"n": 1}, calibration={"class_prior": [1 / 7] * 7})
+                     metrics={"n": 1}, calibration=Calibration())
 
     def predict(images: np.ndarray) -> np.ndarray:
         full = images.reshape(len(images), -1).mean(axis=1) > 128

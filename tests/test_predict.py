@@ -125,15 +125,79 @@ def test_unknown_model_is_a_clear_error(trained_store, tmp_path):
 def test_calibration_is_stored_with_the_model_when_it_is_trained(counters, trained_store):
     exp = Store(trained_store).experiment(counters["cnn"].exp_id)
     calibration = exp.calibration
-    assert calibration["method"] in ("none", "temperature", "temperature+bias") and calibration["temperature"] > 0
+    assert calibration.method in ("none", "temperature", "temperature+bias") and calibration.temperature > 0
     assert counters["cnn"].calibration == calibration  # loading only reads it
-    nll = calibration["nll_by_method"]  # chosen on held-out halves of the validation photos
-    assert nll[calibration["method"]] <= min(nll.values()) + 1e-3
-    assert calibration["n_fit"] == exp.val_metrics.n
-    assert sum(calibration["class_prior"]) == pytest.approx(1, abs=1e-4)
-    coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
-    assert coverage == sorted(coverage) and coverage[-1] == 1.0
+    nll = calibration.nll_by_method  # chosen on held-out halves of the validation photos
+    assert nll[calibration.method] <= min(nll.values()) + 1e-3
+    assert calibration.n_fit == exp.val_metrics.n
+    assert sum(calibration.fit_prior) == pytest.approx(1, abs=1e-4) and calibration.shown_prior == "uniform"
+    coverage, accuracy = calibration.coverage, calibration.coverage_accuracy
+    assert list(coverage) == sorted(coverage) and coverage[-1] == 1.0
     assert accuracy[-1] == pytest.approx(exp.metrics.accuracy, abs=1e-3)
+
+
+def odd_photos() -> dict[str, bytes]:
+    """The uploads of issue #18 whose count contradicted their bars: an animated GIF, a grayscale
+    JPEG and a 16-bit PNG (from the awkward batch the dashboard tests upload)."""
+    from tests.builders import awkward_batch
+
+    files, _, _ = awkward_batch()
+    return {name: data for name, data, _ in files if name in ("animated.gif", "grey.jpg", "sixteen-bit.png")}
+
+
+@pytest.mark.parametrize("family", ["classical", "cnn"])
+@pytest.mark.parametrize("prior", ["uniform", "natural", "batch"])
+def test_the_count_shown_is_the_most_probable_count_of_the_probabilities_shown(counters, family, prior):
+    counter = counters[family].with_prior(prior)
+    photos = odd_photos()
+    assert len(photos) == 3
+    for result in [*map(counter.count, photos.values()), *counter.count_batch(list(photos.values()))]:
+        assert isinstance(result, CountResult)
+        assert result.count == int(np.argmax(result.probs)) and result.confidence == max(result.probs)
+        assert sum(result.prior) == pytest.approx(1, abs=1e-4)
+    if prior != "batch":  # a fixed prior: the same photo shows the same, alone or in a batch
+        alone = [counter.count(data).probs for data in photos.values()]
+        together = [r.probs for r in counter.count_batch(list(photos.values()))]
+        np.testing.assert_allclose(alone, together, atol=1e-5)
+
+
+def test_the_stated_prior_only_reweighs_the_same_likelihoods(counters):
+    counter = counters["cnn"]
+    photo = jpeg(bin_photo(3, seed=21))
+    uniform, natural = counter.count(photo), counter.with_prior("natural").count(photo)
+    likelihood = np.array(uniform.probs)
+    expected = likelihood * natural.prior / (likelihood * natural.prior).sum()
+    np.testing.assert_allclose(natural.probs, expected, atol=1e-4)
+    assert uniform.prior == pytest.approx([1 / 6] * 6, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown prior"):
+        counter.with_prior("optimistic")
+
+
+def test_stored_predictions_show_the_most_probable_count(counters, trained_store):
+    store = Store(trained_store)
+    for counter in counters.values():
+        preds = store.predictions(counter.exp_id)
+        assert not preds.empty
+        assert (preds["pred_count"] == preds["probs"].map(np.argmax)).all()
+
+
+def test_count_cli_prints_the_most_probable_count_of_the_probabilities_it_prints(counters, trained_store, tmp_path):
+    paths = []
+    for name, data in odd_photos().items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    model = counters["cnn"].exp_id
+    for prior in ("uniform", "natural"):
+        run = run_cli("count", *paths, "--model", model, "--prior", prior, store=trained_store)
+        assert run.returncode == 0, run.stderr
+        assert f"under the {prior} prior" in run.stderr
+        lines = run.stdout.strip().splitlines()
+        assert len(lines) == 3
+        counter = counters["cnn"].with_prior(prior)
+        for path, line in zip(paths, lines, strict=True):
+            shown = int(line.split(": ", 1)[1].split(" items")[0])
+            probs = [float(part.split(": ")[1].rstrip("%)")) for part in line.split("; ", 1)[1].split(", ")]
+            assert probs[shown] == max(probs) and shown == counter.count(Path(path)).count, line  # (ties: as printed)
 
 
 def test_loading_a_model_writes_nothing(counters, trained_store):
@@ -156,16 +220,40 @@ def test_evaluate_cli_scores_only_the_test_split_of_the_models_own_collection(tr
         lo, hi = report["intervals"][key]
         assert isinstance(report[key], float) and lo <= report[key] <= hi
     assert report["accuracy"] == pytest.approx(store.experiment(report["model"]).metrics.accuracy)
+    stored_task = store.experiment(report["model"]).metrics.paper_task  # stored with the run
+    assert report["paper_task"]["accuracy"] == pytest.approx(stored_task.accuracy)
+    assert report["paper_task"]["n"] == stored_task.n
 
 
 def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tmp_path):
     other = write_manifest_collection(tmp_path / "other", per_class=2)
+    for count in range(6):  # one photo of each count as the natural-mix source keeps them: 224 x 224 px
+        photo = other / "images" / f"c{count}_0.jpg"
+        Image.open(photo).resize((224, 224)).save(photo, quality=90)
     run = run_cli("evaluate", "--model", "best", "--data", str(other), store=trained_store,
                ABID_DATA=str(trained_store.parent / "data"))  # the data in use: where the models were trained
     assert run.returncode == 0, run.stderr
     assert f"among finished models on {trained_store.parent / 'data'}" in run.stderr
     report = json.loads(run.stdout)
-    assert report["scope"] == "all photos" and report["n"] == 12
+    assert report["scope"] == "all photos" and report["n"] == 12 and report["prior"] == "uniform"
+    # the paper's task beside the product's answer (a 0..5 model: the same photos and answers)
+    task = report["paper_task"]
+    assert task["n"] == 12 and task["accuracy"] == pytest.approx(report["accuracy"])
+    assert all(lo <= task[k] <= hi for k, (lo, hi) in task["intervals"].items())
+    # per source: the 224 px photos and the originals, each with its figures, its paper's task and ECE per prior
+    sources = report["by_source"]
+    assert set(sources) == {"224 px natural mix", "originals"}
+    assert sources["224 px natural mix"]["photos"] == sources["originals"]["photos"] == 6
+    for figures in (report, *sources.values()):
+        assert set(figures["ece_by_prior"]) == {"uniform", "natural", "batch"}
+        assert figures["ece_by_prior"]["uniform"] == pytest.approx(figures["ece"], abs=1e-4)
+        assert figures["paper_task"]["n"] == figures["n"] and "intervals" in figures
+    natural = run_cli("evaluate", "--model", "best", "--data", str(other), "--prior", "natural", store=trained_store,
+                      ABID_DATA=str(trained_store.parent / "data"))
+    assert natural.returncode == 0, natural.stderr
+    report_natural = json.loads(natural.stdout)
+    assert report_natural["prior"] == "natural"
+    assert report_natural["ece"] == pytest.approx(report["ece_by_prior"]["natural"], abs=1e-4)
 
 
 def test_cli_without_models_says_how_to_train(tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.predict import class_prior, load_counter
+from core.predict import load_counter
+from core.priors import natural_prior
 from core.reconcile import (
     PRIOR_WRONG,
     audit_curve,
@@ -23,6 +24,7 @@ from core.reconcile import (
     mismatch_probability,
     read_records,
     reconcile,
+    reconcile_prior,
     records_from_folder,
     report_totals,
     simulate_errors,
@@ -240,8 +242,9 @@ def test_an_open_top_class_judges_a_large_record_by_p_more_than(counter):
     open_top.exp = dataclasses.replace(counter.exp, open_top=True)
     result = counter.count(bin_jpeg(2, seed=9))
     p_recorded, p_mismatch, note = judge(open_top, result, 8)
-    assert p_recorded == result.probs[-1] and "more than 4" in note
-    assert p_mismatch == pytest.approx(mismatch_probability([result.probs], [5], PRIOR_WRONG, counter.class_prior)[0])
+    assert p_recorded == pytest.approx(result.probs[-1], abs=1e-5) and "more than 4" in note
+    assert p_mismatch == pytest.approx(mismatch_probability([result.probs], [5], PRIOR_WRONG,
+                                                            reconcile_prior(counter.exp))[0])
     assert judge(counter, result, 8)[:2] == (None, None)
 
 
@@ -257,10 +260,21 @@ def test_the_folder_audit_scores_the_test_split_of_its_own_collection_and_every_
     assert elsewhere.scope == "all photos" and elsewhere.curve.n == 8 and elsewhere.left_out == 1
 
 
-def test_counter_class_prior_is_the_experiments(counter):
-    assert counter.class_prior == pytest.approx(class_prior(counter.exp))
-    assert counter.class_prior.sum() == pytest.approx(1)
-    assert counter.class_prior.shape == (counter.num_classes,)
+
+def test_reconciliation_judges_against_a_uniform_prior_whatever_prior_is_shown(counter):
+    """`reconcile_prior` is every count alike; a counter showing another prior has its probabilities
+    moved to it before judging, so the verdict is the same whichever prior the page shows."""
+    prior = reconcile_prior(counter.exp)
+    assert prior.shape == (counter.num_classes,) and prior == pytest.approx(np.full(counter.num_classes, 1 / 6))
+    photo = bin_jpeg(2, seed=9)
+    uniform, natural = counter.count(photo), counter.with_prior("natural").count(photo)
+    assert natural.prior == pytest.approx(natural_prior(6, False), abs=1e-6)
+    assert not np.allclose(natural.probs, uniform.probs, atol=1e-3)  # what is shown moves
+    for recorded in range(6):
+        p_u, m_u, _ = judge(counter, uniform, recorded)
+        p_n, m_n, _ = judge(counter.with_prior("natural"), natural, recorded)
+        assert p_u == pytest.approx(uniform.probs[recorded], abs=1e-5)
+        assert (p_n, m_n) == pytest.approx((p_u, m_u), abs=1e-4)
 
 
 # ---- the command line ----------------------------------------------------------------------------

@@ -282,3 +282,25 @@ def test_opening_a_store_to_read_never_creates_one(tmp_path):
     with pytest.raises(sqlite3.OperationalError):
         store.experiments()  # a later read does not make an empty store either
     assert not (root / "experiments.sqlite").exists()
+
+
+def test_a_calibration_stored_by_the_previous_release_opens_with_the_same_figures(tmp_path):
+    """The previous release stored the calibration as a dict with `class_prior`; it opens as a typed
+    `Calibration` whose figures (ECE, the coverage curve, the fit) are those it stored, and the
+    prior its stored probabilities are under is said ("fit")."""
+    stored = {"method": "temperature+bias", "temperature": 1.3, "bias": [0.2, -0.1, 0.0, 0.1, -0.3, 0.1],
+              "class_prior": [0.05, 0.4, 0.2, 0.1, 0.1, 0.15], "n_fit": 500,
+              "nll_by_method": {"none": 1.4, "temperature": 1.3, "temperature+bias": 1.2},
+              "ece_by_method": {"none": 0.2, "temperature": 0.1, "temperature+bias": 0.06},
+              "ece_fit_before": 0.2, "ece_fit_after": 0.06, "ece_test_before": 0.21, "ece_test_after": 0.07,
+              "coverage": [0.25, 0.5, 1.0], "coverage_accuracy": [0.9, 0.8, 0.55]}
+    store = Store(tmp_path / "s")
+    exp_id = store.start("quick", "cnn", "m", {}, dataset="d", code_version=1)
+    with sqlite3.connect(store.path) as db:  # as the previous release wrote it: a plain JSON object
+        db.execute("UPDATE experiments SET details = ? WHERE id = ?", (json.dumps({"calibration": stored}), exp_id))
+    calibration = store.experiment(exp_id).calibration
+    assert (calibration.method, calibration.temperature, calibration.n_fit) == ("temperature+bias", 1.3, 500)
+    assert (calibration.ece_test_before, calibration.ece_test_after) == (0.21, 0.07)
+    assert calibration.coverage == (0.25, 0.5, 1.0) and calibration.coverage_accuracy == (0.9, 0.8, 0.55)
+    assert dict(calibration.nll_by_method) == stored["nll_by_method"]
+    assert calibration.fit_prior == tuple(stored["class_prior"]) and calibration.shown_prior == "fit"

@@ -17,6 +17,11 @@ st.subheader("Test metrics")
 st.dataframe(tables.leaderboard(chosen), hide_index=True, column_config=ui.metric_columns())
 st.caption("Brackets hold 95% bootstrap intervals (photos resampled within each count).")
 
+st.subheader("The paper's task beside the product's answer")
+st.dataframe(tables.answers_table(chosen, {e.id: state.predictions(e.id) for e in chosen}), hide_index=True)
+st.caption("On the test bins of 0..5 items. The product may answer \"more than 5\", which is wrong on such a bin; "
+           "the paper and Park restrict the answer to 0..5 (the most probable count among them).")
+
 st.subheader("Head to head")
 a, b = chosen[0], chosen[1]
 open_class = (a.num_classes or 0) - 1 if a.open_top and b.open_top else None

@@ -1,6 +1,7 @@
 """Misclassified test photos: filter by true and predicted count, sort by confidence."""
 import streamlit as st
 
+from core.priors import describe
 from dashboard import state, tables, ui
 
 st.title("Photos the model counted wrong")
@@ -20,6 +21,8 @@ wrong = tables.misclassified(preds, true_counts or None, pred_counts or None,
                              most_confident_first=order == "most confident first")
 
 st.subheader(f"{len(wrong)} of {len(preds)} test photos counted wrong")
+st.caption(f"Probabilities under {describe(exp.calibration.shown_prior)}"
+           + ("." if exp.calibration.shown_prior == "fit" else "; the count predicted is the most probable one."))
 if wrong.empty:
     st.success("No mistakes with these filters.")
     st.stop()

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from core.metrics import SplitFigures, headline_text
+from core.priors import describe
 from dashboard import figures, tables, ui
 
 st.title("Accuracy by number of items")
@@ -42,17 +43,19 @@ st.caption("Counts with few test photos give noisy numbers; a blank means no tes
 
 st.subheader("How far can we trust it?")
 calibration = exp.calibration
-if calibration.get("coverage"):
-    coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
+if calibration.coverage:
+    coverage, accuracy = calibration.coverage, calibration.coverage_accuracy
     half = accuracy[min(range(len(coverage)), key=lambda i: abs(coverage[i] - 0.5))]
     st.caption(f"If the model decides only the half of the bins it is surest of and people recount the rest, "
                f"it is right on {half:.0%} of the bins it decides "
                f"(test photos; {accuracy[-1]:.0%} when it decides all).")
     st.plotly_chart(figures.coverage_curve(coverage, accuracy), key="pc-coverage")
-    st.caption(f"Confidence calibrated by {calibration.get('method', 'temperature')} "
-               f"on {calibration.get('n_fit', '?')} "
-               f"held-out photos; test ECE {calibration.get('ece_test_before', float('nan')):.3f} before, "
-               f"{calibration.get('ece_test_after', float('nan')):.3f} after.")
+    nan = float("nan")
+    before = nan if calibration.ece_test_before is None else calibration.ece_test_before
+    after = nan if calibration.ece_test_after is None else calibration.ece_test_after
+    st.caption(f"Confidence calibrated by {calibration.method} on {calibration.n_fit or '?'} held-out photos; "
+               f"probabilities under {describe(calibration.shown_prior)}; "
+               f"test ECE {before:.3f} before, {after:.3f} after.")
 else:
     st.caption("Not known: this model was trained by an older binsight, before calibration was part of training.")
 

@@ -3,9 +3,11 @@ from pathlib import PurePosixPath
 
 import streamlit as st
 
+from core.priors import describe
 from core.reconcile import (
     MISMATCH_THRESHOLD,
     PRIOR_WRONG,
+    RECONCILE_PRIOR,
     budget_size,
     flag_rule,
     read_records,
@@ -37,7 +39,8 @@ if mode == "by probability":
 else:
     budget = st.text_input("Recount the riskiest … bins (a number, or a share such as 10%)", "10%", key="rec-budget")
 st.caption(f"The probability of a mismatch weighs each photo against how often records are wrong: "
-           f"{PRIOR_WRONG:.0%} of records are assumed wrong before a photo is seen.")
+           f"{PRIOR_WRONG:.0%} of records are assumed wrong before a photo is seen. The photos' probabilities "
+           f"(and the counts shown) are under {describe(RECONCILE_PRIOR)}, the prior reconciliation judges against.")
 
 if records_file is None or not photo_files:
     st.info("Upload both the CSV and the photos to get the report.")

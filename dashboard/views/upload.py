@@ -3,6 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.priors import DEFAULT_PRIOR, PRIORS, describe
 from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
 from dashboard import counting, figures, state, ui
 
@@ -10,6 +11,9 @@ st.title("Count the items in a bin")
 exps = ui.finished_or_stop()
 exp = ui.pick_experiment(exps, key="up-model", label="Model (the best one is preselected)")
 counter = ui.counter_or_stop(exp)
+prior = st.radio("Probabilities under the prior", PRIORS, index=PRIORS.index(DEFAULT_PRIOR), horizontal=True,
+                 key="up-prior", format_func=lambda name: {"uniform": "every count alike", "natural": "ABID's mix",
+                                                           "batch": "these photos' mix"}[name])
 
 files = st.file_uploader("Bin photos", type=counting.IMAGE_TYPES, accept_multiple_files=True, key="up-files")
 photos = [(f.name, f.getvalue()) for f in files or []]
@@ -28,8 +32,14 @@ if not photos:
     st.info("Upload one or more photos of bins (JPEG or PNG). Enter the recorded quantity to check it.")
     st.stop()
 
-st.caption(f"A record is judged against the photo assuming {PRIOR_WRONG:.0%} of records are wrong; "
+st.caption(f"Probabilities under {describe(prior)}; the count shown is the most probable count. "
+           f"A record is judged against the photo assuming {PRIOR_WRONG:.0%} of records are wrong "
+           f"(and every count alike before the photo is seen, whatever prior is shown); "
            f"a bin is flagged at a probability of a mismatch of {MISMATCH_THRESHOLD:.0%} or more.")
+counts = state.photo_counts(exp.id, state.store_root(), photos, prior)
+if prior == "batch" and (counted := next((p.result for p in counts if p.result is not None), None)):
+    st.caption("Estimated mix of these photos: " + ", ".join(f"{exp.count_label(k)}: {share:.0%}"
+                                                              for k, share in enumerate(counted.prior)))
 
 
 def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
@@ -40,8 +50,9 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
         result = photo.result
         assert result is not None  # the loop below shows the error of a photo it could not count
         c1, c2 = st.columns(2)
-        c1.metric("Items counted", exp.count_label(result.count))
-        c2.metric("Confidence", f"{result.confidence:.0%}", help=f"expected count {result.expected:.2f}")
+        c1.metric("Items counted", exp.count_label(result.count), help="the most probable count of the bars below")
+        c2.metric("Confidence", f"{result.confidence:.0%}",
+                  help=f"its probability under {describe(prior)}; expected count {result.expected:.2f}")
         recorded = st.number_input("Recorded quantity (optional)", min_value=0, step=1, value=None,
                                    key=f"up-recorded-{i}-{photo.name}")
         if recorded is not None:
@@ -57,7 +68,7 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
                                                           counted=result.count), key=f"up-probs-{i}")
 
 
-for i, photo in enumerate(state.photo_counts(exp.id, state.store_root(), photos)):
+for i, photo in enumerate(counts):
     with st.container(border=True):
         if photo.result is None:
             st.error(photo.error)
