@@ -138,7 +138,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import (
         budget_size,
-        flag_rule,
         reconcile,
         records_from_folder,
         report_totals,
@@ -151,6 +150,8 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
             budget_size(args.budget, 0)
         except ValueError as err:
             sys.exit(f"--budget: {err}")
+    from core.store import Store
+
     root = data_dir(args.data)
     counter = counter_for(args.model, args.store, root)
     if args.simulate_errors is not None:
@@ -158,13 +159,72 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     records, images = records_from_folder(root, args.records)
     report = reconcile(counter, records, images, threshold=args.threshold, prior_wrong=args.prior_wrong,
                        budget=args.budget, progress=True)
-    rule = flag_rule(args.prior_wrong, args.threshold, args.budget)
-    write_report(report, args.out, settings={
-        "model": counter.exp_id, "model_name": counter.name, "prior_wrong": args.prior_wrong,
-        "threshold": None if args.budget is not None else args.threshold, "budget": args.budget, "rule": rule,
-        "class_prior": [round(float(x), 4) for x in counter.class_prior]})
+    settings = batch_settings(counter, args.prior_wrong, args.threshold, args.budget)
+    write_report(report, args.out, settings={"model": counter.exp_id, "model_name": counter.name, **settings})
+    batch_id = save_folder_batch(Store(args.store), report, images, counter, settings, root)
     print(f"{totals_line(report_totals(report))} -> {args.out}")
-    print(f"model {counter.name} ({counter.exp_id}); {rule}")
+    print(f"model {counter.name} ({counter.exp_id}); {settings['rule']}")
+    print(f"batch: {batch_id}")
+
+
+def batch_settings(counter, prior_wrong: float, threshold: float, budget: str | None) -> dict:
+    """What a batch keeps of how it was judged (`core.batches.Batch.settings`)."""
+    from core.reconcile import flag_rule
+
+    return {"prior_wrong": prior_wrong, "threshold": None if budget is not None else threshold, "budget": budget,
+            "rule": flag_rule(prior_wrong, threshold, budget), "num_classes": counter.num_classes,
+            "open_top": counter.exp.open_top, "class_prior": [round(float(x), 4) for x in counter.class_prior]}
+
+
+def save_folder_batch(store, report, images: dict, counter, settings: dict, root: Path) -> str:
+    """Keep a folder's report as a batch: each photo by path and content hash (no copy)."""
+    from core.batches import file_hash, save_report
+
+    sources = {key: (Path(key).stem, str(Path(path).resolve()), file_hash(path), "")
+               for key, path in images.items() if Path(path).is_file()}
+    return save_report(store, report, model=counter.exp_id, model_name=counter.name, settings=settings,
+                       data_root=str(root.resolve()), sources=sources)
+
+
+def cmd_recount_export(args: argparse.Namespace) -> None:
+    from core.recounts import adjustments
+    from core.store import Store
+
+    try:
+        table = adjustments(Store(args.store), args.batch)
+    except KeyError as err:
+        sys.exit(str(err.args[0]))
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"{len(table)} adjustments of batch {args.batch} -> {args.out}")
+    else:
+        table.to_csv(sys.stdout, index=False)
+
+
+def cmd_recount_import(args: argparse.Namespace) -> None:
+    import getpass
+
+    from core.recounts import import_recounts
+    from core.store import Store
+
+    try:
+        report = import_recounts(Store(args.store), Path(args.file), who=args.who or getpass.getuser(),
+                                 name=Path(args.file).name)
+    except (OSError, ValueError) as err:
+        sys.exit(f"{args.file}: {err}")
+    for line in report.lines(Path(args.file).name):
+        print(line)
+    if report.refused:
+        sys.exit(1)
+
+
+def cmd_store_backup(args: argparse.Namespace) -> None:
+    from core.store import Store
+
+    store = Store(args.store)
+    target = store.backup(args.file)
+    print(f"{store.path} -> {target} (consistent copy; restore: stop the dashboard and training, then copy it "
+          f"back over {store.path} and delete {store.path.name}-wal and {store.path.name}-shm)")
 
 
 def simulate_audit(counter, args: argparse.Namespace) -> None:
@@ -442,6 +502,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of --simulate-errors")
     add_store_flag(p)
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("recount", help="recount outcomes out (adjustments for the warehouse system) and in")
+    recount = p.add_subparsers(dest="recount_command", required=True)
+    q = recount.add_parser("export", help="CSV of the bins whose recount differs from their record: "
+                                          "batch,image,recorded,recounted,adjustment,who,when")
+    q.add_argument("--batch", required=True, help="the batch id `train.py reconcile` printed")
+    q.add_argument("--out", metavar="FILE.csv", help="where to write it (default: standard output)")
+    add_store_flag(q)
+    q.set_defaults(func=cmd_recount_export)
+    q = recount.add_parser("import", help="record recounts made elsewhere: a CSV of batch,image,recounted "
+                                          "(optional note, who); every bad row is reported and refused")
+    q.add_argument("file", metavar="FILE.csv")
+    q.add_argument("--who", help="who counted, for rows without a who column (default: your user name)")
+    add_store_flag(q)
+    q.set_defaults(func=cmd_recount_import)
+
+    p = sub.add_parser("store", help="look after the experiment store")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("backup", help="a consistent copy of the store's database, safe while the dashboard "
+                                            "and training run (SQLite's online backup API)")
+    q.add_argument("file", metavar="FILE")
+    add_store_flag(q)
+    q.set_defaults(func=cmd_store_backup)
 
     for name, func, help_ in (
         ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run"),
