@@ -58,6 +58,25 @@ def recheck_if_asked(args: argparse.Namespace, root: Path) -> None:
         recheck_collection(root, args.store)
 
 
+def recounts_if_asked(args: argparse.Namespace, store) -> Path | None:
+    """--with-recounts: the store's recounts collection, brought up to date (None without the flag)."""
+    if not args.with_recounts:
+        return None
+    from core.recount_labels import write_recounts_collection
+
+    folder = write_recounts_collection(store)
+    if folder is None:
+        print("--with-recounts: no photo has been recounted to a number yet; training on the data alone",
+              file=sys.stderr)
+    return folder
+
+
+def add_recounts_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--with-recounts", action="store_true",
+                        help="add the photos people recounted (the store's recounts collection); a recount "
+                             "overrides the data's label of the same photo")
+
+
 def cmd_classical(args: argparse.Namespace) -> None:
     import time
 
@@ -74,7 +93,8 @@ def cmd_classical(args: argparse.Namespace) -> None:
     recheck_if_asked(args, root)
     options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv}
     options = {k: v for k, v in options.items() if v is not None}
-    common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet}
+    common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet,
+              "recounts": recounts_if_asked(args, store)}
     try:
         if args.suite:
             configs = suite_experiments(args.suite)
@@ -150,6 +170,7 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
             budget_size(args.budget, 0)
         except ValueError as err:
             sys.exit(f"--budget: {err}")
+    from core.batches import batch_settings
     from core.store import Store
 
     root = data_dir(args.data)
@@ -159,21 +180,12 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     records, images = records_from_folder(root, args.records)
     report = reconcile(counter, records, images, threshold=args.threshold, prior_wrong=args.prior_wrong,
                        budget=args.budget, progress=True)
-    settings = batch_settings(counter, args.prior_wrong, args.threshold, args.budget)
+    settings = batch_settings(counter, args.prior_wrong, args.threshold, args.budget)  # what the batch keeps
     write_report(report, args.out, settings={"model": counter.exp_id, "model_name": counter.name, **settings})
     batch_id = save_folder_batch(Store(args.store), report, images, counter, settings, root)
     print(f"{totals_line(report_totals(report))} -> {args.out}")
     print(f"model {counter.name} ({counter.exp_id}); {settings['rule']}")
     print(f"batch: {batch_id}")
-
-
-def batch_settings(counter, prior_wrong: float, threshold: float, budget: str | None) -> dict:
-    """What a batch keeps of how it was judged (`core.batches.Batch.settings`)."""
-    from core.reconcile import flag_rule
-
-    return {"prior_wrong": prior_wrong, "threshold": None if budget is not None else threshold, "budget": budget,
-            "rule": flag_rule(prior_wrong, threshold, budget), "num_classes": counter.num_classes,
-            "open_top": counter.exp.open_top, "class_prior": [round(float(x), 4) for x in counter.class_prior]}
 
 
 def save_folder_batch(store, report, images: dict, counter, settings: dict, root: Path) -> str:
@@ -285,7 +297,7 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     store, root = Store(args.store), data_dir(args.data)
     recheck_if_asked(args, root)
     exp_id = train_cnn(root, args.preset, store, parse_overrides(args.set), progress=not args.quiet,
-                       cv=args.cv)
+                       cv=args.cv, recounts=recounts_if_asked(args, store))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     exp = store.experiment(exp_id)
@@ -455,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_store_flag(p)
     add_recheck_flag(p)
+    add_recounts_flag(p)
     p.set_defaults(func=cmd_classical)
 
     p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)")
@@ -542,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cnn":
             p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
                            help="cross-validate: K models on K folds of train+val (K defaults to 5), one ensemble")
+            add_recounts_flag(p)
         add_store_flag(p)
         add_recheck_flag(p)
         p.set_defaults(func=func)

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from core.files import atomic_path
-from core.reconcile import REPORT_COLUMNS, flags
+from core.predict import BinCounter
+from core.reconcile import REPORT_COLUMNS, flag_rule, flags
 from core.store import Store
 
 PHOTOS_DIR = "photos"  # content-addressed copies of uploaded photos, inside the store
@@ -77,6 +78,25 @@ def store_photo(store: Store, name: str, data: bytes) -> tuple[str, str]:
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
     return digest, relative
+
+
+def batch_settings(counter: BinCounter, prior_wrong: float, threshold: float, budget: str | int | None) -> dict:
+    """What a batch keeps of how its bins were judged (`Batch.settings`)."""
+    return {"prior_wrong": prior_wrong, "threshold": None if budget is not None else threshold, "budget": budget,
+            "rule": flag_rule(prior_wrong, threshold, budget), "num_classes": counter.num_classes,
+            "open_top": counter.exp.open_top, "class_prior": [round(float(x), 4) for x in counter.class_prior]}
+
+
+def save_uploaded_batch(store: Store, report: pd.DataFrame, photos: Mapping[str, bytes], counter: BinCounter,
+                        settings: Mapping[str, Any]) -> str:
+    """Keep a report of uploaded photos as a batch, each photo as a stored copy."""
+    sources = {}
+    for image in report["image"]:
+        if image in photos:
+            digest, copy = store_photo(store, image, photos[image])
+            sources[image] = (PurePosixPath(image).stem, "", digest, copy)
+    return save_report(store, report, model=counter.exp_id, model_name=counter.name, settings=settings,
+                       sources=sources)
 
 
 def open_batch(store: Store, *, model: str, model_name: str, settings: Mapping[str, Any], data_root: str = "") -> str:

@@ -41,6 +41,7 @@ class Dataset:
     max_count: int
     progress: bool = True
     open_top: bool = False  # a last class for "more than max_count" items (see core.collection.load_collection)
+    recounted: int = 0  # photos whose label is a person's recount (see core.recount_labels)
 
     @property
     def folder(self) -> Path:
@@ -125,6 +126,7 @@ def prepare_dataset(
     progress: bool = True,
     open_top: bool = False,
     recheck: bool = False,
+    recounts: Path | None = None,
 ) -> Dataset:
     """Load `root` (re-reading only changed files), grow its cache at `image_size`, and split it.
 
@@ -133,11 +135,18 @@ def prepare_dataset(
     Images that fail to decode are dropped and added to `collection.skipped`. With `open_top`,
     bins of more than `max_count` items form one more class, if the collection has any.
     `recheck` stats every file, to see files rewritten in place (see `load_collection`).
+    `recounts`, a recounts collection (`core.recount_labels`), overrides the labels of the photos
+    people recounted and adds the recounted photos the data lacks.
     """
     folder = collection_folder(root, store_root)
     collection = load_collection(root, max_count, index=folder / "index.arrow", progress=progress, items=False,
                                  open_top=open_top, recheck=recheck)
     table = collection.table.reset_index(drop=True).copy()
+    recounted = 0
+    if recounts is not None:
+        from core.recount_labels import overlay_recounts
+
+        table, recounted = overlay_recounts(table, recounts, max_count, open_top)
     table["row"] = assign_rows(folder, table)
     _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"], progress=progress)
     if errors:
@@ -149,4 +158,4 @@ def prepare_dataset(
     fingerprint = data_fingerprint(table)
     open_top = open_top and bool((table["count"] > max_count).any())  # an open class needs photos to learn it from
     return Dataset(collection, fingerprint, folder, table[TABLE_COLUMNS].reset_index(drop=True), max_count, progress,
-                   open_top)
+                   open_top, recounted)

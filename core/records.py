@@ -61,6 +61,7 @@ class Experiment:
     artifact: str = ""  # model file name inside the artifact folder (per fold for ensembles)
     calibration: dict[str, Any] = field(default_factory=dict)  # see core.calibration.fit_calibration
     split_counts: dict[str, int] = field(default_factory=dict)  # photos per split
+    recounted_photos: int = 0  # photos trained and scored with a person's recount as their label
     warnings: list[str] = field(default_factory=list)
     # CNN runs
     preset: str = ""

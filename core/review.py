@@ -140,3 +140,10 @@ def describe(outcome: str, count: int | None) -> str:
     words = OUTCOME_WORDS.get(outcome, outcome)
     return f"{words}: {count} items" if count is not None and outcome == "recounted" else \
         f"{words} to {count}" if count is not None else words
+
+
+def reviewed_photos(store: Store, kind: str) -> dict[str, int]:
+    """Per subject, how many of its photos have at least one entry."""
+    with store.reading() as db:
+        return {r[0]: r[1] for r in db.execute("SELECT subject, COUNT(DISTINCT image) FROM reviews WHERE kind = ?"
+                                               " GROUP BY subject", (kind,))}

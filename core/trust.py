@@ -24,10 +24,9 @@ class CountTrust:
 
 def count_trust(predictions: pd.DataFrame, source: str) -> dict[int, CountTrust]:
     """Per shown count (`pred_count`), the share of those photos whose true count it was."""
-    out = {}
-    for count, part in predictions.groupby("pred_count"):
-        out[int(count)] = CountTrust(int(count), int((part["true_count"] == count).sum()), len(part), source)
-    return out
+    shown, true = predictions["pred_count"].to_numpy(dtype=int), predictions["true_count"].to_numpy(dtype=int)
+    return {int(c): CountTrust(int(c), int((true[shown == c] == c).sum()), int((shown == c).sum()), source)
+            for c in sorted(set(shown.tolist()))}
 
 
 def model_trust(store: Store, exp: Experiment) -> dict[int, CountTrust]:

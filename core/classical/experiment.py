@@ -60,19 +60,21 @@ def train_classical(
     progress: bool = True,
     max_count: int = MAX_COUNT,
     open_top: bool = True,
+    recounts: Path | None = None,
 ) -> str:
     """Search, fit, calibrate, save and test one classical model (or, with `cv=K`, K of them on
     the folds of train+val); returns its experiment id. With `open_top` (the default), bins of
     more than `max_count` items are a class of their own instead of being left out. A configuration
     already finished on the same data is served from the store; two processes asking for it at once
-    train it once."""
+    train it once. `recounts` (a recounts collection, `core.recount_labels`) adds people's recounts
+    to the data."""
     store = store or Store()
     if selection not in SELECTORS:
         raise ValueError(f"selection must be one of {SELECTION_RULES}, got {selection!r}")
     extractor = make_extractor(features, **(feature_params or {}))
     grid = model_grid(model, grid)
     dataset = prepare_dataset(dataset_root, image_size=image_size, max_count=max_count, seed=seed,
-                              store_root=store.root, progress=progress, open_top=open_top)
+                              store_root=store.root, progress=progress, open_top=open_top, recounts=recounts)
     check_scale(model, int((dataset.table["split"] == "train").sum()))
     params = experiment_params(features, extractor, pca, model, grid, folds, selection, image_size, seed, max_count,
                                cv, open_top)
@@ -86,7 +88,8 @@ def train_classical(
             return found
         exp_id = store.start(name, FAMILY, model, params, dataset.fingerprint, code_version=VERSION,
                              data_root=str(Path(dataset_root).resolve()), image_size=image_size,
-                             num_classes=dataset.num_classes, open_top=dataset.open_top, selection=selection)
+                             num_classes=dataset.num_classes, open_top=dataset.open_top, selection=selection,
+                             recounted_photos=dataset.recounted)
         with store.running(exp_id):
             _train(store, exp_id, dataset, extractor, model, grid, pca, folds, selection, image_size, seed, cv,
                    n_jobs, progress)
