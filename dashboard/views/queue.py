@@ -83,7 +83,9 @@ with st.form(f"q-form-{batch.id}-{image}", clear_on_submit=True, enter_to_submit
                             key=f"q-count-{image}")
     note = st.text_input("Note (optional)", key=f"q-note-{image}")
     submitted = st.form_submit_button("Record and open the next bin", type="primary", disabled=not writer.allowed)
-if submitted:
+if submitted and not writer.allowed:
+    st.error(writer.reason)
+elif submitted:
     try:
         record_review(store, Review("recount", batch.id, image, outcome, writer.who or "",
                                     int(count) if outcome == "recounted" else None, note, "dashboard"))
