@@ -44,6 +44,7 @@ image = st.selectbox("Bin", images, key=position_key,
                      format_func=lambda i: f"{images.index(i) + 1}. {i}  ·  "
                                            f"{tables.outcome_text(todo.loc[images.index(i)])}")
 row = todo.loc[images.index(image)]
+st.subheader(f"Bin {images.index(image) + 1} of {len(images)}: {image}")
 store = Store(state.store_root())
 
 
