@@ -26,9 +26,10 @@ c1, c2, c3 = st.columns(3)
 for col, fig in zip((c1, c2, c3), (summary.precision, summary.wrong_share, summary.accuracy), strict=True):
     low, high = fig.interval
     col.metric(fig.name.capitalize(), "–" if not fig.n else f"{fig.value:.0%}",
-               delta=None if fig.expected is None else f"model expected {fig.expected:.0%}", delta_color="off",
-               help=f"95% interval {low:.0%}–{high:.0%} over {fig.n} bins (Wilson); expected: {fig.expected_means}"
-               if fig.n else "no recounted bins yet")
+               help=f"Wilson 95% interval over {fig.n} recounted bins; expected: {fig.expected_means}")
+    if fig.n:
+        col.caption(f"95% {low:.0%}–{high:.0%}, n = {fig.n}; the model expected "
+                    f"{fig.expected:.0%}" if fig.expected is not None else f"95% {low:.0%}–{high:.0%}, n = {fig.n}")
 st.dataframe(summary_table(summary), hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="percent") for c in ("measured", "95% low", "95% high", "model expected")})
 st.info(suggestion_line(summary), icon=":material/tune:")
