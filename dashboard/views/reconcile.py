@@ -4,6 +4,7 @@ from pathlib import PurePosixPath
 import streamlit as st
 
 from core.batches import batch_settings
+from core.trust import trust_line
 from core.reconcile import (
     MISMATCH_THRESHOLD,
     PRIOR_WRONG,
@@ -90,8 +91,10 @@ st.plotly_chart(figures.mismatch_bars(report, threshold if budget is None else N
 flagged = report[report["mismatch"]].head(8)
 if not flagged.empty:
     st.markdown(f"**The {len(flagged)} riskiest flagged bins**")
+    trust = state.trust(exp.id)
     ui.uploaded_grid(flagged, photos, lambda row: f"**{row.image}**: recorded {row.recorded_quantity}, counted "
-                     f"{exp.count_label(int(row.predicted_count))}; P(mismatch) {row.p_mismatch:.0%}")
+                     f"{exp.count_label(int(row.predicted_count))}; P(mismatch) {row.p_mismatch:.0%}. "
+                     + trust_line(trust, int(row.predicted_count), exp.count_label(int(row.predicted_count))))
 st.dataframe(report.drop(columns=["probs"]), hide_index=True, column_config={
     "p_mismatch": st.column_config.ProgressColumn("probability of a mismatch", min_value=0.0, max_value=1.0,
                                                   format="percent"),
