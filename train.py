@@ -71,10 +71,26 @@ def recounts_if_asked(args: argparse.Namespace, store) -> Path | None:
     return folder
 
 
+def curation_if_asked(args: argparse.Namespace, store, root: Path) -> Path | None:
+    """--curated: the data's curation file (the Suspect-labels decisions), brought up to date."""
+    if not args.curated:
+        return None
+    from core.suspects import write_curation
+
+    found = write_curation(store, root)
+    if found is None:
+        print(f"--curated: no label of {root} has been reviewed yet; training on the labels as they are",
+              file=sys.stderr)
+    return found
+
+
 def add_recounts_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-recounts", action="store_true",
                         help="add the photos people recounted (the store's recounts collection); a recount "
                              "overrides the data's label of the same photo")
+    parser.add_argument("--curated", action="store_true",
+                        help="train on the labels as reviewed on the Suspect-labels page (relabelled, excluded); "
+                             "validation and test figures stay over every photo with its original label")
 
 
 def cmd_classical(args: argparse.Namespace) -> None:
@@ -94,7 +110,7 @@ def cmd_classical(args: argparse.Namespace) -> None:
     options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv}
     options = {k: v for k, v in options.items() if v is not None}
     common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet,
-              "recounts": recounts_if_asked(args, store)}
+              "recounts": recounts_if_asked(args, store), "curation": curation_if_asked(args, store, root)}
     try:
         if args.suite:
             configs = suite_experiments(args.suite)
@@ -297,7 +313,8 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     store, root = Store(args.store), data_dir(args.data)
     recheck_if_asked(args, root)
     exp_id = train_cnn(root, args.preset, store, parse_overrides(args.set), progress=not args.quiet,
-                       cv=args.cv, recounts=recounts_if_asked(args, store))
+                       cv=args.cv, recounts=recounts_if_asked(args, store),
+                       curation=curation_if_asked(args, store, root))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     exp = store.experiment(exp_id)

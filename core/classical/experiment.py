@@ -61,20 +61,22 @@ def train_classical(
     max_count: int = MAX_COUNT,
     open_top: bool = True,
     recounts: Path | None = None,
+    curation: Path | None = None,
 ) -> str:
     """Search, fit, calibrate, save and test one classical model (or, with `cv=K`, K of them on
     the folds of train+val); returns its experiment id. With `open_top` (the default), bins of
     more than `max_count` items are a class of their own instead of being left out. A configuration
     already finished on the same data is served from the store; two processes asking for it at once
     train it once. `recounts` (a recounts collection, `core.recount_labels`) adds people's recounts
-    to the data."""
+    to the data; `curation` (a curation file, `core.suspects`) changes what the train split trains on."""
     store = store or Store()
     if selection not in SELECTORS:
         raise ValueError(f"selection must be one of {SELECTION_RULES}, got {selection!r}")
     extractor = make_extractor(features, **(feature_params or {}))
     grid = model_grid(model, grid)
     dataset = prepare_dataset(dataset_root, image_size=image_size, max_count=max_count, seed=seed,
-                              store_root=store.root, progress=progress, open_top=open_top, recounts=recounts)
+                              store_root=store.root, progress=progress, open_top=open_top, recounts=recounts,
+                              curation=curation)
     check_scale(model, int((dataset.table["split"] == "train").sum()))
     params = experiment_params(features, extractor, pca, model, grid, folds, selection, image_size, seed, max_count,
                                cv, open_top)

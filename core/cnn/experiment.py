@@ -38,7 +38,8 @@ def _split(part) -> Split:
     return Split(part["row"].to_numpy(), part["count"].to_numpy())
 
 
-def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool, recounts: Path | None = None) -> Dataset:
+def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool, recounts: Path | None = None,
+              curation: Path | None = None) -> Dataset:
     """The prepared data set with its cache at every size the recipe uses.
 
     Called before joining the process group, whose collectives would time out while a large
@@ -50,7 +51,7 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool, re
     waiting = f"waiting for another process to build the image caches (lock: {lock})" if launch_rank() == 0 else None
     with first_alone(lock, waiting) as first:
         dataset = prepare_dataset(root, image_size=sizes[0], store_root=store.root, progress=progress and first,
-                                  open_top=recipe.open_top, recounts=recounts)
+                                  open_top=recipe.open_top, recounts=recounts, curation=curation)
         for size in sizes[1:]:
             dataset.images(size)
     return dataset
@@ -182,16 +183,19 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
 
 def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | None = None,
               overrides: dict | None = None, progress: bool = True,
-              on_epoch: Callable[[int, dict], None] | None = None, cv: int = 0, recounts: Path | None = None) -> str:
+              on_epoch: Callable[[int, dict], None] | None = None, cv: int = 0, recounts: Path | None = None,
+              curation: Path | None = None) -> str:
     """Train `preset` (with `overrides`) on the data at `dataset_root`; returns the experiment id.
 
     `cv=K` trains K models on the folds of train+val instead, as one experiment.
     `on_epoch(epoch, values)` is called on rank 0 after each epoch's checkpoint is written.
-    `recounts` (a recounts collection, `core.recount_labels`) adds people's recounts to the data.
+    `recounts` (a recounts collection, `core.recount_labels`) adds people's recounts to the data;
+    `curation` (a curation file, `core.suspects`) changes what the train split trains on.
     """
     recipe = get_recipe(preset, overrides)
     store = store or Store()
-    dataset = load_data(dataset_root, recipe, store, progress, recounts)  # before the process group (see load_data)
+    # before the process group (see load_data)
+    dataset = load_data(dataset_root, recipe, store, progress, recounts, curation)
     runtime = setup_runtime()
     try:
         key = _key(FAMILY, recipe, cv, dataset, runtime)

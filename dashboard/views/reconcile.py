@@ -4,7 +4,6 @@ from pathlib import PurePosixPath
 import streamlit as st
 
 from core.batches import batch_settings
-from core.trust import trust_line
 from core.reconcile import (
     MISMATCH_THRESHOLD,
     PRIOR_WRONG,
@@ -14,6 +13,7 @@ from core.reconcile import (
     report_totals,
     totals_line,
 )
+from core.trust import trust_line
 from dashboard import counting, figures, state, ui
 
 st.title("Reconcile a batch of bins")
