@@ -65,10 +65,10 @@ def write_curation(store: Store, data_root: str | Path) -> Path | None:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CURATION_COLUMNS)
     writer.writeheader()
-    for rec in decided.itertuples(index=False):
-        writer.writerow({"image_id": rec.image, "action": ACTIONS[rec.outcome],
-                         "count": "" if pd.isna(rec.count) else int(rec.count), "who": rec.who,
-                         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.at))})
+    for image, outcome, count, who, at in decided[["image", "outcome", "count", "who", "at"]].itertuples(index=False):
+        writer.writerow({"image_id": str(image), "action": ACTIONS[str(outcome)],
+                         "count": "" if pd.isna(count) else int(str(count)), "who": str(who),
+                         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(str(at))))})
     target = curation_path(store, data_root)
     with atomic_path(target) as tmp:
         tmp.write_text(out.getvalue())
