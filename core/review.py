@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 import pandas as pd
 
@@ -56,7 +57,7 @@ class Review:
         if not self.who.strip():
             raise ReviewError("an outcome needs the name of who recorded it")
         if outcomes[self.outcome]:
-            if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
+            if isinstance(self.count, bool) or not isinstance(self.count, Integral) or self.count < 0:
                 raise ReviewError(f"{OUTCOME_WORDS[self.outcome]} needs a whole number of items >= 0, "
                                   f"got {self.count!r}")
         elif self.count is not None:
@@ -84,7 +85,8 @@ def record_reviews(store: Store, reviews: Sequence[Review]) -> list[int]:
             cursor = db.execute(
                 "INSERT INTO reviews (kind, subject, image, outcome, count, who, at, note, source)"
                 " VALUES (?,?,?,?,?,?,?,?,?)",
-                (review.kind, review.subject, review.image, review.outcome, review.count, review.who.strip(),
+                (review.kind, review.subject, review.image, review.outcome,
+                 None if review.count is None else int(review.count), review.who.strip(),
                  review.at if review.at is not None else now, review.note.strip(), review.source))
             ids.append(int(cursor.lastrowid or 0))
             if review.kind == "recount":

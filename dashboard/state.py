@@ -274,3 +274,16 @@ def recounted_per_batch() -> dict[str, int]:
     """Per batch, how many of its bins have an outcome."""
     root = store_root()
     return _recounted_per_batch(root, version(root))
+
+
+@st.cache_data(show_spinner="Looking for suspect labels…", max_entries=8)
+def _suspects(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
+    from core.suspects import suspect_labels
+
+    return suspect_labels(Store(root).predictions(exp_id, "oof"))
+
+
+def suspects(exp_id: str) -> pd.DataFrame:
+    """`core.suspects.suspect_labels` on the model's stored out-of-fold probabilities."""
+    root = store_root()
+    return _suspects(root, exp_id, version(root))
