@@ -64,7 +64,7 @@ def main() -> None:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+            page = browser.new_context(viewport={"width": 1400, "height": 1900}).new_page()
             page.goto(f"{url}/queue")
             expect(page.get_by_text("12 of 16 done")).to_be_visible(timeout=60_000)
             open_bin(page, todo["image"][12].split("/")[-1])
