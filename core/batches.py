@@ -203,13 +203,13 @@ def list_batches(store: Store) -> list[Batch]:
 
 
 def delete_batch(store: Store, batch_id: str) -> None:
-    """Remove a batch, its bins and the recount entries recorded on it (stored photo copies stay:
-    other batches may hold the same photo)."""
+    """Remove a batch and its bins. The outcomes people recorded on it stay in the review log (the
+    audit trail: who recorded what, when), and so do stored photo copies (other batches may hold
+    the same photo)."""
     with store.transaction() as db:
         if db.execute("DELETE FROM batches WHERE id = ?", (batch_id,)).rowcount == 0:
             raise KeyError(f"no batch {batch_id!r} in {store.path}")
         db.execute("DELETE FROM batch_bins WHERE batch = ?", (batch_id,))
-        db.execute("DELETE FROM reviews WHERE kind = 'recount' AND subject = ?", (batch_id,))
 
 
 def batch_bins(store: Store, batch_id: str) -> pd.DataFrame:

@@ -68,8 +68,10 @@ def test_a_batch_is_appended_in_chunks_reports_its_done_bins_and_reads_back_as_i
     assert np.allclose(np.array(back["probs"].tolist()),
                        np.array(whole.set_index("image").loc[back["image"], "probs"].tolist()))
     assert get_batch(store, batch).totals == totals and [b.id for b in list_batches(store)] == [batch]
+    record_review(store, Review("recount", batch, "bin-000.jpg", "confirmed", "ann"))
     delete_batch(store, batch)
     assert list_batches(store) == [] and batch_bins(store, batch).empty
+    assert len(history(store, "recount", batch)) == 1  # people's outcomes stay in the log
 
 
 def test_outcomes_are_append_only_and_the_latest_one_counts(store):

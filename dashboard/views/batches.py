@@ -41,8 +41,9 @@ st.download_button("Download the report (CSV)", report.to_csv(index=False), file
 
 with st.expander("Delete this batch"):
     writer = ui.who_writes("b")
-    st.caption("Deleting removes the batch, its bins and the outcomes recorded on them. Export the adjustments "
-               "first (`train.py recount export`) if the warehouse system still needs them.")
+    st.caption("Deleting removes the batch and its report; the outcomes recorded on it stay in the review log "
+               "(who recorded what, when). Export the adjustments first (`train.py recount export`) if the "
+               "warehouse system still needs them.")
     sure = st.checkbox(f"Yes, delete batch {batch.id}", key=f"b-sure-{batch.id}", disabled=not writer.allowed)
     if st.button("Delete", key=f"b-delete-{batch.id}", disabled=not (sure and writer.allowed)):
         delete_batch(store, batch.id)
