@@ -10,6 +10,10 @@ A batch is written in chunks, so a long reconcile can stream over its bins and r
 Reopening a batch reads its report back (`batch_report`) without counting again. Uploaded photos
 are kept as content-addressed copies under the store (`store_photo`), so a batch outlives the
 upload; photos of a data folder are kept by path and content hash.
+
+The model-side modules (`core.reconcile`, and through it torch) are imported only where they are
+used, so the commands that only read or write outcomes (`train.py recount`, `store backup`) start
+at once.
 """
 from __future__ import annotations
 
@@ -20,15 +24,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from core.files import atomic_path
-from core.predict import BinCounter
-from core.reconcile import REPORT_COLUMNS, flag_rule, flags
 from core.store import Store
+
+if TYPE_CHECKING:
+    from core.predict import BinCounter
 
 PHOTOS_DIR = "photos"  # content-addressed copies of uploaded photos, inside the store
 BIN_COLUMNS = ["image", "image_id", "path", "content_hash", "stored_copy", "recorded", "predicted", "expected",
@@ -82,6 +87,8 @@ def store_photo(store: Store, name: str, data: bytes) -> tuple[str, str]:
 
 def batch_settings(counter: BinCounter, prior_wrong: float, threshold: float, budget: str | int | None) -> dict:
     """What a batch keeps of how its bins were judged (`Batch.settings`)."""
+    from core.reconcile import flag_rule
+
     return {"prior_wrong": prior_wrong, "threshold": None if budget is not None else threshold, "budget": budget,
             "rule": flag_rule(prior_wrong, threshold, budget), "num_classes": counter.num_classes,
             "open_top": counter.exp.open_top, "class_prior": [round(float(x), 4) for x in counter.class_prior]}
@@ -153,6 +160,8 @@ def done_bins(store: Store, batch_id: str) -> set[str]:
 def finish_batch(store: Store, batch_id: str) -> dict[str, int]:
     """Close a batch: with an audit budget, flag exactly its riskiest N bins (the budget needs all
     bins); store and return the totals."""
+    from core.reconcile import flags
+
     batch = get_batch(store, batch_id)
     budget = batch.settings.get("budget")
     with store.transaction() as db:
@@ -229,6 +238,8 @@ def batch_bins(store: Store, batch_id: str) -> pd.DataFrame:
 
 def batch_report(store: Store, batch_id: str) -> pd.DataFrame:
     """The batch's variance report as `core.reconcile.reconcile` gave it, read back from the store."""
+    from core.reconcile import REPORT_COLUMNS
+
     return batch_bins(store, batch_id).rename(columns=TO_REPORT)[REPORT_COLUMNS]
 
 

@@ -18,7 +18,6 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from core.batches import batch_bins, get_batch, list_batches
-from core.reconcile import judged_class, mismatch_probability
 from core.review import Review, found_count, latest, record_reviews
 from core.store import Store
 
@@ -110,14 +109,11 @@ class RecountSummary:
     suggested_prior: tuple[float, float, float] | None = None  # value, 95% low, high
 
 
-def _model_class(count: int, num_classes: int, open_top: bool) -> int | None:
-    """The class the model should have said for a bin of `count` items (None: beyond what it counts)."""
-    return judged_class(count, num_classes, open_top)
-
-
 def _implied_prior(probs: np.ndarray, judged: np.ndarray, class_prior: np.ndarray, share: float) -> float:
     """The prior share of wrong records under which the model's mean P(mismatch) over these bins
     equals `share` (bisection: the mean rises with the prior)."""
+    from core.reconcile import mismatch_probability
+
     low, high = 1e-4, 1 - 1e-4
     for _ in range(60):
         mid = (low + high) / 2
@@ -132,6 +128,8 @@ def summarise(bins: pd.DataFrame, settings: Sequence[dict]) -> RecountSummary:
     """The recount figures over bins with outcomes (`with_outcomes` of one or more batches of one
     model; `settings` are those batches' settings: the model's classes and class prior come from
     the first, the priors used from all)."""
+    from core.reconcile import judged_class  # the class the model should have said for a bin's count
+
     done = bins[bins["true_count"].notna() & bins["recorded"].notna()]
     wrong = (done["true_count"] != done["recorded"]).to_numpy(dtype=bool)
     checked = done["p_mismatch"].notna().to_numpy()
@@ -144,7 +142,7 @@ def summarise(bins: pd.DataFrame, settings: Sequence[dict]) -> RecountSummary:
     setting = settings[0] if settings else {}
     k, open_top = int(setting.get("num_classes") or 0), bool(setting.get("open_top"))
     counted = done[done["predicted"].notna()]
-    right = [_model_class(int(t), k, open_top) == int(c) for t, c in zip(counted["true_count"], counted["predicted"],
+    right = [judged_class(int(t), k, open_top) == int(c) for t, c in zip(counted["true_count"], counted["predicted"],
                                                                         strict=True)]
     accuracy = Figure("model accuracy on the recounted bins", int(sum(right)), len(right),
                       float(counted["confidence"].mean()) if len(counted) else None, "mean confidence of its counts")

@@ -7,6 +7,7 @@ import csv
 import shutil
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -26,10 +27,23 @@ from core.batches import (
 from core.config import SHARED_SAMPLE
 from core.reconcile import REPORT_COLUMNS, simulate_errors
 from core.recounts import adjustments, batch_summary, import_recounts, queue, summary_table, with_outcomes
-from core.review import Review, ReviewError, history, latest, record_review
+from core.review import Review, ReviewError, history, latest, record_review, record_reviews
 from core.store import Store
 from core.trust import count_trust, trust_line
-from tests.builders import CLASSICAL_TINY, requires_sample, run_cli
+from tests.builders import CLASSICAL_TINY, requires_sample
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    """`train.py ARGS` in this process: (exit status, what it printed on stdout)."""
+    import train
+
+    capsys.readouterr()
+    try:
+        train.main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().out
 
 SETTINGS = {"prior_wrong": 0.2, "threshold": 0.5, "budget": None, "rule": "", "num_classes": 4, "open_top": False,
             "class_prior": [0.25] * 4}
@@ -103,7 +117,7 @@ def write_csv(path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def test_import_refuses_each_bad_row_with_its_reason_and_records_every_good_one(store, tmp_path):
+def test_import_refuses_each_bad_row_with_its_reason_and_records_every_good_one(store, tmp_path, capsys):
     batch = open_batch(store, model="m1", model_name="tiny", settings=SETTINGS)
     append_bins(store, batch, report_rows(6))
     rows = [{"batch": batch, "image": "bin-000.jpg", "recounted": "3", "note": "shelf 4", "who": "ann"},
@@ -116,14 +130,15 @@ def test_import_refuses_each_bad_row_with_its_reason_and_records_every_good_one(
             {"batch": batch, "image": "bin-005.jpg", "recounted": "four", "note": "", "who": ""},
             {"batch": batch, "image": "bin-002.jpg", "recounted": "5", "note": "", "who": ""}]
     write_csv(tmp_path / "recounts.csv", rows)
-    run = run_cli("recount", "import", str(tmp_path / "recounts.csv"), "--who", "cli-user", store=store.root)
-    assert run.returncode == 1, run.stderr  # some rows were refused: says so in its exit status
-    refused = [line for line in run.stdout.splitlines() if "refused" in line and "line" in line]
+    code, out = cli(capsys, "recount", "import", str(tmp_path / "recounts.csv"), "--who", "cli-user",
+                    "--store", str(store.root))
+    assert code == 1  # some rows were refused: says so in its exit status
+    refused = [line for line in out.splitlines() if "refused" in line and "line" in line]
     assert [line.split(":")[0] for line in refused] == [f"recounts.csv line {n}" for n in (4, 5, 6, 7, 8, 9)]
     for line, reason in zip(refused, ["duplicate row", "unknown bin", "unknown batch", "negative count",
                                       "not a whole number", "not a number"], strict=True):
         assert reason in line, line
-    assert "3 recounts recorded, 6 rows refused" in run.stdout
+    assert "3 recounts recorded, 6 rows refused" in out
     now = latest(store, "recount", batch).set_index("image")
     assert now["count"].to_dict() == {"bin-000.jpg": 3, "bin-001.jpg": 0, "bin-002.jpg": 5}
     assert now.loc["bin-000.jpg", "who"] == "ann" and now.loc["bin-001.jpg", "who"] == "cli-user"
@@ -132,7 +147,7 @@ def test_import_refuses_each_bad_row_with_its_reason_and_records_every_good_one(
         import_recounts(store, b"batch,image\nx,y\n", who="ann")
 
 
-def test_the_backup_is_a_consistent_copy_taken_while_outcomes_are_written(store, tmp_path):
+def test_the_backup_is_a_consistent_copy_taken_while_outcomes_are_written(store, tmp_path, capsys):
     batch = open_batch(store, model="m1", model_name="tiny", settings=SETTINGS)
     append_bins(store, batch, report_rows(50))
     stop = threading.Event()
@@ -146,12 +161,13 @@ def test_the_backup_is_a_consistent_copy_taken_while_outcomes_are_written(store,
     writer = threading.Thread(target=keep_writing)
     writer.start()
     try:
-        run = run_cli("store", "backup", str(tmp_path / "copy.sqlite"), store=store.root)
+        time.sleep(0.5)  # outcomes are being written
+        code, out = cli(capsys, "store", "backup", str(tmp_path / "copy.sqlite"), "--store", str(store.root))
     finally:
         stop.set()
         writer.join()
-    assert run.returncode == 0, run.stderr
-    assert "restore" in run.stdout
+    assert code == 0
+    assert "restore" in out
     with sqlite3.connect(tmp_path / "copy.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         ids = [r[0] for r in db.execute("SELECT id FROM reviews ORDER BY id")]
@@ -219,8 +235,8 @@ def test_enough_recounts_suggest_the_prior_they_imply(store):
     rows["recorded_quantity"] = recorded
     batch = open_batch(store, model="m1", model_name="tiny", settings=SETTINGS)
     append_bins(store, batch, rows)
-    for image, count in zip(rows["image"], true, strict=True):
-        record_review(store, Review("recount", batch, image, "recounted", "ann", int(count)))
+    record_reviews(store, [Review("recount", batch, image, "recounted", "ann", int(count))
+                           for image, count in zip(rows["image"], true, strict=True)])
     value, low, high = batch_summary(store, batch).suggested_prior
     assert low < value < high
     assert 0.01 < value < 0.15, value
@@ -235,7 +251,7 @@ def test_per_count_trust_reads_from_the_scored_photos():
 
 
 @requires_sample
-def test_one_whole_cycle_on_real_sample_photos(tmp_path):
+def test_one_whole_cycle_on_real_sample_photos(tmp_path, capsys):
     """Reconcile 40 real bins with a fifth of their records moved by 1 or 2; record their true counts
     in the queue's bins; the adjustments exported are the simulated errors among the recounted bins,
     and the realised precision is the one the simulation gives."""
@@ -261,19 +277,21 @@ def test_one_whole_cycle_on_real_sample_photos(tmp_path):
     records = dict(zip(true, recorded, strict=True))
     pd.DataFrame({"image": list(records), "recorded_quantity": list(records.values())}).to_csv(
         tmp_path / "records.csv", index=False)
-    run = run_cli("reconcile", "--data", str(bins), "--records", str(tmp_path / "records.csv"), "--budget", "25%",
-                  "--out", str(tmp_path / "report.csv"), store=store.root)
-    assert run.returncode == 0, run.stderr
-    batch = next(line.split(": ", 1)[1] for line in run.stdout.splitlines() if line.startswith("batch: "))
+    code, out = cli(capsys, "reconcile", "--data", str(bins), "--records", str(tmp_path / "records.csv"),
+                    "--budget", "25%", "--out", str(tmp_path / "report.csv"), "--store", str(store.root))
+    assert code == 0, out
+    batch = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("batch: "))
 
     work = queue(with_outcomes(store, batch), "riskiest first")
     assert len(work) == 10  # a quarter of the 40 bins
     rows = [{"batch": batch, "image": image, "recounted": str(true[image])} for image in work["image"]]
     write_csv(tmp_path / "counted.csv", rows)
-    run = run_cli("recount", "import", str(tmp_path / "counted.csv"), "--who", "counter", store=store.root)
-    assert run.returncode == 0, run.stdout + run.stderr
-    run = run_cli("recount", "export", "--batch", batch, "--out", str(tmp_path / "adjustments.csv"), store=store.root)
-    assert run.returncode == 0, run.stderr
+    code, out = cli(capsys, "recount", "import", str(tmp_path / "counted.csv"), "--who", "counter",
+                    "--store", str(store.root))
+    assert code == 0, out
+    code, out = cli(capsys, "recount", "export", "--batch", batch, "--out", str(tmp_path / "adjustments.csv"),
+                    "--store", str(store.root))
+    assert code == 0, out
     exported = pd.read_csv(tmp_path / "adjustments.csv")
     assert list(exported.columns) == ["batch", "image", "recorded", "recounted", "adjustment", "who", "when"]
     simulated = {image: true[image] - records[image] for image in work["image"] if wrong[image]}
