@@ -71,6 +71,40 @@ def with_outcomes(store: Store, batch_id: str, bins: pd.DataFrame | None = None)
     return merged
 
 
+@dataclass(frozen=True)
+class QueueBin:
+    """One bin of a queue as the queue page shows it: the batch's row and its current outcome."""
+
+    image: str
+    path: str
+    stored_copy: str
+    recorded: int
+    predicted: int
+    p_mismatch: float
+    probs: list[float]
+    outcome: str | None  # the latest entry's outcome; None while the bin is open
+    count: int | None
+    who: str
+    at: float | None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+
+def queue_bins(frame: pd.DataFrame) -> list[QueueBin]:
+    """`queue`'s rows as records."""
+    def text(value: object) -> str:
+        return value if isinstance(value, str) else ""
+
+    return [QueueBin(str(r["image"]), text(r["path"]), text(r["stored_copy"]), int(r["recorded"]), int(r["predicted"]),
+                     float(r["p_mismatch"]), [float(p) for p in r["probs"]],
+                     r["outcome"] if isinstance(r["outcome"], str) else None,
+                     None if pd.isna(r["count"]) else int(r["count"]), text(r["who"]),
+                     None if pd.isna(r["at"]) else float(r["at"]))
+            for r in frame.to_dict("records")]
+
+
 def progress_line(done: int, total: int) -> str:
     return f"{done} of {total} done"
 

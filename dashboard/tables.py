@@ -154,23 +154,20 @@ def when(at: float | None) -> str:
     return "" if at is None or pd.isna(at) else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(at)))
 
 
-def outcome_text(row) -> str:
-    """A queue bin's current outcome in words, or "open"."""
+def outcome_text(outcome: str | None, count: int | None) -> str:
+    """A photo's current outcome in words, or "open"."""
     from core.review import describe
 
-    outcome = row["outcome"]
-    if not isinstance(outcome, str):
-        return "open"
-    return describe(outcome, None if pd.isna(row["count"]) else int(row["count"]))
+    return "open" if outcome is None else describe(outcome, count)
 
 
 def review_history(entries: pd.DataFrame) -> pd.DataFrame:
     """Review entries (`core.review.history`) as a table: newest first, the outcome in words."""
     from core.review import describe
 
-    rows = [{"when": when(e.at), "who": e.who,
-             "outcome": describe(e.outcome, None if pd.isna(e.count) else int(e.count)),
-             "note": e.note, "recorded via": e.source} for e in entries.itertuples(index=False)]
+    rows = [{"when": when(float(e["at"])), "who": e["who"],
+             "outcome": describe(str(e["outcome"]), None if pd.isna(e["count"]) else int(e["count"])),
+             "note": e["note"], "recorded via": e["source"]} for e in entries.to_dict("records")]
     return pd.DataFrame(rows[::-1], columns=["when", "who", "outcome", "note", "recorded via"])
 
 

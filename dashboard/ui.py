@@ -184,7 +184,7 @@ def uploaded_grid(rows: pd.DataFrame, photos: dict[str, bytes], caption, columns
         for col, row in zip(st.columns(columns), items[start:start + columns], strict=False):
             with col.container(border=True):
                 try:
-                    st.image(preview(photos[row.image], max_px=480), width="stretch")
+                    st.image(preview(photos[str(row.image)], max_px=480), width="stretch")
                 except (KeyError, ImageError) as err:
                     st.warning(f"{row.image}: cannot be shown ({err})")
                 st.markdown(caption(row))

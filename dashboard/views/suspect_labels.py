@@ -1,5 +1,6 @@
 """Suspect labels: photos whose label is likely wrong (confident learning on out-of-fold
 probabilities), each reviewed by a person: "label right", "relabel to N" or "exclude"."""
+import pandas as pd
 import streamlit as st
 
 from core.review import OUTCOME_WORDS, Review, ReviewError, latest, record_review
@@ -33,7 +34,7 @@ done = int(found["image_id"].isin(decided.index).sum())
 st.progress(done / len(found), text=f"{done} of {len(found)} reviewed")
 ids = list(found["image_id"])
 pick = st.selectbox("Photo", ids, key="s-photo", format_func=lambda i: f"{ids.index(i) + 1}. {i}  ·  " + (
-    OUTCOME_WORDS[decided.loc[i, "outcome"]] if i in decided.index else "open"))
+    OUTCOME_WORDS[str(decided.loc[i, "outcome"])] if i in decided.index else "open"))
 row = found.iloc[ids.index(pick)]
 left, right = st.columns([3, 2])
 image = state.thumbnail(row["path"], width=720)
@@ -66,4 +67,6 @@ if submitted and writer.allowed:
     else:
         st.rerun()
 if pick in decided.index:
-    st.caption(f"Now: {tables.outcome_text(decided.loc[pick])} · {decided.loc[pick, 'who']}")
+    now = decided.loc[pick]
+    st.caption(f"Now: {tables.outcome_text(str(now['outcome']), None if pd.isna(now['count']) else int(now['count']))}"
+               f" · {now['who']}")
