@@ -20,6 +20,7 @@ from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
 from core.collection import load_collection
 from core.images import ImageError, ImageSource, load_rgb
+from core.layout import fold_dir
 from core.metrics import expected_count, split_figures
 from core.records import Experiment
 from core.store import Store, best_of, same_root
@@ -43,7 +44,7 @@ class CountResult:
 def model_folders(store: Store, exp: Experiment) -> list[Path]:
     """Where the experiment's model files are: its folder, or one folder per cross-validation fold."""
     root = store.artifact_dir(exp.id)
-    return [root / f"fold-{f}" for f in range(exp.folds)] if exp.folds else [root]
+    return [fold_dir(root, f) for f in range(exp.folds)] if exp.folds else [root]
 
 
 def resolve_experiment(store: Store, model: str = "best", data_root: str | Path | None = None) -> Experiment:

@@ -17,8 +17,9 @@ from PIL import ImageOps
 from core.collection import DataError, load_collection
 from core.config import find_data_dir, store_dir
 from core.images import ImageError, open_image
+from core.layout import database_files
 from core.records import Experiment
-from core.store import Store, best_of, best_rule
+from core.store import NoStoreError, Store, best_of, best_rule
 from dashboard.counting import PhotoCount, count_photos
 from dashboard.tables import is_scored, item_names
 
@@ -33,9 +34,9 @@ def store_root() -> str:
 def version(root: str) -> Version:
     """Changes whenever the store is written (size and mtime of the database and its WAL)."""
     out = []
-    for name in ("experiments.sqlite", "experiments.sqlite-wal"):
+    for path in database_files(Path(root)):
         try:
-            stat = (Path(root) / name).stat()
+            stat = path.stat()
             out.append((stat.st_mtime_ns, stat.st_size))
         except FileNotFoundError:
             out.append((0, 0))
@@ -44,9 +45,10 @@ def version(root: str) -> Version:
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
 def _experiments(root: str, store_version: Version) -> list[Experiment]:
-    if not (Path(root) / "experiments.sqlite").is_file():
-        return []  # an empty store is not created just by looking at it
-    return Store(root).experiments()
+    try:
+        return Store(root, create=False).experiments()
+    except NoStoreError:
+        return []  # no store yet: none is created just by looking
 
 
 def experiments() -> list[Experiment]:
@@ -81,7 +83,7 @@ def best_rule_text() -> str:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _epochs(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
-    return Store(root).epochs(exp_id)
+    return Store(root, create=False).epochs(exp_id)
 
 
 def epochs(exp_id: str) -> pd.DataFrame:
@@ -91,7 +93,7 @@ def epochs(exp_id: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _lr_curves(root: str, exp_id: str, store_version: Version) -> list[dict]:
-    return Store(root).lr_curves(exp_id)
+    return Store(root, create=False).lr_curves(exp_id)
 
 
 def lr_curves(exp_id: str) -> list[dict]:
@@ -101,7 +103,7 @@ def lr_curves(exp_id: str) -> list[dict]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _predictions(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
-    return Store(root).predictions(exp_id)  # stored calibrated, as the counting service gives them
+    return Store(root, create=False).predictions(exp_id)  # stored calibrated, as the counting service gives them
 
 
 def predictions(exp_id: str) -> pd.DataFrame:
@@ -166,7 +168,7 @@ def counter(exp_id: str, root: str):
     """The counting service for one experiment (`core.predict.load_counter`), kept in memory."""
     from core.predict import load_counter
 
-    return load_counter(exp_id, Store(root))
+    return load_counter(exp_id, Store(root, create=False))
 
 
 @st.cache_resource(show_spinner="Unpacking the uploads…", max_entries=2)
@@ -198,7 +200,7 @@ def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: flo
     if preds.empty:
         return None
     probs, true = np.array(preds["probs"].tolist()), preds["true_count"].to_numpy(dtype=int)
-    return audit_curve(probs, true, class_prior(Store(root).experiment(exp_id)), error_rate)
+    return audit_curve(probs, true, class_prior(Store(root, create=False).experiment(exp_id)), error_rate)
 
 
 def audit_curve(exp_id: str, error_rate: float) -> dict | None:

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import build_model, input_normalization
+from core.backbones import build_model, input_normalization, to_model_input
 from core.calibration import apply_calibration
 from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
 from core.cnn.checkpoint import CHECKPOINT
-from core.cnn.inputs import random_flip, random_rotation, to_model_input
+from core.cnn.inputs import random_flip, random_rotation
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer
 from core.dataset import prepare_dataset
 from core.store import Store

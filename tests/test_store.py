@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.records import Experiment
-from core.store import SCHEMA_VERSION, Store, best_of, config_key
+from core.store import SCHEMA_VERSION, NoStoreError, Store, best_of, config_key
 
 
 def test_store_round_trip(store_root):
@@ -239,3 +239,25 @@ def test_empty_store_variable_means_the_default_store(monkeypatch):
 
     monkeypatch.setenv("BINSIGHT_STORE", "")
     assert store_dir() == PROJECT_ROOT / "models"
+
+
+def test_opening_a_store_to_read_never_creates_one(tmp_path):
+    missing = tmp_path / "nowhere" / "store"
+    with pytest.raises(NoStoreError):
+        Store(missing, create=False)
+    assert not (tmp_path / "nowhere").exists()
+    root = tmp_path / "old"
+    root.mkdir()
+    with sqlite3.connect(root / "experiments.sqlite") as db:  # the first release's store, never opened since
+        db.executescript(OLD_SCHEMA)
+        db.execute("INSERT INTO experiments (id, name, family, model, params, config_key, dataset, status,"
+                   " started_at) VALUES ('old', 'quick', 'cnn', 'm', '{}', 'k', 'd', 'finished', 1.0)")
+    store = Store(root, create=False)
+    assert [e.id for e in store.experiments()] == ["old"]  # migrated, since only the current schema is read
+    with sqlite3.connect(root / "experiments.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # a reader switches nothing
+    assert sorted(p.name for p in root.iterdir()) == ["experiments.sqlite"]
+    (root / "experiments.sqlite").unlink()
+    with pytest.raises(sqlite3.OperationalError):
+        store.experiments()  # a later read does not make an empty store either
+    assert not (root / "experiments.sqlite").exists()

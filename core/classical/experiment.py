@@ -22,6 +22,7 @@ from core.classical.predictor import ARTIFACT, pipeline_probabilities, probabili
 from core.classical.search import SELECTION_RULES, SELECTORS, choose_folds, cv_table, failed_rows, grid_search
 from core.config import MAX_COUNT
 from core.dataset import DEFAULT_SPLIT, Dataset, prepare_dataset
+from core.layout import fold_dir
 from core.runs import cv_folds, cv_pool, finish_cv, finish_single
 from core.store import Store, config_key
 
@@ -102,7 +103,7 @@ def _train(store: Store, exp_id: str, dataset: Dataset, extractor: ImageFeatures
            pca: int | None, folds: int, selection: str, image_size: int, seed: int, cv: int, n_jobs: int,
            progress: bool) -> None:
     started = time.perf_counter()
-    matrix = feature_matrix(extractor, dataset.images(image_size), dataset.folder / "features" / f"{image_size}px",
+    matrix = feature_matrix(extractor, dataset.images(image_size), dataset.features_folder(image_size),
                             n_jobs=n_jobs, progress=progress)
     feature_seconds = round(time.perf_counter() - started, 2)
     k = dataset.num_classes
@@ -131,7 +132,7 @@ def _train(store: Store, exp_id: str, dataset: Dataset, extractor: ImageFeatures
         pool, fold = cv_pool(dataset), cv_folds(dataset, cv, seed)
         oof, tests = np.zeros((len(pool), k)), []
         for f in tqdm(range(cv), desc="cross-validation", unit="fold", disable=not progress):
-            search, pipeline = fit(pool[fold != f], folder / f"fold-{f}")
+            search, pipeline = fit(pool[fold != f], fold_dir(folder, f))
             oof[fold == f] = probs(search, pool[fold == f])
             tests.append(probs(search, test))
         finish_cv(store, exp_id, dataset, fold, oof, tests, train_seconds=round(time.perf_counter() - started, 2),

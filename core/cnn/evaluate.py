@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from core.cnn.inputs import CachedImages, Normalization, batches, network_probabilities
+from core.backbones import Normalization
+from core.cnn.inputs import CachedImages, batches, network_probabilities
 from core.cnn.runtime import Runtime
 from core.metrics import count_report
 

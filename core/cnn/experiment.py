@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from core.cnn.recipes import Recipe, get_recipe
 from core.cnn.runtime import Runtime, first_alone, launch_rank, setup_runtime, shutdown
 from core.dataset import Dataset, prepare_dataset
 from core.files import atomic_path
+from core.layout import datasets_lock, fold_dir
 from core.runs import cv_folds, cv_pool, finish_cv, finish_single
 from core.store import Store, config_key
 
@@ -47,7 +49,7 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool, re
     rank on every node, under `torchrun`) wait on a lock in the store, then load them.
     """
     sizes = sorted({p.image_size for p in recipe.phases})
-    lock = store.root / "datasets.lock"
+    lock = datasets_lock(store.root)
     waiting = f"waiting for another process to build the image caches (lock: {lock})" if launch_rank() == 0 else None
     with first_alone(lock, waiting) as first:
         dataset = prepare_dataset(root, image_size=sizes[0], store_root=store.root, progress=progress and first,
@@ -154,14 +156,14 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
     config = _serving_config(recipe, dataset.num_classes, size)
     oof, tests, seconds = np.zeros((len(pool), dataset.num_classes)), [], 0.0
     for f in tqdm(range(cv), desc="cross-validation", unit="fold", disable=not (progress and runtime.is_main)):
-        folder = store.artifact_dir(exp_id) / f"fold-{f}"
+        folder = fold_dir(store.artifact_dir(exp_id), f)
         done = folder / FOLD_PROBS
-        if not runtime.broadcast(done.is_file() if runtime.is_main else None):
+        if not runtime.on_main(done.is_file):
             model, _ = _fresh_model(recipe, dataset.num_classes, runtime, seed_offset=f)
             data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes)
             trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress, fold=f)
             state = trainer.fit(on_epoch)
-            last = runtime.broadcast(load_checkpoint(folder) if runtime.is_main else None)
+            last = runtime.on_main(partial(load_checkpoint, folder))
             if last is not None:  # the last epoch's weights, not the epoch that did best on the held-out fold
                 trainer.model.load_state_dict(last[0])
             held = _probs(trainer, pool[fold == f], size, progress, f"fold {f} held out")
