@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from core import layout
 from core.files import atomic_path
 from core.store import Store
 
 if TYPE_CHECKING:
     from core.predict import BinCounter
 
-PHOTOS_DIR = "photos"  # content-addressed copies of uploaded photos, inside the store
 BIN_COLUMNS = ["image", "image_id", "path", "content_hash", "stored_copy", "recorded", "predicted", "expected",
                "confidence", "probs", "p_recorded", "p_mismatch", "flagged", "note", "error"]
 TO_REPORT = {"recorded": "recorded_quantity", "predicted": "predicted_count", "expected": "expected_count",
@@ -76,13 +76,11 @@ def file_hash(path: str | Path) -> str:
 def store_photo(store: Store, name: str, data: bytes) -> tuple[str, str]:
     """Keep an uploaded photo in the store by its content hash; (hash, path relative to the store)."""
     digest = content_hash(data)
-    suffix = PurePosixPath(name).suffix.lower() or ".jpg"
-    relative = f"{PHOTOS_DIR}/{digest[:2]}/{digest}{suffix}"
-    target = store.root / relative
+    target = layout.stored_photo(store.root, digest, PurePosixPath(name).suffix.lower() or ".jpg")
     if not target.is_file():
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
-    return digest, relative
+    return digest, target.relative_to(store.root).as_posix()
 
 
 def batch_settings(counter: BinCounter, prior_wrong: float, threshold: float, budget: str | int | None) -> dict:

@@ -18,13 +18,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from core import layout
 from core.batches import file_hash, list_batches, photo_source
 from core.collection import CONTENT_GROUP, load_collection
 from core.files import atomic_path
 from core.recounts import with_outcomes
 from core.store import Store
 
-RECOUNTS_DIR = "recounts"
 MANIFEST_COLUMNS = ["file", "count", "metadata", "original_id", "sha256"]
 
 
@@ -51,7 +51,7 @@ def write_recounts_collection(store: Store) -> Path | None:
     photos = recounted_photos(store)
     if photos.empty:
         return None
-    folder = store.root / RECOUNTS_DIR
+    folder = layout.recounts_dir(store.root)
     names: set[str] = set()
     lines = io.StringIO()
     writer = csv.DictWriter(lines, fieldnames=MANIFEST_COLUMNS)

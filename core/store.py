@@ -200,7 +200,8 @@ class Store:
         """A consistent copy of the database while others write (SQLite's online backup API)."""
         target = Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30)) as source, closing(sqlite3.connect(target)) as copy:
+        with closing(sqlite3.connect(self._uri, timeout=30, uri=True)) as source, \
+                closing(sqlite3.connect(target)) as copy:
             source.backup(copy)
         return target
 

@@ -9,7 +9,6 @@ validation, test and out-of-fold figures stay over every photo with its original
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import time
 from pathlib import Path
@@ -17,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core import layout
 from core.files import atomic_path
 from core.review import latest
 from core.store import Store
 
-CURATION_DIR = "curation"
 CURATION_COLUMNS = ["image_id", "action", "count", "who", "when"]
 ACTIONS = {"label_right": "keep", "relabel": "relabel", "exclude": "exclude"}
 
@@ -51,11 +50,6 @@ def subject(data_root: str | Path) -> str:
     return str(Path(data_root).resolve())
 
 
-def curation_path(store: Store, data_root: str | Path) -> Path:
-    key = hashlib.sha256(subject(data_root).encode()).hexdigest()[:16]
-    return store.root / CURATION_DIR / f"{key}.csv"
-
-
 def write_curation(store: Store, data_root: str | Path) -> Path | None:
     """The collection's curation file (image_id, action, count, who, when), from the latest label
     review of each photo; None when nobody reviewed a label of it."""
@@ -69,7 +63,7 @@ def write_curation(store: Store, data_root: str | Path) -> Path | None:
         writer.writerow({"image_id": str(image), "action": ACTIONS[str(outcome)],
                          "count": "" if pd.isna(count) else int(str(count)), "who": str(who),
                          "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(str(at))))})
-    target = curation_path(store, data_root)
+    target = layout.curation_file(store.root, data_root)
     with atomic_path(target) as tmp:
         tmp.write_text(out.getvalue())
     return target

@@ -217,7 +217,11 @@ def photo_counts(exp_id: str, root: str, photos: list[tuple[str, bytes]]) -> lis
 
 # ---- reconciliation batches and their recounts ----------------------------------------------------
 def _store_or_none(root: str) -> Store | None:
-    return Store(root) if (Path(root) / "experiments.sqlite").is_file() else None
+    """The store to read, or None where there is none yet (looking creates nothing)."""
+    try:
+        return Store(root, create=False)
+    except NoStoreError:
+        return None
 
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
@@ -238,7 +242,7 @@ def batches() -> list:
 def _batch_outcomes(root: str, batch_id: str, store_version: Version) -> pd.DataFrame:
     from core.recounts import with_outcomes
 
-    return with_outcomes(Store(root), batch_id)
+    return with_outcomes(Store(root, create=False), batch_id)
 
 
 def batch_outcomes(batch_id: str) -> pd.DataFrame:
@@ -251,7 +255,7 @@ def batch_outcomes(batch_id: str) -> pd.DataFrame:
 def _trust(root: str, exp_id: str, store_version: Version) -> dict:
     from core.trust import model_trust
 
-    store = Store(root)
+    store = Store(root, create=False)
     try:
         return model_trust(store, store.experiment(exp_id))
     except KeyError:
@@ -282,7 +286,7 @@ def recounted_per_batch() -> dict[str, int]:
 def _suspects(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
     from core.suspects import suspect_labels
 
-    return suspect_labels(Store(root).predictions(exp_id, "oof"))
+    return suspect_labels(Store(root, create=False).predictions(exp_id, "oof"))
 
 
 def suspects(exp_id: str) -> pd.DataFrame:

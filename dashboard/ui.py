@@ -169,7 +169,7 @@ def kept_batch(report: pd.DataFrame, photos: dict[str, bytes], counter, settings
 
     kept = st.session_state.setdefault("kept-batches", {})
     if identity not in kept:
-        kept[identity] = save_uploaded_batch(Store(state.store_root()), report, photos, counter, settings)
+        kept[identity] = save_uploaded_batch(Store(state.store_root(), create=False), report, photos, counter, settings)
         st.session_state["open-batch"] = kept[identity]
     return kept[identity]
 

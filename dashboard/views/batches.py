@@ -18,7 +18,7 @@ st.dataframe(tables.batches_table(batches, state.recounted_per_batch()), hide_in
     "prior share of wrong records": st.column_config.NumberColumn(format="percent")})
 
 batch = ui.batch_picker(batches, key="b-batch", label="Open a batch")
-store = Store(state.store_root())
+store = Store(state.store_root(), create=False)
 report = batch_report(store, batch.id)
 totals = report_totals(report)
 c1, c2, c3, c4, c5 = st.columns(5)

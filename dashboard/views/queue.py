@@ -46,7 +46,7 @@ image = st.selectbox("Bin", images, key=position_key,
                                            f"{tables.outcome_text(work[i].outcome, work[i].count)}")
 row = work[image]
 st.subheader(f"Bin {images.index(image) + 1} of {len(images)}: {image}")
-store = Store(state.store_root())
+store = Store(state.store_root(), create=False)
 num_classes, open_top = int(batch.settings.get("num_classes") or 0), bool(batch.settings.get("open_top"))
 counted = count_label(row.predicted, num_classes, open_top)
 

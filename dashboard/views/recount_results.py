@@ -17,7 +17,7 @@ if not batches:
     st.stop()
 scope = st.radio("Over", ["one batch", "every batch of its model"], horizontal=True, key="r-scope")
 batch = ui.batch_picker(batches, key="r-batch")
-store = Store(state.store_root())
+store = Store(state.store_root(), create=False)
 summary = batch_summary(store, batch.id) if scope == "one batch" else model_summary(store, batch.model)
 where = f"batch {batch.id}" if scope == "one batch" else \
     f"the {sum(b.model == batch.model for b in batches)} batches of {batch.model_name}"

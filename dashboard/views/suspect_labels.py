@@ -28,7 +28,7 @@ if found.empty:
     st.success(f"Confident learning finds no suspect label among {exp.name}'s out-of-fold photos.")
     st.stop()
 collection = subject(exp.data_root)
-store = Store(state.store_root())
+store = Store(state.store_root(), create=False)
 decided = latest(store, "label", collection).set_index("image")
 done = int(found["image_id"].isin(decided.index).sum())
 st.progress(done / len(found), text=f"{done} of {len(found)} reviewed")
