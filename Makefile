@@ -39,7 +39,7 @@ test: $(VENV_STAMP) chromium
 
 lint: $(VENV_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m mypy core
+	$(PY) -m mypy
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

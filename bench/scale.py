@@ -156,8 +156,9 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
         truth.append(counts)
     seconds = time.perf_counter() - started
     report = count_report(np.concatenate(truth), np.concatenate(predicted), dataset.num_classes)
-    return (f"{report['n']} test photos counted in {seconds:.1f} s, {report['n'] / seconds:.0f} img/s "
-            f"(TTA {recipe.tta}, untrained head: accuracy {report['accuracy']:.2f} is not a result)")
+    n = report.n or 0
+    return (f"{n} test photos counted in {seconds:.1f} s, {n / seconds:.0f} img/s "
+            f"(TTA {recipe.tta}, untrained head: accuracy {report.accuracy:.2f} is not a result)")
 
 
 STEPS: dict[str, Callable[[Path, Path, int], str]] = {

@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 
 from core import layout
-from core.config import store_dir
+from core.config import find_data_dir, store_dir
 from core.locks import exclusive_lock, lock_is_held
-from core.records import COLUMN_FIELDS, Experiment
+from core.metrics import SplitFigures
+from core.records import COLUMN_FIELDS, Experiment, stored
 
 SCHEMA_VERSION = 2
 TABLES = """
@@ -277,6 +278,7 @@ class Store:
 
     def record(self, exp_id: str, **fields: Any) -> None:
         """Set fields of the experiment's record (columns or details), in one transaction."""
+        fields = {k: stored(v) for k, v in fields.items()}
         columns = {k: v for k, v in fields.items() if k in COLUMN_FIELDS}
         details = self._checked({k: v for k, v in fields.items() if k not in COLUMN_FIELDS})
         if columns:
@@ -329,7 +331,7 @@ class Store:
                            " (experiment, image_id, path, true_count, pred_count, probs, split)"
                            " VALUES (?,?,?,?,?,?,?)", rows)
 
-    def finish(self, exp_id: str, metrics: dict, **fields: Any) -> None:
+    def finish(self, exp_id: str, metrics: SplitFigures | None, **fields: Any) -> None:
         self.record(exp_id, metrics=metrics, status="finished", ended_at=time.time(), **fields)
 
     def fail(self, exp_id: str, error: str) -> None:
@@ -376,10 +378,10 @@ class Store:
                              " ORDER BY started_at DESC LIMIT 1", (key,)).fetchone()
         return row["id"] if row else None
 
-    def best(self, data_root: str | Path | None = None, metric: str = "balanced_accuracy") -> str | None:
-        """The model with the highest validation (or, if cross-validated, out-of-fold) `metric`,
-        among finished models on `data_root` (all data when None). Test figures play no part."""
-        return best_of(self.experiments("finished"), data_root, metric)
+    def best(self, data_root: str | Path | None = None) -> str | None:
+        """The model with the highest validation (or, if cross-validated, out-of-fold) balanced
+        accuracy, among finished models on `data_root` (all data when None). Test figures play no part."""
+        return best_of(self.experiments("finished"), data_root)
 
     def epochs(self, exp_id: str) -> pd.DataFrame:
         with self._connect() as db:
@@ -416,16 +418,33 @@ def same_root(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def best_of(experiments: Sequence[Experiment], data_root: str | Path | None = None,
-            metric: str = "balanced_accuracy") -> str | None:
+def selection_score(exp: Experiment) -> float | None:
+    """What `best` ranks a model by: its validation (or out-of-fold) balanced accuracy, if recorded."""
+    figures = exp.selection_metrics
+    return None if figures is None else figures.balanced_accuracy
+
+
+def best_of(experiments: Sequence[Experiment], data_root: str | Path | None = None) -> str | None:
     """`Store.best` over an already-read list (the dashboard's cached one)."""
-    scored = [e for e in experiments if e.is_model and e.selection_metrics.get(metric) is not None
+    scored = [(score, e.id) for e in experiments if e.is_model and (score := selection_score(e)) is not None
               and (data_root is None or same_root(e.data_root, data_root))]
-    return max(scored, key=lambda e: e.selection_metrics[metric]).id if scored else None
+    return max(scored, key=lambda pair: pair[0])[1] if scored else None
 
 
-def best_rule(data_root: str | Path | None = None, metric: str = "balanced_accuracy") -> str:
+def best_rule(data_root: str | Path | None = None) -> str:
     """How `best` was chosen, in words, for the CLI and the dashboard."""
     where = f" on {data_root}" if data_root else ""
-    return (f"best = highest validation {metric.replace('_', ' ')} (out-of-fold for cross-validated models) "
+    return (f"best = highest validation balanced accuracy (out-of-fold for cross-validated models) "
             f"among finished models{where}; test figures play no part in the choice")
+
+
+def data_in_use(experiments: Sequence[Experiment], asked: str | Path | None = None) -> str | None:
+    """The data `best` is chosen on, for the CLI and the dashboard alike: `asked` (a --data folder)
+    if finished models were trained on it, else the default data folder (`core.config.find_data_dir`)
+    if they were, else the data of the newest finished model; None when there is no finished model.
+    Models trained on other data are never ranked against them: their figures are not comparable."""
+    for root in (asked, find_data_dir()):
+        if root is not None and best_of(experiments, root):
+            return str(root)
+    models = [e for e in experiments if e.is_model]
+    return max(models, key=lambda e: e.started_at).data_root or None if models else None

@@ -18,8 +18,10 @@ from core.collection import DataError, load_collection
 from core.config import find_data_dir, store_dir
 from core.images import ImageError, open_image
 from core.layout import database_files
+from core.reconcile import AuditCurve
 from core.records import Experiment
 from core.store import NoStoreError, Store, best_of, best_rule
+from core.store import data_in_use as store_data_in_use
 from dashboard.counting import PhotoCount, count_photos
 from dashboard.tables import is_scored, item_names
 
@@ -63,13 +65,8 @@ def finished() -> list[Experiment]:
 
 
 def data_in_use() -> str | None:
-    """The data `best` is chosen on: the default data folder if models were trained on it, else the
-    data of the newest finished model."""
-    models = finished()
-    found = find_data_dir()
-    if found is not None and best_of(models, found):
-        return str(found)
-    return models[0].data_root if models else None
+    """`core.store.data_in_use` over the cached list: the data `best` is chosen on."""
+    return store_data_in_use(finished())
 
 
 def best_id() -> str | None:
@@ -140,7 +137,8 @@ def items_by_image(data_root: str) -> dict[str, list[str]]:
     table = collection(data_root)
     if table is None:
         return {}
-    return {row.image_id: names for row in table.itertuples() if (names := item_names(row.items))}
+    return {str(image_id): names for image_id, items in zip(table["image_id"], table["items"], strict=True)
+            if (names := item_names(str(items)))}
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
@@ -191,7 +189,7 @@ def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: t
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> dict | None:
+def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> AuditCurve | None:
     from core.predict import class_prior
     from core.reconcile import audit_curve
 
@@ -203,7 +201,7 @@ def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: flo
     return audit_curve(probs, true, class_prior(Store(root, create=False).experiment(exp_id)), error_rate)
 
 
-def audit_curve(exp_id: str, error_rate: float) -> dict | None:
+def audit_curve(exp_id: str, error_rate: float) -> AuditCurve | None:
     """`core.reconcile.audit_curve` on the experiment's stored, calibrated test predictions."""
     root = store_root()
     return _audit_curve(root, exp_id, version(root), error_rate)

@@ -18,7 +18,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.classical import train_classical  # noqa: E402
+from core.classical import ClassicalConfig, train_classical  # noqa: E402
 from core.config import PROJECT_ROOT, SHARED_SAMPLE  # noqa: E402
 from core.recounts import queue, with_outcomes  # noqa: E402
 from core.review import Review, record_reviews  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     batch_part = shuffled.drop(train.index).head(80)
     data, bins = copy_collection(train, work / "train"), copy_collection(batch_part, work / "bins")
     store = Store(work / "store")
-    train_classical(data, "hog", "svc", store=store, grid={"C": [1, 10]}, image_size=64, folds=3, n_jobs=2)
+    train_classical(data, ClassicalConfig("hog", "svc", grid={"C": [1, 10]}, image_size=64, folds=3), store, n_jobs=2)
     true = dict(zip(batch_part["file"], batch_part["count"], strict=True))
     recorded, _ = simulate_errors(list(true.values()), 6, 0.2, seed=4)
     pd.DataFrame({"image": list(true), "recorded_quantity": recorded}).to_csv(work / "records.csv", index=False)

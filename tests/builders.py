@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
-from core.classical import train_classical
+from core.classical import ClassicalConfig, train_classical
 from core.cnn import find_lr, train_cnn
 from core.config import PROJECT_ROOT, SHARED_SAMPLE
 from core.store import Store
@@ -130,7 +130,7 @@ def settle_folders(*folders: Path) -> None:
 
 
 CNN_TINY = {"batch_size": 8, "lr_finder_steps": 8, "patience": 5}
-CLASSICAL_TINY = {"image_size": 32, "feature_params": {"size": 32}, "folds": 3, "n_jobs": 1, "progress": False}
+CLASSICAL_TINY = {"image_size": 32, "feature_params": {"size": 32}, "folds": 3}
 
 
 def build_trained_store(root: Path) -> Path:
@@ -149,8 +149,10 @@ def build_trained_store(root: Path) -> Path:
     train_cnn(data, "quick", store, progress=False, overrides={
         **CNN_TINY, "phases": [{"epochs": 2, "image_size": 32, "train_body": False, "lr": 3e-3}]})
     find_lr(data, "quick", store, progress=False, overrides={**CNN_TINY, "phases": [{"epochs": 1, "image_size": 32}]})
-    train_classical(data, "hog", "svc", store=store, grid={"C": [1, 10]}, **CLASSICAL_TINY)
-    train_classical(data, "raw", "logreg", store=store, grid={"C": [1]}, **CLASSICAL_TINY)
+    train_classical(data, ClassicalConfig("hog", "svc", grid={"C": [1, 10]}, **CLASSICAL_TINY), store, n_jobs=1,
+                    progress=False)
+    train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY), store, n_jobs=1,
+                    progress=False)
     return store.root
 
 
@@ -164,7 +166,8 @@ def build_recount_store(root: Path, bins: int = 12, seed: int = 0) -> tuple[Path
 
     data = write_abid_collection(root / "data", [count for count in range(6) for _ in range(6)])
     store = Store(root / "store")
-    train_classical(data, "raw", "logreg", store=store, grid={"C": [1]}, **CLASSICAL_TINY)
+    train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY), store, n_jobs=1,
+                    progress=False)
     counter = load_counter("best", store)
     true = [k % 6 for k in range(bins)]
     recorded, _ = simulate_errors(true, 6, 1 / 3, seed)

@@ -255,7 +255,7 @@ def test_one_whole_cycle_on_real_sample_photos(tmp_path, capsys):
     """Reconcile 40 real bins with a fifth of their records moved by 1 or 2; record their true counts
     in the queue's bins; the adjustments exported are the simulated errors among the recounted bins,
     and the realised precision is the one the simulation gives."""
-    from core.classical import train_classical
+    from core.classical import ClassicalConfig, train_classical
 
     manifest = pd.read_csv(SHARED_SAMPLE / "manifest.csv")
     small = manifest[(manifest["count"] <= 5) & (manifest["width"] <= 300)]
@@ -269,7 +269,8 @@ def test_one_whole_cycle_on_real_sample_photos(tmp_path, capsys):
             shutil.copyfile(SHARED_SAMPLE / file, folder / file)
         part[["file", "count"]].assign(metadata="").to_csv(folder / "manifest.csv", index=False)
     store = Store(tmp_path / "store")
-    train_classical(data, "hog", "svc", store=store, grid={"C": [1]}, **CLASSICAL_TINY)
+    train_classical(data, ClassicalConfig("hog", "svc", grid={"C": [1]}, **CLASSICAL_TINY), store, n_jobs=1,
+                    progress=False)
 
     true = dict(zip(batch_part["file"], batch_part["count"], strict=True))
     recorded, wrong = simulate_errors(list(true.values()), 6, 0.2, seed=4)

@@ -6,6 +6,7 @@ import pytest
 
 import core.classical.experiment as classical_experiment
 from core.batches import batch_settings, file_hash, save_report
+from core.classical import ClassicalConfig
 from core.collection import CONTENT_GROUP, load_collection
 from core.dataset import prepare_dataset
 from core.reconcile import REPORT_COLUMNS
@@ -13,6 +14,8 @@ from core.recount_labels import write_recounts_collection
 from core.review import Review, record_review
 from core.store import Store
 from tests.builders import CLASSICAL_TINY, bin_jpeg, write_abid_collection
+
+TINY = ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY)
 
 
 class Counter:  # what `batch_settings` reads of a counter
@@ -70,8 +73,8 @@ def test_a_photo_labelled_2_and_recounted_3_trains_as_3(recounted, monkeypatch):
         return seen[-1]
 
     monkeypatch.setattr(classical_experiment, "prepare_dataset", spy)
-    exp_id = classical_experiment.train_classical(data, "raw", "logreg", store=store, grid={"C": [1]},
-                                                  recounts=write_recounts_collection(store), **CLASSICAL_TINY)
+    exp_id = classical_experiment.train_classical(data, TINY, store, n_jobs=1, progress=False,
+                                                  recounts=write_recounts_collection(store))
     trained = seen[0].table.set_index("image_id")
     assert trained.loc[two["image_id"], "count"] == 3 and trained.loc[two["image_id"], "split"] == "train"
     assert trained.loc["new-bin", "count"] == 1  # a recounted photo the data lacked is added
@@ -83,7 +86,7 @@ def test_a_photo_labelled_2_and_recounted_3_trains_as_3(recounted, monkeypatch):
     split = store.split(exp_id).set_index("image_id")["split"]
     assert split[two["image_id"]] == "train" and "new-bin" in split.index
     assert exp.config_key != store.experiment(classical_experiment.train_classical(
-        data, "raw", "logreg", store=store, grid={"C": [1]}, **CLASSICAL_TINY)).config_key  # other labels, other key
+        data, TINY, store, n_jobs=1, progress=False)).config_key  # other labels, other key
 
 
 def test_the_cli_trains_with_recounts_and_the_overview_shows_how_many(recounted, monkeypatch):

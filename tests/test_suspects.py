@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.classical import train_classical
+from core.classical import ClassicalConfig, train_classical
 from core.dataset import prepare_dataset
 from core.review import Review, history, record_review
 from core.store import Store
@@ -74,9 +74,9 @@ def test_cleaning_changes_only_what_is_trained_on_never_what_is_scored(curated):
     pd.testing.assert_frame_equal(cleaned.table, plain.table)  # out-of-fold pools read the table: originals
     assert cleaned.fingerprint != plain.fingerprint  # another training set, another experiment key
 
-    with_cleaning = train_classical(data, "raw", "logreg", store=store, grid={"C": [1]}, curation=path,
-                                    **CLASSICAL_TINY)
-    without = train_classical(data, "raw", "logreg", store=store, grid={"C": [1]}, **CLASSICAL_TINY)
+    tiny = ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY)
+    with_cleaning = train_classical(data, tiny, store, n_jobs=1, progress=False, curation=path)
+    without = train_classical(data, tiny, store, n_jobs=1, progress=False)
     assert with_cleaning != without
     for split in ("test", "val"):
         a = store.predictions(with_cleaning, split).set_index("image_id")["true_count"].sort_index()
@@ -91,7 +91,8 @@ def test_the_suspect_labels_page_records_a_decision(tmp_path, monkeypatch):
     store = Store(tmp_path / "store")
     monkeypatch.setenv("BINSIGHT_STORE", str(store.root))
     assert "cross-validated" in open_page("suspect_labels").info[0].value
-    train_classical(data, "raw", "logreg", store=store, grid={"C": [1]}, cv=2, **CLASSICAL_TINY)
+    train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, cv=2, **CLASSICAL_TINY), store,
+                    n_jobs=1, progress=False)
     at = open_page("suspect_labels")
     photo = at.selectbox(key="s-photo").value
     at.radio(key=f"s-outcome-{photo}").set_value("relabel")
