@@ -1,6 +1,8 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 PORT ?= 8501
+# The dashboard listens on this machine only; another address needs a login (README: "Opening it to a network").
+ADDRESS ?= 127.0.0.1
 
 .PHONY: run test lint bench install train dashboard chromium
 
@@ -26,8 +28,8 @@ train: $(VENV_STAMP)
 	$(PY) train.py suite
 
 dashboard: $(VENV_STAMP)
-	@echo "binsight dashboard: http://localhost:$(PORT)"
-	$(PY) -m streamlit run dashboard/app.py --server.headless true --server.port $(PORT)
+	@echo "binsight dashboard: http://$(ADDRESS):$(PORT)"
+	$(PY) -m streamlit run dashboard/app.py --server.headless true --server.port $(PORT) --server.address $(ADDRESS)
 
 # Main job: install, train the default experiments the store lacks, start the dashboard.
 run: train dashboard

@@ -63,6 +63,32 @@ def recheck_if_asked(args: argparse.Namespace, root: Path) -> None:
         recheck_collection(root, args.store)
 
 
+def recounts_if_asked(args: argparse.Namespace, store) -> Path | None:
+    """--with-recounts: the store's recounts collection, brought up to date (None without the flag)."""
+    if not args.with_recounts:
+        return None
+    from core.recount_labels import write_recounts_collection
+
+    folder = write_recounts_collection(store)
+    if folder is None:
+        print("--with-recounts: no photo has been recounted to a number yet; training on the data alone",
+              file=sys.stderr)
+    return folder
+
+
+def curation_if_asked(args: argparse.Namespace, store, root: Path) -> Path | None:
+    """--curated: the data's curation file (the Suspect-labels decisions), brought up to date."""
+    if not args.curated:
+        return None
+    from core.suspects import write_curation
+
+    found = write_curation(store, root)
+    if found is None:
+        print(f"--curated: no label of {root} has been reviewed yet; training on the labels as they are",
+              file=sys.stderr)
+    return found
+
+
 def cmd_classical(args: argparse.Namespace) -> None:
     import time
 
@@ -86,8 +112,9 @@ def cmd_classical(args: argparse.Namespace) -> None:
                 "features": args.features, "model": args.model, "pca": args.pca, "name": args.name,
                 "feature_params": json_arg("--feature-params", args.feature_params),
                 "grid": json_arg("--grid", args.grid), **options})]
-        ids = [train_classical(root, config, store, n_jobs=args.jobs, progress=not args.quiet)
-               for config in configs]
+        recounts, curation = recounts_if_asked(args, store), curation_if_asked(args, store, root)
+        ids = [train_classical(root, config, store, n_jobs=args.jobs, progress=not args.quiet, recounts=recounts,
+                               curation=curation) for config in configs]
     except ValueError as err:
         sys.exit(str(err))
     table = results_table(store, ids)
@@ -147,9 +174,7 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import (
         RECONCILE_PRIOR,
         budget_size,
-        flag_rule,
         reconcile,
-        reconcile_prior,
         records_from_folder,
         report_totals,
         totals_line,
@@ -161,6 +186,9 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
             budget_size(args.budget, 0)
         except ValueError as err:
             sys.exit(f"--budget: {err}")
+    from core.batches import batch_settings
+    from core.store import Store
+
     root = data_dir(args.data)
     counter = counter_for(args.model, args.store, root, RECONCILE_PRIOR)
     if args.simulate_errors is not None:
@@ -168,13 +196,63 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     records, images = records_from_folder(root, args.records)
     report = reconcile(counter, records, images, threshold=args.threshold, prior_wrong=args.prior_wrong,
                        budget=args.budget, progress=True)
-    rule = flag_rule(args.prior_wrong, args.threshold, args.budget)
-    write_report(report, args.out, settings={
-        "model": counter.exp_id, "model_name": counter.name, "prior_wrong": args.prior_wrong,
-        "threshold": None if args.budget is not None else args.threshold, "budget": args.budget, "rule": rule,
-        "reconcile_prior": [round(float(x), 4) for x in reconcile_prior(counter.exp)]})
+    settings = batch_settings(counter, args.prior_wrong, args.threshold, args.budget)  # what the batch keeps
+    write_report(report, args.out, settings={"model": counter.exp_id, "model_name": counter.name, **settings})
+    batch_id = save_folder_batch(Store(args.store), report, images, counter, settings, root)
     print(f"{totals_line(report_totals(report))} -> {args.out}")
-    print(f"model {counter.name} ({counter.exp_id}); {rule}")
+    print(f"model {counter.name} ({counter.exp_id}); {settings['rule']}")
+    print(f"batch: {batch_id}")
+
+
+def save_folder_batch(store, report, images: dict, counter, settings: dict, root: Path) -> str:
+    """Keep a folder's report as a batch: each photo by path and content hash (no copy)."""
+    from core.batches import file_hash, save_report
+
+    sources = {key: (Path(key).stem, str(Path(path).resolve()), file_hash(path), "")
+               for key, path in images.items() if Path(path).is_file()}
+    return save_report(store, report, model=counter.exp_id, model_name=counter.name, settings=settings,
+                       data_root=str(root.resolve()), sources=sources)
+
+
+def cmd_recount_export(args: argparse.Namespace) -> None:
+    from core.recounts import adjustments
+    from core.store import Store
+
+    try:
+        table = adjustments(Store(args.store), args.batch)
+    except KeyError as err:
+        sys.exit(str(err.args[0]))
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"{len(table)} adjustments of batch {args.batch} -> {args.out}")
+    else:
+        table.to_csv(sys.stdout, index=False)
+
+
+def cmd_recount_import(args: argparse.Namespace) -> None:
+    import getpass
+
+    from core.recounts import import_recounts
+    from core.store import Store
+
+    try:
+        report = import_recounts(Store(args.store), Path(args.file), who=args.who or getpass.getuser(),
+                                 name=Path(args.file).name)
+    except (OSError, ValueError) as err:
+        sys.exit(f"{args.file}: {err}")
+    for line in report.lines(Path(args.file).name):
+        print(line)
+    if report.refused:
+        sys.exit(1)
+
+
+def cmd_store_backup(args: argparse.Namespace) -> None:
+    from core.store import Store
+
+    store = Store(args.store)
+    target = store.backup(args.file)
+    print(f"{store.path} -> {target} (consistent copy; restore: stop the dashboard and training, then copy it "
+          f"back over {store.path} and delete {store.path.name}-wal and {store.path.name}-shm)")
 
 
 def simulate_audit(counter, args: argparse.Namespace) -> None:
@@ -227,7 +305,8 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     store, root = Store(args.store), data_dir(args.data)
     recheck_if_asked(args, root)
     exp_id = train_cnn(root, args.preset, store, parse_overrides(args.set), progress=not args.quiet,
-                       cv=args.cv)
+                       cv=args.cv, recounts=recounts_if_asked(args, store),
+                       curation=curation_if_asked(args, store, root))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     exp = store.experiment(exp_id)
@@ -314,7 +393,7 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
     def parent() -> argparse.ArgumentParser:
         return argparse.ArgumentParser(add_help=False)
 
-    flags = {name: parent() for name in ("data", "store", "recheck", "quiet", "model", "cv", "prior")}
+    flags = {name: parent() for name in ("data", "store", "recheck", "quiet", "model", "cv", "prior", "labels")}
     flags["data"].add_argument("--data", help=DATA_HELP)
     flags["store"].add_argument("--store", type=Path, metavar="DIR",
                                 help="experiment store: database, models, image caches "
@@ -331,6 +410,12 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
                                 help="the prior the probabilities shown are under: every count alike, ABID's natural "
                                      "count mix, or the mix of the photos given, estimated from them (EM); the count "
                                      f"is the most probable one (default {DEFAULT_PRIOR})")
+    flags["labels"].add_argument("--with-recounts", action="store_true",
+                                 help="add the photos people recounted (the store's recounts collection); a recount "
+                                      "overrides the data's label of the same photo")
+    flags["labels"].add_argument("--curated", action="store_true",
+                                 help="train on the labels as reviewed on the Suspect-labels page (relabelled, "
+                                      "excluded); validation and test figures keep every photo's original label")
     return flags
 
 
@@ -380,8 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     flags = shared_flags()
     prior = flags["prior"]
-    data, store, recheck, quiet, model, cv = (flags[name] for name in ("data", "store", "recheck", "quiet", "model",
-                                                                      "cv"))
+    data, store, recheck, quiet, model, cv, labels = (flags[name] for name in ("data", "store", "recheck", "quiet",
+                                                                              "model", "cv", "labels"))
 
     p = sub.add_parser("download", help="fetch photos and metadata from ABID's public bucket")
     p.add_argument("--n", type=int, default=100, help="how many bins, counting up from --start")
@@ -403,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
                        description="Cross-validated grid search on the train split, one test evaluation; "
                                    "a configuration already trained on the same data is served from the store.",
-                       parents=[data, cv, quiet, store, recheck])
+                       parents=[data, cv, quiet, store, recheck, labels])
     p.add_argument("--suite", help="a suite from core/classical/suites.py: paper-classical (Tables I and II), "
                                     "default, cnn-features")
     p.add_argument("--features", default="hog",
@@ -462,8 +547,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of --simulate-errors")
     p.set_defaults(func=cmd_reconcile)
 
+    p = sub.add_parser("recount", help="recount outcomes out (adjustments for the warehouse system) and in")
+    recount = p.add_subparsers(dest="recount_command", required=True)
+    q = recount.add_parser("export", help="CSV of the bins whose recount differs from their record: "
+                                          "batch,image,recorded,recounted,adjustment,who,when", parents=[store])
+    q.add_argument("--batch", required=True, help="the batch id `train.py reconcile` printed")
+    q.add_argument("--out", metavar="FILE.csv", help="where to write it (default: standard output)")
+    q.set_defaults(func=cmd_recount_export)
+    q = recount.add_parser("import", help="record recounts made elsewhere: a CSV of batch,image,recounted "
+                                          "(optional note, who); every bad row is reported and refused",
+                           parents=[store])
+    q.add_argument("file", metavar="FILE.csv")
+    q.add_argument("--who", help="who counted, for rows without a who column (default: your user name)")
+    q.set_defaults(func=cmd_recount_import)
+
+    p = sub.add_parser("store", help="look after the experiment store")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("backup", help="a consistent copy of the store's database, safe while the dashboard "
+                                            "and training run (SQLite's online backup API)", parents=[store])
+    q.add_argument("file", metavar="FILE")
+    q.set_defaults(func=cmd_store_backup)
+
     for name, func, help_, extra in (
-        ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run", [cv]),
+        ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run",
+         [cv, labels]),
         ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase", []),
     ):
         p = sub.add_parser(name, help=help_, description=f"{help_}. Runs under `torchrun --nproc_per_node N` too.",

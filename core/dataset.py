@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ class Dataset:
     max_count: int
     progress: bool = True
     open_top: bool = False  # a last class for "more than max_count" items (see core.collection.load_collection)
+    recounted: int = 0  # photos whose label is a person's recount (see core.recount_labels)
+    curation: dict[str, int | None] = field(default_factory=dict)  # image_id -> train label, None: excluded
 
     @property
     def folder(self) -> Path:
@@ -64,7 +66,17 @@ class Dataset:
         return array
 
     def split(self, name: str) -> pd.DataFrame:
-        return self.table[self.table["split"] == name]
+        """The photos of one split; the train split as curated (`core.suspects`): relabelled photos with
+        their new count, excluded ones left out. Every other split keeps every photo's original label."""
+        part = self.table[self.table["split"] == name]
+        if name != "train" or not self.curation:
+            return part
+        curated = part["image_id"].map(self.curation)
+        listed = part["image_id"].isin(list(self.curation))
+        part = part[~(listed & curated.isna())].copy()
+        relabel = part["image_id"].isin([i for i, c in self.curation.items() if c is not None])
+        part.loc[relabel, "count"] = part.loc[relabel, "image_id"].map(self.curation).astype(int)
+        return part
 
     def rows(self, name: str) -> np.ndarray:
         """The cache rows of one split, in table order."""
@@ -137,6 +149,8 @@ def prepare_dataset(
     progress: bool = True,
     open_top: bool = False,
     recheck: bool = False,
+    recounts: Path | None = None,
+    curation: Path | None = None,
 ) -> Dataset:
     """Load `root` (re-reading only changed files), grow its cache at `image_size`, and split it.
 
@@ -145,12 +159,20 @@ def prepare_dataset(
     Images that fail to decode are dropped and added to `collection.skipped`. With `open_top`,
     bins of more than `max_count` items form one more class, if the collection has any.
     `recheck` stats every file, to see files rewritten in place (see `load_collection`).
+    `recounts`, a recounts collection (`core.recount_labels`), overrides the labels of the photos
+    people recounted and adds the recounted photos the data lacks. `curation`, a curation file
+    (`core.suspects.write_curation`), changes the train split only (see `Dataset.split`).
     """
     folder = collection_folder(root, store_root)
     record_collection_root(folder, root)
     collection = load_collection(root, max_count, index=index_file(folder), progress=progress, items=False,
                                  open_top=open_top, recheck=recheck)
     table = collection.table.reset_index(drop=True).copy()
+    recounted = 0
+    if recounts is not None:
+        from core.recount_labels import overlay_recounts
+
+        table, recounted = overlay_recounts(table, recounts, max_count, open_top)
     table["row"] = assign_rows(folder, table)
     _, errors = cached_images(folder, image_size, table["row"].to_numpy(), table["path"], progress=progress)
     if errors:
@@ -160,6 +182,13 @@ def prepare_dataset(
         table = table[~failed]
     table["split"] = assign_splits(table["group"], fractions, seed)
     fingerprint = data_fingerprint(table)
+    curated: dict[str, int | None] = {}
+    if curation is not None:
+        from core.suspects import read_curation
+
+        curated = read_curation(curation)
+        if curated:  # what is trained on changed: another version of the data
+            fingerprint = hashlib.sha256(f"{fingerprint}|{sorted(curated.items())}".encode()).hexdigest()[:16]
     open_top = open_top and bool((table["count"] > max_count).any())  # an open class needs photos to learn it from
     return Dataset(collection, fingerprint, folder, table[TABLE_COLUMNS].reset_index(drop=True), max_count, progress,
-                   open_top)
+                   open_top, recounted, curated)

@@ -19,6 +19,10 @@ for its path. What the files hold belongs to their owners (`core.store`, `core.c
             versions/<fingerprint>/        files derived from one version of the data
                 features/<size>px/         classical feature blocks
 
+        photos/<sha256[:2]>/<sha256>.<ext> uploaded photos of reconciliation batches (core.batches)
+        recounts/                          the recounts collection: manifest.csv, images/ (core.recount_labels)
+        curation/<sha256 of the root>.csv  label decisions of one collection (core.suspects)
+
 A folder under `datasets/` without `collection.json` is of the older per-fingerprint layout.
 """
 from __future__ import annotations
@@ -70,6 +74,23 @@ def run_lock(store: Path, exp_id: str) -> Path:
 def fold_dir(artifact: Path, fold: int) -> Path:
     """The model files of fold `fold` of a cross-validated run, inside its artifact folder."""
     return artifact / f"fold-{fold}"
+
+
+# ---- recounts and reviews ------------------------------------------------------------------
+def stored_photo(store: Path, digest: str, suffix: str) -> Path:
+    """The kept copy of an uploaded photo, by its content hash."""
+    return store / "photos" / digest[:2] / f"{digest}{suffix}"
+
+
+def recounts_dir(store: Path) -> Path:
+    """The recounts collection (manifest layout)."""
+    return store / "recounts"
+
+
+def curation_file(store: Path, data_root: str | Path) -> Path:
+    """The label decisions about the collection at `data_root`."""
+    resolved = str(Path(data_root).resolve())
+    return store / "curation" / f"{hashlib.sha256(resolved.encode()).hexdigest()[:16]}.csv"
 
 
 # ---- collections ----------------------------------------------------------------------------

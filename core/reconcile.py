@@ -50,7 +50,7 @@ PRIOR_FLOOR = 1e-3  # no count is deemed impossible (or certain) by the class pr
 SIMULATED_ERROR_RATE = 0.2  # audit-value curves: a fifth of the records moved by 1 or 2
 AUDIT_SHARES = (0.1, 0.2, 0.3, 0.5)  # recount budgets the audit-value table reports
 REPORT_COLUMNS = ["image", "recorded_quantity", "predicted_count", "expected_count", "confidence",
-                  "p_recorded", "p_mismatch", "mismatch", "note", "error"]
+                  "p_recorded", "p_mismatch", "mismatch", "note", "error", "probs"]
 
 
 # ---- the mismatch rule ----------------------------------------------------------------------
@@ -269,7 +269,7 @@ def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, b
             if counter.exp.open_top and result.count == counter.num_classes - 1 and not note:
                 note = f"the photo looks like {counter.exp.count_label(result.count)} items"
             row.update(predicted_count=result.count, expected_count=round(result.expected, 3),
-                       confidence=round(result.confidence, 4), note=note,
+                       confidence=round(result.confidence, 4), note=note, probs=result.probs,
                        p_recorded=None if p_recorded is None else round(p_recorded, 4),
                        p_mismatch=None if p_mismatch is None else round(p_mismatch, 4))
         rows.append(row)

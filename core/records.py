@@ -80,6 +80,7 @@ class Experiment:
     artifact: str = ""  # model file name inside the artifact folder (per fold for ensembles)
     calibration: Calibration = field(default_factory=Calibration)  # see core.calibration.fit_calibration
     split_counts: dict[str, int] = field(default_factory=dict)  # photos per split
+    recounted_photos: int = 0  # photos trained and scored with a person's recount as their label
     warnings: list[str] = field(default_factory=list)
     # CNN runs
     preset: str = ""

@@ -33,7 +33,7 @@ from core.locks import exclusive_lock, lock_is_held
 from core.metrics import SplitFigures
 from core.records import COLUMN_FIELDS, Experiment, stored
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLES = """
 CREATE TABLE IF NOT EXISTS experiments (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, family TEXT NOT NULL, model TEXT NOT NULL,
@@ -73,7 +73,35 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
                    (json.dumps(new), data_root or root or "", exp_id))
 
 
-MIGRATIONS = {1: _migrate_to_1}  # target version -> step from the version before
+RECOUNT_TABLES = """
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, model TEXT NOT NULL, model_name TEXT NOT NULL,
+    data_root TEXT, settings TEXT NOT NULL, totals TEXT, finished_at REAL, updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS batch_bins (
+    batch TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE, image TEXT NOT NULL, image_id TEXT,
+    path TEXT, content_hash TEXT, stored_copy TEXT, recorded INTEGER, predicted INTEGER, expected REAL,
+    confidence REAL, probs TEXT, p_recorded REAL, p_mismatch REAL, flagged INTEGER NOT NULL DEFAULT 0,
+    note TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '', PRIMARY KEY (batch, image)
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, subject TEXT NOT NULL, image TEXT NOT NULL,
+    outcome TEXT NOT NULL, count INTEGER, who TEXT NOT NULL, at REAL NOT NULL, note TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS reviews_subject ON reviews(kind, subject, image, id)
+"""
+
+
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    """1 -> 2: reconciliation batches and their bins (`core.batches`), and the append-only log of
+    what people recorded about photos (`core.review`)."""
+    for statement in RECOUNT_TABLES.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}  # target version -> step from the version before
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 10 * HEARTBEAT_S  # no lock file to look at and no heartbeat for this long: interrupted
 
@@ -154,6 +182,29 @@ class Store:
             db.row_factory = sqlite3.Row
             with db:  # commit on success, roll back on error
                 yield db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once, so a read-check-write inside it is atomic)."""
+        with self._connect() as db:
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads (rows as `sqlite3.Row`)."""
+        with self._connect() as db:
+            yield db
+
+    def backup(self, target: str | Path) -> Path:
+        """A consistent copy of the database while others write (SQLite's online backup API)."""
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self._uri, timeout=30, uri=True)) as source, \
+                closing(sqlite3.connect(target)) as copy:
+            source.backup(copy)
+        return target
 
     # ---- runs ----------------------------------------------------------------------------
     def start(self, name: str, family: str, model: str, params: dict, dataset: str, *, code_version: int,

@@ -30,8 +30,12 @@ PAGES: tuple[Page, ...] = (
     Page("views/confusion.py", "Confusion matrix", ":material/grid_on:", "Models"),
     Page("views/lr_finder.py", "Learning-rate finder", ":material/show_chart:", "Models"),
     Page("views/misclassified.py", "Misclassified photos", ":material/image_search:", "Models"),
+    Page("views/suspect_labels.py", "Suspect labels", ":material/rule:", "Models"),
     Page("views/upload.py", "Upload and count", ":material/photo_camera:", "Counting"),
     Page("views/reconcile.py", "Reconcile a batch", ":material/fact_check:", "Counting"),
+    Page("views/batches.py", "Reconciliation batches", ":material/inventory:", "Recounts"),
+    Page("views/queue.py", "Discrepancy queue", ":material/checklist:", "Recounts"),
+    Page("views/recount_results.py", "What the recounts say", ":material/insights:", "Recounts"),
 )
 
 

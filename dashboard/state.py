@@ -180,12 +180,13 @@ def uploaded_photos(upload_key: tuple, _files: list[tuple[str, bytes]]) -> tuple
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: tuple, _photos: dict[str, bytes],
-                    threshold: float, budget: str | None) -> pd.DataFrame:
+                    threshold: float, budget: str | None, prior_wrong: float) -> pd.DataFrame:
     """`core.reconcile.reconcile` for uploaded photos (named by `upload_key`), kept so that other
     widget changes do not recount the batch."""
     from core.reconcile import RECONCILE_PRIOR, reconcile
 
-    return reconcile(counter(exp_id, root).with_prior(RECONCILE_PRIOR), records, _photos, threshold, budget=budget)
+    return reconcile(counter(exp_id, root).with_prior(RECONCILE_PRIOR), records, _photos, threshold, prior_wrong,
+                     budget=budget)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -211,3 +212,83 @@ def photo_counts(exp_id: str, root: str, photos: list[tuple[str, bytes]], prior:
     """`dashboard.counting.count_photos` for uploads under `prior`, kept so that typing a recorded
     quantity does not recount."""
     return count_photos(counter(exp_id, root).with_prior(prior), photos)
+
+
+# ---- reconciliation batches and their recounts ----------------------------------------------------
+def _store_or_none(root: str) -> Store | None:
+    """The store to read, or None where there is none yet (looking creates nothing)."""
+    try:
+        return Store(root, create=False)
+    except NoStoreError:
+        return None
+
+
+@st.cache_data(ttl=5, show_spinner=False, max_entries=8)
+def _batches(root: str, store_version: Version) -> list:
+    from core.batches import list_batches
+
+    store = _store_or_none(root)
+    return list_batches(store) if store else []
+
+
+def batches() -> list:
+    """Every reconciliation batch of the store (`core.batches.Batch`), newest first."""
+    root = store_root()
+    return _batches(root, version(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _batch_outcomes(root: str, batch_id: str, store_version: Version) -> pd.DataFrame:
+    from core.recounts import with_outcomes
+
+    return with_outcomes(Store(root, create=False), batch_id)
+
+
+def batch_outcomes(batch_id: str) -> pd.DataFrame:
+    """A batch's bins with their current recount outcomes (`core.recounts.with_outcomes`)."""
+    root = store_root()
+    return _batch_outcomes(root, batch_id, version(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _trust(root: str, exp_id: str, store_version: Version) -> dict:
+    from core.trust import model_trust
+
+    store = Store(root, create=False)
+    try:
+        return model_trust(store, store.experiment(exp_id))
+    except KeyError:
+        return {}
+
+
+def trust(exp_id: str) -> dict:
+    """Per-count trust of a model (`core.trust.model_trust`); empty when the model is gone."""
+    root = store_root()
+    return _trust(root, exp_id, version(root))
+
+
+@st.cache_data(ttl=5, show_spinner=False, max_entries=8)
+def _recounted_per_batch(root: str, store_version: Version) -> dict[str, int]:
+    from core.review import reviewed_photos
+
+    store = _store_or_none(root)
+    return reviewed_photos(store, "recount") if store else {}
+
+
+def recounted_per_batch() -> dict[str, int]:
+    """Per batch, how many of its bins have an outcome."""
+    root = store_root()
+    return _recounted_per_batch(root, version(root))
+
+
+@st.cache_data(show_spinner="Looking for suspect labels…", max_entries=8)
+def _suspects(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
+    from core.suspects import suspect_labels
+
+    return suspect_labels(Store(root, create=False).predictions(exp_id, "oof"))
+
+
+def suspects(exp_id: str) -> pd.DataFrame:
+    """`core.suspects.suspect_labels` on the model's stored out-of-fold probabilities."""
+    root = store_root()
+    return _suspects(root, exp_id, version(root))

@@ -52,7 +52,8 @@ def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
             "balanced accuracy (95% CI)": balanced_ci, "accuracy (95% CI)": accuracy_ci, "RMSE (95% CI)": rmse_ci,
             "ECE": m.ece,
             **_per_class_columns(m.per_class_accuracy, "acc"),
-            "test photos": m.n, "models": e.folds or 1, "train time (s)": e.train_seconds,
+            "test photos": m.n, "recounted photos": e.recounted_photos, "models": e.folds or 1,
+            "train time (s)": e.train_seconds,
             "device": e.device, "weights": e.weights, "id": e.id,
         })
     frame = pd.DataFrame(rows)
@@ -174,3 +175,38 @@ def item_names(items_json: str) -> list[str]:
         if name:
             names.append(f"{quantity} × {name}" if isinstance(quantity, int) and quantity > 1 else name)
     return names
+
+
+# ---- batches and recounts ----------------------------------------------------------------------
+def when(at: float | None) -> str:
+    """A moment as people read it (UTC)."""
+    return "" if at is None or pd.isna(at) else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(at)))
+
+
+def outcome_text(outcome: str | None, count: int | None) -> str:
+    """A photo's current outcome in words, or "open"."""
+    from core.review import describe
+
+    return "open" if outcome is None else describe(outcome, count)
+
+
+def review_history(entries: pd.DataFrame) -> pd.DataFrame:
+    """Review entries (`core.review.history`) as a table: newest first, the outcome in words."""
+    from core.review import describe
+
+    rows = [{"when": when(float(e["at"])), "who": e["who"],
+             "outcome": describe(str(e["outcome"]), None if pd.isna(e["count"]) else int(e["count"])),
+             "note": e["note"], "recorded via": e["source"]} for e in entries.to_dict("records")]
+    return pd.DataFrame(rows[::-1], columns=["when", "who", "outcome", "note", "recorded via"])
+
+
+def batches_table(batches: Sequence, recounted: dict[str, int] | None = None) -> pd.DataFrame:
+    """One row per reconciliation batch (`core.batches.Batch`), newest first."""
+    recounted = recounted or {}
+    return pd.DataFrame([{
+        "batch": b.id, "created": when(b.created_at), "model": b.model_name, "bins": b.totals.get("given"),
+        "checked": b.totals.get("checked"), "flagged": b.totals.get("flagged"), "errors": b.totals.get("errors"),
+        "outcomes recorded": recounted.get(b.id, 0), "prior share of wrong records": b.settings.get("prior_wrong"),
+        "rule": b.settings.get("rule", ""),
+    } for b in batches], columns=["batch", "created", "model", "bins", "checked", "flagged", "errors",
+                                  "outcomes recorded", "prior share of wrong records", "rule"])

@@ -10,6 +10,7 @@ from core.reconcile import PRIOR_WRONG, SIMULATED_ERROR_RATE, audit_table
 from core.records import Experiment
 from core.store import selection_score
 from dashboard import figures, state
+from dashboard.access import LOCAL_SUFFIX, Writer, login_here
 from dashboard.tables import labels
 
 TRAIN_COMMANDS = (
@@ -69,6 +70,8 @@ def metric_columns() -> dict:
         "RMSE": st.column_config.NumberColumn(format="%.2f", width="small"),
         **{f"acc {k}": pct for k in range(10)},
         "test photos": st.column_config.NumberColumn(width="small"),
+        "recounted photos": st.column_config.NumberColumn(
+            width="small", help="photos it trained and was scored on with a person's recount as their label"),
         "selection balanced accuracy": None,  # shown with its interval in "selection (95% CI)"
         "ECE": st.column_config.NumberColumn(format="%.3f", width="small",
                                              help="expected calibration error of the calibrated test probabilities"),
@@ -121,3 +124,68 @@ def audit_value(exp: Experiment, key: str) -> None:
     left.plotly_chart(figures.audit_value_curve(curve), key=f"{key}-curve")
     right.dataframe(audit_table(curve), hide_index=True, column_config={
         "wrong records caught": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
+
+
+def who_writes(key: str) -> Writer:
+    """Who records outcomes on this page (`dashboard.access`), said on the page; a local user names
+    themselves (kept for the session)."""
+    from dashboard.access import current_writer
+
+    name = st.session_state.get("local-name", "")
+    found = current_writer(name)
+    if found.allowed and found.who and found.who.endswith(LOCAL_SUFFIX):
+        name = st.text_input("Your name (recorded with each outcome)", value=name, key=f"{key}-name",
+                             placeholder=found.who.removesuffix(LOCAL_SUFFIX))
+        st.session_state["local-name"] = name
+        found = current_writer(name)
+    elif not found.allowed and login_here():
+        st.button("Sign in", on_click=st.login, key=f"{key}-login", icon=":material/login:")
+    st.caption(found.reason)
+    return found
+
+
+def batch_picker(batches: Sequence, key: str, label: str = "Batch"):
+    """A batch of the store, the one last opened preselected (kept across pages)."""
+    ids = [b.id for b in batches]
+    chosen = st.session_state.get("open-batch")
+    index = ids.index(chosen) if chosen in ids else 0
+    by_id = {b.id: b for b in batches}
+
+    def name(batch_id: str) -> str:
+        b = by_id[batch_id]
+        totals = b.totals or {}
+        return (f"{batch_id} · {b.model_name} · {totals.get('given', '?')} bins, "
+                f"{totals.get('flagged', '?')} flagged")
+
+    picked = st.selectbox(label, ids, index=index, key=key, format_func=name)
+    st.session_state["open-batch"] = picked
+    return by_id[picked]
+
+
+def kept_batch(report: pd.DataFrame, photos: dict[str, bytes], counter, settings: dict, identity: tuple) -> str:
+    """Keep a dashboard reconcile as a batch in the store, once per set of inputs and settings in a
+    session (reruns of the page do not keep it again); its id."""
+    from core.batches import save_uploaded_batch
+    from core.store import Store
+
+    kept = st.session_state.setdefault("kept-batches", {})
+    if identity not in kept:
+        kept[identity] = save_uploaded_batch(Store(state.store_root(), create=False), report, photos, counter, settings)
+        st.session_state["open-batch"] = kept[identity]
+    return kept[identity]
+
+
+def uploaded_grid(rows: pd.DataFrame, photos: dict[str, bytes], caption, columns: int = 4) -> None:
+    """Uploaded photos (by a frame's `image` column) in a grid, `caption(row)` under each."""
+    from core.images import ImageError
+    from dashboard.counting import preview
+
+    items = list(rows.itertuples(index=False))
+    for start in range(0, len(items), columns):
+        for col, row in zip(st.columns(columns), items[start:start + columns], strict=False):
+            with col.container(border=True):
+                try:
+                    st.image(preview(photos[str(row.image)], max_px=480), width="stretch")
+                except (KeyError, ImageError) as err:
+                    st.warning(f"{row.image}: cannot be shown ({err})")
+                st.markdown(caption(row))

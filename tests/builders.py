@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
@@ -153,3 +154,26 @@ def build_trained_store(root: Path) -> Path:
     train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY), store, n_jobs=1,
                     progress=False)
     return store.root
+
+
+def build_recount_store(root: Path, bins: int = 12, seed: int = 0) -> tuple[Path, str, dict[str, int]]:
+    """A store with one tiny classical model (seconds to train) and one reconciliation batch of
+    `bins` generated photos, a third of their records moved by 1 or 2 items, every bin flagged
+    (a budget of all of them). Returns (store folder, batch id, true count of each bin)."""
+    from core.batches import batch_settings, save_uploaded_batch
+    from core.predict import load_counter
+    from core.reconcile import reconcile, simulate_errors
+
+    data = write_abid_collection(root / "data", [count for count in range(6) for _ in range(6)])
+    store = Store(root / "store")
+    train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY), store, n_jobs=1,
+                    progress=False)
+    counter = load_counter("best", store)
+    true = [k % 6 for k in range(bins)]
+    recorded, _ = simulate_errors(true, 6, 1 / 3, seed)
+    photos = {f"bin-{k:02d}.jpg": bin_jpeg(true[k], seed=500 + k) for k in range(bins)}
+    records = pd.DataFrame({"image": list(photos), "recorded_quantity": pd.array(recorded, dtype="Int64"),
+                            "error": [""] * bins})
+    report = reconcile(counter, records, photos, budget=bins)
+    batch = save_uploaded_batch(store, report, photos, counter, batch_settings(counter, 0.2, 0.5, bins))
+    return store.root, batch, dict(zip(photos, true, strict=True))

@@ -6,6 +6,7 @@ Debian's chromium (`apt-get install -y chromium`) is driven by Playwright, headl
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from core.config import PROJECT_ROOT, SHARED_SAMPLE
 from core.predict import load_counter
+from core.review import history
 from core.store import Store
 from tests.builders import awkward_batch
 
@@ -121,3 +123,121 @@ def test_upload_a_batch_of_awkward_files_and_read_every_count(dashboard_url, tra
         finally:
             browser.close()
     assert shown == expected
+
+
+def start_dashboard(store: Path) -> tuple[str, subprocess.Popen]:
+    """The dashboard on a free loopback port over `store`; (url, server)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
+        cwd=PROJECT_ROOT, env={**os.environ, "BINSIGHT_STORE": str(store)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, server)
+    return url, server
+
+
+@pytest.fixture
+def queue_url(tmp_path):
+    from tests.builders import build_recount_store
+
+    store, batch, true = build_recount_store(tmp_path)
+    url, server = start_dashboard(store)
+    try:
+        yield url, store, batch, true
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def settled(page) -> None:
+    """Wait until the app has finished its run (its "running" status is gone)."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(300)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=90_000)
+
+
+def record_from_the_keyboard(page, outcome_index: int, count: int | None, note: str) -> str:
+    """On the queue page: choose the outcome with the arrow keys, type the count and the note, press
+    Enter; returns the bin it was recorded for."""
+    from playwright.sync_api import expect
+
+    settled(page)
+    heading = page.get_by_role("heading").filter(has_text=re.compile(r"^Bin \d+ of \d+: "))
+    image = heading.inner_text().split(": ", 1)[1].strip()
+    radio = page.get_by_test_id("stRadio").filter(has_text="Outcome").locator("input").first
+    radio.focus()
+    for _ in range(outcome_index):
+        page.keyboard.press("ArrowRight")
+    count_box = page.get_by_label('Items counted (for "recounted")')
+    if count is not None:
+        count_box.fill(str(count))
+    note_box = page.get_by_label("Note (optional)")
+    note_box.fill(note)
+    note_box.press("Enter")
+    expect(heading).not_to_have_text(re.compile(re.escape(image) + r"\s*$"), timeout=30_000)
+    settled(page)
+    return image
+
+
+def name_yourself(page, name: str) -> None:
+    """Without a login, a local user names themselves before recording."""
+    settled(page)
+    box = page.get_by_label("Your name (recorded with each outcome)")
+    box.fill(name)
+    box.press("Enter")
+    settled(page)
+
+
+def open_bin(page, image: str) -> None:
+    """Pick a bin of the queue from the keyboard: type its name in the "Bin" box, Enter."""
+    settled(page)
+    page.get_by_test_id("stSelectbox").filter(has_text=re.compile(r"^Bin")).locator("input").click()
+    page.keyboard.type(image)
+    page.keyboard.press("Enter")
+    settled(page)
+
+
+def test_the_queue_in_a_browser_keyboard_only_two_users(queue_url):
+    """Three outcomes recorded from the keyboard survive a reload; a second browser, as another user,
+    recording the same bin keeps both entries, and the page shows the later one."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store, batch, true = queue_url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            ann = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            ann.goto(f"{url}/queue")
+            expect(ann.get_by_text("0 of 12 done")).to_be_visible(timeout=120_000)
+            name_yourself(ann, "ann")
+            done = [record_from_the_keyboard(ann, 0, 3, "top shelf"), record_from_the_keyboard(ann, 1, None, ""),
+                    record_from_the_keyboard(ann, 2, None, "taped shut")]
+            ann.reload()
+            expect(ann.get_by_text("3 of 12 done")).to_be_visible(timeout=60_000)
+            entries = history(Store(store), "recount", batch)
+            assert entries["image"].tolist() == done
+            assert entries["outcome"].tolist() == ["recounted", "confirmed", "unusable"]
+            assert entries["who"].str.startswith("ann").all()
+
+            bob = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            bob.goto(f"{url}/queue")
+            expect(bob.get_by_text("3 of 12 done")).to_be_visible(timeout=120_000)
+            name_yourself(bob, "bob")
+            open_bin(bob, done[0])
+            expect(bob.get_by_text("Now: recounted: 3 items")).to_be_visible(timeout=30_000)
+            settled(bob)
+            record_from_the_keyboard(bob, 0, 4, "bob's count")
+            open_bin(bob, done[0])
+            expect(bob.get_by_text("Now: recounted: 4 items")).to_be_visible(timeout=30_000)
+            expect(bob.get_by_text("bob (local, not signed in)").first).to_be_visible()
+            expect(bob.get_by_text("This app has encountered an error")).to_have_count(0)
+        finally:
+            browser.close()
+    both = history(Store(store), "recount", batch, done[0])
+    assert both["count"].tolist() == [3, 4] and both["who"].str[:3].tolist() == ["ann", "bob"]

@@ -314,7 +314,7 @@ def test_reconcile_report_from_a_csv_and_a_zip(store, counter):
     rerun(at)
     report = at.dataframe[0].value
     expected = reconcile(counter, read_records(csv.encode()), photos)
-    pd.testing.assert_frame_equal(report.reset_index(drop=True), expected, check_dtype=False)
+    pd.testing.assert_frame_equal(report.reset_index(drop=True), expected.drop(columns=["probs"]), check_dtype=False)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Bins given"] == "5" and metrics["Checked"] == "4" and metrics["Errors"] == "1"
     assert metrics["Flagged"] == str(int(expected["mismatch"].sum()))

@@ -86,3 +86,10 @@ def test_prepare_recheck_sees_a_label_edited_in_place(tmp_path, store_root, caps
         json.dump({"EXPECTED_QUANTITY": 1}, fh)
     assert counts() == {"1": 1, "2": 1}
     assert counts("--recheck") == {"1": 2}
+
+
+@pytest.mark.parametrize("words", [["recount", "export", "--batch", "B"], ["recount", "import", "f.csv"],
+                                   ["store", "backup", "copy.sqlite"]])
+def test_the_recount_and_store_commands_take_store(words, tmp_path):
+    args = train.build_parser().parse_args([*words, "--store", str(tmp_path / "s")])
+    assert args.store == tmp_path / "s"

@@ -31,21 +31,26 @@ VERSION = 4  # part of every experiment's key: bump when a change alters what a 
 
 
 def train_classical(dataset_root: str | Path, config: ClassicalConfig, store: Store | None = None,
-                    n_jobs: int = 2, progress: bool = True) -> str:
+                    n_jobs: int = 2, progress: bool = True, recounts: Path | None = None,
+                    curation: Path | None = None) -> str:
     """Search, fit, calibrate, save and test one classical model (or, with `config.cv=K`, K of them
     on the folds of train+val); returns its experiment id. A configuration already finished on the
     same data is served from the store; two processes asking for it at once train it once
-    (`core.runs.run_once`)."""
+    (`core.runs.run_once`). `recounts` (a recounts collection, `core.recount_labels`) adds people's
+    recounts to the data; `curation` (a curation file, `core.suspects`) changes what the train split
+    trains on."""
     store = store or Store()
     dataset = prepare_dataset(dataset_root, image_size=config.image_size, max_count=config.max_count,
-                              seed=config.seed, store_root=store.root, progress=progress, open_top=config.open_top)
+                              seed=config.seed, store_root=store.root, progress=progress, open_top=config.open_top,
+                              recounts=recounts, curation=curation)
     check_scale(config.model, int((dataset.table["split"] == "train").sum()))
     params, name = config.params(), config.run_name
 
     def start() -> str:
         return store.start(name, FAMILY, config.model, params, dataset.fingerprint, code_version=VERSION,
                            data_root=str(Path(dataset_root).resolve()), image_size=config.image_size,
-                           num_classes=dataset.num_classes, open_top=dataset.open_top, selection=config.selection)
+                           num_classes=dataset.num_classes, open_top=dataset.open_top, selection=config.selection,
+                           recounted_photos=dataset.recounted)
 
     def reused(exp_id: str) -> None:
         if progress:

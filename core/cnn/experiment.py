@@ -39,7 +39,8 @@ def _split(part) -> Split:
     return Split(part["row"].to_numpy(), part["count"].to_numpy())
 
 
-def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) -> Dataset:
+def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool, recounts: Path | None = None,
+              curation: Path | None = None) -> Dataset:
     """The prepared data set with its cache at every size the recipe uses.
 
     Called before joining the process group, whose collectives would time out while a large
@@ -51,7 +52,7 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) ->
     waiting = f"waiting for another process to build the image caches (lock: {lock})" if launch_rank() == 0 else None
     with first_alone(lock, waiting) as first:
         dataset = prepare_dataset(root, image_size=sizes[0], store_root=store.root, progress=progress and first,
-                                  open_top=recipe.open_top)
+                                  open_top=recipe.open_top, recounts=recounts, curation=curation)
         for size in sizes[1:]:
             dataset.images(size)
     return dataset
@@ -93,7 +94,8 @@ def _open_experiment(store: Store, preset: str, recipe: Recipe, cv: int, dataset
                        weights=weights, preset=preset, recipe_notes=recipe.notes, num_classes=dataset.num_classes,
                        open_top=dataset.open_top,
                        image_size=recipe.phases[-1].image_size,
-                       split_counts=dataset.table["split"].value_counts().to_dict())
+                       split_counts=dataset.table["split"].value_counts().to_dict(),
+                       recounted_photos=dataset.recounted)
 
 
 def _trainer(store: Store, exp_id: str, recipe: Recipe, model: nn.Module, data: TrainingData, runtime: Runtime,
@@ -187,12 +189,13 @@ Work = Callable[[Store, str, Recipe, Dataset, nn.Module, Runtime], None]
 
 
 def _run(dataset_root: str | Path, preset: str, store: Store | None, overrides: dict | None, progress: bool,
-         family: str, cv: int, open_run: Opener, work: Work) -> str:
+         family: str, cv: int, open_run: Opener, work: Work, recounts: Path | None = None,
+         curation: Path | None = None) -> str:
     """What every CNN run shares: the recipe and its data (before the process group, see `load_data`),
     the process group, a fresh model, and the lifecycle of `core.runs.run_once`."""
     recipe = get_recipe(preset, overrides)
     store = store or Store()
-    dataset = load_data(dataset_root, recipe, store, progress)
+    dataset = load_data(dataset_root, recipe, store, progress, recounts, curation)
     runtime = setup_runtime()
     model: nn.Module | None = None
 
@@ -214,11 +217,14 @@ def _run(dataset_root: str | Path, preset: str, store: Store | None, overrides: 
 
 def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | None = None,
               overrides: dict | None = None, progress: bool = True,
-              on_epoch: Callable[[int, dict], None] | None = None, cv: int = 0) -> str:
+              on_epoch: Callable[[int, dict], None] | None = None, cv: int = 0, recounts: Path | None = None,
+              curation: Path | None = None) -> str:
     """Train `preset` (with `overrides`) on the data at `dataset_root`; returns the experiment id.
 
     `cv=K` trains K models on the folds of train+val instead, as one experiment.
     `on_epoch(epoch, values)` is called on rank 0 after each epoch's checkpoint is written.
+    `recounts` (a recounts collection, `core.recount_labels`) adds people's recounts to the data;
+    `curation` (a curation file, `core.suspects`) changes what the train split trains on.
     """
 
     def open_run(store: Store, recipe: Recipe, dataset: Dataset, runtime: Runtime, key: str, weights: str) -> str:
@@ -231,7 +237,7 @@ def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | No
         else:
             _train_single(store, exp_id, recipe, dataset, model, runtime, progress, on_epoch)
 
-    return _run(dataset_root, preset, store, overrides, progress, FAMILY, cv, open_run, train)
+    return _run(dataset_root, preset, store, overrides, progress, FAMILY, cv, open_run, train, recounts, curation)
 
 
 def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None = None,

@@ -24,7 +24,8 @@ else:
     st.subheader("Leaderboard")
     st.caption(f"{state.best_rule_text()}. Ranked by that figure (\"chosen on\": validation, or out-of-fold for "
                "cross-validated models), with test figures beside it; brackets hold 95% bootstrap intervals. "
-               "`acc k` is the test accuracy on bins holding k items.")
+               "`acc k` is the test accuracy on bins holding k items; \"recounted photos\": photos whose label is a "
+               "person's recount (`train.py cnn --with-recounts`).")
     st.dataframe(board, hide_index=True, column_config=ui.metric_columns())
 
 

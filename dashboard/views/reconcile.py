@@ -3,6 +3,7 @@ from pathlib import PurePosixPath
 
 import streamlit as st
 
+from core.batches import batch_settings
 from core.priors import describe
 from core.reconcile import (
     MISMATCH_THRESHOLD,
@@ -14,6 +15,7 @@ from core.reconcile import (
     report_totals,
     totals_line,
 )
+from core.trust import trust_line
 from dashboard import counting, figures, state, ui
 
 st.title("Reconcile a batch of bins")
@@ -38,8 +40,12 @@ if mode == "by probability":
                           MISMATCH_THRESHOLD, 0.05, key="rec-threshold")
 else:
     budget = st.text_input("Recount the riskiest … bins (a number, or a share such as 10%)", "10%", key="rec-budget")
+prior_wrong = st.slider("Share of records you expect to be wrong, before any photo is seen", 0.01, 0.5,
+                        PRIOR_WRONG, 0.01, key="rec-prior", format="%.2f",
+                        help="Your stock's own rate: one record in fifty wrong is 0.02. \"What the recounts say\" "
+                             "suggests one from your recounts. The batch keeps the value used.")
 st.caption(f"The probability of a mismatch weighs each photo against how often records are wrong: "
-           f"{PRIOR_WRONG:.0%} of records are assumed wrong before a photo is seen. The photos' probabilities "
+           f"{prior_wrong:.0%} of records are assumed wrong before a photo is seen. The photos' probabilities "
            f"(and the counts shown) are under {describe(RECONCILE_PRIOR)}, the prior reconciliation judges against.")
 
 if records_file is None or not photo_files:
@@ -62,24 +68,37 @@ if records.empty:
     st.error(f"{records_file.name} lists no bins.")
     st.stop()
 
-ui.counter_or_stop(exp)  # says so on the page if the model cannot be loaded
+counter = ui.counter_or_stop(exp)  # says so on the page if the model cannot be loaded
 with st.spinner(f"Counting {len(records)} bins…"):
-    report = state.variance_report(exp.id, state.store_root(), records, key, photos, threshold, budget)
+    report = state.variance_report(exp.id, state.store_root(), records, key, photos, threshold, budget, prior_wrong)
+batch_id = ui.kept_batch(report, photos, counter, batch_settings(counter, prior_wrong, threshold, budget),
+                         identity=(exp.id, counting.upload_key([(records_file.name, records_file.getvalue())]), key,
+                                   threshold, budget, prior_wrong))
 
 totals = report_totals(report)
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Bins given", totals["given"])
 c2.metric("Checked", totals["checked"])
-c3.metric("Flagged", totals["flagged"], help=flag_rule(PRIOR_WRONG, threshold, budget))
+c3.metric("Flagged", totals["flagged"], help=flag_rule(prior_wrong, threshold, budget))
 c4.metric("Not checkable", totals["not_checkable"], help="recorded above what the model counts")
 c5.metric("Errors", totals["errors"], help="unreadable or missing photos, invalid recorded quantities")
-st.caption(f"{totals_line(totals)}; {flag_rule(PRIOR_WRONG, threshold, budget)}.")
+st.caption(f"{totals_line(totals)}; {flag_rule(prior_wrong, threshold, budget)}.")
+st.success(f"Kept as batch {batch_id}: reopen it under \"Reconciliation batches\" without counting again, and "
+           "work its flagged bins in the discrepancy queue.", icon=":material/save:")
+st.page_link("views/queue.py", label="Open the discrepancy queue", icon=":material/checklist:")
 unlisted = sorted({PurePosixPath(p).name for p in photos} - {PurePosixPath(p).name for p in records["image"]})
 if unlisted:
     st.caption(f"{len(unlisted)} uploaded photo(s) are not in the CSV and were not checked: {', '.join(unlisted[:10])}")
 
 st.plotly_chart(figures.mismatch_bars(report, threshold if budget is None else None), key="rec-bars")
-st.dataframe(report, hide_index=True, column_config={
+flagged = report[report["mismatch"]].head(8)
+if not flagged.empty:
+    st.markdown(f"**The {len(flagged)} riskiest flagged bins**")
+    trust = state.trust(exp.id)
+    ui.uploaded_grid(flagged, photos, lambda row: f"**{row.image}**: recorded {row.recorded_quantity}, counted "
+                     f"{exp.count_label(int(row.predicted_count))}; P(mismatch) {row.p_mismatch:.0%}. "
+                     + trust_line(trust, int(row.predicted_count), exp.count_label(int(row.predicted_count))))
+st.dataframe(report.drop(columns=["probs"]), hide_index=True, column_config={
     "p_mismatch": st.column_config.ProgressColumn("probability of a mismatch", min_value=0.0, max_value=1.0,
                                                   format="percent"),
     "p_recorded": st.column_config.NumberColumn("photo's probability of the record", format="percent"),

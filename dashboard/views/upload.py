@@ -5,6 +5,7 @@ import streamlit as st
 
 from core.priors import DEFAULT_PRIOR, PRIORS, describe
 from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
+from core.trust import trust_line
 from dashboard import counting, figures, state, ui
 
 st.title("Count the items in a bin")
@@ -53,6 +54,7 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
         c1.metric("Items counted", exp.count_label(result.count), help="the most probable count of the bars below")
         c2.metric("Confidence", f"{result.confidence:.0%}",
                   help=f"its probability under {describe(prior)}; expected count {result.expected:.2f}")
+        st.caption(trust_line(state.trust(exp.id), result.count, exp.count_label(result.count)))
         recorded = st.number_input("Recorded quantity (optional)", min_value=0, step=1, value=None,
                                    key=f"up-recorded-{i}-{photo.name}")
         if recorded is not None:
