@@ -151,7 +151,7 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
     predicted, truth = [], []
     for images, counts in dataset.batches("test", size, batch_size=EVAL_BATCH):
         probs = network_probabilities(model, torch.from_numpy(images).to(runtime.device), normalization, recipe.tta,
-                                      runtime.autocast())
+                                      runtime.counting_autocast())
         predicted.append(probs.argmax(dim=1).cpu().numpy())
         truth.append(counts)
     seconds = time.perf_counter() - started
