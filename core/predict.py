@@ -8,8 +8,9 @@ see identical pixels. Loading only loads: calibration happened when the experime
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ from tqdm import tqdm
 from core.calibration import apply_calibration, decide
 from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
+from core.cnn.runtime import local_runtime
 from core.collection import load_collection
-from core.images import ImageError, ImageSource, load_rgb
+from core.images import ImageError, ImageSource, decoded_batches, load_rgb
 from core.metrics import expected_count, split_figures
 from core.records import Experiment
 from core.store import Store, best_of, same_root
@@ -85,7 +87,7 @@ def class_prior(exp: Experiment) -> np.ndarray:
 class BinCounter:
     """A loaded model (or ensemble) with calibrated probabilities; `count` takes any photo the decoder accepts."""
 
-    def __init__(self, exp: Experiment, predictors: Sequence[Predictor]):
+    def __init__(self, exp: Experiment, predictors: Sequence[Predictor], precision: str = "fp32"):
         if exp.num_classes is None or exp.image_size is None:
             raise ValueError(f"experiment {exp.id} has no image size or class count: not a counting model")
         self.exp = exp
@@ -94,6 +96,7 @@ class BinCounter:
         self.image_size: int = exp.image_size
         self.calibration = exp.calibration
         self.class_prior = class_prior(exp)
+        self.precision = precision  # what the network computes in: "bf16" or "fp32" ("float64": classical)
         self._predictors = list(predictors)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -109,30 +112,41 @@ class BinCounter:
         """Count one photo; raises `ImageError` for anything that is not a usable image."""
         return self._result(self.probabilities(load_rgb(source, self.image_size)[None])[0])
 
-    def count_batch(self, sources: Sequence[ImageSource], batch_size: int = 64,
-                    progress: bool = False) -> list[CountResult | ImageError]:
+    def iter_counts(self, sources: Iterable[ImageSource], batch_size: int = 64,
+                    workers: int | None = None) -> Iterator[CountResult | ImageError]:
+        """Count a stream of photos in order, one result per photo (a bad one yields its `ImageError`);
+        decoding threads (`core.images.decoded_batches`, `workers`) prepare the next batch while the
+        network counts this one."""
+        for decoded in decoded_batches(sources, self.image_size, batch_size, workers):
+            good = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
+            results: list[CountResult | ImageError] = [d if isinstance(d, ImageError) else ImageError("not counted")
+                                                       for d in decoded]
+            if good:
+                probs = self.probabilities(np.stack([d for d in decoded if isinstance(d, np.ndarray)]))
+                for i, p in zip(good, probs, strict=True):
+                    results[i] = self._result(p)
+            yield from results
+
+    def count_batch(self, sources: Sequence[ImageSource], batch_size: int = 64, progress: bool = False,
+                    workers: int | None = None) -> list[CountResult | ImageError]:
         """Count many photos; a bad one yields its `ImageError` in place, the rest are counted."""
-        results: list[CountResult | ImageError | None] = [None] * len(sources)
-        for start in tqdm(range(0, len(sources), batch_size), desc="counting", unit="batch", disable=not progress):
-            arrays, where = [], []
-            for i in range(start, min(start + batch_size, len(sources))):
-                try:
-                    arrays.append(load_rgb(sources[i], self.image_size))
-                    where.append(i)
-                except (ImageError, OSError) as err:
-                    results[i] = err if isinstance(err, ImageError) else ImageError(str(err))
-            if arrays:
-                for i, probs in zip(where, self.probabilities(np.stack(arrays)), strict=True):
-                    results[i] = self._result(probs)
-        return [r if r is not None else ImageError("not counted") for r in results]
+        return list(tqdm(self.iter_counts(sources, batch_size, workers), total=len(sources), desc="counting",
+                         unit="photo", disable=not progress))
 
 
-def load_counter(model: str = "best", store: Store | None = None, data_root: str | Path | None = None) -> BinCounter:
-    """Load a finished experiment (or the best on `data_root`) for counting."""
+def load_counter(model: str = "best", store: Store | None = None, data_root: str | Path | None = None,
+                 precision: str | None = None) -> BinCounter:
+    """Load a finished experiment (or the best on `data_root`) for counting. A CNN counts in
+    `precision` ("bf16" or "fp32"), by default its device's (`core.cnn.runtime.counting_precision`:
+    bf16 on CUDA and on CPUs with native bf16); classical models in float64."""
     store = store or Store()
     exp = resolve_experiment(store, model, data_root)
-    loader = LOADERS[exp.family]
-    return BinCounter(exp, [loader(folder, exp.artifact, exp.num_classes or 0) for folder in model_folders(store, exp)])
+    loader, served = LOADERS[exp.family], "float64"
+    if exp.family == "cnn":
+        served = local_runtime(precision).counting
+        loader = partial(load_cnn, precision=served)
+    return BinCounter(exp, [loader(folder, exp.artifact, exp.num_classes or 0) for folder in model_folders(store, exp)],
+                      precision=served)
 
 
 def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None = None,
