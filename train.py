@@ -123,6 +123,22 @@ def cmd_count(args: argparse.Namespace) -> None:
                   f"expected {result.expected:.2f})")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from core.cnn.onnx_export import export_experiment
+    from core.predict import ModelNotFound, model_folders, resolve_experiment
+    from core.store import Store
+
+    store = Store(args.store)
+    try:
+        exp = resolve_experiment(store, args.model)
+        manifest = export_experiment(exp, model_folders(store, exp), args.out)
+    except (ModelNotFound, ValueError) as err:
+        sys.exit(str(err))
+    graphs = json.loads(manifest.read_text())["graphs"]
+    print(f"{exp.name} ({exp.id}): {len(graphs)} ONNX graph{'s' if len(graphs) > 1 else ''}, calibration and "
+          f"manifest -> {manifest.parent}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from core.predict import evaluate_folder
     from core.store import Store
@@ -138,33 +154,46 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import (
         budget_size,
+        check_threshold,
+        finish_report,
         flag_rule,
-        reconcile,
         records_from_folder,
         report_totals,
         totals_line,
         write_report,
     )
+    from core.reconcile_stream import PartialReport, reconcile_into, records_digest
 
     if args.budget is not None:
         try:
             budget_size(args.budget, 0)
         except ValueError as err:
             sys.exit(f"--budget: {err}")
+    try:
+        check_threshold(args.threshold)
+    except ValueError as err:
+        sys.exit(f"--threshold: {err}")
     root = data_dir(args.data)
     counter = counter_for(args.model, args.store, root)
     if args.simulate_errors is not None:
         return simulate_audit(counter, args)
     records, images = records_from_folder(root, args.records)
-    report = reconcile(counter, records, images, threshold=args.threshold, prior_wrong=args.prior_wrong,
-                       budget=args.budget, progress=True)
+    # the rows so far are kept beside the report, so an interrupted run resumes where it stopped
+    partial = PartialReport(args.out, {"model": counter.exp_id, "prior_wrong": args.prior_wrong,
+                                       "data": str(root.resolve()), "records": records_digest(records)})
+    done = partial.done()
+    if partial.resumed:
+        print(f"resuming: {len(done)} of {len(records)} bins already judged ({partial.path})")
+    reconcile_into(partial, counter, records, images, done, prior_wrong=args.prior_wrong, progress=True)
+    report = finish_report(partial.rows(), args.threshold, args.budget)
     rule = flag_rule(args.prior_wrong, args.threshold, args.budget)
     write_report(report, args.out, settings={
         "model": counter.exp_id, "model_name": counter.name, "prior_wrong": args.prior_wrong,
         "threshold": None if args.budget is not None else args.threshold, "budget": args.budget, "rule": rule,
-        "class_prior": [round(float(x), 4) for x in counter.class_prior]})
+        "class_prior": [round(float(x), 4) for x in counter.class_prior], "precision": counter.precision})
+    partial.discard()
     print(f"{totals_line(report_totals(report))} -> {args.out}")
-    print(f"model {counter.name} ({counter.exp_id}); {rule}")
+    print(f"model {counter.name} ({counter.exp_id}, counting in {counter.precision}); {rule}")
 
 
 def simulate_audit(counter, args: argparse.Namespace) -> None:
@@ -419,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
     add_store_flag(p)
     p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("export", help="write a CNN model as ONNX (every fold of an ensemble), its calibration "
+                                      "and a manifest, for serving outside binsight")
+    p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
+    p.add_argument("--out", required=True, help="folder to write model.onnx (or fold-K/model.onnx), "
+                                                "calibration.json and manifest.json into")
+    add_store_flag(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled collection (prints JSON)")
     p.add_argument("--model", default="best")
