@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.cnn.inputs import Normalization
+from core.backbones import Normalization
 from core.cnn.runtime import Runtime
 from core.cnn.step import train_step
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.cnn.inputs import Normalization, to_model_input
+from core.backbones import Normalization, to_model_input
 from core.cnn.runtime import Runtime
 
 
