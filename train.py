@@ -158,6 +158,22 @@ def cmd_count(args: argparse.Namespace) -> None:
                   f"expected {result.expected:.2f}; {probs})")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from core.cnn.onnx_export import export_experiment
+    from core.predict import ModelNotFound, model_folders, resolve_experiment
+    from core.store import Store
+
+    store = Store(args.store)
+    try:
+        exp = resolve_experiment(store, args.model)
+        manifest = export_experiment(exp, model_folders(store, exp), args.out)
+    except (ModelNotFound, ValueError) as err:
+        sys.exit(str(err))
+    graphs = json.loads(manifest.read_text())["graphs"]
+    print(f"{exp.name} ({exp.id}): {len(graphs)} ONNX graph{'s' if len(graphs) > 1 else ''}, calibration and "
+          f"manifest -> {manifest.parent}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from core.predict import evaluate_folder
     from core.store import Store
@@ -174,33 +190,47 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import (
         RECONCILE_PRIOR,
         budget_size,
-        reconcile,
+        check_threshold,
+        finish_report,
         records_from_folder,
         report_totals,
         totals_line,
         write_report,
     )
+    from core.reconcile_stream import PartialReport, reconcile_into, records_digest
+    from core.store import Store
 
     if args.budget is not None:
         try:
             budget_size(args.budget, 0)
         except ValueError as err:
             sys.exit(f"--budget: {err}")
-    from core.batches import batch_settings
-    from core.store import Store
-
+    try:
+        check_threshold(args.threshold)
+    except ValueError as err:
+        sys.exit(f"--threshold: {err}")
     root = data_dir(args.data)
     counter = counter_for(args.model, args.store, root, RECONCILE_PRIOR)
     if args.simulate_errors is not None:
         return simulate_audit(counter, args)
     records, images = records_from_folder(root, args.records)
-    report = reconcile(counter, records, images, threshold=args.threshold, prior_wrong=args.prior_wrong,
-                       budget=args.budget, progress=True)
-    settings = batch_settings(counter, args.prior_wrong, args.threshold, args.budget)  # what the batch keeps
+    # the rows so far are kept beside the report, so an interrupted run resumes where it stopped
+    partial = PartialReport(args.out, {"model": counter.exp_id, "prior_wrong": args.prior_wrong,
+                                       "data": str(root.resolve()), "records": records_digest(records)})
+    done = partial.done()
+    if partial.resumed:
+        print(f"resuming: {len(done)} of {len(records)} bins already judged ({partial.path})")
+    reconcile_into(partial, counter, records, images, done, prior_wrong=args.prior_wrong, progress=True)
+    report = finish_report(partial.rows(), args.threshold, args.budget)
+    from core.batches import batch_settings
+
+    settings = {**batch_settings(counter, args.prior_wrong, args.threshold, args.budget),  # what the batch keeps
+                "precision": counter.precision}
     write_report(report, args.out, settings={"model": counter.exp_id, "model_name": counter.name, **settings})
     batch_id = save_folder_batch(Store(args.store), report, images, counter, settings, root)
+    partial.discard()
     print(f"{totals_line(report_totals(report))} -> {args.out}")
-    print(f"model {counter.name} ({counter.exp_id}); {settings['rule']}")
+    print(f"model {counter.name} ({counter.exp_id}, counting in {counter.precision}); {settings['rule']}")
     print(f"batch: {batch_id}")
 
 
@@ -525,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("count", help="count the items in photos", parents=[model, prior, store])
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("export", help="write a CNN model as ONNX (every fold of an ensemble), its calibration "
+                                      "and a manifest, for serving outside binsight", parents=[model, store])
+    p.add_argument("--out", required=True, help="folder to write model.onnx (or fold-K/model.onnx), "
+                                                "calibration.json and manifest.json into")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled collection in any supported layout "
                                         "(prints JSON)", parents=[model, data, prior, store])

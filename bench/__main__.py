@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import cache_build, dashboard, inference, training
+from bench import cache_build, dashboard, inference, peak, training
 from bench.common import print_table
 from core.config import find_data_dir
 from core.dataset import prepare_dataset
@@ -33,13 +33,16 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=160)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per loader")
-    parser.add_argument("--photos", type=int, default=100, help="photos for the counting rows")
+    parser.add_argument("--photos", type=int, default=320, help="photos for the counting rows")
     parser.add_argument("--model", default="best", help="model for the counting rows")
     args = parser.parse_args()
     if args.data is None:
         sys.exit("no data folder: pass --data or set ABID_DATA")
 
-    rows = cache_build.run(args.data, args.images, args.size)
+    peaks = peak.peaks()  # measured in this run: what every counting row is a share of
+    rows: list[tuple[str, ...]] = [(f"peak GEMM {peak.GEMM_SIZE}x{peak.GEMM_SIZE}, {name}", f"{gflops:.0f} GFLOP/s")
+                                   for name, gflops in peaks.items()]
+    rows += cache_build.run(args.data, args.images, args.size)
     dataset = prepare_dataset(args.data, image_size=args.train_size, progress=False)
     rows += training.run(dataset, args.backbone, args.train_size, args.batch, args.steps)
     store = Store()
@@ -50,7 +53,7 @@ def main() -> None:
     else:
         if counter.exp.family == "cnn" and not counter.exp.folds:
             paths = dataset.split("test")["path"].head(args.photos).tolist()
-            rows += inference.run(store, counter, paths, args.batch)
+            rows += inference.run(store, counter, paths, args.batch, peaks)
         rows += dashboard.run(store.root)
     print_table(rows)
 

@@ -21,14 +21,18 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 95))
 
 
-def print_table(rows: list[tuple[str, str, str, str]],
-                header: tuple[str, str, str, str] = ("benchmark", "binsight", "naive baseline", "speed-up")) -> None:
-    """rows: (what, binsight, naive baseline, speed-up), or the columns `header` names."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+HEADER = ("benchmark", "binsight", "naive baseline", "speed-up", "share of peak")
+
+
+def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = HEADER) -> None:
+    """rows: (what, binsight, naive baseline, speed-up[, share of peak]), or the columns `header`
+    names; a shorter row leaves the last columns blank."""
+    rows = [tuple(row) + ("",) * (len(header) - len(row)) for row in rows]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
     print(line)
     for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if row is header:
             print(line)
     print(line)

@@ -1,6 +1,7 @@
 """`python -m bench scale --n N`: the data layer on a synthetic ABID-layout collection of N photos.
 
     .venv/bin/python -m bench scale --n 10000 --root /tmp/binsight-scale
+    .venv/bin/python -m bench scale --reconcile      # reconciling 10,000 and 100,000 bins
 
 Generates (or reuses) N small JPEGs (64-96 px, 0-8 boxes) with ABID metadata JSON under
 `--root`, then times each step in a fresh subprocess and reads that process's peak RSS
@@ -9,6 +10,13 @@ repeated collection load, cache build, cache growth after adding 1% new photos (
 decoded), one streamed pass over the train split, one training epoch of the `quick` network on
 a fixed number of batches, and counting the whole test split streamed from the cache. Steps are
 the functions in STEPS: (root, store, size) -> a note.
+
+With `--reconcile`: a collection of 100,000 bins and records files naming its first 10,000 and
+all 100,000 bins; a small counting model (the `quick` network, RECONCILE_EPOCHS at
+IMAGE_SIZE px on a separate collection of RECONCILE_TRAIN bins drawn the same way); then
+`train.py reconcile` (streamed, resumable) on both, and today's in-memory path (`core.reconcile.
+reconcile` in fp32 with decoding in line, as before bf16 and the decoding pool) on the 10,000, each
+in a fresh process with its photos/s and peak RSS.
 """
 from __future__ import annotations
 
@@ -35,10 +43,15 @@ TRAIN_BATCHES, VAL_PHOTOS = 20, 320  # the training step's fixed amount of work,
 EVAL_BATCH = 256
 
 
+def _bin(i: int) -> tuple[np.random.Generator, int, int]:
+    """Bin `i`'s random source, its item count and its photo's width."""
+    rng = np.random.default_rng(i)
+    return rng, int(rng.integers(0, 9)), int(rng.integers(64, 97))
+
+
 def _write_bins(root: str, ids: list[int]) -> None:
     for i in ids:
-        rng = np.random.default_rng(i)
-        count, side = int(rng.integers(0, 9)), int(rng.integers(64, 97))
+        rng, count, side = _bin(i)
         img = Image.fromarray(rng.integers(30, 70, size=(side * 3 // 4, side, 3), dtype=np.uint8))
         draw = ImageDraw.Draw(img)
         for _ in range(count):  # one bright box per item
@@ -151,7 +164,7 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
     predicted, truth = [], []
     for images, counts in dataset.batches("test", size, batch_size=EVAL_BATCH):
         probs = network_probabilities(model, torch.from_numpy(images).to(runtime.device), normalization, recipe.tta,
-                                      runtime.autocast())
+                                      runtime.counting_autocast())
         predicted.append(probs.argmax(dim=1).cpu().numpy())
         truth.append(counts)
     seconds = time.perf_counter() - started
@@ -167,10 +180,63 @@ STEPS: dict[str, Callable[[Path, Path, int], str]] = {
 }
 
 
+RECONCILE_BINS = (10_000, 100_000)
+RECONCILE_TRAIN, RECONCILE_EPOCHS = 2_000, 2
+
+
+def write_records(path: Path, bins: int) -> Path:
+    """A records file naming bins 1..`bins` with their true quantities."""
+    with open(path, "w") as fh:
+        fh.write("image,recorded_quantity\n")
+        fh.writelines(f"bin-images/{i}.jpg,{_bin(i)[1]}\n" for i in range(1, bins + 1))
+    return path
+
+
+def _train_counter(root: Path, store: Path, size: int) -> str:
+    """The small counting model the reconciliation steps use; its experiment id is the note."""
+    from core.cnn import train_cnn
+    from core.store import Store
+
+    phases = [{"epochs": 1, "image_size": size, "train_body": False, "lr": 3e-3},
+              {"epochs": RECONCILE_EPOCHS - 1, "image_size": size, "differential": True, "lr": 1e-3}]
+    return train_cnn(root, "quick", Store(store), {"phases": phases}, progress=False)
+
+
+def _reconcile_streamed(root: Path, store: Path, size: int) -> str:
+    """`train.py reconcile` as a user runs it (records file, JSON report); `size` is the bins."""
+    from train import main
+
+    out = store / f"report-{size}.json"
+    out.unlink(missing_ok=True)
+    main(["reconcile", "--data", str(root), "--records", str(store / f"records-{size}.csv"), "--out", str(out),
+          "--store", str(store), "--model", "quick"])
+    return f"{size} bins, report {out.stat().st_size / 1e6:.1f} MB"
+
+
+def _reconcile_today(root: Path, store: Path, size: int) -> str:
+    """Today's in-memory path on the same bins: fp32, decoding in line, the report built whole."""
+    from core.predict import load_counter
+    from core.reconcile import reconcile, records_from_folder, write_report
+    from core.store import Store
+
+    counter = load_counter("quick", Store(store), precision="fp32")
+    records, images = records_from_folder(root, store / f"records-{size}.csv")
+    report = reconcile(counter, records, images, workers=0)
+    write_report(report, store / f"report-{size}-today.json")
+    return f"{size} bins"
+
+
+TRAIN, STREAMED, TODAY = "train counting model", "reconcile streamed", "reconcile today's path"
+RECONCILE_STEPS: dict[str, Callable[[Path, Path, int], str]] = {
+    TRAIN: _train_counter, STREAMED: _reconcile_streamed, TODAY: _reconcile_today}
+
+
 def run_step(name: str, root: Path, store: Path, size: int) -> dict:
     """Run one step in a fresh interpreter: its wall time, its peak RSS and its note."""
     out = subprocess.run([sys.executable, "-m", "bench.scale", "--step", name, "--root", str(root),
-                          "--store", str(store), "--size", str(size)], capture_output=True, text=True, check=True)
+                          "--store", str(store), "--size", str(size)], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"step {name!r} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -187,10 +253,38 @@ def _child(name: str, root: Path, store: Path, size: int) -> None:
     import core.dataset  # noqa: F401 - imports are not part of the step's time
 
     started = time.perf_counter()
-    note = STEPS[name](root, store, size)
+    note = {**STEPS, **RECONCILE_STEPS}[name](root, store, size)
     seconds = time.perf_counter() - started
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb(), "worker_rss_mb": workers, "note": note}))
+
+
+def reconcile_rows(root: Path, size: int) -> None:
+    """Reconciliation at 10,000 and 100,000 bins: photos/s and peak RSS of each run."""
+    data, train_data = root / f"abid-{RECONCILE_BINS[-1]}", root / f"abid-{RECONCILE_TRAIN}"
+    store = root / "store-reconcile"
+    started = time.perf_counter()
+    generate(data, 1, RECONCILE_BINS[-1])
+    generate(train_data, 1, RECONCILE_TRAIN)
+    _settle()
+    print(f"collections ready in {time.perf_counter() - started:.0f} s: {data}, {train_data}", flush=True)
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    trained = run_step(TRAIN, train_data, store, size)
+    print(f"counting model {trained['note']} trained in {trained['seconds']:.0f} s", flush=True)
+    rows, runs = [], {}
+    for bins in RECONCILE_BINS:
+        write_records(store / f"records-{bins}.csv", bins)
+        for name in [TODAY, STREAMED] if bins == RECONCILE_BINS[0] else [STREAMED]:
+            result = runs[name, bins] = run_step(name, data, store, bins)
+            rows.append((f"{name}, {bins} bins", f"{result['seconds']:.0f} s", f"{bins / result['seconds']:.0f}",
+                         f"{result['rss_mb']:.0f} MB", result["note"]))
+            print(f"  {rows[-1]}", flush=True)
+    print_table(rows, header=("step", "wall time", "photos/s", "peak RSS", f"what ({size} px model)"))
+    small, large = RECONCILE_BINS
+    print(f"streamed against today's path at {small} bins: "
+          f"{runs[TODAY, small]['seconds'] / runs[STREAMED, small]['seconds']:.2f}x photos/s; streamed peak RSS "
+          f"{runs[STREAMED, large]['rss_mb'] / runs[STREAMED, small]['rss_mb']:.2f}x from {small} to {large} bins")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,11 +292,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1000, help="photos in the synthetic collection")
     parser.add_argument("--root", type=Path, default=Path("/tmp/binsight-scale"), help="where collections are kept")
     parser.add_argument("--size", type=int, default=IMAGE_SIZE, help="cache resolution")
-    parser.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)
+    parser.add_argument("--reconcile", action="store_true",
+                        help=f"time train.py reconcile on {' and '.join(map(str, RECONCILE_BINS))} bins instead")
+    parser.add_argument("--step", choices=[*STEPS, *RECONCILE_STEPS], help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
         return _child(args.step, args.root, args.store, args.size)
+    if args.reconcile:
+        return reconcile_rows(args.root, args.size)
 
     data, store = args.root / f"abid-{args.n}", args.root / f"store-{args.n}"
     started = time.perf_counter()

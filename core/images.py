@@ -1,11 +1,18 @@
 """The one place that turns bytes or files into RGB pixels.
 
 Training, the image cache, the counting service and the dashboard all decode through
-`open_image`, so a photo is pre-processed the same way wherever it comes from.
+`open_image`, so a photo is pre-processed the same way wherever it comes from;
+`decoded_batches` decodes a stream of photos in batches, a pool of threads working on the next
+batch while the caller uses the current one.
 """
 from __future__ import annotations
 
 import io
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -112,3 +119,48 @@ def load_rgb(source: ImageSource, size: int) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def decode_workers() -> int:
+    """Threads `decoded_batches` decodes with by default: one per usable core, at most 4."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, usable))
+
+
+def _decoded(source: ImageSource, size: int) -> np.ndarray | ImageError:
+    try:
+        return load_rgb(source, size)
+    except (ImageError, OSError) as err:
+        return err if isinstance(err, ImageError) else ImageError(str(err))
+
+
+def decoded_batches(sources: Iterable[ImageSource], size: int, batch_size: int,
+                    workers: int | None = None) -> Iterator[list[np.ndarray | ImageError]]:
+    """`sources` in batches of `batch_size`, each photo decoded by `load_rgb` (a `size` px uint8
+    array) or the `ImageError` saying why it could not be, in the order given.
+
+    With `workers` > 0 (default `decode_workers()`) a thread pool decodes the next batch while the
+    caller works on the one yielded (Pillow decodes and resizes without holding the GIL), so the
+    network and decoding overlap; 0 decodes in the caller's thread. `sources` is read lazily, one
+    batch ahead, so a stream of any length is decoded in constant memory.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    it = iter(sources)
+    chunks = iter(lambda: list(islice(it, batch_size)), [])
+    workers = decode_workers() if workers is None else workers
+    if workers <= 0:
+        for chunk in chunks:
+            yield [_decoded(source, size) for source in chunk]
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    ahead: deque[list[Future]] = deque()
+    try:
+        for chunk in chunks:
+            ahead.append([pool.submit(_decoded, source, size) for source in chunk])
+            if len(ahead) > 1:  # the batch just submitted decodes while this one is used
+                yield [future.result() for future in ahead.popleft()]
+        while ahead:
+            yield [future.result() for future in ahead.popleft()]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

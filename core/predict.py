@@ -12,8 +12,10 @@ was trained.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,9 @@ from tqdm import tqdm
 from core.calibration import decide
 from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
+from core.cnn.runtime import local_runtime
 from core.collection import load_collection
-from core.images import ImageError, ImageSource, load_rgb
+from core.images import ImageError, ImageSource, decoded_batches, load_rgb
 from core.layout import fold_dir
 from core.metrics import SplitFigures, ece_by_prior, expected_count, split_figures
 from core.priors import DEFAULT_PRIOR, PRIORS, stated_prior, with_prior
@@ -81,7 +84,8 @@ class BinCounter:
     """A loaded model (or ensemble) with calibrated probabilities under a stated prior (`prior_name`,
     one of `core.priors.PRIORS`); `count` takes any photo the decoder accepts."""
 
-    def __init__(self, exp: Experiment, predictors: Sequence[Predictor], prior: str = DEFAULT_PRIOR):
+    def __init__(self, exp: Experiment, predictors: Sequence[Predictor], prior: str = DEFAULT_PRIOR,
+                 precision: str = "fp32"):
         if exp.num_classes is None or exp.image_size is None:
             raise ValueError(f"experiment {exp.id} has no image size or class count: not a counting model")
         if prior not in PRIORS:
@@ -92,11 +96,12 @@ class BinCounter:
         self.image_size: int = exp.image_size
         self.calibration = exp.calibration
         self.prior_name = prior
+        self.precision = precision  # what the network computes in: "bf16" or "fp32" ("float64": classical)
         self._predictors = list(predictors)
 
     def with_prior(self, prior: str) -> BinCounter:
         """The same loaded models, showing posteriors under another prior."""
-        return BinCounter(self.exp, self._predictors, prior)
+        return BinCounter(self.exp, self._predictors, prior, self.precision)
 
     def likelihoods(self, images: np.ndarray) -> np.ndarray:
         """Calibrated likelihoods (normalised per photo) for a batch of uint8 (N, S, S, 3) arrays."""
@@ -120,36 +125,55 @@ class BinCounter:
         """Count one photo; raises `ImageError` for anything that is not a usable image."""
         return self.shown(self.likelihoods(load_rgb(source, self.image_size)[None]))[0]
 
-    def count_batch(self, sources: Sequence[ImageSource], batch_size: int = 64,
-                    progress: bool = False) -> list[CountResult | ImageError]:
+    def iter_likelihoods(self, sources: Iterable[ImageSource], batch_size: int = 64,
+                         workers: int | None = None) -> Iterator[np.ndarray | ImageError]:
+        """Per photo of a stream, in order: its calibrated likelihoods, or the `ImageError` that stopped
+        it; decoding threads (`core.images.decoded_batches`, `workers`) prepare the next batch while
+        the network scores this one."""
+        for decoded in decoded_batches(sources, self.image_size, batch_size, workers):
+            good = [d for d in decoded if isinstance(d, np.ndarray)]
+            scored = iter(self.likelihoods(np.stack(good)) if good else ())
+            yield from (d if isinstance(d, ImageError) else next(scored) for d in decoded)
+
+    def _shown_in_place(self, items: Sequence[np.ndarray | ImageError]) -> list[CountResult | ImageError]:
+        good = [x for x in items if isinstance(x, np.ndarray)]
+        shown = iter(self.shown(np.stack(good)) if good else ())
+        return [x if isinstance(x, ImageError) else next(shown) for x in items]
+
+    def iter_counts(self, sources: Iterable[ImageSource], batch_size: int = 64, workers: int | None = None,
+                    progress: bool = False, total: int | None = None) -> Iterator[CountResult | ImageError]:
+        """Count a stream of photos in order, one result per photo (a bad one yields its `ImageError`).
+        Under a fixed prior results come batch by batch; under the "batch" prior (the mix of all the
+        photos given) every photo is scored before the first result, since each answer depends on all."""
+        scored = tqdm(self.iter_likelihoods(sources, batch_size, workers), total=total, desc="counting",
+                      unit="photo", disable=not progress)
+        if self.prior_name == "batch":
+            yield from self._shown_in_place(list(scored))
+            return
+        while chunk := list(islice(scored, batch_size)):
+            yield from self._shown_in_place(chunk)
+
+    def count_batch(self, sources: Sequence[ImageSource], batch_size: int = 64, progress: bool = False,
+                    workers: int | None = None) -> list[CountResult | ImageError]:
         """Count many photos (together: a batch prior is their mix); a bad one yields its
         `ImageError` in place, the rest are counted."""
-        results: list[CountResult | ImageError | None] = [None] * len(sources)
-        where, likelihoods = [], []
-        for start in tqdm(range(0, len(sources), batch_size), desc="counting", unit="batch", disable=not progress):
-            arrays = []
-            for i in range(start, min(start + batch_size, len(sources))):
-                try:
-                    arrays.append(load_rgb(sources[i], self.image_size))
-                    where.append(i)
-                except (ImageError, OSError) as err:
-                    results[i] = err if isinstance(err, ImageError) else ImageError(str(err))
-            if arrays:
-                likelihoods.append(self.likelihoods(np.stack(arrays)))
-        if likelihoods:
-            for i, result in zip(where, self.shown(np.concatenate(likelihoods)), strict=True):
-                results[i] = result
-        return [r if r is not None else ImageError("not counted") for r in results]
+        return list(self.iter_counts(sources, batch_size, workers, progress, total=len(sources)))
 
 
 def load_counter(model: str = "best", store: Store | None = None, data_root: str | Path | None = None,
-                 prior: str = DEFAULT_PRIOR) -> BinCounter:
-    """Load a finished experiment (or the best on `data_root`) for counting under `prior`."""
+                 prior: str = DEFAULT_PRIOR, precision: str | None = None) -> BinCounter:
+    """Load a finished experiment (or the best on `data_root`) for counting under `prior`. A CNN
+    counts in `precision` ("bf16" or "fp32"), by default its device's
+    (`core.cnn.runtime.counting_precision`: bf16 on CUDA, fp32 on the CPU unless asked); classical
+    models in float64."""
     store = store or Store()
     exp = resolve_experiment(store, model, data_root)
-    loader = LOADERS[exp.family]
+    loader, served = LOADERS[exp.family], "float64"
+    if exp.family == "cnn":
+        served = local_runtime(precision).counting
+        loader = partial(load_cnn, precision=served)
     return BinCounter(exp, [loader(folder, exp.artifact, exp.num_classes or 0) for folder in model_folders(store, exp)],
-                      prior)
+                      prior, served)
 
 
 @dataclass(frozen=True)

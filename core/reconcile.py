@@ -51,6 +51,7 @@ SIMULATED_ERROR_RATE = 0.2  # audit-value curves: a fifth of the records moved b
 AUDIT_SHARES = (0.1, 0.2, 0.3, 0.5)  # recount budgets the audit-value table reports
 REPORT_COLUMNS = ["image", "recorded_quantity", "predicted_count", "expected_count", "confidence",
                   "p_recorded", "p_mismatch", "mismatch", "note", "error", "probs"]
+NUMBER_COLUMNS = ["recorded_quantity", "predicted_count", "expected_count", "confidence", "p_recorded", "p_mismatch"]
 
 
 # ---- the mismatch rule ----------------------------------------------------------------------
@@ -242,43 +243,75 @@ def records_from_folder(root: str | Path,
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, bytes | Path],
-              threshold: float = MISMATCH_THRESHOLD, prior_wrong: float = PRIOR_WRONG,
-              budget: str | int | None = None, progress: bool = False) -> pd.DataFrame:
-    """The variance report, one row per record: checked bins riskiest first, then error rows,
-    then bins whose recorded quantity the model cannot check."""
+def report_row(counter: BinCounter, name: str, recorded, error: str,
+               result: CountResult | ImageError | None, prior_wrong: float = PRIOR_WRONG) -> dict:
+    """One record's report row, judged but not yet flagged (`finish_report` flags and orders them):
+    `result` is its photo's count, the `ImageError` that stopped it, or None where the record
+    already carries an `error` (None without one: the photo was not found)."""
+    row = dict.fromkeys(REPORT_COLUMNS)
+    row.update(image=name, recorded_quantity=None if pd.isna(recorded) else int(recorded),
+               mismatch=False, note="", error=error)
+    if result is None and not error:
+        result = ImageError("photo not found")
+    if isinstance(result, ImageError):
+        row["error"] = str(result)
+    elif result is not None:
+        p_recorded, p_mismatch, note = judge(counter, result, int(recorded), prior_wrong)
+        if counter.exp.open_top and result.count == counter.num_classes - 1 and not note:
+            note = f"the photo looks like {counter.exp.count_label(result.count)} items"
+        row.update(predicted_count=result.count, expected_count=round(result.expected, 3),
+                   confidence=round(result.confidence, 4), note=note, probs=result.probs,
+                   p_recorded=None if p_recorded is None else round(p_recorded, 4),
+                   p_mismatch=None if p_mismatch is None else round(p_mismatch, 4))
+    return row
+
+
+def record_errors(records: pd.DataFrame) -> list[str]:
+    """Each record's own error ("" for none): the one it came with, or a missing quantity."""
+    given = records["error"] if "error" in records else [""] * len(records)
+    return [error or ("missing recorded quantity" if pd.isna(q) else "") for error, q in
+            zip(given, records["recorded_quantity"], strict=True)]
+
+
+def countable(name: str, error: str, images: Mapping[str, bytes | Path]) -> bool:
+    """Whether a record's photo is there to count: no error of its own, and a photo (a file that exists)."""
+    return not error and name in images and (not isinstance(source := images[name], Path) or source.is_file())
+
+
+def check_threshold(threshold: float) -> None:
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    names = list(records["image"])
-    given_errors = records["error"] if "error" in records else [""] * len(records)
-    errors = [error or ("missing recorded quantity" if pd.isna(q) else "") for error, q in
-              zip(given_errors, records["recorded_quantity"], strict=True)]
-    todo = [i for i, (name, error) in enumerate(zip(names, errors, strict=True)) if not error and name in images
-            and (not isinstance(source := images[name], Path) or source.is_file())]
-    results = dict(zip(todo, counter.count_batch([images[names[i]] for i in todo], progress=progress), strict=True))
-    rows = []
-    for i, (name, recorded) in enumerate(zip(names, records["recorded_quantity"], strict=True)):
-        row = dict.fromkeys(REPORT_COLUMNS)
-        row.update(image=name, recorded_quantity=None if pd.isna(recorded) else int(recorded),
-                   mismatch=False, note="", error=errors[i])
-        result = results.get(i, None if row["error"] else ImageError("photo not found"))
-        if isinstance(result, ImageError):
-            row["error"] = str(result)
-        elif result is not None:
-            p_recorded, p_mismatch, note = judge(counter, result, int(recorded), prior_wrong)
-            if counter.exp.open_top and result.count == counter.num_classes - 1 and not note:
-                note = f"the photo looks like {counter.exp.count_label(result.count)} items"
-            row.update(predicted_count=result.count, expected_count=round(result.expected, 3),
-                       confidence=round(result.confidence, 4), note=note, probs=result.probs,
-                       p_recorded=None if p_recorded is None else round(p_recorded, 4),
-                       p_mismatch=None if p_mismatch is None else round(p_mismatch, 4))
-        rows.append(row)
+
+
+def finish_report(rows: pd.DataFrame, threshold: float = MISMATCH_THRESHOLD,
+                  budget: str | int | None = None) -> pd.DataFrame:
+    """Judged rows (`report_row`) as the variance report: flagged (`flags`), checked bins riskiest
+    first, then error rows, then bins whose recorded quantity the model cannot check."""
+    check_threshold(threshold)
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    for column in NUMBER_COLUMNS:  # rows gathered in chunks may hold None where one frame holds NaN
+        report[column] = pd.to_numeric(report[column])
     report["p_mismatch"] = report["p_mismatch"].astype(float)
     report["mismatch"] = flags(report["p_mismatch"], threshold, budget)
     group = np.where(report["p_mismatch"].notna(), 0, np.where(report["error"] != "", 1, 2))
     order = np.lexsort((-report["p_mismatch"].fillna(0).to_numpy(), group))  # stable within ties
     return report.iloc[order].reset_index(drop=True)
+
+
+def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, bytes | Path],
+              threshold: float = MISMATCH_THRESHOLD, prior_wrong: float = PRIOR_WRONG,
+              budget: str | int | None = None, progress: bool = False, workers: int | None = None) -> pd.DataFrame:
+    """The variance report, one row per record, built in memory (`core.reconcile_stream` streams
+    a collection of any size to disk instead). `workers`: decoding threads (`BinCounter.iter_counts`)."""
+    check_threshold(threshold)
+    names = list(records["image"])
+    errors = record_errors(records)
+    todo = [i for i, (name, error) in enumerate(zip(names, errors, strict=True)) if countable(name, error, images)]
+    results = dict(zip(todo, counter.count_batch([images[names[i]] for i in todo], progress=progress,
+                                                 workers=workers), strict=True))
+    rows = [report_row(counter, name, recorded, errors[i], results.get(i), prior_wrong)
+            for i, (name, recorded) in enumerate(zip(names, records["recorded_quantity"], strict=True))]
+    return finish_report(pd.DataFrame(rows, columns=REPORT_COLUMNS), threshold, budget)
 
 
 def report_totals(report: pd.DataFrame) -> dict[str, int]:

@@ -78,3 +78,23 @@ def test_decompression_bomb_is_refused_before_decoding():
     data = encode(Image.new("1", (10_000, 6_000)), "PNG")  # 60 megapixels, tiny file
     with pytest.raises(ImageError, match="too large"):
         open_image(data)
+
+
+def test_decoded_batches_keep_order_and_errors_in_place_with_or_without_workers():
+    from core.images import decoded_batches
+    from tests.builders import bin_jpeg
+
+    sources = [bin_jpeg(i % 6, seed=i) for i in range(11)]
+    sources[4], sources[9] = b"not a photo", b""
+    pooled = [item for batch in decoded_batches(iter(sources), 32, batch_size=3, workers=2) for item in batch]
+    serial = [item for batch in decoded_batches(sources, 32, batch_size=3, workers=0) for item in batch]
+    assert len(pooled) == len(serial) == 11
+    for i, (a, b) in enumerate(zip(pooled, serial, strict=True)):
+        if i in (4, 9):
+            assert isinstance(a, ImageError) and str(a) == str(b)
+        else:
+            np.testing.assert_array_equal(a, load_rgb(sources[i], 32))
+            np.testing.assert_array_equal(a, b)
+    assert [len(batch) for batch in decoded_batches(sources, 32, batch_size=4)] == [4, 4, 3]
+    with pytest.raises(ValueError, match="batch_size"):
+        next(decoded_batches(sources, 32, batch_size=0))

@@ -34,7 +34,7 @@ def predict(model: nn.Module, data: CachedImages, normalization: Normalization, 
     loader = batches(share, batch_size, pin_memory=runtime.cuda, workers=runtime.loader_workers)
     for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and runtime.is_main)):
         images = images.to(runtime.device, non_blocking=True)
-        out.append(network_probabilities(model, images, normalization, tta, runtime.autocast()).cpu())
+        out.append(network_probabilities(model, images, normalization, tta, runtime.counting_autocast()).cpu())
     model.train(was_training)
     shares = runtime.gather(torch.cat(out).numpy() if out else None)  # a rank beyond the last photo has none
     classes = next(s.shape[1] for s in shares if s is not None)

@@ -36,13 +36,15 @@ def load_model(folder: Path, artifact: str = MODEL_FILE) -> tuple[nn.Module, dic
 
 
 def load_predictor(folder: Path, artifact: str = MODEL_FILE, num_classes: int = 0,
-                   batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+                   batch_size: int = 64, precision: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 (N, image_size, image_size, 3) RGB -> (N, num_classes) uncalibrated probabilities, as in
-    training's evaluation. The weights' file and class count come from `folder`'s saved config."""
+    training's evaluation. The weights' file and class count come from `folder`'s saved config.
+    `precision` ("bf16" or "fp32") defaults to the device's counting precision
+    (`core.cnn.runtime.counting_precision`)."""
     model, config = load_model(folder, artifact)
     if num_classes and config["num_classes"] != num_classes:
         raise ValueError(f"{folder} holds a model of {config['num_classes']} classes, expected {num_classes}")
-    runtime = local_runtime()
+    runtime = local_runtime(precision)
     model = runtime.prepare(model)
     normalization = (tuple(config["mean"]), tuple(config["std"]))
     size = config["image_size"]
@@ -53,7 +55,7 @@ def load_predictor(folder: Path, artifact: str = MODEL_FILE, num_classes: int = 
             raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), "
                              f"got {images.dtype} {images.shape}")
         out = [network_probabilities(model, torch.from_numpy(np.array(images[i:i + batch_size])).to(runtime.device),
-                                   normalization, config["tta"], runtime.autocast()).cpu()
+                                   normalization, config["tta"], runtime.counting_autocast()).cpu()
                for i in range(0, len(images), batch_size)]
         if not out:
             return np.zeros((0, config["num_classes"]))
