@@ -145,8 +145,8 @@ class BinCounter:
         """Count a stream of photos in order, one result per photo (a bad one yields its `ImageError`).
         Under a fixed prior results come batch by batch; under the "batch" prior (the mix of all the
         photos given) every photo is scored before the first result, since each answer depends on all."""
-        scored = tqdm(self.iter_likelihoods(sources, batch_size, workers), total=total, desc="counting",
-                      unit="photo", disable=not progress)
+        scored = iter(tqdm(self.iter_likelihoods(sources, batch_size, workers), total=total, desc="counting",
+                           unit="photo", disable=not progress))  # one iterator: each iter() of a tqdm restarts it
         if self.prior_name == "batch":
             yield from self._shown_in_place(list(scored))
             return

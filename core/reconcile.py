@@ -291,6 +291,8 @@ def finish_report(rows: pd.DataFrame, threshold: float = MISMATCH_THRESHOLD,
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     for column in NUMBER_COLUMNS:  # rows gathered in chunks may hold None where one frame holds NaN
         report[column] = pd.to_numeric(report[column])
+    report["probs"] = pd.Series([list(p) if isinstance(p, list | tuple) else None for p in report["probs"]],
+                                index=report.index, dtype=object)  # no NaN for a bin not counted, read back or not
     report["p_mismatch"] = report["p_mismatch"].astype(float)
     report["mismatch"] = flags(report["p_mismatch"], threshold, budget)
     group = np.where(report["p_mismatch"].notna(), 0, np.where(report["error"] != "", 1, 2))

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from core.calibration import Calibration
 from core.cnn import train_cnn
 from core.cnn.onnx_export import load_onnx_predictor, read_manifest
 from core.predict import BinCounter, load_counter
@@ -41,7 +42,7 @@ def test_export_writes_the_graph_calibration_and_manifest_and_onnx_runtime_count
     assert manifest["classes"] == [exp.count_label(c) for c in range(exp.num_classes)]
     assert manifest["tta"]["horizontal_flip"] == exp.model_config["tta"]
     assert manifest["normalization"]["mean"] == exp.model_config["mean"]
-    assert json.loads((bundle / "calibration.json").read_text()) == exp.calibration
+    assert Calibration.from_dict(json.loads((bundle / "calibration.json").read_text())) == exp.calibration
     same, diff = agreement(load_counter(exp.id, store, precision="fp32"), onnx_counter(store, exp.id, bundle))
     assert same >= 0.995 and diff <= 1e-3
 

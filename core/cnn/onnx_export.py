@@ -67,7 +67,7 @@ def export_experiment(exp: Experiment, folders: list[Path], out: str | Path) -> 
     configs = [export_graph(folder, out / graph) for folder, graph in zip(folders, graphs, strict=True)]
     config = configs[0]
     with atomic_path(out / CALIBRATION_FILE) as tmp:
-        tmp.write_text(json.dumps(exp.calibration, indent=2))
+        tmp.write_text(json.dumps(exp.calibration.to_dict(), indent=2))
     num_classes = config["num_classes"]
     manifest = {
         "experiment": exp.id, "name": exp.name, "backbone": config["backbone"],
@@ -76,7 +76,9 @@ def export_experiment(exp: Experiment, folders: list[Path], out: str | Path) -> 
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["N", config["image_size"], config["image_size"], 3],
                   "meaning": "RGB photos resized (squashed, not cropped) to image_size with bilinear resampling"},
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", num_classes],
-                   "meaning": "uncalibrated class probabilities; apply calibration.json to each graph's output"},
+                   "meaning": "uncalibrated class probabilities; calibration.json maps each graph's output p to "
+                              "likelihoods softmax(log p / temperature + bias), which a prior turns into "
+                              "what binsight shows (uniform: the likelihoods themselves)"},
         "image_size": config["image_size"],
         "normalization": {"mean": config["mean"], "std": config["std"], "scale": "pixels / 255, then (x - mean) / std",
                           "in_graph": True},
