@@ -56,6 +56,11 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) ->
     return dataset
 
 
+def _features_folder(dataset: Dataset) -> Path:
+    """Where frozen-stage features of the collection's photos are cached (by image-cache row, like the photos)."""
+    return dataset.cache_folder / "features"
+
+
 def _params(recipe: Recipe, cv: int) -> dict:
     return {**recipe.params(), "cv": cv}
 
@@ -126,7 +131,7 @@ def _train_single(store: Store, exp_id: str, recipe: Recipe, dataset: Dataset, m
                   runtime: Runtime, progress: bool, on_epoch: Callable[[int, dict], None] | None) -> None:
     """Fit on train, keep the best validation epoch; rank 0 calibrates, tests and records."""
     data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
-                        dataset.num_classes)
+                        dataset.num_classes, _features_folder(dataset))
     folder = store.artifact_dir(exp_id)
     trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress)
     state = trainer.fit(on_epoch)
@@ -156,7 +161,8 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
         done = folder / FOLD_PROBS
         if not runtime.broadcast(done.is_file() if runtime.is_main else None):
             model, _ = _fresh_model(recipe, dataset.num_classes, runtime, seed_offset=f)
-            data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes)
+            data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes,
+                                _features_folder(dataset))
             trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress, fold=f)
             state = trainer.fit(on_epoch)
             last = runtime.broadcast(load_checkpoint(folder) if runtime.is_main else None)
@@ -236,7 +242,7 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
                             num_classes=dataset.num_classes) if runtime.is_main else None)
             with store.running(exp_id) if runtime.is_main else nullcontext():
                 data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
-                                    dataset.num_classes)
+                                    dataset.num_classes, _features_folder(dataset))
                 trainer = Trainer(model, recipe, data, runtime, store.artifact_dir(exp_id), progress=progress)
                 curve = trainer.find_lr()
                 if runtime.is_main:

@@ -1,20 +1,17 @@
-"""One optimisation step on a uint8 batch: the same for training and for the LR finder."""
+"""One optimisation step on a batch of network inputs: the same for training and for the LR finder."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from core.cnn.inputs import Normalization, to_model_input
 from core.cnn.runtime import Runtime
 
 
-def train_step(model: nn.Module, images: torch.Tensor, counts: torch.Tensor, loss_fn: nn.Module,
-               optimizer: torch.optim.Optimizer, runtime: Runtime,
-               normalization: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward, update; returns the (detached) loss and logits of this rank's batch."""
-    images = images.to(runtime.device, non_blocking=True)
+def train_step(model: nn.Module, x: torch.Tensor, counts: torch.Tensor, loss_fn: nn.Module,
+               optimizer: torch.optim.Optimizer, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, update on `x` (the network's input, on the device); returns the (detached) loss and
+    logits of this rank's batch."""
     counts = counts.to(runtime.device, non_blocking=True)
-    x = to_model_input(images, normalization)
     with runtime.autocast():
         logits = model(x)
     loss = loss_fn(logits, counts)
