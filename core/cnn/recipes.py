@@ -176,6 +176,11 @@ PRESETS: dict[str, Recipe] = {
                 Phase(6, 224, differential=True, lr=5e-4)),
         notes="EfficientNet-Lite0 as quick, 11 epochs: head 1, then unfrozen 160 -> 192 -> 224 px; "
               "about 5x quick's time"),
+    # `make run`'s CNN: quick with its stem and first three blocks frozen, trained from their cached outputs
+    "quick-frozen": dataclasses.replace(
+        QUICK, frozen_stages=4,
+        notes="EfficientNet-Lite0 as quick, stem and blocks 1-3 frozen (trained from their cached outputs): "
+              "head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px"),
 }
 
 
