@@ -28,6 +28,7 @@ from tqdm import tqdm
 from core.backbones import split_model
 from core.cnn.inputs import Normalization, mirror_mask, to_model_input
 from core.cnn.runtime import Runtime
+from core.files import atomic_path
 
 BATCH = 64
 VARIANTS = 2  # the photo and its mirror image
@@ -92,8 +93,9 @@ class FrozenFront:
     def _open(self, name: str, images: np.ndarray, size: int) -> tuple[np.memmap, np.memmap]:
         data, mask = self.folder / f"{name}.npy", self.folder / f"{name}.done.npy"  # type: ignore[operator]
         if not data.is_file():  # a new file starts with no row done (a done mask without its data is stale)
-            np.lib.format.open_memmap(data, "w+", np.float16, self._shape(images, size)).flush()
             np.lib.format.open_memmap(mask, "w+", bool, (len(images),)).flush()
+            with atomic_path(data) as tmp:  # sparse: rows take disk space as they are written
+                np.lib.format.open_memmap(tmp, "w+", np.float16, self._shape(images, size)).flush()
         return np.load(data, mmap_mode="r+"), np.load(mask, mmap_mode="r+")
 
     @torch.no_grad()
