@@ -5,7 +5,9 @@ again in every epoch (torchvision transforms).
 - the feature cache: stem and early stages frozen, the upper stages trained from their cached outputs
   (`Recipe.frozen_stages`; its one-off cost, computing the cache, is a row of its own);
 - bf16 autocast, on the whole network and on the cached upper stages;
-- the fused optimiser step.
+- the fused optimiser step;
+- glibc keeping freed activations for reuse (`core.cnn.step.reuse_freed_memory`), which every
+  row after today's step has, as training has.
 
 Every step is timed the same way (best of `repeat` rounds of `steps` batches after a warm-up), on the
 same photos. Epochs per minute are for the grown sample's train split at that speed.
@@ -25,7 +27,7 @@ from core.backbones import build_model, input_normalization
 from core.cnn.feature_cache import FrozenFront
 from core.cnn.inputs import ImageInputs, batches
 from core.cnn.runtime import Runtime, local_runtime
-from core.cnn.step import train_step
+from core.cnn.step import reuse_freed_memory, train_step
 from core.dataset import Dataset as BinDataset
 
 FROZEN_STAGES = 4  # EfficientNet-Lite0's stem and first three blocks: everything at 1/2 to 1/8 of the input size
@@ -119,6 +121,8 @@ def run(dataset: BinDataset, backbone: str, size: int, batch: int, steps: int,
         return _step(front.upper, inputs, rt), loader, build
 
     today = _images_per_second(*reversed(image_step(runtime)), steps, repeat)
+    # training sets this once per process (Trainer); it cannot be undone, so every row below has it
+    reused = reuse_freed_memory()
 
     def row(what: str, speed: float) -> tuple[str, str, str, str]:
         per_minute = speed * 60 / epoch_photos
@@ -126,7 +130,8 @@ def run(dataset: BinDataset, backbone: str, size: int, batch: int, steps: int,
                 f"{today:.1f} img/s, {today * 60 / epoch_photos:.2f} epochs/min (fp32 step today)",
                 f"{speed / today:.2f}x")
 
-    out = []
+    out = [row(f"whole network, fp32, freed memory {'reused' if reused else 'not reused (no glibc)'}",
+               _images_per_second(*reversed(image_step(runtime)), steps, repeat))]
     step, loader, build = cached_step(runtime)
     out.append(row(f"training step from the feature cache, {FROZEN_STAGES} stages frozen",
                    _images_per_second(loader, step, steps, repeat)))

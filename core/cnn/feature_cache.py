@@ -30,7 +30,7 @@ from core.cnn.inputs import Normalization, mirror_mask, to_model_input
 from core.cnn.runtime import Runtime
 from core.files import atomic_path
 
-BATCH = 64
+BATCH = 32  # activations under 32 MB, so freed ones are reused (`core.cnn.step.reuse_freed_memory`)
 VARIANTS = 2  # the photo and its mirror image
 
 

@@ -29,7 +29,7 @@ from core.cnn.lr_finder import LRCurve, lr_sweep
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer, set_lr
 from core.cnn.recipes import MONITORS, Phase, Recipe
 from core.cnn.runtime import Runtime
-from core.cnn.step import train_step
+from core.cnn.step import reuse_freed_memory, train_step
 
 
 @dataclass
@@ -80,6 +80,8 @@ class Trainer:
         self.progress = progress and runtime.is_main
         self.normalization = input_normalization(recipe.backbone)
         self.loss_fn = make_loss(recipe, data, runtime)
+        if not runtime.cuda:
+            reuse_freed_memory()
         # what trains and what it reads: the whole model from the photos, or its upper stages from the
         # cached outputs of its frozen lower stages
         self.front: FrozenFront | None = None
