@@ -37,7 +37,7 @@ test: $(VENV_STAMP) chromium
 
 lint: $(VENV_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m mypy core
+	$(PY) -m mypy
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

@@ -10,8 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import DEFAULT_SAMPLE_SIZE, DOWNLOAD_HINT, MAX_COUNT, find_data_dir
+
+if TYPE_CHECKING:
+    from core.metrics import SplitFigures
+    from core.records import Experiment
 
 
 def data_dir(arg: str | None) -> Path:
@@ -61,7 +66,7 @@ def recheck_if_asked(args: argparse.Namespace, root: Path) -> None:
 def cmd_classical(args: argparse.Namespace) -> None:
     import time
 
-    from core.classical import results_table, suite_experiments, train_classical
+    from core.classical import ClassicalConfig, results_table, suite_experiments, train_classical
     from core.store import Store
 
     def json_arg(flag: str, text: str | None):
@@ -73,16 +78,16 @@ def cmd_classical(args: argparse.Namespace) -> None:
     store, root, started = Store(args.store), data_dir(args.data), time.perf_counter()
     recheck_if_asked(args, root)
     options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv}
-    options = {k: v for k, v in options.items() if v is not None}
-    common = {"store": store, "n_jobs": args.jobs, "progress": not args.quiet}
     try:
         if args.suite:
-            configs = suite_experiments(args.suite)
+            configs = [config.with_overrides(options) for config in suite_experiments(args.suite)]
         else:
-            configs = [{"features": args.features, "model": args.model, "pca": args.pca, "name": args.name,
-                        "feature_params": json_arg("--feature-params", args.feature_params),
-                        "grid": json_arg("--grid", args.grid)}]
-        ids = [train_classical(root, **{**config, **options}, **common) for config in configs]
+            configs = [ClassicalConfig.from_dict({
+                "features": args.features, "model": args.model, "pca": args.pca, "name": args.name,
+                "feature_params": json_arg("--feature-params", args.feature_params),
+                "grid": json_arg("--grid", args.grid), **options})]
+        ids = [train_classical(root, config, store, n_jobs=args.jobs, progress=not args.quiet)
+               for config in configs]
     except ValueError as err:
         sys.exit(str(err))
     table = results_table(store, ids)
@@ -94,18 +99,19 @@ def cmd_classical(args: argparse.Namespace) -> None:
     print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
-def counter_for(name: str, store: Path | None, data: Path | None = None):
+def counter_for(name: str, store_root: Path | None, data: Path | None = None):
     """A counter for --model from the --store (default store when None), or a clear exit.
 
-    `best` is chosen on validation among the models trained on the data in use: `data` if models
-    were trained on it, else the default data folder, else (said on stderr) any data."""
+    `best` is chosen on validation among the models trained on the data in use
+    (`core.store.data_in_use`: `data` if models were trained on it, else the default data folder,
+    else the newest model's data); the choice and its rule are said on stderr."""
     from core.predict import ModelNotFound, load_counter
-    from core.store import Store, best_of, best_rule
+    from core.store import Store, best_rule, data_in_use
 
-    models = Store(store).experiments("finished")
-    trained_on = next((root for root in (data, find_data_dir()) if root is not None and best_of(models, root)), None)
+    store = Store(store_root)
+    trained_on = data_in_use(store.experiments("finished"), data)
     try:
-        counter = load_counter(name, Store(store), data_root=trained_on)
+        counter = load_counter(name, store, data_root=trained_on)
     except ModelNotFound as err:
         sys.exit(str(err))
     if name == "best":
@@ -132,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         report = evaluate_folder(counter_for(args.model, args.store, root), root, Store(args.store))
     except ValueError as err:
         sys.exit(str(err))
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report.to_dict(), indent=2))
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
@@ -168,37 +174,29 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
 
 
 def simulate_audit(counter, args: argparse.Namespace) -> None:
-    """What a recount budget buys on a labelled folder: its labels with simulated record errors."""
-    import numpy as np
-
-    from core.predict import CountResult
-    from core.reconcile import audit_curve, audit_table, judged_class, records_from_folder
+    """What a recount budget buys on a labelled folder (`core.reconcile.audit_folder`), and on which photos."""
+    from core.reconcile import audit_folder, audit_table
+    from core.store import Store
 
     if args.records:
         sys.exit("--simulate-errors uses the folder's own labels as the true counts; leave out --records")
     if not 0 <= args.simulate_errors <= 1:
         sys.exit(f"--simulate-errors is a share of records in [0, 1], got {args.simulate_errors}")
     root = data_dir(args.data)
-    records, images = records_from_folder(root)
-    usable = records[records["error"] == ""]
-    results = counter.count_batch([images[name] for name in usable["image"]], progress=True)
-    open_top = counter.exp.open_top
-    pairs = [(r.probs, cls) for r, true in zip(results, usable["recorded_quantity"], strict=True)
-             if isinstance(r, CountResult)
-             and (cls := judged_class(int(true), counter.num_classes, open_top)) is not None]
-    if not pairs:
-        sys.exit(f"no photo in {root} has a count the model can check (0..{counter.num_classes - 1})")
-    probs, true = np.array([p for p, _ in pairs]), np.array([c for _, c in pairs])
-    curve = audit_curve(probs, true, counter.class_prior, args.simulate_errors, args.prior_wrong, args.seed,
-                        args.threshold)
-    print(f"audit value of {counter.name} ({counter.exp_id}) on {curve['n']} labelled photos in {root} "
-          f"({len(records) - curve['n']} left out: unreadable, or a count above {counter.num_classes - 1}); "
-          f"{curve['wrong']} records ({args.simulate_errors:.0%} asked) moved by 1 or 2 items, seed {args.seed}")
+    try:
+        audit = audit_folder(counter, root, Store(args.store), args.simulate_errors, args.prior_wrong, args.seed,
+                             args.threshold)
+    except ValueError as err:
+        sys.exit(str(err))
+    curve = audit.curve
+    print(f"audit value of {counter.name} ({counter.exp_id}) on {curve.n} labelled photos in {root}, scope: "
+          f"{audit.scope} ({audit.left_out} left out: unreadable, or a count above {counter.num_classes - 1}); "
+          f"{curve.wrong} records ({args.simulate_errors:.0%} asked) moved by 1 or 2 items, seed {args.seed}")
     print(audit_table(curve).to_string(index=False, formatters={"wrong records caught": "{:.0%}".format}))
-    print(f"ROC AUC {curve['roc_auc']:.3f}, average precision {curve['average_precision']:.3f}")
+    print(f"ROC AUC {curve.roc_auc:.3f}, average precision {curve.average_precision:.3f}")
     print(f"P(mismatch) >= {args.threshold:.2f} with a prior share of wrong records of {args.prior_wrong:.0%} flags "
-          f"{curve['flagged']} of {curve['n']} bins ({curve['flagged'] / curve['n']:.0%}); "
-          f"{curve['flagged_precision']:.0%} of them are wrong records, {curve['flagged_recall']:.0%} of the wrong "
+          f"{curve.flagged} of {curve.n} bins ({curve.flagged / curve.n:.0%}); "
+          f"{curve.flagged_precision:.0%} of them are wrong records, {curve.flagged_recall:.0%} of the wrong "
           "records are flagged")
 
 
@@ -236,28 +234,31 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     print_figures(exp)
 
 
-def figures_line(label: str, m: dict) -> str:
+def figures_line(label: str, m: SplitFigures) -> str:
     """Accuracy, balanced accuracy and RMSE with their 95% intervals, on one line."""
-    from core.metrics import with_interval
+    from core.metrics import headline_text
 
-    return (f"  {label:<12} n={m['n']:<5} accuracy {with_interval(m, 'accuracy')}  "
-            f"balanced {with_interval(m, 'balanced_accuracy')}  RMSE {with_interval(m, 'rmse')}  "
-            f"ECE {m.get('ece', float('nan')):.3f}")
+    accuracy, balanced, rmse = headline_text(m)
+    return (f"  {label:<12} n={m.n!s:<5} accuracy {accuracy}  balanced {balanced}  RMSE {rmse}  "
+            f"ECE {m.ece if m.ece is not None else float('nan'):.3f}")
 
 
-def print_figures(exp) -> None:
+def print_figures(exp: Experiment) -> None:
     """Selection figures (validation or out-of-fold) and test figures, with intervals, and per-count accuracy."""
     for label, m in (("validation", exp.val_metrics), ("out-of-fold", exp.cv_metrics), ("test", exp.metrics)):
         if m:
             print(figures_line(label, m))
     m = exp.cv_metrics or exp.metrics
+    if m is None:
+        return
     per_class = ", ".join(f"{exp.count_label(c)}: {'-' if a is None else f'{a:.2f}'}"
-                          for c, a in enumerate(m["per_class_accuracy"]))
+                          for c, a in enumerate(m.per_class_accuracy))
     print(f"  {'out-of-fold' if exp.cv_metrics else 'test'} accuracy per count: {per_class}")
-    if m.get("open_class"):
+    if m.open_class and exp.num_classes:
+        recall = "-" if m.open_class.recall is None else f"{m.open_class.recall:.2f}"
         print(f"  (accuracy, balanced accuracy and RMSE above are on bins of 0..{exp.num_classes - 2} items, the "
-              f"paper's task; {m['open_class']['n']} bins of more: recall of \"more than {exp.num_classes - 2}\" "
-              f"{m['open_class']['recall']:.2f})")
+              f"paper's task; {m.open_class.n} bins of more: recall of \"more than {exp.num_classes - 2}\" "
+              f"{recall})")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
@@ -295,15 +296,29 @@ def cmd_suite(args: argparse.Namespace) -> None:
                       classical_overrides=json.loads(args.classical_overrides) if args.classical_overrides else None)
 
 
-def add_store_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, metavar="DIR",
-                        help="experiment store: database, models, image caches (default: BINSIGHT_STORE, else models/)")
+DATA_HELP = "data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)"
 
 
-def add_recheck_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recheck", action="store_true",
-                        help="stat every photo, not only those in folders changed since the last load: "
-                             "sees files rewritten in place (without a rename)")
+def shared_flags() -> dict[str, argparse.ArgumentParser]:
+    """Parent parsers of the flags several commands share, each declared once."""
+
+    def parent() -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(add_help=False)
+
+    flags = {name: parent() for name in ("data", "store", "recheck", "quiet", "model", "cv")}
+    flags["data"].add_argument("--data", help=DATA_HELP)
+    flags["store"].add_argument("--store", type=Path, metavar="DIR",
+                                help="experiment store: database, models, image caches "
+                                     "(default: BINSIGHT_STORE, else models/)")
+    flags["recheck"].add_argument("--recheck", action="store_true",
+                                  help="stat every photo, not only those in folders changed since the last load: "
+                                       "sees files rewritten in place (without a rename)")
+    flags["quiet"].add_argument("--quiet", action="store_true", help="no progress bars")
+    flags["model"].add_argument("--model", default="best", help="experiment id or name, or 'best'")
+    flags["cv"].add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
+                             help="cross-validate: K models on K folds of train+val (K defaults to 5), "
+                                  "served as an ensemble")
+    return flags
 
 
 def presets_epilog() -> str:
@@ -350,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    flags = shared_flags()
+    data, store, recheck, quiet, model, cv = (flags[name] for name in ("data", "store", "recheck", "quiet", "model",
+                                                                      "cv"))
 
     p = sub.add_parser("download", help="fetch photos and metadata from ABID's public bucket")
     p.add_argument("--n", type=int, default=100, help="how many bins, counting up from --start")
@@ -360,20 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8)
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("prepare", help="load a collection, build its image cache and split")
-    p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+    p = sub.add_parser("prepare", help="load a collection, build its image cache and split",
+                       parents=[data, store, recheck])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--max-count", type=int, default=MAX_COUNT)
     p.add_argument("--export-split", metavar="FILE.csv", help="write image_id,split of every usable photo")
-    add_store_flag(p)
-    add_recheck_flag(p)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("classical",
                        help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
                        description="Cross-validated grid search on the train split, one test evaluation; "
-                                   "a configuration already trained on the same data is served from the store.")
-    p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+                                   "a configuration already trained on the same data is served from the store.",
+                       parents=[data, cv, quiet, store, recheck])
     p.add_argument("--suite", help="a suite from core/classical/suites.py: paper-classical (Tables I and II), "
                                     "default, cnn-features")
     p.add_argument("--features", default="hog",
@@ -390,45 +406,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="image cache resolution the features read (default: 128)")
     p.add_argument("--name", help="experiment name (default: <features>-<model>)")
     p.add_argument("--jobs", type=int, default=2, help="parallel processes for features and the search")
-    p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
-                   help="cross-validate: K models on K folds of train+val (K defaults to 5), served as an ensemble")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_store_flag(p)
-    add_recheck_flag(p)
     p.set_defaults(func=cmd_classical)
 
-    p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)")
-    p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+    p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)",
+                       parents=[data, store, recheck])
     p.add_argument("--cnn-overrides", help='JSON recipe overrides for the CNN, e.g. \'{"batch_size": 16}\'')
     p.add_argument("--classical-overrides",
-                   help='JSON keyword overrides for the classical models, e.g. \'{"folds": 5}\'')
+                   help='JSON overrides of the classical settings (and n_jobs), e.g. \'{"folds": 5}\'')
     p.add_argument("--sample-size", type=int, default=DEFAULT_SAMPLE_SIZE,
                    help="with no data folder: how many ABID bins to fetch first (spread over the id range)")
     p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where to fetch them from")
-    add_store_flag(p)
-    add_recheck_flag(p)
     p.set_defaults(func=cmd_suite)
 
-    p = sub.add_parser("gc", help="remove image caches no experiment uses, and report what that frees")
+    p = sub.add_parser("gc", help="remove image caches no experiment uses, and report what that frees",
+                       parents=[store])
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    add_store_flag(p)
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("count", help="count the items in photos")
+    p = sub.add_parser("count", help="count the items in photos", parents=[model, store])
     p.add_argument("images", nargs="+")
-    p.add_argument("--model", default="best", help="experiment id or name, or 'best'")
-    add_store_flag(p)
     p.set_defaults(func=cmd_count)
 
-    p = sub.add_parser("evaluate", help="score a model on a labelled collection (prints JSON)")
-    p.add_argument("--model", default="best")
-    p.add_argument("--data", help="collection folder in any supported layout")
-    add_store_flag(p)
+    p = sub.add_parser("evaluate", help="score a model on a labelled collection in any supported layout "
+                                        "(prints JSON)", parents=[model, data, store])
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity")
-    p.add_argument("--model", default="best")
-    p.add_argument("--data", help="folder of photos (its own labels are the recorded quantities unless --records)")
+    p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity",
+                       description="The --data folder's photos; its own labels are the recorded quantities "
+                                   "unless --records.", parents=[model, data, store])
     p.add_argument("--records", help="CSV with columns image,recorded_quantity (image = path relative to --data)")
     p.add_argument("--out", default="report.csv", help=".csv (the rows) or .json (settings, totals and rows)")
     p.add_argument("--threshold", type=float, default=MISMATCH_THRESHOLD,
@@ -438,29 +443,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"share of records assumed wrong before a photo is seen (default {PRIOR_WRONG})")
     p.add_argument("--simulate-errors", type=float, metavar="RATE",
                    help="on a labelled --data folder: move this share of its labels by 1 or 2 and print what "
-                        "recounting the riskiest 10/20/30/50%% of bins catches (no report written)")
+                        "recounting the riskiest 10/20/30/50%% of bins catches (no report written; on the "
+                        "model's own collection, its test split only)")
     p.add_argument("--seed", type=int, default=0, help="seed of --simulate-errors")
-    add_store_flag(p)
     p.set_defaults(func=cmd_reconcile)
 
-    for name, func, help_ in (
-        ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run"),
-        ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase"),
+    for name, func, help_, extra in (
+        ("cnn", cmd_cnn, "train a CNN (transfer learning) with a preset recipe; resumes an interrupted run", [cv]),
+        ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase", []),
     ):
         p = sub.add_parser(name, help=help_, description=f"{help_}. Runs under `torchrun --nproc_per_node N` too.",
-                           epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--data", help="data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)")
+                           epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                           parents=[data, *extra, quiet, store, recheck])
         p.add_argument("--preset", default="quick", choices=PRESETS, metavar="PRESET",
                        help="recipe from core/cnn/recipes.py, listed below (default: quick)")
         p.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
                        help="override recipe fields, values in JSON, e.g. batch_size=64 "
                             '\'phases=[{"epochs": 3, "image_size": 128}]\'')
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        if name == "cnn":
-            p.add_argument("--cv", type=int, nargs="?", const=5, default=0, metavar="K",
-                           help="cross-validate: K models on K folds of train+val (K defaults to 5), one ensemble")
-        add_store_flag(p)
-        add_recheck_flag(p)
         p.set_defaults(func=func)
     return parser
 

@@ -70,17 +70,17 @@ def _settle() -> None:
 
 def _load(root: Path, store: Path, size: int) -> str:
     from core.collection import load_collection
-    from core.dataset import collection_folder
+    from core.layout import collection_folder, index_file
 
-    col = load_collection(root, max_count=5, index=collection_folder(root, store) / "index.arrow", progress=False,
+    col = load_collection(root, max_count=5, index=index_file(collection_folder(root, store)), progress=False,
                           items=False)
     return f"{len(col.table)} photos of 0-5 items, {col.out_of_range} above"
 
 
 def _decoded(store: Path, root: Path, size: int) -> int:
-    from core.dataset import collection_folder
+    from core.layout import cache_db, collection_folder
 
-    path = collection_folder(root, store) / "cache.sqlite"
+    path = cache_db(collection_folder(root, store))
     if not path.is_file():
         return 0
     with closing(sqlite3.connect(path)) as db:
@@ -156,8 +156,9 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
         truth.append(counts)
     seconds = time.perf_counter() - started
     report = count_report(np.concatenate(truth), np.concatenate(predicted), dataset.num_classes)
-    return (f"{report['n']} test photos counted in {seconds:.1f} s, {report['n'] / seconds:.0f} img/s "
-            f"(TTA {recipe.tta}, untrained head: accuracy {report['accuracy']:.2f} is not a result)")
+    n = report.n or 0
+    return (f"{n} test photos counted in {seconds:.1f} s, {n / seconds:.0f} img/s "
+            f"(TTA {recipe.tta}, untrained head: accuracy {report.accuracy:.2f} is not a result)")
 
 
 STEPS: dict[str, Callable[[Path, Path, int], str]] = {

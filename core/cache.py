@@ -11,7 +11,6 @@ while another process grows it.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -25,6 +24,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from core.images import ImageError, load_rgb
+from core.layout import cache_db, cache_file, cache_files, cache_lock
+from core.locks import exclusive_lock
 
 CHUNK = 64
 SCHEMA = """
@@ -34,17 +35,11 @@ CREATE TABLE IF NOT EXISTS decoded (size INTEGER, row INTEGER, error TEXT, PRIMA
 """
 
 
-def cache_file(folder: Path, size: int) -> Path:
-    return folder / f"images_{size}.u8"
-
-
 @contextmanager
 def _locked(folder: Path) -> Iterator[sqlite3.Connection]:
     """The cache's row table, with the folder locked against other processes growing it at once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "cache.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with closing(sqlite3.connect(folder / "cache.sqlite", timeout=60)) as db:
+    with exclusive_lock(cache_lock(folder)):
+        with closing(sqlite3.connect(cache_db(folder), timeout=60)) as db:
             db.executescript(SCHEMA)
             yield db
 
@@ -160,3 +155,15 @@ def build_cache(paths: list[str], size: int, folder: Path, workers: int | None =
     array, errors = cached_images(folder, size, rows, paths, workers, progress)
     position = {row: i for i, row in enumerate(rows)}
     return array, {position[row]: reason for row, reason in errors.items()}
+
+
+def cached_sizes(folder: Path) -> list[int]:
+    """The image sizes `folder` holds a cache at."""
+    return sorted(cache_files(folder))
+
+
+def forget_size(folder: Path, size: int) -> None:
+    """Delete the cache at `size` and its decoded marks, so a later use decodes it afresh."""
+    with _locked(folder) as db, db:
+        db.execute("DELETE FROM decoded WHERE size = ?", (size,))
+        cache_file(folder, size).unlink(missing_ok=True)

@@ -1,21 +1,20 @@
 """`train.py gc`: remove the image caches and derived data no experiment uses, and say what it frees.
 
-A collection's folder in the store (see `core.dataset.collection_folder`) holds its index, one
-image cache per size and, per version of the data, derived files. A cache is in use when an
-experiment on that collection root reads that image size; a version folder when an experiment
-was trained on that version. A collection with a running experiment keeps every cache (a CNN
-reads several sizes while it trains). Folders of the older per-fingerprint layout are removed.
+A collection's folder in the store (see `core.layout`) holds its index, one image cache per
+size and, per version of the data, derived files. A cache is in use when an experiment on that
+collection root reads that image size; a version folder when an experiment was trained on that
+version. A collection with a running experiment keeps every cache (a CNN reads several sizes
+while it trains). Folders of the older per-fingerprint layout are removed.
 """
 from __future__ import annotations
 
-import json
 import shutil
-import sqlite3
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cache import cache_file
+from core.cache import cached_sizes, forget_size
+from core.cnn.recipes import phase_sizes
+from core.layout import cache_file, collection_folders, collection_root, version_dirs
 from core.store import Store
 
 
@@ -29,11 +28,19 @@ class Use:
     running: bool
 
 
+@dataclass(frozen=True)
+class Unused:
+    """Something `gc` removes: a folder, or the cache of one size in a collection folder."""
+
+    path: Path
+    cache_size: int | None = None  # set for an image cache, which its owner forgets (core.cache.forget_size)
+
+
 def experiment_uses(store: Store) -> list[Use]:
     """What every experiment reads: its final image size and, for CNN recipes, every phase's size."""
     uses = []
     for e in store.experiments():
-        sizes = {p["image_size"] for p in e.params.get("phases", []) if isinstance(p, dict) and "image_size" in p}
+        sizes = phase_sizes(e.params)
         if e.image_size:
             sizes.add(e.image_size)
         uses.append(Use(str(Path(e.data_root).resolve()) if e.data_root else "", e.dataset, frozenset(sizes),
@@ -47,43 +54,34 @@ def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in files)
 
 
-def unused(datasets: Path, uses: list[Use]) -> list[Path]:
-    """Cache files and folders under `datasets` that no use in `uses` needs."""
-    found: list[Path] = []
-    for folder in sorted(p for p in datasets.iterdir() if p.is_dir()) if datasets.is_dir() else []:
-        meta = folder / "collection.json"
-        if not meta.is_file():
-            found.append(folder)  # the per-fingerprint layout of older versions
-            continue
-        mine = [u for u in uses if u.root == json.loads(meta.read_text())["root"]]
+def unused(store_root: Path, uses: list[Use]) -> list[Unused]:
+    """Cache files and folders of the store's collections that no use in `uses` needs."""
+    found: list[Unused] = []
+    for folder in collection_folders(store_root):
+        root = collection_root(folder)
+        mine = [u for u in uses if u.root == root] if root is not None else []
         if not mine:
-            found.append(folder)
+            found.append(Unused(folder))  # no experiment reads it, or of the older per-fingerprint layout
             continue
         sizes = set().union(*(u.sizes for u in mine))
         if not any(u.running for u in mine) and all(u.sizes for u in mine):
-            found += [f for f in sorted(folder.glob("images_*.u8")) if int(f.stem.split("_")[1]) not in sizes]
+            found += [Unused(cache_file(folder, s), s) for s in cached_sizes(folder) if s not in sizes]
         versions = {u.fingerprint for u in mine}
-        found += [v for v in sorted((folder / "versions").glob("*")) if v.name not in versions]
+        found += [Unused(path) for name, path in version_dirs(folder).items() if name not in versions]
     return found
 
 
 def collect_garbage(store: Store, dry_run: bool = False) -> list[tuple[Path, int]]:
     """Remove (unless `dry_run`) what no experiment in `store` uses; returns each path and the bytes it held."""
     report = []
-    for path in unused(store.root / "datasets", experiment_uses(store)):
-        report.append((path, disk_bytes(path)))
+    for item in unused(store.root, experiment_uses(store)):
+        report.append((item.path, disk_bytes(item.path)))
         if dry_run:
             continue
-        if path.is_dir():
-            shutil.rmtree(path)
+        if item.cache_size is not None:
+            forget_size(item.path.parent, item.cache_size)
+        elif item.path.is_dir():
+            shutil.rmtree(item.path)
         else:
-            _forget_size(path)
+            item.path.unlink()
     return report
-
-
-def _forget_size(cache: Path) -> None:
-    """Delete one size's cache file and its decoded marks, so a later use decodes it afresh."""
-    size = int(cache.stem.split("_")[1])
-    with closing(sqlite3.connect(cache.parent / "cache.sqlite", timeout=60)) as db, db:
-        db.execute("DELETE FROM decoded WHERE size = ?", (size,))
-    cache_file(cache.parent, size).unlink()

@@ -1,10 +1,12 @@
-"""Labelled bin-photo collections: read any supported layout into one table, split it.
+"""Labelled bin-photo collections: read any supported layout into one table.
 
 Three layouts are understood:
 - ABID's own: `bin-images/<id>.jpg` with `metadata/<id>.json` (label = `EXPECTED_QUANTITY`);
 - a `manifest.csv` with at least `file,count` (optionally `metadata`), like the shared sample;
 - count-named folders: `<root>/<count>/<name>.jpg`.
-Bad input is skipped and reported, never a crash.
+Bad input is skipped and reported, never a crash. A layout lists its photos and says how to
+read one photo's files (`_probe`); the incremental scan over them (`core.index.scan`) reads only
+what is new or changed. Splitting the table is `core.dataset`'s job.
 """
 from __future__ import annotations
 
@@ -12,9 +14,7 @@ import csv
 import hashlib
 import json
 import os
-import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -23,15 +23,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from core.config import MAX_COUNT
 from core.images import check_header
-from core.index import ITEMS, SCHEMA, STAMP, IndexWriter, dir_stamp, read_index, stat_files, trusted_dirs
+from core.index import ITEMS, LISTING, Probe, release_memory, scan
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-SPLITS = ("train", "val", "test")
-PROBE_CHUNK = 8192  # photos read, or index rows rewritten, per batch: bounds the memory of a first load
 
 
 class DataError(ValueError):
@@ -102,19 +99,6 @@ class Entry(NamedTuple):  # a named tuple, not a dataclass: 100k are made on eve
 
 
 Listing = Iterator[tuple[Entry | None, tuple[str, str] | None]]  # (entry, None) or (None, (where, why))
-
-
-class Probe(NamedTuple):
-    """What reading a file taught: why it is unusable (or None), the metadata's count and items, its hash."""
-
-    problem: str | None
-    count: int | None = None  # type: ignore[assignment]  # a field named count shadows tuple.count, on purpose
-    items: str = ""
-    digest: str | None = None
-
-
-LISTING = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("count", pa.int64()),
-                     ("group", pa.string()), ("meta", pa.string())])  # count -1: from the metadata
 
 
 def _listing(entries: list[Entry]) -> pa.Table:
@@ -230,120 +214,9 @@ def _probe(entry: Entry) -> Probe:
     return Probe(None, count, items, digest)
 
 
-def _parents(paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """The directory of each path (null stays null)."""
-    return pc.replace_substring_regex(paths, r"/[^/]*$", "", max_replacements=1)
-
-
-def _dirs(paths: pa.ChunkedArray) -> list[str]:
-    """The directories holding `paths` (nulls left out), found a chunk at a time."""
-    dirs: dict[str, None] = {}
-    for start in range(0, len(paths), PROBE_CHUNK):
-        chunk = paths.slice(start, PROBE_CHUNK).drop_null()
-        dirs.update(dict.fromkeys(pc.unique(_parents(chunk)).to_pylist()))
-    return list(dirs)
-
-
-def _dir_stamps(listing: pa.Table) -> dict[str, list[int]]:
-    """The stamp of every directory holding an image or metadata file `listing` names."""
-    return {d: dir_stamp(d) for d in dict.fromkeys(_dirs(listing["path"]) + _dirs(listing["meta"]))}
-
-
-def _reusable(listing: pa.Table, at: np.ndarray, trusted: dict[str, bool]) -> np.ndarray:
-    """Which rows of `listing` are in the index with both files in trusted directories: their
-    recorded stamps hold without a stat (see `core.index.trusted_dirs`)."""
-    if trusted and all(trusted.values()):  # the index's rows all lie in its recorded directories
-        return at >= 0
-    if not any(trusted.values()):
-        return np.zeros(len(at), bool)
-    ok = pa.array([d for d, yes in trusted.items() if yes], pa.string())
-
-    def inside(column: str) -> np.ndarray:  # no file (null) is inside
-        dirs = _parents(listing[column])
-        return pc.or_(pc.is_null(dirs), pc.is_in(dirs, value_set=ok)).to_numpy(zero_copy_only=False)
-
-    return (at >= 0) & inside("path") & inside("meta")
-
-
-def _stamps(listing: pa.Table, recorded: np.ndarray, at: np.ndarray, reuse: np.ndarray) -> np.ndarray:
-    """`STAMP` of every listed photo: `recorded` (the index's, by index row) where `reuse`, stat'ed otherwise."""
-    stamps = np.empty((len(listing), 4), np.int64)
-    stamps[reuse] = recorded[at[reuse]]
-    stat = np.flatnonzero(~reuse)
-    if len(stat):
-        paths = listing.select(["path", "meta"]).take(stat)
-        stamps[stat] = np.hstack([stat_files(paths["path"]), stat_files(paths["meta"])])
-    return stamps
-
-
-def _probed(listing: pa.Table, stamps: np.ndarray, chunk: np.ndarray) -> pa.Table:
-    """The index rows (`SCHEMA`) of `listing`'s rows `chunk`, read from their files."""
-    probes = [_probe(_entry(row)) for row in listing.take(chunk).to_pylist()]
-    return pa.table({"path": listing["path"].take(chunk), **dict(zip(STAMP, stamps[chunk].T, strict=True)),
-                     "problem": [p.problem for p in probes], "count": [p.count for p in probes],
-                     "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA)
-
-
-def _in_order(listing: pa.Table, known: pa.Table, at: np.ndarray, stamps: np.ndarray, rows: np.ndarray,
-              stale: np.ndarray, bar: tqdm) -> Iterator[pa.Table]:
-    """The index rows of `listing`'s `rows`, in listing order, a window at a time: taken from
-    `known` where unchanged, read from the files where `stale`. Python objects and item lists
-    exist for one window at a time, never for the whole collection, and a window of unchanged
-    rows in index order is a slice of the memory-mapped index, not a copy."""
-    for start in range(0, len(rows), PROBE_CHUNK):
-        window = rows[start:start + PROBE_CHUNK]
-        old, new = window[~stale[window]], window[stale[window]]
-        if not len(new) and np.array_equal(at[old], np.arange(at[old[0]], at[old[0]] + len(old))):
-            yield known.slice(at[old[0]], len(old))
-            continue
-        lo, hi = (int(at[old].min()), int(at[old].max()) + 1) if len(old) else (0, 0)
-        # a take on a slice: a take on the whole table would first copy every batch of the mapped index into one
-        part = pa.concat_tables([known.slice(lo, hi - lo).take(at[old] - lo), _probed(listing, stamps, new)])
-        bar.update(len(new))
-        yield part.take(np.argsort(np.concatenate([old, new]), kind="stable")) if len(old) and len(new) else part
-
-
-def _release() -> None:
-    """Hand back the memory Arrow has freed: its allocator keeps freed pages for reuse, so one phase's
-    hash tables and copies would otherwise stay resident under the next phase's peak."""
-    pa.default_memory_pool().release_unused()
-
-
-def _facts(listing: pa.Table, index: Path | None, progress: bool, items: bool,
-           recheck: bool) -> tuple[pa.Table, np.ndarray]:
-    """What the files of `listing`'s photos say (the index's columns, `items` if asked) for those whose
-    image exists, in listing order, and their rows in `listing`. Only new or changed files are read;
-    the index is brought up to date. Files in directories the index trusts are not even stat'ed
-    unless `recheck`: an unchanged rescan costs a few directory stats."""
-    started = time.time_ns()  # before any stat: what the index will trust is judged against it
-    known = read_index(index, items=True) if index else SCHEMA.empty_table()
-    trusted = trusted_dirs(known)
-    at = pc.index_in(listing["path"], value_set=known["path"]).to_numpy(zero_copy_only=False)
-    at = np.nan_to_num(at, nan=-1).astype(np.int64)  # -1: not in the index
-    recorded = np.column_stack([known[c].to_numpy() for c in STAMP]) if len(known) else np.empty((0, 4), np.int64)
-    reuse = np.zeros(len(at), bool) if recheck else _reusable(listing, at, trusted)
-    stamps = _stamps(listing, recorded, at, reuse)
-    _release()
-    same = np.zeros(len(listing), bool)
-    same[at >= 0] = (recorded[at[at >= 0]] == stamps[at >= 0]).all(axis=1)
-    rows = np.flatnonzero(stamps[:, 0] >= 0)
-    stale = ~same
-    lean = known.column_names if items else [c for c in known.column_names if c != ITEMS]
-    if not stale[rows].any() and len(rows) == len(known) and np.array_equal(at[rows], np.arange(len(known))):
-        if index and not (trusted and all(trusted.values())):  # record today's directory stamps for the next load
-            with IndexWriter(index, _dir_stamps(listing), started) as writer:
-                for start in range(0, len(known), PROBE_CHUNK):
-                    writer.write(known.slice(start, PROBE_CHUNK))
-        return known.select(lean), rows  # the usual rescan: nothing changed
-    kept = [known.select(lean).slice(0, 0)]
-    with (tqdm(total=int(stale[rows].sum()), desc="reading new or changed photos", unit="img",
-               disable=not progress or stale[rows].sum() < 1000) as bar,
-          IndexWriter(index, _dir_stamps(listing), started) if index else nullcontext() as writer):
-        for part in _in_order(listing, known, at, stamps, rows, stale, bar):
-            if writer is not None:
-                writer.write(part)
-            kept.append(part.select(lean))
-    return pa.concat_tables(kept).combine_chunks(), rows  # a copy, so the mapped index (paged in whole) is let go
+def _probe_row(row: dict) -> Probe:
+    """`_probe` of one row of a listing: how `core.index.scan` reads a new or changed photo."""
+    return _probe(_entry(row))
 
 
 def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | None = None,
@@ -381,8 +254,8 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
         skipped += [(p, f"duplicate image id {i}")
                     for p, i, t in zip(listing["path"].to_pylist(), ids, twice, strict=True) if t]
         listing = listing.filter(~twice)
-    _release()
-    facts, rows = _facts(listing, index, progress, items, recheck)
+    release_memory()
+    facts, rows = scan(listing, index, _probe_row, progress, items, recheck)
     reason = np.full(len(listing), "file not found", dtype=object)
     reason[rows] = facts["problem"].to_numpy(zero_copy_only=False)
     bad = pd.notna(reason)
@@ -402,20 +275,3 @@ def load_collection(root: str | Path, max_count: int = MAX_COUNT, index: Path | 
                       "bytes": facts["bytes"], "mtime_ns": facts["mtime_ns"]})
     return Collection(root, layout, table.to_pandas(), pd.DataFrame(skipped, columns=["path", "reason"]),
                       int(usable.sum() - keep.sum()))
-
-
-def assign_splits(groups: pd.Series | list[str], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
-                  seed: int = 0) -> np.ndarray:
-    """The split of each photo, a pure function of (group, seed, fractions).
-
-    The first 8 bytes of sha256(f"{seed}:{group}") are read as a uniform number in [0, 1) and
-    placed against the cumulative fractions. So adding photos never moves old ones, and photos
-    of one group (the same ABID bin, or the same bytes) always land in the same split.
-    """
-    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"split fractions must be three non-negative numbers adding to 1, got {fractions}")
-    draws = np.array([
-        int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2**64 for group in groups
-    ])
-    edges = np.cumsum(fractions[:2])
-    return np.array(SPLITS, dtype=object)[np.searchsorted(edges, draws, side="right")]

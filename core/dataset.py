@@ -2,14 +2,13 @@
 
 Every model (classical or CNN) and every evaluation reads photos through `prepare_dataset`, so
 experiments on the same data are trained and tested on the same images. Everything kept about a
-collection lives in one folder of the store per collection root (`collection_folder`): the
+collection lives in one folder of the store per collection root (`core.layout`): the
 incremental index (`core.index`), the growing image caches (`core.cache`) and, per version of
 the data (`Dataset.fingerprint`), derived files such as classical features.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from core.cache import assign_rows, cached_images, read_rows
-from core.collection import Collection, assign_splits, load_collection
-from core.config import MAX_COUNT, store_dir
-from core.files import atomic_path
+from core.collection import Collection, load_collection
+from core.config import MAX_COUNT
+from core.layout import collection_folder, features_dir, index_file, record_collection_root, version_dir
 
+SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT = (0.7, 0.2, 0.1)
 TABLE_COLUMNS = ["image_id", "path", "count", "group", "split", "row"]  # item lists: load_collection(items=True)
 
@@ -44,7 +44,11 @@ class Dataset:
 
     @property
     def folder(self) -> Path:
-        return self.cache_folder / "versions" / self.fingerprint
+        return version_dir(self.cache_folder, self.fingerprint)
+
+    def features_folder(self, size: int) -> Path:
+        """Where classical features of this version's photos, cached at `size` px, are kept."""
+        return features_dir(self.folder, size)
 
     @property
     def num_classes(self) -> int:
@@ -90,21 +94,12 @@ class Dataset:
         }
 
 
-def collection_folder(root: str | Path, store_root: Path | None = None) -> Path:
-    """The store's folder for everything kept about the collection at `root` (keyed by its resolved path)."""
-    resolved = str(Path(root).resolve())
-    folder = (store_root or store_dir()) / "datasets" / hashlib.sha256(resolved.encode()).hexdigest()[:16]
-    if not (folder / "collection.json").is_file():
-        with atomic_path(folder / "collection.json") as tmp:
-            tmp.write_text(json.dumps({"root": resolved}))
-    return folder
-
-
 def recheck_collection(root: str | Path, store_root: Path | None = None) -> None:
     """Stat every file of the collection at `root` and bring its index up to date, so later loads
     (which trust unchanged directories, see `core.index`) see files rewritten in place too."""
-    load_collection(root, max_count=10**6, index=collection_folder(root, store_root) / "index.arrow", items=False,
-                    recheck=True)
+    folder = collection_folder(root, store_root)
+    record_collection_root(folder, root)
+    load_collection(root, max_count=10**6, index=index_file(folder), items=False, recheck=True)
 
 
 def data_fingerprint(table: pd.DataFrame) -> str:
@@ -113,6 +108,23 @@ def data_fingerprint(table: pd.DataFrame) -> str:
     lines = "\n".join(f"{i}|{c}|{g}|{b}|{m}" for i, c, g, b, m in
                       ordered[["image_id", "count", "group", "bytes", "mtime_ns"]].itertuples(index=False))
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
+
+
+def assign_splits(groups: pd.Series | list[str], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
+                  seed: int = 0) -> np.ndarray:
+    """The split of each photo, a pure function of (group, seed, fractions).
+
+    The first 8 bytes of sha256(f"{seed}:{group}") are read as a uniform number in [0, 1) and
+    placed against the cumulative fractions. So adding photos never moves old ones, and photos
+    of one group (the same ABID bin, or the same bytes) always land in the same split.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers adding to 1, got {fractions}")
+    draws = np.array([
+        int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2**64 for group in groups
+    ])
+    edges = np.cumsum(fractions[:2])
+    return np.array(SPLITS, dtype=object)[np.searchsorted(edges, draws, side="right")]
 
 
 def prepare_dataset(
@@ -135,7 +147,8 @@ def prepare_dataset(
     `recheck` stats every file, to see files rewritten in place (see `load_collection`).
     """
     folder = collection_folder(root, store_root)
-    collection = load_collection(root, max_count, index=folder / "index.arrow", progress=progress, items=False,
+    record_collection_root(folder, root)
+    collection = load_collection(root, max_count, index=index_file(folder), progress=progress, items=False,
                                  open_top=open_top, recheck=recheck)
     table = collection.table.reset_index(drop=True).copy()
     table["row"] = assign_rows(folder, table)

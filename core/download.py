@@ -6,15 +6,15 @@ needed. Files are written in the bucket's own layout (``bin-images/<id>.jpg``
 and ``metadata/<id>.json``), which is what the project's data loader reads.
 
 Runs are safe to interrupt and repeat: each file is streamed into a ``.part``
-file beside its target and renamed into place only once it is complete, so a
-file under its final name is always whole, and the next run simply skips it.
+file beside its target and renamed into place only once it is complete
+(`core.files.atomic_path`), so a file under its final name is always whole,
+and the next run simply skips it.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
-import os
 import re
 import threading
 import time
@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import requests
 from tqdm import tqdm
+
+from core.files import atomic_path
 
 DEFAULT_BASE_URL = "https://aft-vbi-pds.s3.amazonaws.com"
 NUM_BINS = 535234  # the bucket's sequential ids run from "1" to "535234" (with gaps)
@@ -245,21 +247,18 @@ class _Fetcher:
                 time.sleep(e.wait if e.wait is not None else self.backoff * 2**attempt)
 
     def _fetch_once(self, url: str, dest: Path, must_be_json: bool) -> None:
-        part = dest.with_name(dest.name + ".part")  # same folder, so os.replace is atomic
-        try:
-            self._stream(url, part)
-            if must_be_json:
-                try:
-                    json.loads(part.read_bytes())
-                except ValueError as e:
-                    raise _Retryable(f"metadata is not valid JSON ({e})") from e
-            os.replace(part, dest)
+        try:  # one writer per file (ids are deduplicated), so a fixed name: a stale .part is overwritten
+            with atomic_path(dest, temp_name=dest.name + ".part") as part:
+                self._stream(url, part)
+                if must_be_json:
+                    try:
+                        json.loads(part.read_bytes())
+                    except ValueError as e:
+                        raise _Retryable(f"metadata is not valid JSON ({e})") from e
         except _TRANSIENT as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from e
         except requests.RequestException as e:
             raise _Final(f"{type(e).__name__}: {e}") from e
-        finally:
-            part.unlink(missing_ok=True)  # leftovers of a failed attempt; no-op on success
 
     def _stream(self, url: str, part: Path) -> None:
         session = getattr(self._local, "session", None)

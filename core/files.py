@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written model, cache or checkpoint."""
+"""Atomic file writes: a reader never sees a half-written model, cache, checkpoint or download."""
 from __future__ import annotations
 
 import os
@@ -9,15 +9,24 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+def atomic_path(path: str | Path, temp_name: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds, and is
+    removed if it fails.
+
+    The temporary name is unique unless `temp_name` is given: a writer that is the only one of
+    its file (a download) names it, so the leftover of a killed run is overwritten by the next
+    attempt rather than piling up beside the file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if temp_name is None:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    else:
+        tmp = path.with_name(temp_name)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)

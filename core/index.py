@@ -8,6 +8,10 @@ new or changed. The file is columnar and memory-mapped, so a rescan reads it in 
 pass without a Python object per photo, and the item lists (the largest column, read only by the
 dashboard) stay on disk unless asked for.
 
+`scan` is the incremental scan, the one walk over a collection's files: a layout
+(`core.collection`) lists its photos (`LISTING`) and says how to read one (`probe`); `scan`
+stats what it must, probes only new or changed files and rewrites the index.
+
 Like git's untracked cache, the file's schema metadata also records the stamp of every directory
 holding indexed files and when the scan that wrote it started. A directory whose stamp is unchanged,
 and was already at least `TRUST_MARGIN_NS` older than that scan, has had no file added, removed or
@@ -21,15 +25,19 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc  # noqa: F401 - pa.ipc
+from tqdm import tqdm
 
 from core.files import atomic_path
 
@@ -41,6 +49,22 @@ SCHEMA = pa.schema([("path", pa.string()), *[(c, pa.int64()) for c in STAMP], ("
 STAT_CHUNK = 4096  # paths stat'ed per thread task
 DIRS, STARTED = b"binsight.dirs", b"binsight.scan_started_ns"  # schema metadata: directory stamps, scan start
 TRUST_MARGIN_NS = 2_000_000_000  # a directory is trusted only if its mtime is this much older than the scan
+SCAN_CHUNK = 8192  # photos read, or index rows rewritten, per batch: bounds the memory of a first load
+# What a collection's layout lists, one row per photo, before its files are read (count -1: from the metadata).
+LISTING = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("count", pa.int64()),
+                     ("group", pa.string()), ("meta", pa.string())])
+
+
+class Probe(NamedTuple):
+    """What reading a file taught: why it is unusable (or None), the metadata's count and items, its hash."""
+
+    problem: str | None
+    count: int | None = None  # type: ignore[assignment]  # a field named count shadows tuple.count, on purpose
+    items: str = ""
+    digest: str | None = None
+
+
+Prober = Callable[[dict], Probe]  # a listed row (a `LISTING` row as a dict) -> what its files say
 
 
 def read_index(path: Path, items: bool = False) -> pa.Table:
@@ -148,3 +172,143 @@ def stat_files(paths: pa.Array | pa.ChunkedArray, workers: int | None = None) ->
         return _stat_chunk(paths)
     with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
         return np.concatenate(list(pool.map(_stat_chunk, chunks)))
+
+
+def _parents(paths: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The directory of each path (null stays null)."""
+    return pc.replace_substring_regex(paths, r"/[^/]*$", "", max_replacements=1)
+
+
+def _dirs(paths: pa.ChunkedArray) -> list[str]:
+    """The directories holding `paths` (nulls left out), found a chunk at a time."""
+    dirs: dict[str, None] = {}
+    for start in range(0, len(paths), SCAN_CHUNK):
+        chunk = paths.slice(start, SCAN_CHUNK).drop_null()
+        dirs.update(dict.fromkeys(pc.unique(_parents(chunk)).to_pylist()))
+    return list(dirs)
+
+
+def _dir_stamps(listing: pa.Table) -> dict[str, list[int]]:
+    """The stamp of every directory holding an image or metadata file `listing` names."""
+    return {d: dir_stamp(d) for d in dict.fromkeys(_dirs(listing["path"]) + _dirs(listing["meta"]))}
+
+
+def _reusable(listing: pa.Table, at: np.ndarray, trusted: dict[str, bool]) -> np.ndarray:
+    """Which rows of `listing` are in the index with both files in trusted directories: their
+    recorded stamps hold without a stat (see `core.index.trusted_dirs`)."""
+    if trusted and all(trusted.values()):  # the index's rows all lie in its recorded directories
+        return at >= 0
+    if not any(trusted.values()):
+        return np.zeros(len(at), bool)
+    ok = pa.array([d for d, yes in trusted.items() if yes], pa.string())
+
+    def inside(column: str) -> np.ndarray:  # no file (null) is inside
+        dirs = _parents(listing[column])
+        return pc.or_(pc.is_null(dirs), pc.is_in(dirs, value_set=ok)).to_numpy(zero_copy_only=False)
+
+    return (at >= 0) & inside("path") & inside("meta")
+
+
+def _stamps(listing: pa.Table, recorded: np.ndarray, at: np.ndarray, reuse: np.ndarray) -> np.ndarray:
+    """`STAMP` of every listed photo: `recorded` (the index's, by index row) where `reuse`, stat'ed otherwise."""
+    stamps = np.empty((len(listing), 4), np.int64)
+    stamps[reuse] = recorded[at[reuse]]
+    stat = np.flatnonzero(~reuse)
+    if len(stat):
+        paths = listing.select(["path", "meta"]).take(stat)
+        stamps[stat] = np.hstack([stat_files(paths["path"]), stat_files(paths["meta"])])
+    return stamps
+
+
+def _probed(listing: pa.Table, stamps: np.ndarray, chunk: np.ndarray, probe: Prober) -> pa.Table:
+    """The index rows (`SCHEMA`) of `listing`'s rows `chunk`, read from their files."""
+    probes = [probe(row) for row in listing.take(chunk).to_pylist()]
+    return pa.table({"path": listing["path"].take(chunk), **dict(zip(STAMP, stamps[chunk].T, strict=True)),
+                     "problem": [p.problem for p in probes], "count": [p.count for p in probes],
+                     "digest": [p.digest for p in probes], ITEMS: [p.items for p in probes]}, schema=SCHEMA)
+
+
+class _Match(NamedTuple):
+    """How each photo of a listing stands against the index, by listing position."""
+
+    at: np.ndarray  # its row in the index, -1 if it is not there
+    stamps: np.ndarray  # its `STAMP` now: the recorded one where trusted, else stat'ed
+    stale: np.ndarray  # whether its files must be read (not in the index, or its stamp changed)
+    rows: np.ndarray  # the listing positions of photos whose image exists
+
+    def unchanged(self, indexed: int) -> bool:
+        """Whether the index (of `indexed` rows) holds exactly these photos, unchanged, in this order."""
+        return (not self.stale[self.rows].any() and len(self.rows) == indexed
+                and np.array_equal(self.at[self.rows], np.arange(indexed)))
+
+
+def _match(listing: pa.Table, known: pa.Table, trusted: dict[str, bool], recheck: bool) -> _Match:
+    """Find each listed photo in the index `known` and stamp it, stat'ing only what is not trusted."""
+    at = pc.index_in(listing["path"], value_set=known["path"]).to_numpy(zero_copy_only=False)
+    at = np.nan_to_num(at, nan=-1).astype(np.int64)  # -1: not in the index
+    recorded = np.column_stack([known[c].to_numpy() for c in STAMP]) if len(known) else np.empty((0, 4), np.int64)
+    reuse = np.zeros(len(at), bool) if recheck else _reusable(listing, at, trusted)
+    stamps = _stamps(listing, recorded, at, reuse)
+    same = np.zeros(len(listing), bool)
+    same[at >= 0] = (recorded[at[at >= 0]] == stamps[at >= 0]).all(axis=1)
+    return _Match(at, stamps, ~same, np.flatnonzero(stamps[:, 0] >= 0))
+
+
+def _in_order(listing: pa.Table, known: pa.Table, match: _Match, probe: Prober, bar: tqdm) -> Iterator[pa.Table]:
+    """The index rows of the listed photos whose image exists, in listing order, a window at a
+    time: taken from `known` where unchanged, read from the files where stale. Python objects and
+    item lists exist for one window at a time, never for the whole collection, and a window of
+    unchanged rows in index order is a slice of the memory-mapped index, not a copy."""
+    at, stale = match.at, match.stale
+    for start in range(0, len(match.rows), SCAN_CHUNK):
+        window = match.rows[start:start + SCAN_CHUNK]
+        old, new = window[~stale[window]], window[stale[window]]
+        if not len(new) and np.array_equal(at[old], np.arange(at[old[0]], at[old[0]] + len(old))):
+            yield known.slice(at[old[0]], len(old))
+            continue
+        lo, hi = (int(at[old].min()), int(at[old].max()) + 1) if len(old) else (0, 0)
+        read = _probed(listing, match.stamps, new, probe)
+        # a take on a slice: a take on the whole table would first copy every batch of the mapped index into one
+        part = pa.concat_tables([known.slice(lo, hi - lo).take(at[old] - lo), read])
+        bar.update(len(new))
+        yield part.take(np.argsort(np.concatenate([old, new]), kind="stable")) if len(old) and len(new) else part
+
+
+def release_memory() -> None:
+    """Hand back the memory Arrow has freed: its allocator keeps freed pages for reuse, so one phase's
+    hash tables and copies would otherwise stay resident under the next phase's peak."""
+    pa.default_memory_pool().release_unused()
+
+
+def scan(listing: pa.Table, index: Path | None, probe: Prober, progress: bool = False, items: bool = True,
+         recheck: bool = False) -> tuple[pa.Table, np.ndarray]:
+    """What the files of `listing`'s photos say (the index's columns, `items` if asked) for those whose
+    image exists, in listing order, and their rows in `listing`. Only new or changed files are read;
+    the index is brought up to date. Files in directories the index trusts are not even stat'ed
+    unless `recheck`: an unchanged rescan costs a few directory stats.
+
+    `listing` has the columns of `LISTING`; `probe` reads what one listed row's files say (the
+    layout's job, see `core.collection`) and is called only for new or changed files. Without
+    `index` every file is probed and nothing is kept."""
+    started = time.time_ns()  # before any stat: what the index will trust is judged against it
+    known = read_index(index, items=True) if index else SCHEMA.empty_table()
+    trusted = trusted_dirs(known)
+    match = _match(listing, known, trusted, recheck)
+    release_memory()
+    lean = known.column_names if items else [c for c in known.column_names if c != ITEMS]
+    if match.unchanged(len(known)):
+        if index and not (trusted and all(trusted.values())):  # record today's directory stamps for the next load
+            with IndexWriter(index, _dir_stamps(listing), started) as writer:
+                for start in range(0, len(known), SCAN_CHUNK):
+                    writer.write(known.slice(start, SCAN_CHUNK))
+        return known.select(lean), match.rows  # the usual rescan: nothing changed
+    kept = [known.select(lean).slice(0, 0)]
+    todo = int(match.stale[match.rows].sum())
+    with (tqdm(total=todo, desc="reading new or changed photos", unit="img",
+               disable=not progress or todo < 1000) as bar,
+          IndexWriter(index, _dir_stamps(listing), started) if index else nullcontext() as writer):
+        for part in _in_order(listing, known, match, probe, bar):
+            if writer is not None:
+                writer.write(part)
+            kept.append(part.select(lean))
+    return pa.concat_tables(kept).combine_chunks(), match.rows  # a copy, so the mapped index (paged in whole) is let go

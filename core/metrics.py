@@ -5,10 +5,105 @@ beside accuracy; RMSE treats the count as a number, as the paper does.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
+
+class Interval(NamedTuple):
+    """A 95% bootstrap interval (stored as the JSON list `[low, high]`)."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """95% bootstrap intervals of the headline figures."""
+
+    accuracy: Interval
+    balanced_accuracy: Interval
+    rmse: Interval
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Intervals:
+        return cls(*(Interval(*data[name]) for name in INTERVAL_METRICS))
+
+
+@dataclass(frozen=True)
+class Headline:
+    """Accuracy, balanced accuracy and RMSE of one way of naming the count, with their intervals."""
+
+    accuracy: float
+    balanced_accuracy: float
+    rmse: float
+    intervals: Intervals | None = None
+
+
+@dataclass(frozen=True)
+class OpenClass:
+    """How the open top class ("more than K-2" items) did: its photos, its recall and that recall's interval."""
+
+    n: int
+    recall: float | None
+    interval: Interval | None
+
+
+@dataclass(frozen=True)
+class SplitFigures:
+    """A split's figures (`count_report`, or the fuller `split_figures`).
+
+    Every field has a default because records of older releases hold only some of them (the
+    first release's CNN runs kept accuracy, balanced accuracy and RMSE of their validation split).
+    Per-class lists are indexed by count; None where the split has no photo of that count.
+    """
+
+    n: int | None = None
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    rmse: float | None = None
+    per_class_accuracy: list[float | None] = dataclasses.field(default_factory=list)
+    per_class_rmse: list[float | None] = dataclasses.field(default_factory=list)
+    confusion_matrix: list[list[int]] = dataclasses.field(default_factory=list)
+    ece: float | None = None
+    intervals: Intervals | None = None
+    per_class_intervals: list[Interval | None] = dataclasses.field(default_factory=list)
+    rounded_expected: Headline | None = None  # the headline figures had the rounded expected count been shown
+    open_class: OpenClass | None = None  # models with an open top class only
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored (JSON) form: the same keys earlier releases wrote; absent figures left out."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SplitFigures:
+        """From the stored form; keys this release does not know (older code) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)} & set(data)
+        values = {k: data[k] for k in known}
+        if values.get("intervals") is not None:
+            values["intervals"] = Intervals.from_dict(values["intervals"])
+        values["per_class_intervals"] = [None if ci is None else Interval(*ci)
+                                         for ci in values.get("per_class_intervals") or []]
+        if (headline := values.get("rounded_expected")) is not None:
+            values["rounded_expected"] = Headline(
+                headline["accuracy"], headline["balanced_accuracy"], headline["rmse"],
+                Intervals.from_dict(headline["intervals"]) if headline.get("intervals") else None)
+        if (open_class := values.get("open_class")) is not None:
+            interval = open_class.get("interval")
+            values["open_class"] = OpenClass(open_class["n"], open_class.get("recall"),
+                                             None if interval is None else Interval(*interval))
+        return cls(**values)
+
+    @property
+    def headline(self) -> Headline | None:
+        """Accuracy, balanced accuracy and RMSE with their intervals; None where they were not recorded."""
+        if self.accuracy is None or self.balanced_accuracy is None or self.rmse is None:
+            return None
+        return Headline(self.accuracy, self.balanced_accuracy, self.rmse, self.intervals)
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -17,7 +112,7 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
-def count_report(y_true, y_pred, num_classes: int) -> dict:
+def count_report(y_true, y_pred, num_classes: int) -> SplitFigures:
     """n, accuracy, balanced accuracy, RMSE, per-class accuracy and RMSE, confusion matrix.
 
     Per-class values are None for classes absent from `y_true`.
@@ -32,15 +127,15 @@ def count_report(y_true, y_pred, num_classes: int) -> dict:
         mask = y_true == cls
         per_class_acc.append(float(np.mean(y_pred[mask] == cls)) if mask.any() else None)
         per_class_rmse.append(float(np.sqrt(np.mean(errors[mask] ** 2))) if mask.any() else None)
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
-        "rmse": float(np.sqrt(np.mean(errors**2))),
-        "per_class_accuracy": per_class_acc,
-        "per_class_rmse": per_class_rmse,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist(),
-    }
+    return SplitFigures(
+        n=int(len(y_true)),
+        accuracy=float(np.mean(y_true == y_pred)),
+        balanced_accuracy=_balanced_accuracy(y_true, y_pred),
+        rmse=float(np.sqrt(np.mean(errors**2))),
+        per_class_accuracy=per_class_acc,
+        per_class_rmse=per_class_rmse,
+        confusion_matrix=confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist(),
+    )
 
 
 def expected_calibration_error(probs: np.ndarray, y_true, bins: int = 15) -> float:
@@ -97,9 +192,9 @@ def _figures(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> np.
 
 
 def bootstrap_intervals(y_true, y_pred, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,
-                        seed: int = 0) -> dict[str, list[float]]:
+                        seed: int = 0) -> Intervals:
     """95% percentile-bootstrap intervals of accuracy, balanced accuracy and RMSE, resampling
-    photos stratified by count: `{"accuracy": [lo, hi], ...}`."""
+    photos stratified by count."""
     y_true = np.asarray(y_true, dtype=int)
     y_pred = np.asarray(y_pred, dtype=int)
     if len(y_true) == 0:
@@ -109,18 +204,18 @@ def bootstrap_intervals(y_true, y_pred, level: float = 0.95, rounds: int = BOOTS
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(figures, [tail, 100 - tail], axis=0)
     # rounded outwards, so an interval always holds the figure it brackets
-    return {name: [float(np.floor(a * 1e4) / 1e4), float(np.ceil(b * 1e4) / 1e4)]
-            for name, a, b in zip(INTERVAL_METRICS, lo, hi, strict=True)}
+    return Intervals(*(Interval(float(np.floor(a * 1e4) / 1e4), float(np.ceil(b * 1e4) / 1e4))
+                       for a, b in zip(lo, hi, strict=True)))
 
 
 def per_class_intervals(y_true, y_pred, num_classes: int, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,
-                        seed: int = 0) -> list[list[float] | None]:
+                        seed: int = 0) -> list[Interval | None]:
     """95% bootstrap interval of each count's accuracy (resampling that count's photos); None where absent."""
     y_true = np.asarray(y_true, dtype=int)
     correct = np.asarray(y_pred, dtype=int) == y_true
     rng = np.random.default_rng(seed)
     tail = (1 - level) / 2 * 100
-    out: list[list[float] | None] = []
+    out: list[Interval | None] = []
     for cls in range(num_classes):
         hits = correct[y_true == cls]
         if not len(hits):
@@ -128,7 +223,7 @@ def per_class_intervals(y_true, y_pred, num_classes: int, level: float = 0.95, r
             continue
         means = hits[rng.integers(0, len(hits), size=(rounds, len(hits)))].mean(axis=1)
         lo, hi = np.percentile(means, [tail, 100 - tail])
-        out.append([float(np.floor(lo * 1e4) / 1e4), float(np.ceil(hi * 1e4) / 1e4)])
+        out.append(Interval(float(np.floor(lo * 1e4) / 1e4), float(np.ceil(hi * 1e4) / 1e4)))
     return out
 
 
@@ -154,14 +249,23 @@ def paired_bootstrap(y_true, pred_a, pred_b, level: float = 0.95, rounds: int = 
     return out
 
 
-def with_interval(metrics: dict, key: str, percent: bool = False) -> str:
-    """`0.56 (0.50–0.62)`: a figure and its 95% bootstrap interval, where one was computed."""
-    value = metrics.get(key)
+def with_interval(value: float | None, interval: Interval | None, percent: bool = False, digits: int = 3) -> str:
+    """`0.561 (0.500–0.620)`: a figure and its 95% bootstrap interval, where one was computed;
+    "" for a figure not recorded. RMSE reads best with `digits=2`."""
     if value is None:
         return ""
-    fmt = (lambda x: f"{x:.1%}") if percent else (lambda x: f"{x:.3f}" if key != "rmse" else f"{x:.2f}")
-    interval = (metrics.get("intervals") or {}).get(key)
-    return f"{fmt(value)} ({fmt(interval[0])}–{fmt(interval[1])})" if interval else fmt(value)
+    fmt = (lambda x: f"{x:.1%}") if percent else (lambda x: f"{x:.{digits}f}")
+    return f"{fmt(value)} ({fmt(interval.low)}–{fmt(interval.high)})" if interval else fmt(value)
+
+
+def headline_text(figures: SplitFigures | None, percent: bool = False) -> tuple[str, str, str]:
+    """Accuracy, balanced accuracy and RMSE, each with its interval (`with_interval`); "" where not recorded."""
+    if figures is None:
+        return "", "", ""
+    ci = figures.intervals
+    return (with_interval(figures.accuracy, None if ci is None else ci.accuracy, percent),
+            with_interval(figures.balanced_accuracy, None if ci is None else ci.balanced_accuracy, percent),
+            with_interval(figures.rmse, None if ci is None else ci.rmse, digits=2))
 
 
 def verdict(comparison: dict[str, dict[str, float]], name_a: str, name_b: str,
@@ -191,14 +295,15 @@ def rounded_expected_count(probs: np.ndarray) -> np.ndarray:
     return np.rint(expected_count(probs)).astype(int)
 
 
-def _headline(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
+def _headline(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> Headline:
     """Accuracy, balanced accuracy and RMSE of `y_pred`, with their intervals."""
-    report = count_report(y_true, y_pred, num_classes)
-    return {**{k: report[k] for k in ("accuracy", "balanced_accuracy", "rmse")},
-            "intervals": bootstrap_intervals(y_true, y_pred)}
+    headline = count_report(y_true, y_pred, num_classes).headline
+    assert headline is not None  # count_report fills all three
+    return dataclasses.replace(headline, intervals=bootstrap_intervals(y_true, y_pred))
 
 
-def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = False, y_pred=None) -> dict:
+def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = False,
+                  y_pred=None) -> SplitFigures:
     """A split's figures: `count_report` of the shown counts (`y_pred`, default the most probable),
     ECE of the probabilities, bootstrap intervals.
 
@@ -213,15 +318,17 @@ def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = 
     y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=int)
     closed = y_true < num_classes - 1 if open_top else np.ones(len(y_true), dtype=bool)
     report = count_report(y_true[closed], y_pred[closed], num_classes)
-    report["ece"] = expected_calibration_error(probs, y_true)
-    report["intervals"] = bootstrap_intervals(y_true[closed], y_pred[closed])
-    report["per_class_intervals"] = per_class_intervals(y_true, y_pred, num_classes)
-    report["rounded_expected"] = _headline(y_true[closed], rounded_expected_count(probs)[closed], num_classes)
+    class_intervals = per_class_intervals(y_true, y_pred, num_classes)
+    report = dataclasses.replace(
+        report, ece=expected_calibration_error(probs, y_true),
+        intervals=bootstrap_intervals(y_true[closed], y_pred[closed]), per_class_intervals=class_intervals,
+        rounded_expected=_headline(y_true[closed], rounded_expected_count(probs)[closed], num_classes))
     if open_top:
         top = num_classes - 1
         hits = y_pred[y_true == top] == top
         recall = float(hits.mean()) if len(hits) else None
-        report["per_class_accuracy"][top] = recall
-        report["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
-        report["open_class"] = {"n": int(len(hits)), "recall": recall, "interval": report["per_class_intervals"][top]}
+        report = dataclasses.replace(
+            report, per_class_accuracy=[*report.per_class_accuracy[:top], recall],
+            confusion_matrix=confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist(),
+            open_class=OpenClass(int(len(hits)), recall, class_intervals[top]))
     return report

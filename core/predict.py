@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from core.calibration import apply_calibration, decide
@@ -20,7 +22,8 @@ from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
 from core.collection import load_collection
 from core.images import ImageError, ImageSource, load_rgb
-from core.metrics import expected_count, split_figures
+from core.layout import fold_dir
+from core.metrics import SplitFigures, expected_count, split_figures
 from core.records import Experiment
 from core.store import Store, best_of, same_root
 
@@ -43,7 +46,7 @@ class CountResult:
 def model_folders(store: Store, exp: Experiment) -> list[Path]:
     """Where the experiment's model files are: its folder, or one folder per cross-validation fold."""
     root = store.artifact_dir(exp.id)
-    return [root / f"fold-{f}" for f in range(exp.folds)] if exp.folds else [root]
+    return [fold_dir(root, f) for f in range(exp.folds)] if exp.folds else [root]
 
 
 def resolve_experiment(store: Store, model: str = "best", data_root: str | Path | None = None) -> Experiment:
@@ -135,26 +138,47 @@ def load_counter(model: str = "best", store: Store | None = None, data_root: str
     return BinCounter(exp, [loader(folder, exp.artifact, exp.num_classes or 0) for folder in model_folders(store, exp)])
 
 
-def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None = None,
-                    progress: bool = True) -> dict:
-    """Score a counter on a labelled collection, with 95% bootstrap intervals.
+@dataclass(frozen=True)
+class FolderScore:
+    """A counter scored on a labelled folder (`evaluate_folder`)."""
 
-    On the experiment's own collection only its test split is scored (`scope: "test split"`), from
-    the split stored with the experiment; elsewhere every photo (`scope: "all photos"`). Counts
-    the model cannot predict are left out and counted.
+    model: str  # experiment id
+    scope: str  # "test split" (the model's own collection) or "all photos" (see `scope_of`)
+    figures: SplitFigures
+    left_out_counts: int  # photos whose count the model cannot predict
+    unreadable: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON `train.py evaluate` prints: model, scope, the figures' keys, then what was left out."""
+        return {"model": self.model, "scope": self.scope, **self.figures.to_dict(),
+                "left_out_counts": self.left_out_counts, "unreadable": self.unreadable}
+
+
+def scope_of(exp: Experiment, table: pd.DataFrame, root: str | Path, store: Store) -> tuple[pd.DataFrame, str]:
+    """The photos of `table` (a collection of `root`) that may score `exp`, and that scope in words.
+
+    On the experiment's own collection only its test split (`"test split"`, from the split stored
+    with the experiment), since the rest trained, calibrated or selected it; elsewhere every photo
+    (`"all photos"`). Evaluation and the folder audit both score by this rule.
+    """
+    if not (exp.data_root and same_root(exp.data_root, root)):
+        return table, "all photos"
+    split = store.split(exp.id)
+    if split.empty:
+        raise ValueError(f"{root} is the collection {exp.name} was trained on, but its split was not stored "
+                         "with it (trained by an older binsight): retrain it, or use other photos")
+    return table[table["image_id"].isin(split.loc[split["split"] == "test", "image_id"])], "test split"
+
+
+def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None = None,
+                    progress: bool = True) -> FolderScore:
+    """Score a counter on a labelled collection, with 95% bootstrap intervals, on the photos
+    `scope_of` allows. Counts the model cannot predict are left out and counted.
     """
     store = store or Store()
     open_top = counter.exp.open_top
     collection = load_collection(root, max_count=counter.num_classes - 1 - int(open_top), open_top=open_top)
-    table = collection.table
-    scope = "all photos"
-    if counter.exp.data_root and same_root(counter.exp.data_root, root):
-        split = store.split(counter.exp_id)
-        if split.empty:
-            raise ValueError(f"{root} is the collection {counter.name} was trained on, but its split was not stored "
-                             "with it (trained by an older binsight): retrain it, or evaluate on other photos")
-        table = table[table["image_id"].isin(split.loc[split["split"] == "test", "image_id"])]
-        scope = "test split"
+    table, scope = scope_of(counter.exp, collection.table, root, store)
     results = counter.count_batch(table["path"].tolist(), progress=progress)
     ok = [i for i, r in enumerate(results) if isinstance(r, CountResult)]
     truth = table["count"].to_numpy()[ok]
@@ -162,6 +186,5 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
         raise ValueError(f"no photo in {root} could be counted")
     counted = [r for r in results if isinstance(r, CountResult)]
     probs, shown = np.array([r.probs for r in counted]), np.array([r.count for r in counted])
-    return {"model": counter.exp_id, "scope": scope,
-            **split_figures(truth, probs, counter.num_classes, open_top, shown),
-            "left_out_counts": collection.out_of_range, "unreadable": len(collection.skipped) + len(results) - len(ok)}
+    return FolderScore(counter.exp_id, scope, split_figures(truth, probs, counter.num_classes, open_top, shown),
+                       collection.out_of_range, len(collection.skipped) + len(results) - len(ok))

@@ -21,6 +21,7 @@ import io
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core.collection import inside_root, load_collection, parse_count
 from core.images import ImageError
-from core.predict import BinCounter, CountResult
+from core.predict import BinCounter, CountResult, scope_of
+from core.store import Store
 
 # Chosen on simulations on the validation split (never the test split) of the default HOG+SVM and
 # PCA+SVM models on the shared ABID sample (530 photos, 10 seeds): with a fifth of the records moved
@@ -291,11 +293,29 @@ def simulate_errors(true_classes, num_classes: int, error_rate: float, seed: int
     return np.where(wrong, moved, true), wrong
 
 
+@dataclass(frozen=True)
+class AuditCurve:
+    """What recounting the riskiest bins buys, on labelled photos with simulated record errors."""
+
+    n: int  # bins (labelled photos) ranked
+    wrong: int  # records the simulation moved
+    error_rate: float  # share of records asked to be moved
+    prior_wrong: float
+    seed: int
+    recounted: np.ndarray  # share of bins recounted, 0..1 (N + 1 points) ...
+    caught: np.ndarray  # ... against the share of wrong records found by then
+    roc_auc: float  # NaN when every record (or none) is wrong
+    average_precision: float
+    threshold: float
+    flagged: int  # bins at P(mismatch) >= threshold
+    flagged_precision: float  # share of the flagged bins that are wrong records (NaN if none flagged)
+    flagged_recall: float  # share of the wrong records that are flagged
+
+
 def audit_curve(probs, true_counts, class_prior, error_rate: float, prior_wrong: float = PRIOR_WRONG,
-                seed: int = 0, threshold: float = MISMATCH_THRESHOLD) -> dict:
+                seed: int = 0, threshold: float = MISMATCH_THRESHOLD) -> AuditCurve:
     """Simulate record errors on labelled photos (`simulate_errors`), rank the bins by P(mismatch)
-    and measure what recounting the riskiest share buys: `recounted` (share of bins, 0..1) against
-    `caught` (share of wrong records found), ROC AUC, average precision, and what the threshold flags."""
+    and measure what recounting the riskiest share buys (see `AuditCurve`)."""
     probs = np.asarray(probs, dtype=float)
     recorded, wrong = simulate_errors(true_counts, probs.shape[1], error_rate, seed)
     p = mismatch_probability(probs, recorded, prior_wrong, class_prior)
@@ -304,24 +324,53 @@ def audit_curve(probs, true_counts, class_prior, error_rate: float, prior_wrong:
     recounted = np.arange(len(p) + 1) / max(len(p), 1)
     flagged = p >= threshold
     both = 0 < wrong.sum() < len(wrong)
-    return {
-        "n": len(p), "wrong": int(wrong.sum()), "error_rate": error_rate, "prior_wrong": prior_wrong, "seed": seed,
-        "recounted": recounted, "caught": caught,
-        "roc_auc": float(roc_auc_score(wrong, p)) if both else float("nan"),
-        "average_precision": float(average_precision_score(wrong, p)) if both else float("nan"),
-        "threshold": threshold, "flagged": int(flagged.sum()),
-        "flagged_precision": float(wrong[flagged].mean()) if flagged.any() else float("nan"),
-        "flagged_recall": float(wrong[flagged].sum() / max(int(wrong.sum()), 1)),
-    }
+    return AuditCurve(
+        n=len(p), wrong=int(wrong.sum()), error_rate=error_rate, prior_wrong=prior_wrong, seed=seed,
+        recounted=recounted, caught=caught,
+        roc_auc=float(roc_auc_score(wrong, p)) if both else float("nan"),
+        average_precision=float(average_precision_score(wrong, p)) if both else float("nan"),
+        threshold=threshold, flagged=int(flagged.sum()),
+        flagged_precision=float(wrong[flagged].mean()) if flagged.any() else float("nan"),
+        flagged_recall=float(wrong[flagged].sum() / max(int(wrong.sum()), 1)),
+    )
 
 
-def caught_at(curve: Mapping, share: float) -> float:
+def caught_at(curve: AuditCurve, share: float) -> float:
     """Share of wrong records caught when recounting the riskiest `share` of the bins."""
-    return float(np.interp(share, curve["recounted"], curve["caught"]))
+    return float(np.interp(share, curve.recounted, curve.caught))
 
 
-def audit_table(curve: Mapping, shares=AUDIT_SHARES) -> pd.DataFrame:
+def audit_table(curve: AuditCurve, shares=AUDIT_SHARES) -> pd.DataFrame:
     """recount 10/20/30/50% -> share of wrong records caught."""
     return pd.DataFrame({"recount": [f"{s:.0%}" for s in shares],
-                         "bins": [math.ceil(s * curve["n"] - 1e-9) for s in shares],
+                         "bins": [math.ceil(s * curve.n - 1e-9) for s in shares],
                          "wrong records caught": [caught_at(curve, s) for s in shares]})
+
+
+@dataclass(frozen=True)
+class FolderAudit:
+    """`audit_curve` of a counter on a labelled folder (`audit_folder`)."""
+
+    curve: AuditCurve
+    scope: str  # "test split" (the model's own collection) or "all photos", as `core.predict.scope_of` decides
+    left_out: int  # photos in scope that were not ranked: unreadable, or a count the model cannot check
+
+
+def audit_folder(counter: BinCounter, root: str | Path, store: Store, error_rate: float,
+                 prior_wrong: float = PRIOR_WRONG, seed: int = 0, threshold: float = MISMATCH_THRESHOLD,
+                 progress: bool = True) -> FolderAudit:
+    """What a recount budget buys on a labelled folder: its labels are the true counts, `error_rate`
+    of them are moved (`simulate_errors`). On the model's own collection only its test split is
+    scored, as `core.predict.evaluate_folder` does, since the rest trained, calibrated or selected it."""
+    root = Path(root)
+    collection = load_collection(root, max_count=10**6)
+    table, scope = scope_of(counter.exp, collection.table, root, store)
+    unreadable = len(collection.skipped) if scope == "all photos" else 0  # skipped files belong to no split
+    results = counter.count_batch(table["path"].tolist(), progress=progress)
+    pairs = [(r.probs, cls) for r, true in zip(results, table["count"], strict=True) if isinstance(r, CountResult)
+             and (cls := judged_class(int(true), counter.num_classes, counter.exp.open_top)) is not None]
+    if not pairs:
+        raise ValueError(f"no photo in {root} ({scope}) has a count the model can check (0..{counter.num_classes - 1})")
+    probs, true = np.array([p for p, _ in pairs]), np.array([c for _, c in pairs])
+    curve = audit_curve(probs, true, counter.class_prior, error_rate, prior_wrong, seed, threshold)
+    return FolderAudit(curve, scope, len(table) + unreadable - curve.n)

@@ -1,14 +1,17 @@
 """The experiment record: what the store returns and every consumer reads, as typed fields.
 
 The store keeps the identity and status of a run in columns and the rest as one JSON object;
-`Experiment.from_row` and `Experiment.detail_fields` are the only places that know that shape,
-so no other module reads or writes a run's details by key.
+`Experiment.from_row`, `Experiment.detail_fields` and `stored` are the only places that know
+that shape, so no other module reads or writes a run's details by key. Figures are typed too
+(`core.metrics.SplitFigures`), built from their stored JSON here.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from core.metrics import SplitFigures
 
 
 def count_label(count: int, num_classes: int, open_top: bool, short: bool = False) -> str:
@@ -22,15 +25,30 @@ def count_label(count: int, num_classes: int, open_top: bool, short: bool = Fals
 # Columns of the `experiments` table that are fields of the record as they are.
 COLUMN_FIELDS = ("id", "name", "family", "model", "params", "config_key", "dataset", "data_root", "status",
                  "started_at", "ended_at", "host", "pid", "device", "weights", "metrics", "error")
+FIGURE_FIELDS = ("metrics", "val_metrics", "cv_metrics")  # stored as SplitFigures.to_dict(), {} for none
+
+
+def stored(value: Any) -> Any:
+    """A record field's value as the store keeps it (JSON-ready): figures as their dict, other
+    dataclasses as theirs."""
+    if isinstance(value, SplitFigures):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def _figures(data: dict[str, Any] | None) -> SplitFigures | None:
+    return SplitFigures.from_dict(data) if data else None
 
 
 @dataclass
 class Experiment:
     """One training run: its identity, where it ran, and what it measured.
 
-    Figures are dicts from `core.metrics.count_report` (plus `intervals` and `ece`):
-    `metrics` on the test split (reported once), `val_metrics` on the validation split (what
-    `best` selects on), `cv_metrics` out-of-fold over train+val for cross-validated runs.
+    Figures are `core.metrics.SplitFigures` (None where the run has none): `metrics` on the test
+    split (reported once), `val_metrics` on the validation split (what `best` selects on),
+    `cv_metrics` out-of-fold over train+val for cross-validated runs.
     """
 
     id: str
@@ -49,10 +67,10 @@ class Experiment:
     device: str = ""
     weights: str = ""
     error: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: SplitFigures | None = None
     # ---- details (stored as one JSON object) ----
-    val_metrics: dict[str, Any] = field(default_factory=dict)
-    cv_metrics: dict[str, Any] = field(default_factory=dict)
+    val_metrics: SplitFigures | None = None
+    cv_metrics: SplitFigures | None = None
     folds: int = 0  # 0: one model; K: an ensemble of the K cross-validation models
     image_size: int | None = None
     num_classes: int | None = None
@@ -87,15 +105,19 @@ class Experiment:
     def from_row(cls, columns: dict[str, Any], details: dict[str, Any]) -> Experiment:
         """Build from table columns and the details object; unknown detail keys (older code) are ignored."""
         known = set(cls.detail_fields())
-        return cls(**{k: columns[k] for k in COLUMN_FIELDS}, **{k: v for k, v in details.items() if k in known})
+        values = {**{k: columns[k] for k in COLUMN_FIELDS}, **{k: v for k, v in details.items() if k in known}}
+        for name in FIGURE_FIELDS:
+            if name in values:
+                values[name] = _figures(values[name])
+        return cls(**values)
 
     @property
     def is_model(self) -> bool:
         """A finished run that counts photos (LR-finder sweeps do not)."""
-        return self.status == "finished" and self.family in ("classical", "cnn") and bool(self.metrics)
+        return self.status == "finished" and self.family in ("classical", "cnn") and self.metrics is not None
 
     @property
-    def selection_metrics(self) -> dict[str, Any]:
+    def selection_metrics(self) -> SplitFigures | None:
         """The figures models are compared on: out-of-fold for cross-validated runs, else validation."""
         return self.cv_metrics or self.val_metrics
 

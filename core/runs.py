@@ -1,5 +1,6 @@
-"""What every training run does around its model, whatever the family: the folds of a
-cross-validated run, and the figures, calibration, predictions and split it records at the end.
+"""What every training run does around its model, whatever the family: its lifecycle in the
+store (`run_once`), the folds of a cross-validated run, and the figures, calibration, predictions
+and split it records at the end.
 
 A single run is fitted on the train split, calibrated and selected on the validation split, and
 tested once. A cross-validated run fits K models on K folds of train+val (grouped, so
@@ -10,6 +11,8 @@ the counting service serves: the mean of their calibrated probabilities.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,34 @@ from core.metrics import split_figures
 from core.store import Store
 
 CV_POOL = ("train", "val")  # what cross-validation folds; the test split stays untouched
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def run_once(store: Store, key: str, start: Callable[[], str | None], train: Callable[[str], None], *,
+             is_main: bool = True, share: Callable[[Any], Any] = _same,
+             on_reuse: Callable[[str], None] | None = None) -> str:
+    """One training run of the configuration `key`: claim it, return the finished experiment if
+    there is one, else `start()` one and keep it running (lock and heartbeat; failed if `train`
+    raises) while `train(exp_id)` runs. Two processes asking for one configuration train it once.
+
+    Under `torchrun` every rank calls it: the main rank (`is_main`) alone talks to the store, and
+    `share` (a broadcast from it) hands its answers to the others. `start` and `train` run on every
+    rank; `start`'s result counts on the main rank only. `on_reuse(exp_id)` is called (main rank)
+    when the store already had the run.
+    """
+    with store.claim(key) if is_main else nullcontext():
+        found = share(store.find_finished(key) if is_main else None)
+        if found:
+            if on_reuse is not None and is_main:
+                on_reuse(found)
+            return found
+        exp_id = share(start())
+        with store.running(exp_id) if is_main else nullcontext():
+            train(exp_id)
+    return exp_id
 
 
 def cv_pool(dataset: Dataset):

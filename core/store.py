@@ -11,7 +11,6 @@ The schema carries `PRAGMA user_version`; `MIGRATIONS` bring an older store up t
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -28,8 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.config import store_dir
-from core.records import COLUMN_FIELDS, Experiment
+from core import layout
+from core.config import find_data_dir, store_dir
+from core.locks import exclusive_lock, lock_is_held
+from core.metrics import SplitFigures
+from core.records import COLUMN_FIELDS, Experiment, stored
 
 SCHEMA_VERSION = 1
 TABLES = """
@@ -74,7 +76,6 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
 MIGRATIONS = {1: _migrate_to_1}  # target version -> step from the version before
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 10 * HEARTBEAT_S  # no lock file to look at and no heartbeat for this long: interrupted
-LOCK_FILE = "run.lock"
 
 
 def config_key(family: str, model: str, params: dict, dataset: str, code_version: int, world_size: int = 1) -> str:
@@ -89,48 +90,29 @@ def config_key(family: str, model: str, params: dict, dataset: str, code_version
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _lock_is_held(path: Path) -> bool | None:
-    """True if some process holds the lock file, False if it is free, None if there is no such file."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def exclusive_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive `flock` on `path` for the block; yields False if `blocking` is off and it is taken."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+class NoStoreError(FileNotFoundError):
+    """`Store(root, create=False)` found no experiment store at `root`."""
 
 
 class Store:
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, create: bool = True):
+        """Open the store at `root` (default `core.config.store_dir`), creating it if there is none.
+
+        With `create` off (to read: the dashboard) nothing is created, neither by opening nor by
+        any later call: no folder, no database file (`NoStoreError` if there is none, and every
+        connection opens the file only if it exists) and no change of journal mode. A store of an older schema is
+        still brought up to date, since the current code reads only that.
+        """
         self.root = Path(root) if root else store_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / "experiments.sqlite"
-        self._use_wal()
+        self.path = layout.database(self.root)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._uri = str(self.path)  # not a "file:" URI: a plain file name, created if missing
+            self._use_wal()
+        elif not self.path.is_file():
+            raise NoStoreError(f"no experiment store at {self.root} (no {self.path.name})")
+        else:
+            self._uri = f"{self.path.resolve().as_uri()}?mode=rw"  # never creates the file
         self._migrate()
 
     def _use_wal(self) -> None:
@@ -143,7 +125,7 @@ class Store:
         with closing(sqlite3.connect(self.path, timeout=30)) as db:
             if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                 return
-        with exclusive_lock(self.root / "locks" / "journal.lock"):
+        with exclusive_lock(layout.journal_lock(self.root)):
             with closing(sqlite3.connect(self.path, timeout=30)) as db:
                 db.execute("PRAGMA journal_mode=WAL")
 
@@ -168,7 +150,7 @@ class Store:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
+        with closing(sqlite3.connect(self._uri, timeout=30, uri=True)) as db:
             db.row_factory = sqlite3.Row
             with db:  # commit on success, roll back on error
                 yield db
@@ -207,7 +189,7 @@ class Store:
                 with self._connect() as db:
                     db.execute("UPDATE experiments SET heartbeat = ? WHERE id = ?", (time.time(), exp_id))
 
-        with exclusive_lock(self.artifact_dir(exp_id) / LOCK_FILE):
+        with exclusive_lock(layout.run_lock(self.root, exp_id)):
             self._set_columns(exp_id, status="running", pid=os.getpid(), host=socket.gethostname(), error=None,
                               ended_at=None)
             thread = threading.Thread(target=beat, name=f"heartbeat {exp_id}", daemon=True)
@@ -225,7 +207,7 @@ class Store:
     def claim(self, config: str) -> Iterator[None]:
         """Serialise training of one configuration across processes: the second waits for the first,
         then finds its finished result instead of training the same thing again."""
-        with exclusive_lock(self.root / "locks" / f"{config}.lock"):
+        with exclusive_lock(layout.claim_lock(self.root, config)):
             yield
 
     # ---- writing -------------------------------------------------------------------------
@@ -245,6 +227,7 @@ class Store:
 
     def record(self, exp_id: str, **fields: Any) -> None:
         """Set fields of the experiment's record (columns or details), in one transaction."""
+        fields = {k: stored(v) for k, v in fields.items()}
         columns = {k: v for k, v in fields.items() if k in COLUMN_FIELDS}
         details = self._checked({k: v for k, v in fields.items() if k not in COLUMN_FIELDS})
         if columns:
@@ -297,7 +280,7 @@ class Store:
                            " (experiment, image_id, path, true_count, pred_count, probs, split)"
                            " VALUES (?,?,?,?,?,?,?)", rows)
 
-    def finish(self, exp_id: str, metrics: dict, **fields: Any) -> None:
+    def finish(self, exp_id: str, metrics: SplitFigures | None, **fields: Any) -> None:
         self.record(exp_id, metrics=metrics, status="finished", ended_at=time.time(), **fields)
 
     def fail(self, exp_id: str, error: str) -> None:
@@ -305,12 +288,12 @@ class Store:
 
     # ---- reading -------------------------------------------------------------------------
     def artifact_dir(self, exp_id: str) -> Path:
-        return self.root / exp_id
+        return layout.artifact_dir(self.root, exp_id)
 
     def _effective_status(self, row: sqlite3.Row) -> str:
         if row["status"] != "running":
             return row["status"]
-        held = _lock_is_held(self.artifact_dir(row["id"]) / LOCK_FILE)
+        held = lock_is_held(layout.run_lock(self.root, row["id"]))
         if held is not None:
             return "running" if held else "interrupted"
         return "running" if time.time() - (row["heartbeat"] or 0) < STALE_AFTER_S else "interrupted"
@@ -344,10 +327,10 @@ class Store:
                              " ORDER BY started_at DESC LIMIT 1", (key,)).fetchone()
         return row["id"] if row else None
 
-    def best(self, data_root: str | Path | None = None, metric: str = "balanced_accuracy") -> str | None:
-        """The model with the highest validation (or, if cross-validated, out-of-fold) `metric`,
-        among finished models on `data_root` (all data when None). Test figures play no part."""
-        return best_of(self.experiments("finished"), data_root, metric)
+    def best(self, data_root: str | Path | None = None) -> str | None:
+        """The model with the highest validation (or, if cross-validated, out-of-fold) balanced
+        accuracy, among finished models on `data_root` (all data when None). Test figures play no part."""
+        return best_of(self.experiments("finished"), data_root)
 
     def epochs(self, exp_id: str) -> pd.DataFrame:
         with self._connect() as db:
@@ -384,16 +367,33 @@ def same_root(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def best_of(experiments: Sequence[Experiment], data_root: str | Path | None = None,
-            metric: str = "balanced_accuracy") -> str | None:
+def selection_score(exp: Experiment) -> float | None:
+    """What `best` ranks a model by: its validation (or out-of-fold) balanced accuracy, if recorded."""
+    figures = exp.selection_metrics
+    return None if figures is None else figures.balanced_accuracy
+
+
+def best_of(experiments: Sequence[Experiment], data_root: str | Path | None = None) -> str | None:
     """`Store.best` over an already-read list (the dashboard's cached one)."""
-    scored = [e for e in experiments if e.is_model and e.selection_metrics.get(metric) is not None
+    scored = [(score, e.id) for e in experiments if e.is_model and (score := selection_score(e)) is not None
               and (data_root is None or same_root(e.data_root, data_root))]
-    return max(scored, key=lambda e: e.selection_metrics[metric]).id if scored else None
+    return max(scored, key=lambda pair: pair[0])[1] if scored else None
 
 
-def best_rule(data_root: str | Path | None = None, metric: str = "balanced_accuracy") -> str:
+def best_rule(data_root: str | Path | None = None) -> str:
     """How `best` was chosen, in words, for the CLI and the dashboard."""
     where = f" on {data_root}" if data_root else ""
-    return (f"best = highest validation {metric.replace('_', ' ')} (out-of-fold for cross-validated models) "
+    return (f"best = highest validation balanced accuracy (out-of-fold for cross-validated models) "
             f"among finished models{where}; test figures play no part in the choice")
+
+
+def data_in_use(experiments: Sequence[Experiment], asked: str | Path | None = None) -> str | None:
+    """The data `best` is chosen on, for the CLI and the dashboard alike: `asked` (a --data folder)
+    if finished models were trained on it, else the default data folder (`core.config.find_data_dir`)
+    if they were, else the data of the newest finished model; None when there is no finished model.
+    Models trained on other data are never ranked against them: their figures are not comparable."""
+    for root in (asked, find_data_dir()):
+        if root is not None and best_of(experiments, root):
+            return str(root)
+    models = [e for e in experiments if e.is_model]
+    return max(models, key=lambda e: e.started_at).data_root or None if models else None

@@ -9,11 +9,12 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import plotly.graph_objects as go
 
 from core.config import MAX_COUNT
-from core.reconcile import is_mismatch
+from core.reconcile import MISMATCH_THRESHOLD, AuditCurve, is_mismatch
 from core.records import count_label
 
 COUNT_TITLE = "items in the bin"
@@ -43,10 +44,10 @@ def colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def count_histogram(counts: Sequence[int], num_classes: int = MAX_COUNT + 1, title: str | None = None) -> go.Figure:
+def count_histogram(counts: npt.ArrayLike, num_classes: int = MAX_COUNT + 1, title: str | None = None) -> go.Figure:
     """How many photos hold each count: bars 0..num_classes-1, labelled with number and share."""
-    counts = np.asarray(counts, dtype=int)
-    per_class = np.bincount(counts[(counts >= 0) & (counts < num_classes)], minlength=num_classes)
+    values = np.asarray(counts, dtype=int)
+    per_class = np.bincount(values[(values >= 0) & (values < num_classes)], minlength=num_classes)
     share = per_class / max(per_class.sum(), 1)
     fig = go.Figure(go.Bar(
         x=list(range(num_classes)), y=per_class, marker_color=colour(0),
@@ -129,7 +130,7 @@ def per_class_bars(values: Mapping[str, Sequence[float | None]], what: str = "ac
     return _layout(fig, title)
 
 
-def confusion_heatmap(matrix: Sequence[Sequence[int]], normalise: bool = False, title: str | None = None,
+def confusion_heatmap(matrix: npt.ArrayLike, normalise: bool = False, title: str | None = None,
                       open_top: bool = False) -> go.Figure:
     """Rows = true count, columns = predicted count; cells show photo counts (and row shares).
 
@@ -208,11 +209,11 @@ def _lr_finder_loss_range(curves: Sequence[Mapping], margin: float = 0.1) -> lis
     return [low - pad, high + pad]
 
 
-def probability_bars(probs: Sequence[float], recorded: int | None = None, title: str | None = None,
+def probability_bars(probabilities: Sequence[float], recorded: int | None = None, title: str | None = None,
                      open_top: bool = False, counted: int | None = None) -> go.Figure:
     """The model's probability for each count; the count shown (default: the most likely) is
     coloured, the recorded one marked."""
-    probs = np.asarray(probs, dtype=float)
+    probs = np.asarray(probabilities, dtype=float)
     predicted = int(np.argmax(probs)) if counted is None else counted
     colours = [colour(0) if k == predicted else NEUTRAL for k in range(len(probs))]
     lines = [3 if k == recorded else 0 for k in range(len(probs))]
@@ -232,7 +233,8 @@ def mismatch_bars(report: pd.DataFrame, threshold: float | None) -> go.Figure:
     """Probability of a mismatch per bin (a reconcile report), red where the bin is flagged (the
     report's `mismatch` column where it has one, e.g. an audit budget; threshold None: no line)."""
     report = report.dropna(subset=["p_mismatch"]).sort_values("p_mismatch", ascending=False)
-    flagged = report["mismatch"] if "mismatch" in report else [is_mismatch(p, threshold) for p in report["p_mismatch"]]
+    rule = MISMATCH_THRESHOLD if threshold is None else threshold
+    flagged = report["mismatch"] if "mismatch" in report else [is_mismatch(p, rule) for p in report["p_mismatch"]]
     fig = go.Figure(go.Bar(
         x=report["image"], y=report["p_mismatch"],
         marker_color=[MISMATCH if f else MATCH for f in flagged],
@@ -263,23 +265,23 @@ def coverage_curve(coverage: Sequence[float], accuracy: Sequence[float], title: 
     return _layout(fig, title)
 
 
-def audit_value_curve(curve: Mapping, title: str | None = None) -> go.Figure:
+def audit_value_curve(curve: AuditCurve, title: str | None = None) -> go.Figure:
     """What a recount budget buys (`core.reconcile.audit_curve`): share of wrong records caught
     against share of bins recounted, riskiest first; the diagonal is recounting in random order
     and the star is what the threshold flags."""
-    recounted, caught = np.asarray(curve["recounted"]), np.asarray(curve["caught"])
+    recounted, caught = np.asarray(curve.recounted), np.asarray(curve.caught)
     fig = go.Figure([
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random order", line=dict(color=NEUTRAL, dash="dash"),
                    hoverinfo="skip"),
         go.Scatter(x=recounted, y=caught, mode="lines", name="riskiest first", line=dict(color=colour(0), width=3),
                    hovertemplate="recount %{x:.0%} of the bins: catch %{y:.0%} of the wrong records<extra></extra>"),
     ])
-    if curve["n"]:
-        share = curve["flagged"] / curve["n"]
+    if curve.n:
+        share = curve.flagged / curve.n
         fig.add_trace(go.Scatter(
             x=[share], y=[float(np.interp(share, recounted, caught))], mode="markers", name="flagged by the threshold",
             marker=dict(symbol="star", size=16, color=MISMATCH, line=dict(color="black", width=1)),
-            hovertemplate=f"P(mismatch) >= {curve['threshold']:.2f}: %{{x:.0%}} of the bins, "
+            hovertemplate=f"P(mismatch) >= {curve.threshold:.2f}: %{{x:.0%}} of the bins, "
                           "%{y:.0%} of the wrong records<extra></extra>"))
     fig.update_xaxes(title="share of bins recounted, riskiest first", tickformat=".0%", range=[0, 1])
     fig.update_yaxes(title="share of wrong records caught", tickformat=".0%", range=[0, 1.02])

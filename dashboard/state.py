@@ -17,8 +17,11 @@ from PIL import ImageOps
 from core.collection import DataError, load_collection
 from core.config import find_data_dir, store_dir
 from core.images import ImageError, open_image
+from core.layout import database_files
+from core.reconcile import AuditCurve
 from core.records import Experiment
-from core.store import Store, best_of, best_rule
+from core.store import NoStoreError, Store, best_of, best_rule
+from core.store import data_in_use as store_data_in_use
 from dashboard.counting import PhotoCount, count_photos
 from dashboard.tables import is_scored, item_names
 
@@ -33,9 +36,9 @@ def store_root() -> str:
 def version(root: str) -> Version:
     """Changes whenever the store is written (size and mtime of the database and its WAL)."""
     out = []
-    for name in ("experiments.sqlite", "experiments.sqlite-wal"):
+    for path in database_files(Path(root)):
         try:
-            stat = (Path(root) / name).stat()
+            stat = path.stat()
             out.append((stat.st_mtime_ns, stat.st_size))
         except FileNotFoundError:
             out.append((0, 0))
@@ -44,9 +47,10 @@ def version(root: str) -> Version:
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
 def _experiments(root: str, store_version: Version) -> list[Experiment]:
-    if not (Path(root) / "experiments.sqlite").is_file():
-        return []  # an empty store is not created just by looking at it
-    return Store(root).experiments()
+    try:
+        return Store(root, create=False).experiments()
+    except NoStoreError:
+        return []  # no store yet: none is created just by looking
 
 
 def experiments() -> list[Experiment]:
@@ -61,13 +65,8 @@ def finished() -> list[Experiment]:
 
 
 def data_in_use() -> str | None:
-    """The data `best` is chosen on: the default data folder if models were trained on it, else the
-    data of the newest finished model."""
-    models = finished()
-    found = find_data_dir()
-    if found is not None and best_of(models, found):
-        return str(found)
-    return models[0].data_root if models else None
+    """`core.store.data_in_use` over the cached list: the data `best` is chosen on."""
+    return store_data_in_use(finished())
 
 
 def best_id() -> str | None:
@@ -81,7 +80,7 @@ def best_rule_text() -> str:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _epochs(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
-    return Store(root).epochs(exp_id)
+    return Store(root, create=False).epochs(exp_id)
 
 
 def epochs(exp_id: str) -> pd.DataFrame:
@@ -91,7 +90,7 @@ def epochs(exp_id: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _lr_curves(root: str, exp_id: str, store_version: Version) -> list[dict]:
-    return Store(root).lr_curves(exp_id)
+    return Store(root, create=False).lr_curves(exp_id)
 
 
 def lr_curves(exp_id: str) -> list[dict]:
@@ -101,7 +100,7 @@ def lr_curves(exp_id: str) -> list[dict]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _predictions(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
-    return Store(root).predictions(exp_id)  # stored calibrated, as the counting service gives them
+    return Store(root, create=False).predictions(exp_id)  # stored calibrated, as the counting service gives them
 
 
 def predictions(exp_id: str) -> pd.DataFrame:
@@ -138,7 +137,8 @@ def items_by_image(data_root: str) -> dict[str, list[str]]:
     table = collection(data_root)
     if table is None:
         return {}
-    return {row.image_id: names for row in table.itertuples() if (names := item_names(row.items))}
+    return {str(image_id): names for image_id, items in zip(table["image_id"], table["items"], strict=True)
+            if (names := item_names(str(items)))}
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
@@ -166,7 +166,7 @@ def counter(exp_id: str, root: str):
     """The counting service for one experiment (`core.predict.load_counter`), kept in memory."""
     from core.predict import load_counter
 
-    return load_counter(exp_id, Store(root))
+    return load_counter(exp_id, Store(root, create=False))
 
 
 @st.cache_resource(show_spinner="Unpacking the uploads…", max_entries=2)
@@ -189,7 +189,7 @@ def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: t
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> dict | None:
+def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> AuditCurve | None:
     from core.predict import class_prior
     from core.reconcile import audit_curve
 
@@ -198,10 +198,10 @@ def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: flo
     if preds.empty:
         return None
     probs, true = np.array(preds["probs"].tolist()), preds["true_count"].to_numpy(dtype=int)
-    return audit_curve(probs, true, class_prior(Store(root).experiment(exp_id)), error_rate)
+    return audit_curve(probs, true, class_prior(Store(root, create=False).experiment(exp_id)), error_rate)
 
 
-def audit_curve(exp_id: str, error_rate: float) -> dict | None:
+def audit_curve(exp_id: str, error_rate: float) -> AuditCurve | None:
     """`core.reconcile.audit_curve` on the experiment's stored, calibrated test predictions."""
     root = store_root()
     return _audit_curve(root, exp_id, version(root), error_rate)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from core.metrics import paired_bootstrap, verdict, with_interval
+from core.metrics import SplitFigures, headline_text, paired_bootstrap, verdict
 from core.records import Experiment
 
 
@@ -27,7 +27,7 @@ def labels(experiments: Sequence[Experiment]) -> dict[str, str]:
 
 def is_scored(exp: Experiment) -> bool:
     """A finished model with test metrics (LR-finder sweeps finish too, but count nothing)."""
-    return exp.is_model and exp.metrics.get("balanced_accuracy") is not None
+    return exp.is_model and exp.metrics is not None and exp.metrics.balanced_accuracy is not None
 
 
 def _per_class_columns(values: Sequence[float | None] | None, prefix: str) -> dict[str, float]:
@@ -42,17 +42,17 @@ def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
     for e in experiments:
         if not is_scored(e):
             continue
-        m, sel = e.metrics, e.selection_metrics
+        m, sel = e.metrics or SplitFigures(), e.selection_metrics or SplitFigures()
+        accuracy_ci, balanced_ci, rmse_ci = headline_text(m)
         rows.append({
             "experiment": names[e.id], "family": e.family, "model": e.model,
-            "chosen on": e.selection_source, "selection balanced accuracy": sel.get("balanced_accuracy"),
-            "selection (95% CI)": with_interval(sel, "balanced_accuracy"),
-            "accuracy": m.get("accuracy"), "balanced accuracy": m.get("balanced_accuracy"), "RMSE": m.get("rmse"),
-            "balanced accuracy (95% CI)": with_interval(m, "balanced_accuracy"),
-            "accuracy (95% CI)": with_interval(m, "accuracy"), "RMSE (95% CI)": with_interval(m, "rmse"),
-            "ECE": m.get("ece"),
-            **_per_class_columns(m.get("per_class_accuracy"), "acc"),
-            "test photos": m.get("n"), "models": e.folds or 1, "train time (s)": e.train_seconds,
+            "chosen on": e.selection_source, "selection balanced accuracy": sel.balanced_accuracy,
+            "selection (95% CI)": headline_text(sel)[1],
+            "accuracy": m.accuracy, "balanced accuracy": m.balanced_accuracy, "RMSE": m.rmse,
+            "balanced accuracy (95% CI)": balanced_ci, "accuracy (95% CI)": accuracy_ci, "RMSE (95% CI)": rmse_ci,
+            "ECE": m.ece,
+            **_per_class_columns(m.per_class_accuracy, "acc"),
+            "test photos": m.n, "models": e.folds or 1, "train time (s)": e.train_seconds,
             "device": e.device, "weights": e.weights, "id": e.id,
         })
     frame = pd.DataFrame(rows)
@@ -82,18 +82,17 @@ def comparison_table(comparison: dict) -> pd.DataFrame:
                          for k, v in comparison.items()])
 
 
-def per_class_table(metrics: dict) -> pd.DataFrame:
+def per_class_table(metrics: SplitFigures) -> pd.DataFrame:
     """The paper's Tables I and II for one experiment: photos, accuracy and RMSE per true count."""
-    matrix = np.asarray(metrics.get("confusion_matrix") or [], dtype=int)
-    accuracy = metrics.get("per_class_accuracy") or []
-    rmse = metrics.get("per_class_rmse") or []
+    matrix = np.asarray(metrics.confusion_matrix, dtype=int)
+    accuracy, rmse = metrics.per_class_accuracy, metrics.per_class_rmse
     n = max(len(accuracy), len(rmse), len(matrix))
     frame = pd.DataFrame({
         "items in the bin": range(n),
         "test photos": matrix.sum(axis=1) if len(matrix) else [0] * n,
         "accuracy": [np.nan if v is None else v for v in accuracy] or [np.nan] * n,
         "accuracy 95% CI": [f"{ci[0]:.0%}–{ci[1]:.0%}" if ci else "" for ci in
-                            (metrics.get("per_class_intervals") or [None] * n)],
+                            (metrics.per_class_intervals or [None] * n)],
         "RMSE": [np.nan if v is None else v for v in rmse] or [np.nan] * n,
     })
     return frame

@@ -8,6 +8,7 @@ import streamlit as st
 
 from core.reconcile import PRIOR_WRONG, SIMULATED_ERROR_RATE, audit_table
 from core.records import Experiment
+from core.store import selection_score
 from dashboard import figures, state
 from dashboard.tables import labels
 
@@ -35,7 +36,7 @@ def finished_or_stop() -> list[Experiment]:
 def _ordered(exps: Sequence[Experiment]) -> list[Experiment]:
     """Best first (chosen on validation): the default choice is the model the counter uses."""
     best = state.best_id()
-    return sorted(exps, key=lambda e: (e.id != best, -(e.selection_metrics.get("balanced_accuracy") or 0)))
+    return sorted(exps, key=lambda e: (e.id != best, -(selection_score(e) or 0)))
 
 
 def pick_experiment(exps: Sequence[Experiment], key: str, label: str = "Experiment") -> Experiment:
@@ -82,7 +83,7 @@ def photo_grid(photos: pd.DataFrame, caption, columns: int = 4, details=None) ->
     for start in range(0, len(rows), columns):
         for col, row in zip(st.columns(columns), rows[start:start + columns], strict=False):
             with col.container(border=True):
-                image = state.thumbnail(row.path)
+                image = state.thumbnail(str(row.path))
                 if image is None:
                     st.warning(f"photo not found: {row.path}")
                 else:
@@ -110,12 +111,12 @@ def audit_value(exp: Experiment, key: str) -> None:
     if curve is None:
         st.caption("No stored test predictions for this model.")
         return
-    st.caption(f"Measured on the model's {curve['n']} test photos, {curve['wrong']} of their records moved by 1 or 2 "
-               f"items at random (seed {curve['seed']}); bins ranked by the probability of a mismatch with "
-               f"{PRIOR_WRONG:.0%} of records assumed wrong. ROC AUC {curve['roc_auc']:.2f}, average precision "
-               f"{curve['average_precision']:.2f}; the threshold {curve['threshold']:.0%} "
-               f"flags {curve['flagged']} bins "
-               f"({curve['flagged_precision']:.0%} of them wrong records).")
+    st.caption(f"Measured on the model's {curve.n} test photos, {curve.wrong} of their records moved by 1 or 2 "
+               f"items at random (seed {curve.seed}); bins ranked by the probability of a mismatch with "
+               f"{PRIOR_WRONG:.0%} of records assumed wrong. ROC AUC {curve.roc_auc:.2f}, average precision "
+               f"{curve.average_precision:.2f}; the threshold {curve.threshold:.0%} "
+               f"flags {curve.flagged} bins "
+               f"({curve.flagged_precision:.0%} of them wrong records).")
     left, right = st.columns([3, 2])
     left.plotly_chart(figures.audit_value_curve(curve), key=f"{key}-curve")
     right.dataframe(audit_table(curve), hide_index=True, column_config={

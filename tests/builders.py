@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
-from core.classical import train_classical
+from core.classical import ClassicalConfig, train_classical
 from core.cnn import find_lr, train_cnn
 from core.config import PROJECT_ROOT, SHARED_SAMPLE
 from core.store import Store
@@ -129,7 +129,7 @@ def settle_folders(*folders: Path) -> None:
 
 
 CNN_TINY = {"batch_size": 8, "lr_finder_steps": 8, "patience": 5}
-CLASSICAL_TINY = {"image_size": 32, "feature_params": {"size": 32}, "folds": 3, "n_jobs": 1, "progress": False}
+CLASSICAL_TINY = {"image_size": 32, "feature_params": {"size": 32}, "folds": 3}
 
 
 def build_trained_store(root: Path) -> Path:
@@ -148,6 +148,8 @@ def build_trained_store(root: Path) -> Path:
     train_cnn(data, "quick", store, progress=False, overrides={
         **CNN_TINY, "phases": [{"epochs": 2, "image_size": 32, "train_body": False, "lr": 3e-3}]})
     find_lr(data, "quick", store, progress=False, overrides={**CNN_TINY, "phases": [{"epochs": 1, "image_size": 32}]})
-    train_classical(data, "hog", "svc", store=store, grid={"C": [1, 10]}, **CLASSICAL_TINY)
-    train_classical(data, "raw", "logreg", store=store, grid={"C": [1]}, **CLASSICAL_TINY)
+    train_classical(data, ClassicalConfig("hog", "svc", grid={"C": [1, 10]}, **CLASSICAL_TINY), store, n_jobs=1,
+                    progress=False)
+    train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY), store, n_jobs=1,
+                    progress=False)
     return store.root

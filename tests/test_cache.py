@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 import core.cache
-from core.cache import assign_rows, build_cache, cache_file, cached_images
+from core.cache import assign_rows, build_cache, cached_images
 from core.images import load_rgb
+from core.layout import cache_file
 from tests.builders import bin_photo
 
 

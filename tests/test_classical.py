@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 import train
-from core.classical import experiment, suite_experiments, train_classical
+from core.classical import ClassicalConfig, experiment, suite_experiments, train_classical
 from core.classical.models import MODELS, check_scale, model_grid
 from core.classical.predictor import (
     ARTIFACT,
@@ -27,9 +27,11 @@ from core.classical.predictor import (
 )
 from core.classical.search import choose_folds, failed_rows, grid_search, select_balanced, select_paper
 from core.dataset import prepare_dataset
-from core.store import Store
+from core.metrics import Intervals
+from core.store import Store, config_key
 
-FAST = {"image_size": 32, "feature_params": {"size": 32}, "grid": {"C": [1, 10]}, "n_jobs": 1, "progress": False}
+FAST = {"image_size": 32, "feature_params": {"size": 32}, "grid": {"C": [1, 10]}}
+QUIET = {"n_jobs": 1, "progress": False}
 
 
 def six_classes(n: int = 120, seed: int = 0):
@@ -146,7 +148,7 @@ def test_kernel_svms_refuse_training_sets_they_cannot_fit_and_name_the_alternati
 
 def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_collection, store_root, monkeypatch):
     store = Store(store_root)
-    exp_id = train_classical(tiny_collection, "hog", "svc", store=store, **FAST)
+    exp_id = train_classical(tiny_collection, ClassicalConfig("hog", "svc", **FAST), store=store, **QUIET)
     exp = store.experiment(exp_id)
     assert exp.status == "finished" and exp.family == "classical" and exp.model == "svc" and exp.folds == 0
     assert exp.image_size == 32 and exp.num_classes == 6 and exp.artifact == ARTIFACT
@@ -154,8 +156,8 @@ def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_c
     assert len(exp.cv_results) == 2 and sum(row["chosen"] for row in exp.cv_results) == 1
     assert exp.probabilities.startswith("softmax") and exp.train_seconds is not None
     dataset = prepare_dataset(tiny_collection, image_size=32, store_root=store_root, progress=False)
-    assert exp.metrics["n"] == len(dataset.split("test")) and exp.val_metrics["n"] == len(dataset.split("val"))
-    assert set(exp.metrics["intervals"]) == {"accuracy", "balanced_accuracy", "rmse"}
+    assert exp.metrics.n == len(dataset.split("test")) and exp.val_metrics.n == len(dataset.split("val"))
+    assert isinstance(exp.metrics.intervals, Intervals)
     assert exp.calibration["method"] in ("none", "temperature", "temperature+bias")
     assert store.split(exp_id).set_index("image_id")["split"].to_dict() == \
         dataset.table.set_index("image_id")["split"].to_dict()
@@ -173,22 +175,24 @@ def test_train_classical_records_everything_and_second_run_is_a_cache_hit(tiny_c
         raise AssertionError("refitted a configuration the store already has")
 
     monkeypatch.setattr(experiment, "grid_search", refit)
-    assert train_classical(tiny_collection, "hog", "svc", store=store, **FAST) == exp_id
+    assert train_classical(tiny_collection, ClassicalConfig("hog", "svc", **FAST), store=store, **QUIET) == exp_id
     monkeypatch.undo()
     assert len(store.experiments()) == 1
-    other = train_classical(tiny_collection, "hog", "svc", store=store, **{**FAST, "grid": {"C": [1]}})
+    other = train_classical(tiny_collection, ClassicalConfig("hog", "svc", **{**FAST, "grid": {"C": [1]}}),
+                            store=store, **QUIET)
     assert other != exp_id and len(store.experiments()) == 2
 
 
 def test_cross_validated_run_is_one_experiment_of_k_models_with_out_of_fold_figures(tiny_collection, store_root):
     store = Store(store_root)
-    exp_id = train_classical(tiny_collection, "hog", "svc", store=store, cv=3, folds=2, **FAST)
+    exp_id = train_classical(tiny_collection, ClassicalConfig("hog", "svc", cv=3, folds=2, **FAST), store=store,
+                             **QUIET)
     exp = store.experiment(exp_id)
     assert exp.folds == 3 and exp.name.endswith("-cv3") and not exp.val_metrics
     oof = store.predictions(exp_id, "oof")
     dataset = prepare_dataset(tiny_collection, image_size=32, store_root=store_root, progress=False)
     pool = dataset.table[dataset.table["split"] != "test"]
-    assert sorted(oof["image_id"]) == sorted(pool["image_id"]) and exp.cv_metrics["n"] == len(pool)
+    assert sorted(oof["image_id"]) == sorted(pool["image_id"]) and exp.cv_metrics.n == len(pool)
     assert set(store.split(exp_id)["split"]) == {"oof", "test"}
     assert all((store.artifact_dir(exp_id) / f"fold-{f}" / ARTIFACT).is_file() for f in range(3))
     assert exp.calibration["n_fit"] == len(pool)  # calibrated on the pooled out-of-fold predictions
@@ -217,8 +221,9 @@ def test_a_tampered_pipeline_file_is_refused(tmp_path):
 def test_raw_pixels_pca_and_blobs_train_end_to_end(tiny_collection, store_root):
     store = Store(store_root)
     for features, pca in (("raw", 10), ("blobs", None)):
-        exp_id = train_classical(tiny_collection, features, "logreg", pca=pca, store=store, selection="paper",
-                                 folds=3, **{**FAST, "grid": {"C": [1]}})
+        config = ClassicalConfig(features, "logreg", pca=pca, selection="paper", folds=3,
+                                 **{**FAST, "grid": {"C": [1]}})
+        exp_id = train_classical(tiny_collection, config, store=store, **QUIET)
         exp = store.experiment(exp_id)
         assert exp.status == "finished" and exp.probabilities == "predict_proba"
         pipeline = load_pipeline(store.artifact_dir(exp_id) / exp.artifact)
@@ -233,26 +238,57 @@ def test_a_crash_leaves_the_experiment_failed_with_its_error(tiny_collection, st
 
     monkeypatch.setattr(experiment, "grid_search", broken)
     with pytest.raises(MemoryError):
-        train_classical(tiny_collection, "hog", "svc", store=store, **FAST)
+        train_classical(tiny_collection, ClassicalConfig("hog", "svc", **FAST), store=store, **QUIET)
     (exp,) = store.experiments()
     assert exp.status == "failed" and "out of memory in the search" in exp.error
 
 
 def test_suites_are_train_classical_arguments():
     paper = suite_experiments("paper-classical")
-    assert [(c["features"], c["model"], c.get("pca")) for c in paper] == [
+    assert [(c.features, c.model, c.pca) for c in paper] == [
         ("raw", "logreg", None), ("raw", "tree", None), ("raw", "svc", None),
         ("blobs", "svc", None), ("hog", "svc", None), ("raw", "svc", 1000)]
-    assert all(c["selection"] == "paper" for c in paper)
-    names = {c["name"] for c in suite_experiments("default")}
+    assert all(c.selection == "paper" for c in paper)
+    names = {c.name for c in suite_experiments("default")}
     assert names == {"pca-svm", "hog-svm"}
     signature = inspect.signature(train_classical)
     for config in paper + suite_experiments("default"):
-        signature.bind("data", **config)
-    paper[0]["model"] = "changed"
-    assert suite_experiments("paper-classical")[0]["model"] == "logreg"  # callers get copies
+        signature.bind("data", config)
+    paper[3].grid["C"].append(1000)
+    assert suite_experiments("paper-classical")[3].grid["C"] == [1, 10, 100]  # callers get copies
     with pytest.raises(ValueError, match="unknown suite"):
         suite_experiments("nope")
+
+
+# keys of these settings as the previous release computed them (its experiment_params), on data "fingerprint"
+PREVIOUS_KEYS = {"pca-svm": "64fdde36da7f88dd", "hog-svm": "1ce6450d7090b7f0", "tiny-hog": "8ac0ecbb504a73ea"}
+
+
+def test_a_configuration_keeps_the_experiment_key_it_had_before_it_was_typed():
+    configs = {c.name: c for c in suite_experiments("default")}
+    configs["tiny-hog"] = ClassicalConfig("hog", "svc", folds=3, **FAST)
+    for name, config in configs.items():
+        assert config_key("classical", config.model, config.params(), "fingerprint", 4) == PREVIOUS_KEYS[name]
+    assert experiment.VERSION == 4
+    assert ClassicalConfig("hog", name="a") == ClassicalConfig("hog", name="b")  # a name is not configuration
+    assert ClassicalConfig("hog", "svc", pca=5).run_name == "hog-pca-svc"
+    assert ClassicalConfig("raw", cv=3).with_overrides({"folds": 4, "image_size": None}).run_name == "raw-svc-cv3"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"selection": "best"}, "selection must be one of"),
+    ({"features": "sift"}, "unknown features"),
+    ({"model": "forest"}, "unknown model"),
+    ({"feature_params": {"bins": 3}}, "invalid feature settings"),
+    ({"grid": {}}, "a grid is a non-empty dict"),
+    ({"cv": 1}, "cv is 0"),
+    ({"folds": 1}, "at least 2 folds"),
+])
+def test_a_classical_configuration_is_validated_when_it_is_made(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ClassicalConfig(**settings)
+    with pytest.raises(ValueError, match="unknown classical settings"):
+        ClassicalConfig.from_dict({"features": "hog", "colour": "red"})
 
 
 def test_cli_trains_one_model_and_prints_its_figures(tiny_collection, store_root, capsys):

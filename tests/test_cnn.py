@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import build_model, input_normalization
+from core.backbones import build_model, input_normalization, to_model_input
 from core.calibration import apply_calibration
 from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
 from core.cnn.checkpoint import CHECKPOINT
-from core.cnn.inputs import random_flip, random_rotation, to_model_input
+from core.cnn.inputs import random_flip, random_rotation
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer
 from core.dataset import prepare_dataset
 from core.store import Store
@@ -133,9 +133,10 @@ def test_train_records_conventions_and_serves_the_same_predictions(tiny_collecti
     for column in ("train_loss", "train_accuracy", "train_balanced_accuracy", "train_rmse",
                    "val_loss", "val_accuracy", "val_balanced_accuracy", "val_rmse"):
         assert epochs[column].notna().all()
-    assert set(exp.metrics) >= {"accuracy", "balanced_accuracy", "rmse", "per_class_accuracy", "intervals", "ece"}
-    assert set(exp.val_metrics) >= {"accuracy", "balanced_accuracy", "rmse", "intervals"}
-    assert exp.calibration["n_fit"] == exp.val_metrics["n"]  # calibrated on validation, when training ended
+    assert exp.metrics.headline is not None and exp.metrics.per_class_accuracy
+    assert exp.metrics.intervals is not None and exp.metrics.ece is not None
+    assert exp.val_metrics.headline is not None and exp.val_metrics.intervals is not None
+    assert exp.calibration["n_fit"] == exp.val_metrics.n  # calibrated on validation, when training ended
 
     stored = store.predictions(exp_id)
     dataset = prepare_dataset(tiny_collection, 32, store_root=store.root, progress=False)
@@ -176,7 +177,7 @@ def test_each_recipe_runs_a_step_or_two(tiny_collection, store, preset, override
     if not recipe.pretrained:
         assert "random init" in exp.weights
     if recipe.frozen_stages:  # the store keeps the frozen stages' outputs, one file per size
-        assert len(list((store.root / "datasets").glob("*/features/*px-*rows.npy"))) == 2
+        assert len(list((store.root / "datasets").glob("*/frozen-features/*px-*rows.npy"))) == 2
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tiny_collection, store):
@@ -233,7 +234,7 @@ def test_cross_validated_cnn_is_one_ensemble_with_out_of_fold_predictions(tiny_c
     dataset = prepare_dataset(tiny_collection, 32, store_root=store.root, progress=False)
     pool = dataset.table[dataset.table["split"] != "test"]
     assert sorted(store.predictions(exp_id, "oof")["image_id"]) == sorted(pool["image_id"])
-    assert exp.cv_metrics["n"] == len(pool) and exp.metrics["n"] == len(dataset.split("test"))
+    assert exp.cv_metrics.n == len(pool) and exp.metrics.n == len(dataset.split("test"))
     for f in range(2):
         folder = store.artifact_dir(exp_id) / f"fold-{f}"
         assert (folder / "model.pt").is_file() and not (folder / CHECKPOINT).exists()

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.collection import DataError, assign_splits, load_collection, parse_count
-from core.dataset import prepare_dataset, recheck_collection
+from core.collection import DataError, load_collection, parse_count
+from core.dataset import assign_splits, prepare_dataset, recheck_collection
 from tests.builders import (
     bin_photo,
     requires_sample,

@@ -176,9 +176,9 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
     at = open_page("per_class")
     exp = store.experiment(at.selectbox(key="per-class").value)
     table = at.dataframe[0].value
-    expected = [np.nan if v is None else v for v in exp.metrics["per_class_accuracy"]]
+    expected = [np.nan if v is None else v for v in exp.metrics.per_class_accuracy]
     np.testing.assert_allclose(table["accuracy"].to_numpy(dtype=float), expected)
-    assert table["test photos"].sum() == exp.metrics["n"]
+    assert table["test photos"].sum() == exp.metrics.n
     bars = charts(at)[0].data[0]
     assert bars.error_y.array is not None  # per-count 95% intervals as error bars
     calibration = exp.calibration  # calibrated when it was trained
@@ -189,7 +189,7 @@ def test_per_class_table_is_the_experiments_test_metrics(store):
 def test_confusion_cell_shows_its_photos(store):
     at = open_page("confusion")
     exp = store.experiment(at.selectbox(key="cm-exp").value)
-    matrix = np.asarray(exp.metrics["confusion_matrix"])
+    matrix = np.asarray(exp.metrics.confusion_matrix)
     heat = charts(at)[0].data[0]
     np.testing.assert_array_equal(np.asarray(heat.z), matrix)
     true, pred = map(int, np.unravel_index(matrix.argmax(), matrix.shape))

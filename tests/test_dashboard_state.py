@@ -15,3 +15,8 @@ def test_cached_reads_see_new_writes(store_root, monkeypatch):
     store.log_lr_curve(exp, [1e-4, 1e-3], [2.0, 1.5], suggested=1e-3)
     assert list(state.epochs(exp)["epoch"]) == [1, 2]
     assert state.lr_curves(exp)[0]["suggested"] == 1e-3
+
+
+def test_looking_at_a_missing_store_creates_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("BINSIGHT_STORE", str(tmp_path / "store"))
+    assert state.experiments() == [] and not (tmp_path / "store").exists()

@@ -72,7 +72,9 @@ def _rank(rank: int, port: int, folder: str) -> None:
         data, test = _data()
         torch.manual_seed(rank)  # different heads: DDP must start every rank from rank 0's weights
         model = runtime.prepare(build_model(_recipe(1).backbone, 6, pretrained=False)[0])
-        out = {"initial": _flat(model), "epochs": {}}
+        computed: list[int] = []
+        out = {"initial": _flat(model), "epochs": {},
+               "on_main": (runtime.on_main(lambda: computed.append(rank) or rank), computed)}
         run = Path(folder) / "run"
         trainer = Trainer(model, _recipe(1), data, runtime, run, progress=False)
         state = trainer.fit(on_epoch=lambda e, v: out["epochs"].update({e: v}))
@@ -128,6 +130,11 @@ def test_sharded_evaluation_equals_one_process_on_the_same_weights(ranks):
     logged = r0["epochs"][1]
     for key, value in score(single.predict(data.val, SIZE), data.val.counts, 6).items():
         assert logged[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_on_main_computes_on_rank_0_alone_and_every_rank_gets_its_value(ranks):
+    r0, r1 = ranks
+    assert r0["on_main"] == (0, [0]) and r1["on_main"] == (0, [])
 
 
 def test_resume_takes_rank_0s_checkpoint_on_every_rank(ranks, spawned):

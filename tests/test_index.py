@@ -133,8 +133,8 @@ def test_stat_files_matches_os_stat_on_every_thread(tmp_path, monkeypatch):
 def stats(monkeypatch) -> list[int]:
     """How many files each `stat_files` call of `load_collection` stats."""
     calls: list[int] = []
-    real = core.collection.stat_files
-    monkeypatch.setattr(core.collection, "stat_files", lambda paths, *a, **k: calls.append(len(paths)) or real(paths))
+    real = core.index.stat_files
+    monkeypatch.setattr(core.index, "stat_files", lambda paths, *a, **k: calls.append(len(paths)) or real(paths))
     return calls
 
 

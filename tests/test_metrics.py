@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 
 from core.metrics import (
+    INTERVAL_METRICS,
+    Interval,
+    Intervals,
+    SplitFigures,
     accuracy_coverage,
     bootstrap_intervals,
     count_report,
     expected_calibration_error,
+    headline_text,
     paired_bootstrap,
     rounded_expected_count,
     split_figures,
@@ -22,12 +27,12 @@ def test_count_report_figures():
     y_true = [0, 1, 1, 2, 2, 2]
     y_pred = [0, 1, 2, 2, 2, 0]
     r = count_report(y_true, y_pred, num_classes=4)
-    assert r["n"] == 6 and r["accuracy"] == pytest.approx(4 / 6)
-    assert r["balanced_accuracy"] == pytest.approx((1 + 0.5 + 2 / 3) / 3)
-    assert r["rmse"] == pytest.approx(np.sqrt((1 + 4) / 6))
-    assert r["per_class_accuracy"] == [1.0, 0.5, pytest.approx(2 / 3), None]
-    assert r["per_class_rmse"][2] == pytest.approx(np.sqrt(4 / 3))
-    assert r["confusion_matrix"][2] == [1, 0, 2, 0]
+    assert r.n == 6 and r.accuracy == pytest.approx(4 / 6)
+    assert r.balanced_accuracy == pytest.approx((1 + 0.5 + 2 / 3) / 3)
+    assert r.rmse == pytest.approx(np.sqrt((1 + 4) / 6))
+    assert r.per_class_accuracy == [1.0, 0.5, pytest.approx(2 / 3), None]
+    assert r.per_class_rmse[2] == pytest.approx(np.sqrt(4 / 3))
+    assert r.confusion_matrix[2] == [1, 0, 2, 0]
     with pytest.raises(ValueError):
         count_report([], [], 3)
 
@@ -56,19 +61,19 @@ def test_intervals_hold_the_figure_and_narrow_with_more_photos():
     small = bootstrap_intervals(y, pred)
     report = count_report(y, pred, 6)
     for key in ("accuracy", "balanced_accuracy", "rmse"):
-        lo, hi = small[key]
-        assert lo <= report[key] <= hi and lo < hi
+        lo, hi = getattr(small, key)
+        assert lo <= getattr(report, key) <= hi and lo < hi
     y_big, pred_big = _noisy(2650, 0.5, 0)
     big = bootstrap_intervals(y_big, pred_big)
-    width = {k: small[k][1] - small[k][0] for k in small}
-    assert all(big[k][1] - big[k][0] < width[k] * 0.6 for k in big)  # about 1/sqrt(10) as wide
+    width = {k: getattr(small, k).high - getattr(small, k).low for k in INTERVAL_METRICS}
+    assert all(getattr(big, k).high - getattr(big, k).low < width[k] * 0.6 for k in INTERVAL_METRICS)  # ~1/sqrt(10)
 
 
 def test_intervals_are_stratified_by_count():
     """Every resample keeps each count's photos, so a count seen twice never vanishes from one."""
     y = np.array([0, 0] + [1] * 50)
     pred = np.array([0, 1] + [1] * 50)
-    lo, hi = bootstrap_intervals(y, pred)["balanced_accuracy"]
+    lo, hi = bootstrap_intervals(y, pred).balanced_accuracy
     assert 0.5 <= lo <= hi <= 1.0  # count 0's recall is 0, 0.5 or 1; count 1's is always 1
 
 
@@ -87,9 +92,9 @@ def test_paired_bootstrap_tells_a_real_difference_from_noise():
 def test_split_figures_score_the_most_probable_count_with_ece_and_intervals():
     probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
     figures = split_figures([0, 1, 1, 1], probs, 2)
-    assert figures["accuracy"] == pytest.approx(0.75)
-    assert figures["ece"] == pytest.approx(expected_calibration_error(probs, [0, 1, 1, 1]))
-    assert set(figures["intervals"]) == {"accuracy", "balanced_accuracy", "rmse"}
+    assert figures.accuracy == pytest.approx(0.75)
+    assert figures.ece == pytest.approx(expected_calibration_error(probs, [0, 1, 1, 1]))
+    assert isinstance(figures.intervals, Intervals)
 
 
 def test_split_figures_also_score_the_rounded_expected_count():
@@ -98,15 +103,33 @@ def test_split_figures_also_score_the_rounded_expected_count():
     probs = np.array([[0, 0.5, 0, 0.5], [0, 0.45, 0.1, 0.45], [0.6, 0, 0, 0.4], [0, 0, 0, 1.0]])
     assert list(rounded_expected_count(probs)) == [2, 2, 1, 3]
     figures = split_figures([2, 2, 0, 3], probs, 4)
-    assert figures["accuracy"] == pytest.approx(0.5) and figures["rmse"] == pytest.approx(np.sqrt(2 / 4))
-    expected = figures["rounded_expected"]
-    assert expected["accuracy"] == pytest.approx(0.75) and expected["rmse"] == pytest.approx(0.5)
-    assert set(expected["intervals"]) == {"accuracy", "balanced_accuracy", "rmse"}
+    assert figures.accuracy == pytest.approx(0.5) and figures.rmse == pytest.approx(np.sqrt(2 / 4))
+    expected = figures.rounded_expected
+    assert expected.accuracy == pytest.approx(0.75) and expected.rmse == pytest.approx(0.5)
+    assert isinstance(expected.intervals, Intervals)
 
 
 def test_with_interval_formats_a_figure_and_its_interval():
-    m = {"accuracy": 0.5612, "rmse": 1.234, "intervals": {"accuracy": [0.5, 0.62], "rmse": [1.1, 1.4]}}
-    assert with_interval(m, "accuracy") == "0.561 (0.500–0.620)"
-    assert with_interval(m, "accuracy", percent=True) == "56.1% (50.0%–62.0%)"
-    assert with_interval(m, "rmse") == "1.23 (1.10–1.40)"
-    assert with_interval({"accuracy": 0.5}, "accuracy") == "0.500" and with_interval({}, "rmse") == ""
+    assert with_interval(0.5612, Interval(0.5, 0.62)) == "0.561 (0.500–0.620)"
+    assert with_interval(0.5612, Interval(0.5, 0.62), percent=True) == "56.1% (50.0%–62.0%)"
+    assert with_interval(1.234, Interval(1.1, 1.4), digits=2) == "1.23 (1.10–1.40)"
+    assert with_interval(0.5, None) == "0.500" and with_interval(None, None) == ""
+    m = SplitFigures(accuracy=0.5612, balanced_accuracy=0.4, rmse=1.234,
+                     intervals=Intervals(Interval(0.5, 0.62), Interval(0.3, 0.5), Interval(1.1, 1.4)))
+    assert headline_text(m) == ("0.561 (0.500–0.620)", "0.400 (0.300–0.500)", "1.23 (1.10–1.40)")
+    assert headline_text(SplitFigures(accuracy=0.5)) == ("0.500", "", "") and headline_text(None) == ("", "", "")
+
+
+def test_split_figures_read_back_from_their_stored_form():
+    """A record written by the current release (JSON) reads back as the same figures."""
+    import json
+
+    y = np.array([0, 1, 2, 5, 6, 6, 6, 6])
+    probs = np.eye(7)[[0, 1, 6, 5, 6, 6, 5, 6]] * 0.9 + 0.1 / 7
+    figures = split_figures(y, probs, 7, open_top=True)
+    stored = json.loads(json.dumps(figures.to_dict()))
+    assert set(stored) == {"n", "accuracy", "balanced_accuracy", "rmse", "per_class_accuracy", "per_class_rmse",
+                           "confusion_matrix", "ece", "intervals", "per_class_intervals", "rounded_expected",
+                           "open_class"}
+    assert stored["intervals"]["accuracy"] == list(figures.intervals.accuracy)
+    assert SplitFigures.from_dict(stored) == figures

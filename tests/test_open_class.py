@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.classical import train_classical
+from core.classical import ClassicalConfig, train_classical
 from core.collection import load_collection
 from core.config import PROJECT_ROOT
 from core.dataset import prepare_dataset
@@ -49,24 +49,25 @@ def test_the_papers_figures_are_on_zero_to_five_and_the_open_recall_beside_them(
     probs = np.eye(7)[pred] * 0.9 + 0.1 / 7
     figures = split_figures(y, probs, 7, open_top=True)
     paper = count_report(y[:4], pred[:4], 7)
-    assert figures["n"] == 4 and figures["accuracy"] == pytest.approx(paper["accuracy"]) == 0.75
-    assert figures["rmse"] == pytest.approx(paper["rmse"])  # "more than 5" counts as 6 items
-    assert figures["open_class"]["n"] == 4 and figures["open_class"]["recall"] == pytest.approx(0.75)
-    assert figures["per_class_accuracy"][6] == pytest.approx(0.75)
-    assert np.asarray(figures["confusion_matrix"]).sum() == 8 and figures["confusion_matrix"][6][5] == 1
+    assert figures.n == 4 and figures.accuracy == pytest.approx(paper.accuracy) == 0.75
+    assert figures.rmse == pytest.approx(paper.rmse)  # "more than 5" counts as 6 items
+    assert figures.open_class.n == 4 and figures.open_class.recall == pytest.approx(0.75)
+    assert figures.per_class_accuracy[6] == pytest.approx(0.75)
+    assert np.asarray(figures.confusion_matrix).sum() == 8 and figures.confusion_matrix[6][5] == 1
 
 
 def test_a_classical_model_learns_the_open_class(tmp_path, store_root):
     root = write_abid_collection(tmp_path / "data", COUNTS * 2)
     store = Store(store_root)
-    exp = store.experiment(train_classical(root, "hog", "logreg", store=store, image_size=32, grid={"C": [1]},
-                                           feature_params={"size": 32}, folds=2, n_jobs=1, progress=False))
+    tiny = {"image_size": 32, "grid": {"C": [1]}, "feature_params": {"size": 32}, "folds": 2}
+    exp = store.experiment(train_classical(root, ClassicalConfig("hog", "logreg", **tiny), store=store, n_jobs=1,
+                                           progress=False))
     assert exp.open_top and exp.num_classes == 7 and exp.params["open_top"] is True
     assert exp.count_label(6) == "more than 5" and exp.count_label(3) == "3"
-    assert "open_class" in exp.metrics and len(exp.metrics["per_class_accuracy"]) == 7
-    closed = store.experiment(train_classical(root, "hog", "logreg", store=store, image_size=32, grid={"C": [1]},
-                                              feature_params={"size": 32}, folds=2, n_jobs=1, progress=False,
-                                              open_top=False))
+    assert exp.metrics.open_class is not None and len(exp.metrics.per_class_accuracy) == 7
+    closed = store.experiment(train_classical(root, ClassicalConfig("hog", "logreg", image_size=32, grid={"C": [1]},
+                                              feature_params={"size": 32}, folds=2, open_top=False), store=store,
+                                              n_jobs=1, progress=False))
     assert not closed.open_top and closed.num_classes == 6
 
 
@@ -108,8 +109,8 @@ def test_a_bin_recorded_above_five_is_flagged_only_when_its_photo_does_not_look_
 def test_reconcile_cli_lists_every_record_above_five_included(tmp_path):
     root = write_abid_collection(tmp_path / "data", COUNTS * 2)
     store = tmp_path / "store"
-    train_classical(root, "hog", "logreg", store=Store(store), image_size=32, grid={"C": [1]},
-                    feature_params={"size": 32}, folds=2, n_jobs=1, progress=False)
+    train_classical(root, ClassicalConfig("hog", "logreg", image_size=32, grid={"C": [1]}, feature_params={"size": 32},
+                                          folds=2), store=Store(store), n_jobs=1, progress=False)
     (root / "bin-images" / "bad.jpg").write_bytes(b"<html>not a photo</html>")
     records = tmp_path / "recorded.csv"
     records.write_text("image,recorded_quantity\nbin-images/1.jpg,0\nbin-images/40.jpg,8\nbin-images/bad.jpg,2\n"

@@ -129,11 +129,11 @@ def test_calibration_is_stored_with_the_model_when_it_is_trained(counters, train
     assert counters["cnn"].calibration == calibration  # loading only reads it
     nll = calibration["nll_by_method"]  # chosen on held-out halves of the validation photos
     assert nll[calibration["method"]] <= min(nll.values()) + 1e-3
-    assert calibration["n_fit"] == exp.val_metrics["n"]
+    assert calibration["n_fit"] == exp.val_metrics.n
     assert sum(calibration["class_prior"]) == pytest.approx(1, abs=1e-4)
     coverage, accuracy = calibration["coverage"], calibration["coverage_accuracy"]
     assert coverage == sorted(coverage) and coverage[-1] == 1.0
-    assert accuracy[-1] == pytest.approx(exp.metrics["accuracy"], abs=1e-3)
+    assert accuracy[-1] == pytest.approx(exp.metrics.accuracy, abs=1e-3)
 
 
 def test_loading_a_model_writes_nothing(counters, trained_store):
@@ -155,7 +155,7 @@ def test_evaluate_cli_scores_only_the_test_split_of_the_models_own_collection(tr
     for key in ("accuracy", "balanced_accuracy", "rmse"):
         lo, hi = report["intervals"][key]
         assert isinstance(report[key], float) and lo <= report[key] <= hi
-    assert report["accuracy"] == pytest.approx(store.experiment(report["model"]).metrics["accuracy"])
+    assert report["accuracy"] == pytest.approx(store.experiment(report["model"]).metrics.accuracy)
 
 
 def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tmp_path):

@@ -14,6 +14,7 @@ from core.predict import class_prior, load_counter
 from core.reconcile import (
     PRIOR_WRONG,
     audit_curve,
+    audit_folder,
     audit_table,
     budget_size,
     flags,
@@ -124,15 +125,15 @@ def test_default_settings_flag_few_bins_and_mostly_wrong_records():
     probs, true = calibrated_model(3000, prior, noise=1.0, seed=1)
     assert 0.6 < (probs.argmax(1) == true).mean() < 0.8
     curve = audit_curve(probs, true, prior, error_rate=0.2, seed=2)
-    assert curve["flagged"] / curve["n"] < 0.25
-    assert curve["flagged_precision"] > 0.6
-    assert curve["roc_auc"] > 0.75 and curve["average_precision"] > 0.5
-    assert np.all(np.diff(curve["caught"]) >= 0) and curve["caught"][-1] == 1 and curve["recounted"][-1] == 1
+    assert curve.flagged / curve.n < 0.25
+    assert curve.flagged_precision > 0.6
+    assert curve.roc_auc > 0.75 and curve.average_precision > 0.5
+    assert np.all(np.diff(curve.caught) >= 0) and curve.caught[-1] == 1 and curve.recounted[-1] == 1
     table = audit_table(curve)
     assert list(table["recount"]) == ["10%", "20%", "30%", "50%"]
     assert table["wrong records caught"].is_monotonic_increasing and table["wrong records caught"].iloc[0] > 0.2
     uninformative = audit_curve(np.tile(prior, (3000, 1)), true, prior, error_rate=0.2, seed=2)
-    assert uninformative["flagged"] == 0  # a photo that says nothing never outweighs the prior
+    assert uninformative.flagged == 0  # a photo that says nothing never outweighs the prior
 
 
 # ---- records -------------------------------------------------------------------------------------
@@ -244,6 +245,18 @@ def test_an_open_top_class_judges_a_large_record_by_p_more_than(counter):
     assert judge(counter, result, 8)[:2] == (None, None)
 
 
+def test_the_folder_audit_scores_the_test_split_of_its_own_collection_and_every_photo_elsewhere(
+        counter, trained_store, tmp_path):
+    store = Store(trained_store)
+    own = audit_folder(counter, trained_store.parent / "data", store, 0.2, seed=1, progress=False)
+    tested = store.split(counter.exp_id)
+    assert own.scope == "test split" and own.curve.n + own.left_out == (tested["split"] == "test").sum()
+    other = write_abid_collection(tmp_path / "other", [0, 1, 2, 3, 4, 5, 1, 2])
+    (other / "bin-images" / "bad.jpg").write_bytes(b"<html>not a photo</html>")
+    elsewhere = audit_folder(counter, other, store, 0.2, seed=1, progress=False)
+    assert elsewhere.scope == "all photos" and elsewhere.curve.n == 8 and elsewhere.left_out == 1
+
+
 def test_counter_class_prior_is_the_experiments(counter):
     assert counter.class_prior == pytest.approx(class_prior(counter.exp))
     assert counter.class_prior.sum() == pytest.approx(1)
@@ -290,12 +303,14 @@ def test_reconcile_cli_without_records_keys_photos_by_relative_path(trained_stor
     assert "the 5 riskiest bins" in run.stdout
 
 
-def test_reconcile_cli_simulates_errors_and_prints_the_audit_value(trained_store):
+def test_reconcile_cli_simulates_errors_on_the_test_split_of_the_models_own_collection(trained_store):
     run = run_cli("reconcile", "--data", str(trained_store.parent / "data"), "--simulate-errors", "0.2", "--seed", "1",
                store=trained_store)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert "on 36 labelled photos" in lines[0]
+    model = lines[0].split("(")[1].split(")")[0]
+    tested = int((Store(trained_store).split(model)["split"] == "test").sum())
+    assert f"on {tested} labelled photos" in lines[0] and "scope: test split" in lines[0] and tested < 36
     assert [line.split()[0] for line in lines[2:6]] == ["10%", "20%", "30%", "50%"]
     assert "ROC AUC" in run.stdout and "average precision" in run.stdout and "flags" in lines[-1]
     bad = run_cli("reconcile", "--data", str(trained_store.parent / "data"), "--budget", "lots", store=trained_store)

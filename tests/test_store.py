@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from core.metrics import SplitFigures
 from core.records import Experiment
-from core.store import SCHEMA_VERSION, Store, best_of, config_key
+from core.store import SCHEMA_VERSION, NoStoreError, Store, best_of, config_key, data_in_use
 
 
 def test_store_round_trip(store_root):
@@ -28,11 +29,11 @@ def test_store_round_trip(store_root):
     store.log_predictions(exp, ["c"], ["/c.jpg"], [0], np.array([[0.6, 0.3, 0.1]]), split="val")
     store.log_split(exp, ["a", "b", "c", "d"], ["test", "test", "val", "train"])
     assert store.find_finished(key) is None
-    store.finish(exp, {"accuracy": 0.5, "balanced_accuracy": 0.4}, val_metrics={"balanced_accuracy": 0.3},
-                 num_classes=3)
+    store.finish(exp, SplitFigures(accuracy=0.5, balanced_accuracy=0.4),
+                 val_metrics=SplitFigures(balanced_accuracy=0.3), num_classes=3)
     got = store.experiment(exp)
     assert isinstance(got, Experiment) and got.status == "finished" and got.params == {"C": 10}
-    assert (got.image_size, got.num_classes, got.val_metrics) == (64, 3, {"balanced_accuracy": 0.3})
+    assert (got.image_size, got.num_classes, got.val_metrics) == (64, 3, SplitFigures(balanced_accuracy=0.3))
     assert list(store.epochs(exp)["train_loss"]) == [1.2, 0.9]
     assert store.lr_curves(exp)[0]["suggested"] == 1e-3
     preds = store.predictions(exp)
@@ -68,8 +69,8 @@ def test_config_key_changes_with_code_version_and_world_size():
 
 def _finished(store: Store, name: str, root: str, val: float, test: float, cv: float | None = None) -> str:
     exp = store.start(name, "classical", "svc", {"name": name}, dataset="d", code_version=1, data_root=root)
-    store.finish(exp, {"balanced_accuracy": test}, val_metrics={"balanced_accuracy": val},
-                 cv_metrics={"balanced_accuracy": cv} if cv is not None else {})
+    store.finish(exp, SplitFigures(balanced_accuracy=test), val_metrics=SplitFigures(balanced_accuracy=val),
+                 cv_metrics=SplitFigures(balanced_accuracy=cv) if cv is not None else None)
     return exp
 
 
@@ -85,6 +86,25 @@ def test_best_is_chosen_on_validation_and_on_the_data_in_use(store_root, tmp_pat
     crossed = _finished(store, "cross-validated", here, val=0.0, test=0.1, cv=0.6)  # out-of-fold counts instead
     assert best_of(store.experiments(), here) == crossed
     assert store.best(tmp_path / "nothing") is None
+
+
+def test_the_data_in_use_is_the_asked_folder_then_the_default_one_then_the_newest_models(
+        store_root, tmp_path, monkeypatch):
+    store = Store()
+    here, elsewhere, default = (str(tmp_path / name) for name in ("here", "elsewhere", "default"))
+    monkeypatch.setenv("ABID_DATA", default)
+    assert data_in_use(store.experiments(), here) is None  # no model at all
+    _finished(store, "older", here, val=0.5, test=0.5)
+    time.sleep(0.01)
+    _finished(store, "newer", elsewhere, val=0.4, test=0.4)
+    models = store.experiments("finished")
+    assert data_in_use(models, here) == here  # asked, and models were trained on it
+    assert data_in_use(models, tmp_path / "nothing") == elsewhere  # neither asked nor default: the newest model's
+    assert data_in_use(models) == elsewhere
+    _finished(store, "on-default", default, val=0.1, test=0.1)
+    models = store.experiments("finished")
+    assert data_in_use(models) == default and data_in_use(models, tmp_path / "nothing") == default
+    assert data_in_use(models, here) == here
 
 
 def test_failure_is_recorded_and_never_finished(store_root):
@@ -217,7 +237,8 @@ def test_a_store_written_by_the_first_schema_opens_and_migrates(tmp_path):
     store = Store(root)
     exp = store.experiment("old")
     assert (exp.data_root, exp.image_size, exp.preset, exp.recipe_notes) == ("/data/abid", 160, "quick", "notes")
-    assert exp.val_metrics == {"accuracy": 0.6, "balanced_accuracy": 0.4, "loss": 1.1}
+    assert exp.val_metrics == SplitFigures(accuracy=0.6, balanced_accuracy=0.4)  # the loss is no figure of a split
+    assert exp.metrics == SplitFigures(balanced_accuracy=0.3)
     assert exp.split_counts == {"train": 7, "val": 2, "test": 1} and exp.temperature == 0.7
     assert store.predictions("old")["image_id"].tolist() == ["a"]  # old predictions are the test split's
     assert store.split("old").empty  # never recorded: evaluate says so instead of re-splitting
@@ -239,3 +260,25 @@ def test_empty_store_variable_means_the_default_store(monkeypatch):
 
     monkeypatch.setenv("BINSIGHT_STORE", "")
     assert store_dir() == PROJECT_ROOT / "models"
+
+
+def test_opening_a_store_to_read_never_creates_one(tmp_path):
+    missing = tmp_path / "nowhere" / "store"
+    with pytest.raises(NoStoreError):
+        Store(missing, create=False)
+    assert not (tmp_path / "nowhere").exists()
+    root = tmp_path / "old"
+    root.mkdir()
+    with sqlite3.connect(root / "experiments.sqlite") as db:  # the first release's store, never opened since
+        db.executescript(OLD_SCHEMA)
+        db.execute("INSERT INTO experiments (id, name, family, model, params, config_key, dataset, status,"
+                   " started_at) VALUES ('old', 'quick', 'cnn', 'm', '{}', 'k', 'd', 'finished', 1.0)")
+    store = Store(root, create=False)
+    assert [e.id for e in store.experiments()] == ["old"]  # migrated, since only the current schema is read
+    with sqlite3.connect(root / "experiments.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # a reader switches nothing
+    assert sorted(p.name for p in root.iterdir()) == ["experiments.sqlite"]
+    (root / "experiments.sqlite").unlink()
+    with pytest.raises(sqlite3.OperationalError):
+        store.experiments()  # a later read does not make an empty store either
+    assert not (root / "experiments.sqlite").exists()

@@ -8,20 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.metrics import Interval, Intervals, SplitFigures
 from core.records import Experiment
 from dashboard import tables
 
 
 def experiment(exp_id, name, status="finished", bal=0.5, started=0.0, family="classical", val=None) -> Experiment:
-    metrics = {"accuracy": bal + 0.1, "balanced_accuracy": bal, "rmse": 1.0 - bal, "n": 10,
-               "per_class_accuracy": [bal, None, 1.0], "per_class_rmse": [0.5, None, 0.0],
-               "intervals": {"accuracy": [bal, bal + 0.2], "balanced_accuracy": [bal - 0.1, bal + 0.1],
-                             "rmse": [0.4, 0.6]},
-               "per_class_intervals": [[bal - 0.2, bal + 0.2], None, [1.0, 1.0]],
-               "confusion_matrix": [[2, 1, 0], [0, 0, 0], [0, 0, 3]]} if status == "finished" else {}
+    metrics = SplitFigures(
+        accuracy=bal + 0.1, balanced_accuracy=bal, rmse=1.0 - bal, n=10,
+        per_class_accuracy=[bal, None, 1.0], per_class_rmse=[0.5, None, 0.0],
+        intervals=Intervals(Interval(bal, bal + 0.2), Interval(bal - 0.1, bal + 0.1), Interval(0.4, 0.6)),
+        per_class_intervals=[Interval(bal - 0.2, bal + 0.2), None, Interval(1.0, 1.0)],
+        confusion_matrix=[[2, 1, 0], [0, 0, 0], [0, 0, 3]]) if status == "finished" else None
     return Experiment(id=exp_id, name=name, family=family, model="svm", params={}, config_key="k", dataset="d",
                       data_root="/data", status=status, started_at=started, metrics=metrics, train_seconds=2.5,
-                      device="cpu", val_metrics={"balanced_accuracy": bal if val is None else val} if metrics else {})
+                      device="cpu",
+                      val_metrics=SplitFigures(balanced_accuracy=bal if val is None else val) if metrics else None)
 
 
 def test_labels_stay_unique_when_names_repeat():
@@ -42,10 +44,10 @@ def test_leaderboard_ranks_by_the_validation_figure_and_shows_test_intervals():
     assert board.loc[0, "train time (s)"] == 2.5
     assert tables.leaderboard([experiment("c", "x", status="failed")]).empty
     sweep = experiment("d", "lr-find quick")
-    sweep.metrics = {}  # finished, but scores nothing
+    sweep.metrics = None  # finished, but scores nothing
     assert not tables.is_scored(sweep) and tables.leaderboard([sweep]).empty
     crossed = experiment("e", "cv", val=0.0)
-    crossed.cv_metrics = {"balanced_accuracy": 0.9}
+    crossed.cv_metrics = SplitFigures(balanced_accuracy=0.9)
     assert tables.leaderboard([*exps, crossed]).loc[0, "chosen on"] == "out-of-fold"
 
 
@@ -67,7 +69,9 @@ def test_paired_comparison_runs_on_the_photos_both_models_scored():
 
 
 def test_per_class_table_is_the_papers_tables_one_and_two():
-    frame = tables.per_class_table(experiment("a", "svm", bal=0.5).metrics)
+    metrics = experiment("a", "svm", bal=0.5).metrics
+    assert metrics is not None
+    frame = tables.per_class_table(metrics)
     assert list(frame["items in the bin"]) == [0, 1, 2]
     assert list(frame["accuracy 95% CI"]) == ["30%–70%", "", "100%–100%"]
     assert list(frame["test photos"]) == [3, 0, 3]

@@ -16,88 +16,51 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
-from core.classical.features import ImageFeatures, feature_matrix, make_extractor
-from core.classical.models import check_scale, model_grid
+from core.classical.config import ClassicalConfig
+from core.classical.features import ImageFeatures, feature_matrix
+from core.classical.models import check_scale
 from core.classical.predictor import ARTIFACT, pipeline_probabilities, probability_method, save_pipeline
-from core.classical.search import SELECTION_RULES, SELECTORS, choose_folds, cv_table, failed_rows, grid_search
-from core.config import MAX_COUNT
-from core.dataset import DEFAULT_SPLIT, Dataset, prepare_dataset
-from core.runs import cv_folds, cv_pool, finish_cv, finish_single
+from core.classical.search import choose_folds, cv_table, failed_rows, grid_search
+from core.dataset import Dataset, prepare_dataset
+from core.layout import fold_dir
+from core.runs import cv_folds, cv_pool, finish_cv, finish_single, run_once
 from core.store import Store, config_key
 
 FAMILY = "classical"
-IMAGE_SIZE = 128  # cache resolution; each extractor shrinks further (raw 32 px, HOG 64 px, ...)
 VERSION = 4  # part of every experiment's key: bump when a change alters what a setting trains
 
 
-def experiment_params(features: str, extractor: ImageFeatures, pca: int | None, model: str, grid: list[dict],
-                      folds: int, selection: str, image_size: int, seed: int, max_count: int, cv: int,
-                      open_top: bool) -> dict:
-    """Everything that decides what a run trains: equal params on equal data -> served from the store."""
-    return {
-        "features": features, "feature_params": extractor.get_params(), "pca": pca, "model": model, "grid": grid,
-        "folds": folds, "selection": selection, "image_size": image_size, "seed": seed, "max_count": max_count,
-        "split": list(DEFAULT_SPLIT), "cv": cv, "open_top": open_top,
-    }
-
-
-def train_classical(
-    dataset_root: str | Path,
-    features: str = "hog",
-    model: str = "svc",
-    *,
-    feature_params: dict | None = None,
-    pca: int | None = None,
-    grid: dict | list[dict] | None = None,
-    folds: int = 10,
-    selection: str = "balanced",
-    image_size: int = IMAGE_SIZE,
-    seed: int = 0,
-    cv: int = 0,
-    name: str | None = None,
-    store: Store | None = None,
-    n_jobs: int = 2,
-    progress: bool = True,
-    max_count: int = MAX_COUNT,
-    open_top: bool = True,
-) -> str:
-    """Search, fit, calibrate, save and test one classical model (or, with `cv=K`, K of them on
-    the folds of train+val); returns its experiment id. With `open_top` (the default), bins of
-    more than `max_count` items are a class of their own instead of being left out. A configuration
-    already finished on the same data is served from the store; two processes asking for it at once
-    train it once."""
+def train_classical(dataset_root: str | Path, config: ClassicalConfig, store: Store | None = None,
+                    n_jobs: int = 2, progress: bool = True) -> str:
+    """Search, fit, calibrate, save and test one classical model (or, with `config.cv=K`, K of them
+    on the folds of train+val); returns its experiment id. A configuration already finished on the
+    same data is served from the store; two processes asking for it at once train it once
+    (`core.runs.run_once`)."""
     store = store or Store()
-    if selection not in SELECTORS:
-        raise ValueError(f"selection must be one of {SELECTION_RULES}, got {selection!r}")
-    extractor = make_extractor(features, **(feature_params or {}))
-    grid = model_grid(model, grid)
-    dataset = prepare_dataset(dataset_root, image_size=image_size, max_count=max_count, seed=seed,
-                              store_root=store.root, progress=progress, open_top=open_top)
-    check_scale(model, int((dataset.table["split"] == "train").sum()))
-    params = experiment_params(features, extractor, pca, model, grid, folds, selection, image_size, seed, max_count,
-                               cv, open_top)
-    name = (name or f"{features}{'-pca' if pca else ''}-{model}") + (f"-cv{cv}" if cv else "")
-    key = config_key(FAMILY, model, params, dataset.fingerprint, VERSION)
-    with store.claim(key):
-        found = store.find_finished(key)
-        if found:
-            if progress:
-                tqdm.write(f"{name}: served from the store ({found})")
-            return found
-        exp_id = store.start(name, FAMILY, model, params, dataset.fingerprint, code_version=VERSION,
-                             data_root=str(Path(dataset_root).resolve()), image_size=image_size,
-                             num_classes=dataset.num_classes, open_top=dataset.open_top, selection=selection)
-        with store.running(exp_id):
-            _train(store, exp_id, dataset, extractor, model, grid, pca, folds, selection, image_size, seed, cv,
-                   n_jobs, progress)
-    return exp_id
+    dataset = prepare_dataset(dataset_root, image_size=config.image_size, max_count=config.max_count,
+                              seed=config.seed, store_root=store.root, progress=progress, open_top=config.open_top)
+    check_scale(config.model, int((dataset.table["split"] == "train").sum()))
+    params, name = config.params(), config.run_name
+
+    def start() -> str:
+        return store.start(name, FAMILY, config.model, params, dataset.fingerprint, code_version=VERSION,
+                           data_root=str(Path(dataset_root).resolve()), image_size=config.image_size,
+                           num_classes=dataset.num_classes, open_top=dataset.open_top, selection=config.selection)
+
+    def reused(exp_id: str) -> None:
+        if progress:
+            tqdm.write(f"{name}: served from the store ({exp_id})")
+
+    return run_once(store, config_key(FAMILY, config.model, params, dataset.fingerprint, VERSION), start,
+                    lambda exp_id: _train(store, exp_id, dataset, config, n_jobs, progress), on_reuse=reused)
 
 
-def _train(store: Store, exp_id: str, dataset: Dataset, extractor: ImageFeatures, model: str, grid: list[dict],
-           pca: int | None, folds: int, selection: str, image_size: int, seed: int, cv: int, n_jobs: int,
+def _train(store: Store, exp_id: str, dataset: Dataset, config: ClassicalConfig, n_jobs: int,
            progress: bool) -> None:
+    extractor: ImageFeatures = config.extractor()
+    model, grid, pca, seed, image_size = config.model, config.search_grid(), config.pca, config.seed, config.image_size
     started = time.perf_counter()
-    matrix = feature_matrix(extractor, dataset.images(image_size), dataset.folder / "features" / f"{image_size}px",
+    matrix = feature_matrix(extractor, dataset.images(image_size), dataset.features_folder(image_size),
                             n_jobs=n_jobs, progress=progress)
     feature_seconds = round(time.perf_counter() - started, 2)
     k = dataset.num_classes
@@ -107,11 +70,11 @@ def _train(store: Store, exp_id: str, dataset: Dataset, extractor: ImageFeatures
     def fit(part: pd.DataFrame, where: Path):
         """Grid-search on `part`'s photos; save the chosen pipeline in `where`."""
         y = part["count"].to_numpy()
-        used, note = choose_folds(y, folds)
+        used, note = choose_folds(y, config.folds)
         if note:
             warnings.append(note)
-        search = grid_search(matrix[part["row"].to_numpy()], y, model, grid, pca, used, selection, seed, n_jobs,
-                             progress)
+        search = grid_search(matrix[part["row"].to_numpy()], y, model, grid, pca, used, config.selection, seed,
+                             n_jobs, progress)
         pipeline = Pipeline([("features", extractor), *search.best_estimator_.steps])
         save_pipeline(where / ARTIFACT, pipeline)
         return search, pipeline
@@ -122,11 +85,11 @@ def _train(store: Store, exp_id: str, dataset: Dataset, extractor: ImageFeatures
     test = dataset.split("test")
     common = {"artifact": ARTIFACT, "feature_seconds": feature_seconds,
               "split_counts": dataset.table["split"].value_counts().to_dict()}
-    if cv:
-        pool, fold = cv_pool(dataset), cv_folds(dataset, cv, seed)
+    if config.cv:
+        pool, fold = cv_pool(dataset), cv_folds(dataset, config.cv, seed)
         oof, tests = np.zeros((len(pool), k)), []
-        for f in tqdm(range(cv), desc="cross-validation", unit="fold", disable=not progress):
-            search, pipeline = fit(pool[fold != f], folder / f"fold-{f}")
+        for f in tqdm(range(config.cv), desc="cross-validation", unit="fold", disable=not progress):
+            search, pipeline = fit(pool[fold != f], fold_dir(folder, f))
             oof[fold == f] = probs(search, pool[fold == f])
             tests.append(probs(search, test))
         finish_cv(store, exp_id, dataset, fold, oof, tests, train_seconds=round(time.perf_counter() - started, 2),

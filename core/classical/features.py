@@ -27,8 +27,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
-from core.backbones import backbone, build_model, input_normalization
-from core.cnn.inputs import to_model_input
+from core.backbones import backbone, build_model, input_normalization, to_model_input
 from core.files import atomic_path
 
 CHUNK = 64

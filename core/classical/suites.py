@@ -5,6 +5,8 @@ import json
 
 import pandas as pd
 
+from core.classical.config import ClassicalConfig
+from core.metrics import SplitFigures
 from core.store import Store
 
 # On HOG and PCA features C = 10 and C = 100 fit the same (hard-margin) SVM, and each setting
@@ -36,11 +38,11 @@ SUITES: dict[str, list[dict]] = {
 PAPER_TABLES = {"raw-logreg": "I", "raw-tree": "I", "raw-svm": "I", "blobs-svm": "II", "hog-svm": "II", "pca-svm": "II"}
 
 
-def suite_experiments(name: str) -> list[dict]:
-    """The experiments of a suite, each a dict of keyword arguments for `train_classical`."""
+def suite_experiments(name: str) -> list[ClassicalConfig]:
+    """The experiments of a suite, each the configuration `train_classical` takes."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose from {sorted(SUITES)}")
-    return [json.loads(json.dumps(config)) for config in SUITES[name]]
+    return [ClassicalConfig.from_dict(config) for config in SUITES[name]]
 
 
 def results_table(store: Store, exp_ids: list[str]) -> pd.DataFrame:
@@ -49,14 +51,14 @@ def results_table(store: Store, exp_ids: list[str]) -> pd.DataFrame:
     rows = []
     for exp_id in exp_ids:
         exp = store.experiment(exp_id)
-        metrics = exp.cv_metrics or exp.metrics
+        metrics = exp.cv_metrics or exp.metrics or SplitFigures()
         row: dict[str, object] = {"experiment": exp.name, "paper_table": PAPER_TABLES.get(exp.name, ""),
                "figures": "out-of-fold" if exp.cv_metrics else "test"}
-        for cls, acc in enumerate(metrics.get("per_class_accuracy", [])):
+        for cls, acc in enumerate(metrics.per_class_accuracy):
             row[f"acc_{cls}"] = acc
         row.update({
-            "accuracy": metrics.get("accuracy"), "balanced_accuracy": metrics.get("balanced_accuracy"),
-            "rmse": metrics.get("rmse"), "chosen": json.dumps(exp.chosen_params),
+            "accuracy": metrics.accuracy, "balanced_accuracy": metrics.balanced_accuracy,
+            "rmse": metrics.rmse, "chosen": json.dumps(exp.chosen_params),
             "train_s": exp.train_seconds, "id": exp_id,
         })
         rows.append(row)

@@ -55,8 +55,10 @@ def summary(y_true, y_pred, num_classes: int, prefix: str) -> dict[str, float]:
     """Accuracy, balanced accuracy and RMSE, keys prefixed ("val_accuracy", ...)."""
     with warnings.catch_warnings():  # small splits may lack a class the model predicts
         warnings.simplefilter("ignore", UserWarning)
-        report = count_report(y_true, y_pred, num_classes)
-    return {f"{prefix}_{k}": report[k] for k in ("accuracy", "balanced_accuracy", "rmse")}
+        figures = count_report(y_true, y_pred, num_classes).headline
+    assert figures is not None  # count_report fills all three
+    return {f"{prefix}_accuracy": figures.accuracy, f"{prefix}_balanced_accuracy": figures.balanced_accuracy,
+            f"{prefix}_rmse": figures.rmse}
 
 
 def score(probs: np.ndarray, counts: np.ndarray, num_classes: int, prefix: str = "val") -> dict[str, float]:

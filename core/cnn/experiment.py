@@ -9,7 +9,7 @@ Under `torchrun`, rank 0 talks to the store and every rank trains.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,8 @@ from core.cnn.recipes import Recipe, get_recipe
 from core.cnn.runtime import Runtime, first_alone, launch_rank, setup_runtime, shutdown
 from core.dataset import Dataset, prepare_dataset
 from core.files import atomic_path
-from core.runs import cv_folds, cv_pool, finish_cv, finish_single
+from core.layout import datasets_lock, fold_dir, frozen_features_dir
+from core.runs import cv_folds, cv_pool, finish_cv, finish_single, run_once
 from core.store import Store, config_key
 
 FAMILY = "cnn"
@@ -46,7 +47,7 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) ->
     rank on every node, under `torchrun`) wait on a lock in the store, then load them.
     """
     sizes = sorted({p.image_size for p in recipe.phases})
-    lock = store.root / "datasets.lock"
+    lock = datasets_lock(store.root)
     waiting = f"waiting for another process to build the image caches (lock: {lock})" if launch_rank() == 0 else None
     with first_alone(lock, waiting) as first:
         dataset = prepare_dataset(root, image_size=sizes[0], store_root=store.root, progress=progress and first,
@@ -58,7 +59,7 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool) ->
 
 def _features_folder(dataset: Dataset) -> Path:
     """Where frozen-stage features of the collection's photos are cached (by image-cache row, like the photos)."""
-    return dataset.cache_folder / "features"
+    return frozen_features_dir(dataset.cache_folder)
 
 
 def _params(recipe: Recipe, cv: int) -> dict:
@@ -157,15 +158,15 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
     config = _serving_config(recipe, dataset.num_classes, size)
     oof, tests, seconds = np.zeros((len(pool), dataset.num_classes)), [], 0.0
     for f in tqdm(range(cv), desc="cross-validation", unit="fold", disable=not (progress and runtime.is_main)):
-        folder = store.artifact_dir(exp_id) / f"fold-{f}"
+        folder = fold_dir(store.artifact_dir(exp_id), f)
         done = folder / FOLD_PROBS
-        if not runtime.broadcast(done.is_file() if runtime.is_main else None):
+        if not runtime.on_main(done.is_file):
             model, _ = _fresh_model(recipe, dataset.num_classes, runtime, seed_offset=f)
             data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes,
                                 _features_folder(dataset))
             trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress, fold=f)
             state = trainer.fit(on_epoch)
-            last = runtime.broadcast(load_checkpoint(folder) if runtime.is_main else None)
+            last = runtime.on_main(partial(load_checkpoint, folder))
             if last is not None:  # the last epoch's weights, not the epoch that did best on the held-out fold
                 trainer.model.load_state_dict(last[0])
             held = _probs(trainer, pool[fold == f], size, progress, f"fold {f} held out")
@@ -185,6 +186,38 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
                   artifact="model.pt", model_config=config)
 
 
+# What a CNN run opens (rank 0; store, recipe, data, runtime, key, the weights' origin -> experiment id) and
+# what it then runs on every rank (store, experiment id, recipe, data, a fresh model, runtime).
+Opener = Callable[[Store, Recipe, Dataset, Runtime, str, str], str]
+Work = Callable[[Store, str, Recipe, Dataset, nn.Module, Runtime], None]
+
+
+def _run(dataset_root: str | Path, preset: str, store: Store | None, overrides: dict | None, progress: bool,
+         family: str, cv: int, open_run: Opener, work: Work) -> str:
+    """What every CNN run shares: the recipe and its data (before the process group, see `load_data`),
+    the process group, a fresh model, and the lifecycle of `core.runs.run_once`."""
+    recipe = get_recipe(preset, overrides)
+    store = store or Store()
+    dataset = load_data(dataset_root, recipe, store, progress)
+    runtime = setup_runtime()
+    model: nn.Module | None = None
+
+    def start() -> str | None:
+        nonlocal model
+        model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
+        return open_run(store, recipe, dataset, runtime, key, weights) if runtime.is_main else None
+
+    def run(exp_id: str) -> None:
+        assert model is not None  # built by start()
+        work(store, exp_id, recipe, dataset, model, runtime)
+
+    try:
+        key = _key(family, recipe, cv, dataset, runtime)
+        return run_once(store, key, start, run, is_main=runtime.is_main, share=runtime.broadcast)
+    finally:
+        shutdown(runtime)
+
+
 def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | None = None,
               overrides: dict | None = None, progress: bool = True,
               on_epoch: Callable[[int, dict], None] | None = None, cv: int = 0) -> str:
@@ -193,27 +226,18 @@ def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | No
     `cv=K` trains K models on the folds of train+val instead, as one experiment.
     `on_epoch(epoch, values)` is called on rank 0 after each epoch's checkpoint is written.
     """
-    recipe = get_recipe(preset, overrides)
-    store = store or Store()
-    dataset = load_data(dataset_root, recipe, store, progress)  # before the process group (see load_data)
-    runtime = setup_runtime()
-    try:
-        key = _key(FAMILY, recipe, cv, dataset, runtime)
-        with store.claim(key) if runtime.is_main else nullcontext():
-            done = runtime.broadcast(store.find_finished(key) if runtime.is_main else None)
-            if done:
-                return done
-            model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
-            exp_id = runtime.broadcast(_open_experiment(store, preset, recipe, cv, dataset, runtime, key, weights)
-                                       if runtime.is_main else None)
-            with store.running(exp_id) if runtime.is_main else nullcontext():
-                if cv:
-                    _train_folds(store, exp_id, recipe, cv, dataset, runtime, progress, on_epoch)
-                else:
-                    _train_single(store, exp_id, recipe, dataset, model, runtime, progress, on_epoch)
-        return exp_id
-    finally:
-        shutdown(runtime)
+
+    def open_run(store: Store, recipe: Recipe, dataset: Dataset, runtime: Runtime, key: str, weights: str) -> str:
+        return _open_experiment(store, preset, recipe, cv, dataset, runtime, key, weights)
+
+    def train(store: Store, exp_id: str, recipe: Recipe, dataset: Dataset, model: nn.Module,
+              runtime: Runtime) -> None:
+        if cv:  # each fold builds its own model
+            _train_folds(store, exp_id, recipe, cv, dataset, runtime, progress, on_epoch)
+        else:
+            _train_single(store, exp_id, recipe, dataset, model, runtime, progress, on_epoch)
+
+    return _run(dataset_root, preset, store, overrides, progress, FAMILY, cv, open_run, train)
 
 
 def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None = None,
@@ -222,32 +246,21 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
 
     The curve is in `store.lr_curves(exp_id)` and the suggestion in the record's `suggested_lr`.
     """
-    recipe = get_recipe(preset, overrides)
-    store = store or Store()
-    dataset = load_data(dataset_root, recipe, store, progress)  # before the process group (see load_data)
-    runtime = setup_runtime()
-    try:
-        key = _key(LR_FAMILY, recipe, 0, dataset, runtime)
-        with store.claim(key) if runtime.is_main else nullcontext():
-            done = runtime.broadcast(store.find_finished(key) if runtime.is_main else None)
-            if done:
-                return done
-            model, weights = _fresh_model(recipe, dataset.num_classes, runtime)
-            phase = recipe.phases[0]
-            exp_id = runtime.broadcast(
-                store.start(f"lr-find {preset}", LR_FAMILY, recipe.backbone, _params(recipe, 0), dataset.fingerprint,
-                            code_version=VERSION, world_size=runtime.world_size,
-                            data_root=str(Path(dataset.collection.root).resolve()), device=runtime.describe(),
-                            weights=weights, preset=preset, image_size=phase.image_size,
-                            num_classes=dataset.num_classes) if runtime.is_main else None)
-            with store.running(exp_id) if runtime.is_main else nullcontext():
-                data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
-                                    dataset.num_classes, _features_folder(dataset))
-                trainer = Trainer(model, recipe, data, runtime, store.artifact_dir(exp_id), progress=progress)
-                curve = trainer.find_lr()
-                if runtime.is_main:
-                    store.log_lr_curve(exp_id, curve.lrs, curve.losses, curve.suggested, name=preset)
-                    store.finish(exp_id, metrics={}, suggested_lr=curve.suggested)
-        return exp_id
-    finally:
-        shutdown(runtime)
+
+    def open_sweep(store: Store, recipe: Recipe, dataset: Dataset, runtime: Runtime, key: str, weights: str) -> str:
+        return store.start(f"lr-find {preset}", LR_FAMILY, recipe.backbone, _params(recipe, 0), dataset.fingerprint,
+                           code_version=VERSION, world_size=runtime.world_size,
+                           data_root=str(Path(dataset.collection.root).resolve()), device=runtime.describe(),
+                           weights=weights, preset=preset, image_size=recipe.phases[0].image_size,
+                           num_classes=dataset.num_classes)
+
+    def sweep(store: Store, exp_id: str, recipe: Recipe, dataset: Dataset, model: nn.Module,
+              runtime: Runtime) -> None:
+        data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
+                            dataset.num_classes, _features_folder(dataset))
+        curve = Trainer(model, recipe, data, runtime, store.artifact_dir(exp_id), progress=progress).find_lr()
+        if runtime.is_main:
+            store.log_lr_curve(exp_id, curve.lrs, curve.losses, curve.suggested, name=preset)
+            store.finish(exp_id, metrics=None, suggested_lr=curve.suggested)
+
+    return _run(dataset_root, preset, store, overrides, progress, LR_FAMILY, 0, open_sweep, sweep)

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 from torch import nn
 from tqdm import tqdm
 
-from core.backbones import split_model
-from core.cnn.inputs import Normalization, mirror_mask, to_model_input
+from core.backbones import Normalization, split_model, to_model_input
+from core.cnn.inputs import mirror_mask
 from core.cnn.runtime import Runtime
 from core.files import atomic_path
+from core.layout import frozen_features_files
+from core.locks import exclusive_lock
 
 BATCH = 32  # activations under 32 MB, so freed ones are reused (`core.cnn.step.reuse_freed_memory`)
 VARIANTS = 2  # the photo and its mirror image
@@ -73,12 +74,11 @@ class FrozenFront:
             array, done = self._memory.get(size) or self._allocate_in_memory(images, size)
             self._fill(array, done, images, rows)
             return array
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"{self.key}-{size}px-{len(images)}rows"
-        with FileLock(self.folder / f"{name}.lock"):
-            array, done = self._open(name, images, size)
+        data, mask, lock = frozen_features_files(self.folder, self.key, size, len(images))
+        with exclusive_lock(lock):
+            array, done = self._open(data, mask, images, size)
             self._fill(array, done, images, rows)
-        return np.load(self.folder / f"{name}.npy", mmap_mode="r")
+        return np.load(data, mmap_mode="r")
 
     def _shape(self, images: np.ndarray, size: int) -> tuple[int, ...]:
         probe = torch.zeros((1, size, size, 3), dtype=torch.uint8)
@@ -90,8 +90,7 @@ class FrozenFront:
         self._memory[size] = np.zeros(self._shape(images, size), np.float16), np.zeros(len(images), bool)
         return self._memory[size]
 
-    def _open(self, name: str, images: np.ndarray, size: int) -> tuple[np.memmap, np.memmap]:
-        data, mask = self.folder / f"{name}.npy", self.folder / f"{name}.done.npy"  # type: ignore[operator]
+    def _open(self, data: Path, mask: Path, images: np.ndarray, size: int) -> tuple[np.memmap, np.memmap]:
         if not data.is_file():  # a new file starts with no row done (a done mask without its data is stale)
             np.lib.format.open_memmap(mask, "w+", bool, (len(images),)).flush()
             with atomic_path(data) as tmp:  # sparse: rows take disk space as they are written

@@ -1,8 +1,8 @@
 """From cached uint8 pixels to network inputs and class probabilities.
 
-`to_model_input` is the one preprocessing path: training, evaluation and the counting
-service (`load_predictor`) all go through it, starting from the same uint8 arrays the image
-cache and `core.images.load_rgb` produce.
+`core.backbones.to_model_input` is the one preprocessing path: training, evaluation, the
+counting service (`load_predictor`) and the CNN features of classical models all go through
+it, starting from the same uint8 arrays the image cache and `core.images.load_rgb` produce.
 """
 from __future__ import annotations
 
@@ -14,20 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
-
-
-def to_model_input(images: torch.Tensor, normalization: Normalization) -> torch.Tensor:
-    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W), scaled to [0, 1] then normalised per channel.
-
-    The result is channels_last, like the models (`Runtime.prepare`): on this CPU that made
-    EfficientNet-Lite0 train 1.9x and count 1.6x faster, and on GPUs it feeds the tensor cores.
-    """
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
-    mean, std = (torch.tensor(v, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) for v in normalization)
-    x = (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-    return x.contiguous(memory_format=torch.channels_last)
+from core.backbones import Normalization, to_model_input
 
 
 def mirror_mask(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,6 +12,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +191,7 @@ class Trainer:
         Every rank returns rank 0's state and ends with rank 0's best weights.
         """
         state, optimizer_state = FitState(), None
-        resumed = self.runtime.broadcast(load_checkpoint(self.folder) if self.runtime.is_main else None)
+        resumed = self.runtime.on_main(partial(load_checkpoint, self.folder))
         if resumed:
             model_state, optimizer_state, state = resumed
             self.model.load_state_dict(model_state)
@@ -199,9 +200,18 @@ class Trainer:
         for index, phase, first in phase_plan(self.recipe):
             if state.epoch < first + phase.epochs:
                 self._run_phase(index, phase, first, state, optimizer_state, on_epoch)
-        best = load_state_dict(self.folder / BEST) if self.runtime.is_main else None
-        self.model.load_state_dict(self.runtime.broadcast(best))
+        self.model.load_state_dict(self.runtime.on_main(partial(load_state_dict, self.folder / BEST)))
         return self.runtime.broadcast(state)  # other ranks do not track the best epoch
+
+    def _keep_best(self, state: FitState, values: dict, phase: Phase, epoch: int) -> bool:
+        """Rank 0: note the epoch (and save its weights) if it is the best so far; whether the phase stops early."""
+        if self._improved(state, values[self.recipe.monitor]):
+            state.best_score, state.best_epoch = values[self.recipe.monitor], epoch + 1
+            state.best_size, state.best_values, state.bad_epochs = phase.image_size, values, 0
+            save_state_dict(self.folder / BEST, self.model.state_dict())
+        else:
+            state.bad_epochs += 1
+        return state.bad_epochs >= self.recipe.patience
 
     def _run_phase(self, index: int, phase: Phase, first: int, state: FitState, optimizer_state: dict | None,
                    on_epoch: Callable[[int, dict], None] | None) -> None:
@@ -222,16 +232,7 @@ class Trainer:
             sampler.set_epoch(epoch)
             values = self._train_epoch(model, loader, optimizer, phase, epoch - first, epoch)
             values.update(self._validate(phase.image_size), phase=index, image_size=phase.image_size)
-            stop = False
-            if self.runtime.is_main:
-                if self._improved(state, values[self.recipe.monitor]):
-                    state.best_score, state.best_epoch = values[self.recipe.monitor], epoch + 1
-                    state.best_size, state.best_values, state.bad_epochs = phase.image_size, values, 0
-                    save_state_dict(self.folder / BEST, self.model.state_dict())
-                else:
-                    state.bad_epochs += 1
-                stop = state.bad_epochs >= self.recipe.patience
-            stop = self.runtime.broadcast(stop)
+            stop = self.runtime.on_main(partial(self._keep_best, state, values, phase, epoch))
             state.epoch = last if stop else epoch + 1  # an early stop skips the rest of the phase
             state.seconds += time.perf_counter() - started
             started = time.perf_counter()

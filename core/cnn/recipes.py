@@ -108,6 +108,11 @@ class Recipe:
         return params
 
 
+def phase_sizes(params: dict) -> set[int]:
+    """The image sizes the phases of a stored recipe (`Recipe.params`) train at; none for other params."""
+    return {p["image_size"] for p in params.get("phases", []) if isinstance(p, dict) and "image_size" in p}
+
+
 def with_overrides(recipe: Recipe, overrides: dict | None) -> Recipe:
     """A copy of `recipe` with fields replaced; `phases` may be given as a list of dicts."""
     if not overrides:

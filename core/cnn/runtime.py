@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from filelock import FileLock, Timeout
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from core.locks import exclusive_lock
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class Runtime:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def on_main(self, compute: Callable[[], T]) -> T:
+        """`compute()`, run on rank 0 only (it may read the store or the disk), on every rank."""
+        return self.broadcast(compute() if self.is_main else None)
+
     def gather(self, value) -> list:
         """Every rank's `value` (any picklable object) on every rank, in rank order."""
         if not self.distributed:
@@ -120,23 +128,17 @@ def first_alone(lock_path: Path, waiting: str | None = None) -> Iterator[bool]:
     the block needs; the others wait for the lock (printing `waiting` once), then run the block
     side by side and find it built. Any lock holder is the first or waited for it, so nobody
     passes before the first is done. With the store on shared storage this holds across nodes
-    (`flock`: NFS, Lustre mounted with `-o flock`). A process that dies releases the lock.
+    (see `core.locks`). A process that dies releases the lock.
     """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_path)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if waiting:
-            print(waiting, file=sys.stderr, flush=True)
-        with lock:
-            pass
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+    with exclusive_lock(lock_path, blocking=False) as first:
+        if first:
+            yield True
+            return
+    if waiting:
+        print(waiting, file=sys.stderr, flush=True)
+    with exclusive_lock(lock_path):
+        pass
+    yield False
 
 
 def setup_runtime() -> Runtime:

@@ -1,6 +1,7 @@
 """Compare experiments: metrics side by side, curves overlaid, per-class bars, confusion matrices."""
 import streamlit as st
 
+from core.metrics import SplitFigures
 from dashboard import figures, state, tables, ui
 
 st.title("Compare experiments")
@@ -43,17 +44,16 @@ else:
 
 st.subheader("Accuracy by number of items")
 what = st.segmented_control("Per class", ["accuracy", "RMSE"], default="accuracy", key="compare-what") or "accuracy"
-key = "per_class_accuracy" if what == "accuracy" else "per_class_rmse"
-intervals = {names[e.id]: e.metrics.get("per_class_intervals") or [] for e in chosen} if key == "per_class_accuracy" \
-    else None
-st.plotly_chart(figures.per_class_bars({names[e.id]: e.metrics.get(key) or [] for e in chosen}, what,
-                                       intervals=intervals, open_top=any(e.open_top for e in chosen)),
+test = {names[e.id]: e.metrics or SplitFigures() for e in chosen}
+values = {name: m.per_class_accuracy if what == "accuracy" else m.per_class_rmse for name, m in test.items()}
+intervals = {name: m.per_class_intervals for name, m in test.items()} if what == "accuracy" else None
+st.plotly_chart(figures.per_class_bars(values, what, intervals=intervals, open_top=any(e.open_top for e in chosen)),
                 key="compare-bars")
 
 st.subheader("Confusion matrices")
 normalise = st.toggle("Row-normalised (share of each true count)", value=True, key="compare-normalise")
 for start in range(0, len(chosen), 3):
     for col, exp in zip(st.columns(3), chosen[start:start + 3], strict=False):
-        col.plotly_chart(figures.confusion_heatmap(exp.metrics["confusion_matrix"], normalise,
+        col.plotly_chart(figures.confusion_heatmap(test[names[exp.id]].confusion_matrix, normalise,
                                                    title=names[exp.id], open_top=exp.open_top),
                          key=f"compare-cm-{exp.id}")

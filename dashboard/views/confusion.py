@@ -7,7 +7,7 @@ from dashboard import figures, state, tables, ui
 st.title("What gets confused with what")
 exps = ui.finished_or_stop()
 exp = ui.pick_experiment(exps, key="cm-exp")
-matrix = np.asarray(exp.metrics["confusion_matrix"])
+matrix = np.asarray(exp.metrics.confusion_matrix if exp.metrics else [])
 n = len(matrix)
 
 chart, side = st.columns([3, 2], gap="large")

@@ -56,7 +56,7 @@ if not unfinished.empty:
 st.subheader("The data at a glance")
 data_root = state.default_data_root()
 table = state.collection(data_root) if data_root else None
-if table is None:
+if table is None or not data_root:
     st.caption("No photo collection found: set ABID_DATA or download photos with "
                "`python train.py download --n 2000 --out data/abid`.")
 else:
@@ -65,6 +65,6 @@ else:
     with right:
         st.caption(f"One photo of each count from `{data_root}`")
         strip = [(image, row.count) for row in state.sample_paths(data_root, per_count=1).itertuples()
-                 if (image := state.thumbnail(row.path)) is not None]
+                 if (image := state.thumbnail(str(row.path))) is not None]
         if strip:
             st.image([image for image, _ in strip], caption=[f"{count} item(s)" for _, count in strip], width=150)

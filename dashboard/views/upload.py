@@ -38,6 +38,7 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
     left.image(counting.preview(data), caption=photo.name, width="stretch")
     with right:
         result = photo.result
+        assert result is not None  # the loop below shows the error of a photo it could not count
         c1, c2 = st.columns(2)
         c1.metric("Items counted", exp.count_label(result.count))
         c2.metric("Confidence", f"{result.confidence:.0%}", help=f"expected count {result.expected:.2f}")
