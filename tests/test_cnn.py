@@ -162,6 +162,8 @@ def test_train_records_conventions_and_serves_the_same_predictions(tiny_collecti
     ("quick", tiny({"epochs": 1, "image_size": 32, "lr": 1e-3}, {"epochs": 1, "image_size": 48, "lr": 1e-3},
                    tta=False, flip=False, count_weight=0.5, class_weights="balanced")),
     ("quick", tiny({"epochs": 1, "image_size": 32, "lr": 1e-3}, rotate=True)),
+    ("quick", tiny({"epochs": 1, "image_size": 32, "train_body": False, "lr": 1e-3},
+                   {"epochs": 1, "image_size": 48, "differential": True, "lr": 1e-3}, frozen_stages=3)),
 ])
 def test_each_recipe_runs_a_step_or_two(tiny_collection, store, preset, overrides):
     recipe = get_recipe(preset, overrides)
@@ -173,6 +175,8 @@ def test_each_recipe_runs_a_step_or_two(tiny_collection, store, preset, override
         assert epochs["lr"].iloc[1] == pytest.approx(0.01)  # divided by 10 after step_epochs=1
     if not recipe.pretrained:
         assert "random init" in exp.weights
+    if recipe.frozen_stages:  # the store keeps the frozen stages' outputs, one file per size
+        assert len(list((store.root / "datasets").glob("*/frozen-features/*px-*rows.npy"))) == 2
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tiny_collection, store):

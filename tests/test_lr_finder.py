@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from core.cnn import find_lr, train_cnn
+from core.cnn.inputs import to_model_input
 from core.cnn.lr_finder import lr_sweep, suggest_lr
 from core.cnn.runtime import Runtime
 from core.store import Store
@@ -58,10 +59,10 @@ def test_sweep_is_exponential_stops_on_divergence_and_restores_weights():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images = torch.randint(0, 256, (64, 2, 2, 3), dtype=torch.uint8)
     counts = torch.randint(0, 3, (64,))  # not separable: a huge lr makes the loss explode
-    batches = itertools.repeat((images, counts))
+    batches = itertools.repeat((to_model_input(images, ((0.5,) * 3, (0.25,) * 3)), counts))
     optimizer = torch.optim.SGD([{"params": model.parameters(), "lr": 1.0, "base_lr": 1.0}], lr=1.0)
     curve = lr_sweep(model, batches, nn.CrossEntropyLoss(), optimizer, Runtime(torch.device("cpu")),
-                     ((0.5,) * 3, (0.25,) * 3), start_lr=1e-5, end_lr=1e4, steps=90)
+                     start_lr=1e-5, end_lr=1e4, steps=90)
     ratios = np.diff(np.log(curve.lrs))
     assert np.allclose(ratios, ratios[0]) and curve.lrs[0] == pytest.approx(1e-5)
     assert len(curve.lrs) < 90  # a lr of 1e4 diverges long before the end

@@ -32,6 +32,8 @@ def test_default_suite_trains_once_then_retrains_nothing(tmp_path):
     assert all(e.calibration.fitted for e in finished if e.is_model)  # calibrated when they were trained
     assert Store(store).lr_curves(next(e.id for e in finished if e.family == "lr_finder"))  # the LR page has a curve
     assert first.stdout.count("trained in") == 4
+    cnn = next(e for e in finished if e.family == "cnn")
+    assert cnn.params["frozen_stages"] and list((store / "datasets").glob("*/frozen-features/*.npy"))  # from the cache
 
     second = suite(data, store)
     assert second.returncode == 0, second.stderr[-3000:]

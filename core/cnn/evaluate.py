@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -9,15 +10,19 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from core.backbones import Normalization
-from core.cnn.inputs import CachedImages, batches, network_probabilities
+from core.cnn.feature_cache import CachedFeatures
+from core.cnn.inputs import CachedImages, batches
 from core.cnn.runtime import Runtime
 from core.metrics import count_report
 
 
-def predict(model: nn.Module, data: CachedImages, normalization: Normalization, runtime: Runtime, tta: bool,
+def predict(model: nn.Module, data: CachedImages | CachedFeatures,
+            probabilities: Callable[[nn.Module, torch.Tensor], torch.Tensor], runtime: Runtime,
             batch_size: int = 64, progress: bool = False, desc: str = "evaluating") -> np.ndarray:
     """(N, classes) probabilities in `data`'s order (eval mode; the model's mode is restored).
+
+    `data` yields (input, count) items; `probabilities(model, batch)` takes a batch of inputs as
+    the loader gives them (on the CPU) and returns their probabilities.
 
     Under DDP every rank must call it, and every rank gets the whole array: of W ranks, rank r
     predicts photos r, r + W, r + 2W, ... (no padding, so no photo is predicted twice) with rank
@@ -32,9 +37,10 @@ def predict(model: nn.Module, data: CachedImages, normalization: Normalization, 
     model.eval()
     out = []
     loader = batches(share, batch_size, pin_memory=runtime.cuda, workers=runtime.loader_workers)
-    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and runtime.is_main)):
-        images = images.to(runtime.device, non_blocking=True)
-        out.append(network_probabilities(model, images, normalization, tta, runtime.counting_autocast()).cpu())
+    with torch.no_grad():
+        for inputs, _ in tqdm(loader, desc=desc, unit="batch", leave=False,
+                              disable=not (progress and runtime.is_main)):
+            out.append(probabilities(model, inputs).float().cpu())
     model.train(was_training)
     shares = runtime.gather(torch.cat(out).numpy() if out else None)  # a rank beyond the last photo has none
     classes = next(s.shape[1] for s in shares if s is not None)

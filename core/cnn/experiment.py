@@ -25,7 +25,7 @@ from core.cnn.recipes import Recipe, get_recipe
 from core.cnn.runtime import Runtime, first_alone, launch_rank, setup_runtime, shutdown
 from core.dataset import Dataset, prepare_dataset
 from core.files import atomic_path
-from core.layout import datasets_lock, fold_dir
+from core.layout import datasets_lock, fold_dir, frozen_features_dir
 from core.runs import cv_folds, cv_pool, finish_cv, finish_single, run_once
 from core.store import Store, config_key
 
@@ -56,6 +56,11 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool, re
         for size in sizes[1:]:
             dataset.images(size)
     return dataset
+
+
+def _features_folder(dataset: Dataset) -> Path:
+    """Where frozen-stage features of the collection's photos are cached (by image-cache row, like the photos)."""
+    return frozen_features_dir(dataset.cache_folder)
 
 
 def _params(recipe: Recipe, cv: int) -> dict:
@@ -129,7 +134,7 @@ def _train_single(store: Store, exp_id: str, recipe: Recipe, dataset: Dataset, m
                   runtime: Runtime, progress: bool, on_epoch: Callable[[int, dict], None] | None) -> None:
     """Fit on train, keep the best validation epoch; rank 0 calibrates, tests and records."""
     data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
-                        dataset.num_classes)
+                        dataset.num_classes, _features_folder(dataset))
     folder = store.artifact_dir(exp_id)
     trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress)
     state = trainer.fit(on_epoch)
@@ -159,7 +164,8 @@ def _train_folds(store: Store, exp_id: str, recipe: Recipe, cv: int, dataset: Da
         done = folder / FOLD_PROBS
         if not runtime.on_main(done.is_file):
             model, _ = _fresh_model(recipe, dataset.num_classes, runtime, seed_offset=f)
-            data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes)
+            data = TrainingData(dataset.images, _split(pool[fold != f]), _split(pool[fold == f]), dataset.num_classes,
+                                _features_folder(dataset))
             trainer = _trainer(store, exp_id, recipe, model, data, runtime, folder, progress, fold=f)
             state = trainer.fit(on_epoch)
             last = runtime.on_main(partial(load_checkpoint, folder))
@@ -257,7 +263,7 @@ def find_lr(dataset_root: str | Path, preset: str = "quick", store: Store | None
     def sweep(store: Store, exp_id: str, recipe: Recipe, dataset: Dataset, model: nn.Module,
               runtime: Runtime) -> None:
         data = TrainingData(dataset.images, _split(dataset.split("train")), _split(dataset.split("val")),
-                            dataset.num_classes)
+                            dataset.num_classes, _features_folder(dataset))
         curve = Trainer(model, recipe, data, runtime, store.artifact_dir(exp_id), progress=progress).find_lr()
         if runtime.is_main:
             store.log_lr_curve(exp_id, curve.lrs, curve.losses, curve.suggested, name=preset)

@@ -6,6 +6,7 @@ it, starting from the same uint8 arrays the image cache and `core.images.load_rg
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
@@ -16,9 +17,14 @@ from torch.utils.data import DataLoader, Dataset
 from core.backbones import Normalization, to_model_input
 
 
+def mirror_mask(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Which of `n` photos to mirror: about half, drawn from `generator`."""
+    return torch.rand(n, generator=generator) < 0.5
+
+
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror about half of a uint8 (N, H, W, 3) batch left-right (a bin's contents have no handedness)."""
-    mirror = torch.rand(images.shape[0], generator=generator) < 0.5
+    mirror = mirror_mask(images.shape[0], generator)
     return torch.where(mirror.view(-1, 1, 1, 1).to(images.device), images.flip(2), images)
 
 
@@ -73,3 +79,28 @@ def batches(dataset: Dataset, batch_size: int, pin_memory: bool, workers: int, s
     """A loader in the dataset's order, or the sampler's."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=pin_memory, drop_last=drop_last)
+
+
+class ImageInputs:
+    """Training and prediction from the uint8 image cache: augmentation on the uint8 batch, then
+    `to_model_input` on the device. `FrozenFront.inputs` is the same for cached frozen-stage features."""
+
+    def __init__(self, images, normalization: Normalization, device: torch.device, flip: bool, rotate: bool,
+                 autocast: Callable[[], AbstractContextManager]):
+        self.images, self.normalization, self.device = images, normalization, device
+        self.flip, self.rotate, self.autocast = flip, rotate, autocast  # the precision predictions count in
+
+    def dataset(self, size: int, rows: np.ndarray, counts: np.ndarray) -> CachedImages:
+        return CachedImages(self.images(size), rows, counts)
+
+    def train_batch(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The network's input for a training batch, augmented with `generator`'s draws (None: as it is)."""
+        if generator is not None and self.flip:
+            images = random_flip(images, generator)
+        if generator is not None and self.rotate:
+            images = random_rotation(images, generator)
+        return to_model_input(images.to(self.device, non_blocking=True), self.normalization)
+
+    def probabilities(self, model: nn.Module, images: torch.Tensor, tta: bool) -> torch.Tensor:
+        return network_probabilities(model, images.to(self.device, non_blocking=True), self.normalization, tta,
+                                     self.autocast())

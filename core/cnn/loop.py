@@ -24,12 +24,13 @@ from tqdm import tqdm
 from core.backbones import input_normalization, set_body_trainable
 from core.cnn.checkpoint import BEST, FitState, load_checkpoint, load_state_dict, save_checkpoint, save_state_dict
 from core.cnn.evaluate import confusion_summary, predict, score
-from core.cnn.inputs import CachedImages, batches, random_flip, random_rotation
+from core.cnn.feature_cache import FeatureInputs, FrozenFront
+from core.cnn.inputs import ImageInputs, batches
 from core.cnn.lr_finder import LRCurve, lr_sweep
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer, set_lr
 from core.cnn.recipes import MONITORS, Phase, Recipe
 from core.cnn.runtime import Runtime
-from core.cnn.step import train_step
+from core.cnn.step import reuse_freed_memory, train_step
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TrainingData:
     train: Split
     val: Split
     num_classes: int
+    features_folder: Path | None = None  # where a recipe with frozen_stages keeps its feature cache (None: memory)
 
 
 def phase_plan(recipe: Recipe) -> list[tuple[int, Phase, int]]:
@@ -79,10 +81,22 @@ class Trainer:
         self.progress = progress and runtime.is_main
         self.normalization = input_normalization(recipe.backbone)
         self.loss_fn = make_loss(recipe, data, runtime)
+        if not runtime.cuda:
+            reuse_freed_memory()
+        # what trains and what it reads: the whole model from the photos, or its upper stages from the
+        # cached outputs of its frozen lower stages
+        self.front: FrozenFront | None = None
+        self.net: nn.Module = model
+        self.inputs: ImageInputs | FeatureInputs = ImageInputs(data.images, self.normalization, runtime.device,
+                                                               recipe.flip, recipe.rotate, runtime.counting_autocast)
+        if recipe.frozen_stages:
+            self.front = FrozenFront(model, recipe.backbone, recipe.frozen_stages, data.images, self.normalization,
+                                     runtime, data.features_folder, progress)
+            self.net, self.inputs = self.front.upper, self.front.inputs(recipe.flip)
 
     # ---- data ----------------------------------------------------------------------------
     def _train_loader(self, size: int) -> tuple[torch.utils.data.DataLoader, DistributedSampler[int]]:
-        dataset = CachedImages(self.data.images(size), self.data.train.rows, self.data.train.counts)
+        dataset = self.inputs.dataset(size, self.data.train.rows, self.data.train.counts)
         # one sampler for 1 or N processes: a seeded shuffle per epoch, each rank its own share
         sampler: DistributedSampler[int] = DistributedSampler(
             dataset, num_replicas=self.runtime.world_size, rank=self.runtime.rank, shuffle=True, seed=self.recipe.seed)
@@ -95,9 +109,16 @@ class Trainer:
         return torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch * 1_009 + self.runtime.rank)
 
     def _endless(self, loader, sampler) -> Iterator:
+        """Network inputs (not augmented) and counts, round after round of the loader."""
         for round_ in itertools.count():
             sampler.set_epoch(10_000 + round_)
-            yield from loader
+            for batch, counts in loader:
+                yield self.inputs.train_batch(batch, None), counts
+
+    def _set_trainable(self, phase: Phase) -> None:
+        set_body_trainable(self.model, self.recipe.backbone, phase.train_body)
+        if self.front:
+            self.front.freeze()
 
     # ---- one epoch -----------------------------------------------------------------------
     def _train_epoch(self, model: nn.Module, loader, optimizer, phase: Phase, t0: int, epoch: int) -> dict:
@@ -107,14 +128,10 @@ class Trainer:
         flips = self._flip_generator(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.epochs} ({phase.image_size}px)", unit="batch",
                    leave=False, disable=not self.progress)
-        for i, (images, counts) in enumerate(bar):
+        for i, (batch, counts) in enumerate(bar):
             set_lr(optimizer, lr_factor(self.recipe, t0 + i / len(loader), phase.epochs))
-            if self.recipe.flip:
-                images = random_flip(images, flips)
-            if self.recipe.rotate:
-                images = random_rotation(images, flips)
-            loss, logits = train_step(model, images, counts, self.loss_fn, optimizer, self.runtime,
-                                      self.normalization)
+            x = self.inputs.train_batch(batch, flips)
+            loss, logits = train_step(model, x, counts, self.loss_fn, optimizer, self.runtime)
             counts = counts.to(self.runtime.device)
             totals[0] += loss * len(counts)
             totals[1] += len(counts)
@@ -131,9 +148,9 @@ class Trainer:
 
         Under DDP every rank must call it: each predicts its share (see `evaluate.predict`).
         """
-        data = CachedImages(self.data.images(size), split.rows, split.counts)
-        return predict(self.model, data, self.normalization, self.runtime, self.recipe.tta, progress=progress,
-                       desc=desc)
+        data = self.inputs.dataset(size, split.rows, split.counts)
+        return predict(self.net, data, lambda net, batch: self.inputs.probabilities(net, batch, self.recipe.tta),
+                       self.runtime, progress=progress, desc=desc)
 
     def _validate(self, size: int) -> dict:
         return score(self.predict(self.data.val, size), self.data.val.counts, self.data.num_classes)
@@ -148,14 +165,14 @@ class Trainer:
     def _sweep(self, phase: Phase, model: nn.Module, loader, sampler) -> LRCurve:
         optimizer = make_optimizer(self.model, self.recipe, phase, lr=1.0)  # only the groups' ratios matter
         return lr_sweep(model, self._endless(loader, sampler), self.loss_fn, optimizer, self.runtime,
-                        self.normalization, steps=self.recipe.lr_finder_steps)
+                        steps=self.recipe.lr_finder_steps)
 
     def find_lr(self) -> LRCurve:
         """LR-finder sweep for the recipe's first phase, from the model as it is (weights restored after)."""
         phase = self.recipe.phases[0]
-        set_body_trainable(self.model, self.recipe.backbone, phase.train_body)
+        self._set_trainable(phase)
         loader, sampler = self._train_loader(phase.image_size)
-        return self._sweep(phase, self.runtime.wrap(self.model), loader, sampler)
+        return self._sweep(phase, self.runtime.wrap(self.net), loader, sampler)
 
     def _phase_lr(self, index: int, phase: Phase, state: FitState, model: nn.Module, loader, sampler) -> float:
         """The phase's lr: fixed by the recipe, or found by a sweep (once: a resumed run reuses it)."""
@@ -201,8 +218,8 @@ class Trainer:
         """Epochs `state.epoch` .. end of the phase (a fresh DDP wrapper: trainable parameters changed)."""
         started = time.perf_counter()
         last = first + phase.epochs
-        set_body_trainable(self.model, self.recipe.backbone, phase.train_body)
-        model = self.runtime.wrap(self.model)
+        self._set_trainable(phase)
+        model = self.runtime.wrap(self.net)
         loader, sampler = self._train_loader(phase.image_size)
         lr = self._phase_lr(index, phase, state, model, loader, sampler)
         optimizer = make_optimizer(self.model, self.recipe, phase, lr)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.backbones import Normalization
 from core.cnn.runtime import Runtime
 from core.cnn.step import train_step
 
@@ -50,14 +49,15 @@ def suggest_lr(lrs, losses) -> float:
 
 
 def lr_sweep(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module,
-             optimizer: torch.optim.Optimizer, runtime: Runtime, normalization: Normalization,
-             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smoothing: float = 0.98,
+             optimizer: torch.optim.Optimizer, runtime: Runtime, start_lr: float = 1e-7, end_lr: float = 10.0,
+             steps: int = 100, smoothing: float = 0.98,
              diverge: float = 4.0) -> LRCurve:
     """Sweep the lr of `optimizer`'s last group from `start_lr` to `end_lr` over `steps` batches.
 
     Groups keep their ratios (differential lrs sweep together). Stops early once the smoothed
     loss exceeds `diverge` x its minimum. Losses are averaged over ranks, so every rank stops
-    at the same step. `model` may be DDP-wrapped; its weights are restored at the end.
+    at the same step. `batches` yields (network input on the device, counts). `model` may be DDP-wrapped;
+    its weights are restored at the end.
     """
     module: nn.Module = getattr(model, "module", model)
     saved = copy.deepcopy(module.state_dict())
@@ -67,11 +67,11 @@ def lr_sweep(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     model.train()
     try:
         for i in range(steps):
-            images, counts = next(batches)
+            x, counts = next(batches)
             lr = start_lr * ratio**i
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] / top * lr
-            step_loss, _ = train_step(model, images, counts, loss_fn, optimizer, runtime, normalization)
+            step_loss, _ = train_step(model, x, counts, loss_fn, optimizer, runtime)
             loss = float(runtime.all_sum(step_loss).item()) / runtime.world_size
             average = smoothing * average + (1 - smoothing) * loss
             smoothed = average / (1 - smoothing ** (i + 1))

@@ -60,6 +60,10 @@ class Recipe:
     open_top: bool = True  # bins of more than 5 items are a class of their own ("more than 5")
     lr_finder_steps: int = 100
     seed: int = 0
+    # > 0: the stem and the body stages after it, this many stages in all (core.backbones.split_model), stay
+    # frozen in every phase, BatchNorm statistics included; their outputs are computed once per photo, size
+    # and mirror image (core.cnn.feature_cache) and the upper stages train from them
+    frozen_stages: int = 0
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +85,10 @@ class Recipe:
                 problems.append(f"phase {i}: needs epochs >= 1 and image_size >= 16")
             if phase.differential and not phase.train_body:
                 problems.append(f"phase {i}: differential learning rates need train_body")
+        if self.frozen_stages < 0:
+            problems.append("frozen_stages must be >= 0")
+        if self.frozen_stages and self.rotate:
+            problems.append("frozen_stages caches plain and mirrored photos only: it cannot train with rotate")
         if problems:
             raise ValueError("invalid recipe: " + "; ".join(problems))
 
@@ -89,9 +97,14 @@ class Recipe:
         return sum(p.epochs for p in self.phases)
 
     def params(self) -> dict:
-        """The configuration as stored with the experiment (notes left out: they are not config)."""
+        """The configuration as stored with the experiment (notes left out: they are not config).
+
+        `frozen_stages` appears only when set, so recipes from before it keep their experiment keys.
+        """
         params = dataclasses.asdict(self)
         params.pop("notes")
+        if not self.frozen_stages:
+            params.pop("frozen_stages")
         return params
 
 
@@ -168,6 +181,11 @@ PRESETS: dict[str, Recipe] = {
                 Phase(6, 224, differential=True, lr=5e-4)),
         notes="EfficientNet-Lite0 as quick, 11 epochs: head 1, then unfrozen 160 -> 192 -> 224 px; "
               "about 5x quick's time"),
+    # `make run`'s CNN: quick with its stem and first three blocks frozen, trained from their cached outputs
+    "quick-frozen": dataclasses.replace(
+        QUICK, frozen_stages=4,
+        notes="EfficientNet-Lite0 as quick, stem and blocks 1-3 frozen (trained from their cached outputs): "
+              "head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px"),
 }
 
 
