@@ -144,6 +144,15 @@ def who_writes(key: str) -> Writer:
     return found
 
 
+def batches_or_stop(batches: Sequence) -> Sequence:
+    """The store's reconciliation batches; with none, the page says how to make one and stops."""
+    if not batches:
+        how_to_train("No reconciliation batch in the store yet: with a trained model, reconcile one on the "
+                     "\"Reconcile a batch\" page or with `python train.py reconcile --data FOLDER`.")
+        st.stop()
+    return batches
+
+
 def batch_picker(batches: Sequence, key: str, label: str = "Batch"):
     """A batch of the store, the one last opened preselected (kept across pages)."""
     ids = [b.id for b in batches]

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.backbones import Normalization, split_model, to_model_input
-from core.cnn.inputs import mirror_mask
+from core.cnn.inputs import CachedImages, mirror_mask
 from core.cnn.runtime import Runtime
 from core.files import atomic_path
 from core.layout import frozen_features_files
@@ -121,19 +121,9 @@ class FrozenFront:
                 done.flush()
 
 
-class CachedFeatures(torch.utils.data.Dataset):
-    """Rows of a feature cache with their counts, one (both variants, count) an item."""
-
-    def __init__(self, features: np.ndarray, rows: np.ndarray, counts: np.ndarray):
-        if len(rows) != len(counts):
-            raise ValueError("rows and counts differ in length")
-        self.features, self.rows, self.counts = features, np.asarray(rows), np.asarray(counts, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(np.array(self.features[self.rows[index]])), int(self.counts[index])
+class CachedFeatures(CachedImages):
+    """Rows of a feature cache with their counts, one (both variants, count) an item: the image
+    cache's rows, read from the feature cache's array instead."""
 
 
 def pick_variant(pairs: torch.Tensor, mirror: torch.Tensor | None) -> torch.Tensor:

@@ -9,11 +9,7 @@ from dashboard import figures, state, tables, ui
 st.title("Reconciliation batches")
 st.caption("Every reconcile (this dashboard's or `train.py reconcile`'s) is kept: reopen its report here without "
            "counting again, then work its bins in the discrepancy queue.")
-batches = state.batches()
-if not batches:
-    ui.how_to_train("No reconciliation batch in the store yet: with a trained model, reconcile one on the "
-                    "\"Reconcile a batch\" page or with `python train.py reconcile --data FOLDER`.")
-    st.stop()
+batches = ui.batches_or_stop(state.batches())
 st.dataframe(tables.batches_table(batches, state.recounted_per_batch()), hide_index=True, column_config={
     "prior share of wrong records": st.column_config.NumberColumn(format="percent")})
 

@@ -14,11 +14,7 @@ st.title("Discrepancy queue")
 st.caption("Work through the bins of a batch: look at the photo, recount the bin, record what you found. "
            "Keyboard: Tab to the outcome (arrow keys choose), the count and the note; Enter records it and "
            "opens the next open bin.")
-batches = state.batches()
-if not batches:
-    ui.how_to_train("No reconciliation batch in the store yet: with a trained model, reconcile one on the "
-                    "\"Reconcile a batch\" page or with `python train.py reconcile --data FOLDER`.")
-    st.stop()
+batches = ui.batches_or_stop(state.batches())
 batch = ui.batch_picker(batches, key="q-batch")
 left, right = st.columns([2, 1])
 mode = left.radio("Order", list(QUEUE_MODES), horizontal=True, key="q-mode", captions=list(QUEUE_MODES.values()))

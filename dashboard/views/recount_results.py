@@ -10,11 +10,7 @@ st.title("What the recounts say")
 st.caption("People's recounts check the model on your own stock: do the probabilities it gave hold? "
            "Measured on the recounted bins only (those worked in the queue), so the figures describe the bins "
            "that were recounted, not the whole batch.")
-batches = state.batches()
-if not batches:
-    ui.how_to_train("No reconciliation batch in the store yet: with a trained model, reconcile one on the "
-                    "\"Reconcile a batch\" page or with `python train.py reconcile --data FOLDER`.")
-    st.stop()
+batches = ui.batches_or_stop(state.batches())
 scope = st.radio("Over", ["one batch", "every batch of its model"], horizontal=True, key="r-scope")
 batch = ui.batch_picker(batches, key="r-batch")
 store = Store(state.store_root(), create=False)
