@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -232,8 +233,19 @@ def per_class_intervals(y_true, y_pred, num_classes: int, level: float = 0.95, r
     return out
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """One metric of a paired comparison: A minus B, its interval, and the share of resamples in
+    which A came out better."""
+
+    difference: float
+    low: float
+    high: float
+    a_better_share: float
+
+
 def paired_bootstrap(y_true, pred_a, pred_b, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS,
-                     seed: int = 0) -> dict[str, dict[str, float]]:
+                     seed: int = 0) -> dict[str, PairedDifference]:
     """A minus B on the same photos, resampled together (stratified by count): per metric the
     observed difference, its interval, and the share of resamples in which A is better."""
     y_true = np.asarray(y_true, dtype=int)
@@ -249,8 +261,8 @@ def paired_bootstrap(y_true, pred_a, pred_b, level: float = 0.95, rounds: int = 
     out = {}
     for k, name in enumerate(INTERVAL_METRICS):
         better = diff[:, k] < 0 if name == "rmse" else diff[:, k] > 0
-        out[name] = {"difference": round(float(observed[k]), 4), "low": round(float(lo[k]), 4),
-                     "high": round(float(hi[k]), 4), "a_better_share": round(float(better.mean()), 4)}
+        out[name] = PairedDifference(round(float(observed[k]), 4), round(float(lo[k]), 4), round(float(hi[k]), 4),
+                                     round(float(better.mean()), 4))
     return out
 
 
@@ -273,15 +285,15 @@ def headline_text(figures: SplitFigures | None, percent: bool = False) -> tuple[
             with_interval(figures.rmse, None if ci is None else ci.rmse, digits=2))
 
 
-def verdict(comparison: dict[str, dict[str, float]], name_a: str, name_b: str,
+def verdict(comparison: Mapping[str, PairedDifference], name_a: str, name_b: str,
             metric: str = "balanced_accuracy") -> str:
     """One sentence on a paired comparison: who is better on `metric`, or that it is within noise."""
     row = comparison[metric]
     label = metric.replace("_", " ")
-    span = f"difference {row['difference']:+.3f}, 95% interval {row['low']:+.3f} to {row['high']:+.3f}"
-    if row["low"] > 0 or row["high"] < 0:
+    span = f"difference {row.difference:+.3f}, 95% interval {row.low:+.3f} to {row.high:+.3f}"
+    if row.low > 0 or row.high < 0:
         lower_is_better = metric == "rmse"
-        a_wins = (row["high"] < 0) if lower_is_better else (row["low"] > 0)
+        a_wins = (row.high < 0) if lower_is_better else (row.low > 0)
         winner, loser = (name_a, name_b) if a_wins else (name_b, name_a)
         return f"{winner} beats {loser} on {label} ({span})."
     return f"{name_a} and {name_b} are within noise of each other on {label} ({span})."

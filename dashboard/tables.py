@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from core.metrics import SplitFigures, headline_text, paired_bootstrap, paper_task, verdict
+from core.metrics import PairedDifference, SplitFigures, headline_text, paired_bootstrap, paper_task, verdict
 from core.records import Experiment
 
 
@@ -93,7 +93,7 @@ def answers_table(experiments: Sequence[Experiment], predictions: dict[str, pd.D
 
 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str,
-                      open_class: int | None = None) -> tuple[dict, str, int]:
+                      open_class: int | None = None) -> tuple[dict[str, PairedDifference], str, int]:
     """Paired bootstrap of two models' stored predictions on the photos both scored (those of the
     open class `open_class` left out, as the paper's figures leave them out): (per-metric
     differences with intervals, the verdict in words, how many photos)."""
@@ -106,10 +106,10 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str
     return comparison, verdict(comparison, name_a, name_b), len(both)
 
 
-def comparison_table(comparison: dict) -> pd.DataFrame:
+def comparison_table(comparison: Mapping[str, PairedDifference]) -> pd.DataFrame:
     """One row per metric: A minus B, its 95% interval, and how often A came out better."""
-    return pd.DataFrame([{"metric": k.replace("_", " "), "A minus B": v["difference"], "95% low": v["low"],
-                          "95% high": v["high"], "resamples where A is better": v["a_better_share"]}
+    return pd.DataFrame([{"metric": k.replace("_", " "), "A minus B": v.difference, "95% low": v.low,
+                          "95% high": v.high, "resamples where A is better": v.a_better_share}
                          for k, v in comparison.items()])
 
 

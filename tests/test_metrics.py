@@ -81,7 +81,7 @@ def test_paired_bootstrap_tells_a_real_difference_from_noise():
     y, good = _noisy(500, 0.7, 1)
     _, bad = _noisy(500, 0.3, 2)
     clear = paired_bootstrap(y, good, bad)
-    assert clear["balanced_accuracy"]["low"] > 0 and clear["rmse"]["high"] < 0
+    assert clear["balanced_accuracy"].low > 0 and clear["rmse"].high < 0
     assert verdict(clear, "A", "B").startswith("A beats B")
     assert verdict(paired_bootstrap(y, bad, good), "A", "B").startswith("B beats A")
     rng = np.random.default_rng(3)

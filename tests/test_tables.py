@@ -61,7 +61,7 @@ def test_paired_comparison_runs_on_the_photos_both_models_scored():
     b = pd.DataFrame({"image_id": ids[50:] + ["elsewhere"], "true_count": [*truth[50:], 1],
                       "pred_count": [*bad[50:], 1]})
     comparison, said, n = tables.paired_comparison(a, b, "A", "B")
-    assert n == 350 and said.startswith("A beats B") and comparison["balanced_accuracy"]["low"] > 0
+    assert n == 350 and said.startswith("A beats B") and comparison["balanced_accuracy"].low > 0
     assert list(tables.comparison_table(comparison)["metric"]) == ["accuracy", "balanced accuracy", "rmse"]
     assert tables.paired_comparison(a, b.iloc[-1:], "A", "B")[1].endswith("cannot be compared head to head.")
     open_photos = int((truth[50:] == 5).sum())
