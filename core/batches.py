@@ -22,7 +22,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ import pandas as pd
 
 from core import layout
 from core.files import atomic_path
+from core.reconcile import ReportTotals
 from core.store import Store
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Batch:
     model_name: str
     data_root: str
     settings: dict[str, Any]  # prior_wrong, threshold, budget, rule, class_prior (reconcile_prior), open_top, K
-    totals: dict[str, int] = field(default_factory=dict)  # `core.reconcile.report_totals`; empty until finished
+    totals: ReportTotals | None = None  # None until finished
     finished_at: float | None = None
     updated_at: float | None = None
 
@@ -155,7 +156,7 @@ def done_bins(store: Store, batch_id: str) -> set[str]:
         return {r[0] for r in db.execute("SELECT image FROM batch_bins WHERE batch = ?", (batch_id,))}
 
 
-def finish_batch(store: Store, batch_id: str) -> dict[str, int]:
+def finish_batch(store: Store, batch_id: str) -> ReportTotals:
     """Close a batch: with an audit budget, flag exactly its riskiest N bins (the budget needs all
     bins); store and return the totals."""
     from core.reconcile import flags
@@ -172,11 +173,10 @@ def finish_batch(store: Store, batch_id: str) -> dict[str, int]:
         given, checked, flagged_n, errors = db.execute(
             "SELECT COUNT(*), COUNT(p_mismatch), COALESCE(SUM(flagged), 0), COALESCE(SUM(error != ''), 0)"
             " FROM batch_bins WHERE batch = ?", (batch_id,)).fetchone()
-        totals = {"given": given, "checked": checked, "flagged": flagged_n,
-                  "not_checkable": given - checked - errors, "errors": errors}
+        totals = ReportTotals.of(given, checked, flagged_n, errors)
         now = time.time()
         db.execute("UPDATE batches SET totals = ?, finished_at = ?, updated_at = ? WHERE id = ?",
-                   (json.dumps(totals), now, now, batch_id))
+                   (json.dumps(totals.to_dict()), now, now, batch_id))
     return totals
 
 
@@ -191,7 +191,7 @@ def save_report(store: Store, report: pd.DataFrame, *, model: str, model_name: s
 
 def _decode(row) -> Batch:
     return Batch(row["id"], row["created_at"], row["model"], row["model_name"], row["data_root"] or "",
-                 json.loads(row["settings"]), json.loads(row["totals"]) if row["totals"] else {},
+                 json.loads(row["settings"]), ReportTotals(**json.loads(row["totals"])) if row["totals"] else None,
                  row["finished_at"], row["updated_at"])
 
 

@@ -20,6 +20,7 @@ for a quantity above what the model counts, a row that says the exact count cann
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -316,17 +317,33 @@ def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, b
     return finish_report(pd.DataFrame(rows, columns=REPORT_COLUMNS), threshold, budget)
 
 
-def report_totals(report: pd.DataFrame) -> dict[str, int]:
+@dataclass(frozen=True)
+class ReportTotals:
     """Bins given = checked + not checkable (recorded above the model's counts) + errors; flagged <= checked."""
-    errors = int((report["error"] != "").sum())
-    checked = int(report["p_mismatch"].notna().sum())
-    return {"given": len(report), "checked": checked, "flagged": int(report["mismatch"].sum()),
-            "not_checkable": len(report) - checked - errors, "errors": errors}
+
+    given: int
+    checked: int
+    flagged: int
+    not_checkable: int
+    errors: int
+
+    @classmethod
+    def of(cls, given: int, checked: int, flagged: int, errors: int) -> ReportTotals:
+        return cls(int(given), int(checked), int(flagged), int(given - checked - errors), int(errors))
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
 
 
-def totals_line(totals: Mapping[str, int]) -> str:
-    return (f"{totals['given']} bins given: {totals['checked']} checked ({totals['flagged']} flagged), "
-            f"{totals['not_checkable']} recorded above what the model counts, {totals['errors']} with errors")
+def report_totals(report: pd.DataFrame) -> ReportTotals:
+    """The totals of a variance report (`ReportTotals`)."""
+    return ReportTotals.of(len(report), int(report["p_mismatch"].notna().sum()), int(report["mismatch"].sum()),
+                           int((report["error"] != "").sum()))
+
+
+def totals_line(totals: ReportTotals) -> str:
+    return (f"{totals.given} bins given: {totals.checked} checked ({totals.flagged} flagged), "
+            f"{totals.not_checkable} recorded above what the model counts, {totals.errors} with errors")
 
 
 def write_report(report: pd.DataFrame, out: str | Path, settings: Mapping | None = None) -> None:
@@ -335,7 +352,7 @@ def write_report(report: pd.DataFrame, out: str | Path, settings: Mapping | None
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
         bins = json.loads(report.to_json(orient="records"))
-        out.write_text(json.dumps({"settings": dict(settings or {}), "totals": report_totals(report),
+        out.write_text(json.dumps({"settings": dict(settings or {}), "totals": report_totals(report).to_dict(),
                                    "bins": bins}, indent=2))
     else:
         report.to_csv(out, index=False)

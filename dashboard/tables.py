@@ -204,8 +204,9 @@ def batches_table(batches: Sequence, recounted: dict[str, int] | None = None) ->
     """One row per reconciliation batch (`core.batches.Batch`), newest first."""
     recounted = recounted or {}
     return pd.DataFrame([{
-        "batch": b.id, "created": when(b.created_at), "model": b.model_name, "bins": b.totals.get("given"),
-        "checked": b.totals.get("checked"), "flagged": b.totals.get("flagged"), "errors": b.totals.get("errors"),
+        "batch": b.id, "created": when(b.created_at), "model": b.model_name, "bins": b.totals and b.totals.given,
+        "checked": b.totals and b.totals.checked, "flagged": b.totals and b.totals.flagged,
+        "errors": b.totals and b.totals.errors,
         "outcomes recorded": recounted.get(b.id, 0), "prior share of wrong records": b.settings.get("prior_wrong"),
         "rule": b.settings.get("rule", ""),
     } for b in batches], columns=["batch", "created", "model", "bins", "checked", "flagged", "errors",

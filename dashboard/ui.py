@@ -162,9 +162,9 @@ def batch_picker(batches: Sequence, key: str, label: str = "Batch"):
 
     def name(batch_id: str) -> str:
         b = by_id[batch_id]
-        totals = b.totals or {}
-        return (f"{batch_id} · {b.model_name} · {totals.get('given', '?')} bins, "
-                f"{totals.get('flagged', '?')} flagged")
+        if b.totals is None:
+            return f"{batch_id} · {b.model_name} · not finished"
+        return f"{batch_id} · {b.model_name} · {b.totals.given} bins, {b.totals.flagged} flagged"
 
     picked = st.selectbox(label, ids, index=index, key=key, format_func=name)
     st.session_state["open-batch"] = picked

@@ -103,8 +103,8 @@ def test_a_bin_recorded_above_five_is_flagged_only_when_its_photo_does_not_look_
     assert not report.loc["full.png", "mismatch"] and "more than 5" in report.loc["full.png", "note"]
     assert report.loc["sparse.png", "mismatch"] and report.loc["sparse.png", "p_mismatch"] > 0.75
     totals = report_totals(report.reset_index())
-    assert totals["given"] == 6 == totals["checked"] + totals["not_checkable"] + totals["errors"]
-    assert totals["errors"] == 3 and totals["flagged"] == 1  # broken photo, 2.5 items, missing photo
+    assert totals.given == 6 == totals.checked + totals.not_checkable + totals.errors
+    assert totals.errors == 3 and totals.flagged == 1  # broken photo, 2.5 items, missing photo
 
 
 def test_reconcile_cli_lists_every_record_above_five_included(tmp_path):

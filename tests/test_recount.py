@@ -74,7 +74,7 @@ def test_a_batch_is_appended_in_chunks_reports_its_done_bins_and_reads_back_as_i
     assert done_bins(store, batch) == set(whole["image"][:10])
     assert append_bins(store, batch, whole.iloc[5:30]) == 20  # a resumed run hands 5 stored bins again: kept once
     totals = finish_batch(store, batch)
-    assert totals == {"given": 30, "checked": 30, "flagged": 5, "not_checkable": 0, "errors": 0}
+    assert totals.to_dict() == {"given": 30, "checked": 30, "flagged": 5, "not_checkable": 0, "errors": 0}
     back = batch_report(store, batch)
     assert list(back.columns) == REPORT_COLUMNS
     assert back["p_mismatch"].tolist() == sorted(whole["p_mismatch"], reverse=True)

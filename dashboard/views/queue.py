@@ -18,7 +18,7 @@ batches = ui.batches_or_stop(state.batches())
 batch = ui.batch_picker(batches, key="q-batch")
 left, right = st.columns([2, 1])
 mode = left.radio("Order", list(QUEUE_MODES), horizontal=True, key="q-mode", captions=list(QUEUE_MODES.values()))
-flagged = int(batch.totals.get("flagged", 0))
+flagged = batch.totals.flagged if batch.totals else 0
 size = right.number_input("Bins in the queue", min_value=1, value=max(flagged, 1) if flagged else 20, step=1,
                           key=f"q-size-{batch.id}",
                           help=f"{flagged} bins are flagged ({batch.settings.get('rule', '')})")

@@ -77,11 +77,11 @@ batch_id = ui.kept_batch(report, photos, counter, batch_settings(counter, prior_
 
 totals = report_totals(report)
 c1, c2, c3, c4, c5 = st.columns(5)
-c1.metric("Bins given", totals["given"])
-c2.metric("Checked", totals["checked"])
-c3.metric("Flagged", totals["flagged"], help=flag_rule(prior_wrong, threshold, budget))
-c4.metric("Not checkable", totals["not_checkable"], help="recorded above what the model counts")
-c5.metric("Errors", totals["errors"], help="unreadable or missing photos, invalid recorded quantities")
+c1.metric("Bins given", totals.given)
+c2.metric("Checked", totals.checked)
+c3.metric("Flagged", totals.flagged, help=flag_rule(prior_wrong, threshold, budget))
+c4.metric("Not checkable", totals.not_checkable, help="recorded above what the model counts")
+c5.metric("Errors", totals.errors, help="unreadable or missing photos, invalid recorded quantities")
 st.caption(f"{totals_line(totals)}; {flag_rule(prior_wrong, threshold, budget)}.")
 st.success(f"Kept as batch {batch_id}: reopen it under \"Reconciliation batches\" without counting again, and "
            "work its flagged bins in the discrepancy queue.", icon=":material/save:")
