@@ -8,39 +8,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
 from core.records import Experiment
 from core.store import Store
+from tests.builders import write_manifest_collection
 
 PER_COUNT = 8
-
-
-def write_tiny_collection(root: Path, per_count: int = PER_COUNT, size: int = 48) -> Path:
-    """Generated bins (`count` light boxes on a dark, noisy floor) in the shared sample's manifest layout."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for count in range(6):
-        for k in range(per_count):
-            rng = np.random.default_rng(count * 1000 + k)
-            photo = Image.fromarray(rng.integers(30, 70, size=(size, size, 3), dtype=np.uint8))
-            draw = ImageDraw.Draw(photo)
-            for _ in range(count):
-                x, y = (int(v) for v in rng.integers(0, size - 10, size=2))
-                draw.rectangle([x, y, x + 8, y + 8], fill=tuple(int(c) for c in rng.integers(150, 255, size=3)))
-            name = f"images/c{count}_{k}.jpg"
-            photo.save(root / name, quality=90)
-            rows.append({"file": name, "count": count, "metadata": ""})
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["file", "count", "metadata"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
 
 
 def images_per_second(exp: Experiment, epochs: int) -> float:
@@ -91,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--cuda", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "tiny":
-        write_tiny_collection(args.root)
+        write_manifest_collection(args.root, per_class=PER_COUNT)  # the tests' generated bins
         return 0
     return report(args.store, args.processes, args.cuda)
 

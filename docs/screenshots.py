@@ -24,7 +24,7 @@ from core.recounts import queue, with_outcomes  # noqa: E402
 from core.review import Review, record_reviews  # noqa: E402
 from core.store import Store  # noqa: E402
 from tests.builders import run_cli  # noqa: E402
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, open_bin, settled, start_dashboard  # noqa: E402
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, dashboard_over, open_bin, settled  # noqa: E402
 
 
 def copy_collection(part: pd.DataFrame, folder: Path) -> Path:
@@ -60,8 +60,7 @@ def main() -> None:
     todo = queue(with_outcomes(store, batch), "riskiest first")
     record_reviews(store, [Review("recount", batch, image, "recounted", "ann@warehouse.example", int(true[image]),
                                   source="screenshots") for image in todo["image"][:12]])
-    url, server = start_dashboard(store.root)
-    try:
+    with dashboard_over(store.root) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             page = browser.new_context(viewport={"width": 1400, "height": 1900}).new_page()
@@ -75,8 +74,6 @@ def main() -> None:
             page.wait_for_timeout(2000)  # the table is drawn on a canvas after the run
             page.screenshot(path=str(PROJECT_ROOT / "docs" / "recount-results.png"), full_page=True)
             browser.close()
-    finally:
-        server.terminate()
     print(f"screenshots in {PROJECT_ROOT / 'docs'}; demo store in {store.root}")
 
 

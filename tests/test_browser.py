@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,23 +57,8 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> Non
 
 @pytest.fixture
 def dashboard_url(trained_store):
-    port = free_port()
-    env = {**os.environ, "BINSIGHT_STORE": str(trained_store)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, server)
+    with dashboard_over(trained_store) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def test_upload_a_batch_of_awkward_files_and_read_every_count(dashboard_url, trained_store, tmp_path):
@@ -125,8 +112,9 @@ def test_upload_a_batch_of_awkward_files_and_read_every_count(dashboard_url, tra
     assert shown == expected
 
 
-def start_dashboard(store: Path) -> tuple[str, subprocess.Popen]:
-    """The dashboard on a free loopback port over `store`; (url, server)."""
+@contextmanager
+def dashboard_over(store: Path) -> Iterator[str]:
+    """The dashboard on a free loopback port over `store` (its url), stopped afterwards."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
@@ -134,8 +122,15 @@ def start_dashboard(store: Path) -> tuple[str, subprocess.Popen]:
         cwd=PROJECT_ROOT, env={**os.environ, "BINSIGHT_STORE": str(store)}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, server)
-    return url, server
+    try:
+        wait_healthy(url, server)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 @pytest.fixture
@@ -143,15 +138,8 @@ def queue_url(tmp_path):
     from tests.builders import build_recount_store
 
     store, batch, true = build_recount_store(tmp_path)
-    url, server = start_dashboard(store)
-    try:
+    with dashboard_over(store) as url:
         yield url, store, batch, true
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def settled(page) -> None:
