@@ -14,6 +14,10 @@ from core.store import Store
 WIDE_SVM = {"C": [1, 10], "gamma": ["scale"], "class_weight": [None, "balanced"]}
 BLOB_SVM = {"C": [1, 10, 100], "gamma": ["scale", 0.01, 0.2], "class_weight": [None, "balanced"]}
 PCA_RAW = {"features": "raw", "feature_params": {"size": 64}, "pca": 1000}
+# `make run`'s search: 2 settings on 3 folds (7 fits with the refit) instead of 4 on 10 (41), since on
+# the 9,734-photo sample the wide search alone took 8 minutes a model; balanced class weights are
+# what the balanced-accuracy rule picks on this data
+QUICK_SVM = {"model": "svc", "grid": {"C": [1, 10], "gamma": ["scale"], "class_weight": ["balanced"]}, "folds": 3}
 SUITES: dict[str, list[dict]] = {
     # Table I: raw pixels with logistic regression, a decision tree and an SVM;
     # Table II: SVMs on LoG blobs, HOG and PCA (of raw pixels). The paper's selection rule throughout.
@@ -31,8 +35,8 @@ SUITES: dict[str, list[dict]] = {
     ],
     # what the main job (`make run`) trains: the two strongest classical baselines
     "default": [
-        {"name": "pca-svm", **PCA_RAW, "model": "svc", "grid": WIDE_SVM},
-        {"name": "hog-svm", "features": "hog", "model": "svc", "grid": WIDE_SVM},
+        {"name": "pca-svm", **PCA_RAW, **QUICK_SVM},
+        {"name": "hog-svm", "features": "hog", **QUICK_SVM},
     ],
 }
 PAPER_TABLES = {"raw-logreg": "I", "raw-tree": "I", "raw-svm": "I", "blobs-svm": "II", "hog-svm": "II", "pca-svm": "II"}
