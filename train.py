@@ -186,6 +186,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(report.to_dict(), indent=2))
 
 
+def cmd_screen(args: argparse.Namespace) -> None:
+    from core.predict import ModelNotFound
+    from core.screening import markdown, parse_run, screen, screening_table
+    from core.store import Store
+
+    store = Store(args.store, create=False)
+    try:
+        runs = [screen(store, experiments, args.split, label)
+                for label, experiments in (parse_run(text, store) for text in args.runs)]
+    except (ModelNotFound, ValueError) as err:
+        sys.exit(str(err))
+    table = screening_table(runs, per_source=not args.overall_only)
+    print(markdown(table))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+
+
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile import (
         RECONCILE_PRIOR,
@@ -490,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cnn.recipes import PRESETS
     from core.download import DEFAULT_BASE_URL
     from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
+    from core.screening import SPLITS as SCREEN_SPLITS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -565,6 +583,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a model on a labelled collection in any supported layout "
                                         "(prints JSON)", parents=[model, data, prior, store])
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("screen", help="levers side by side: runs' figures on one split, overall and per source, "
+                                      "as a markdown table", parents=[store])
+    p.add_argument("runs", nargs="+", metavar="[LABEL=]RUN[+RUN...]",
+                   help="an experiment id or name; several joined by + are scored as their mean (an ensemble)")
+    p.add_argument("--split", choices=SCREEN_SPLITS, default="val",
+                   help="val (single runs), oof (cross-validated runs) or test (report it once)")
+    p.add_argument("--overall-only", action="store_true", help="leave out the per-source columns")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    p.set_defaults(func=cmd_screen)
 
     p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity",
                        description="The --data folder's photos; its own labels are the recorded quantities "
