@@ -88,15 +88,14 @@ def screen(store: Store, experiments: Sequence[Experiment], split: str = "val",
 
 
 def _columns(figures: SplitFigures, prefix: str) -> dict[str, object]:
-    task = figures.paper_task
+    task = figures.paper_task or SplitFigures()
+    ci, task_ci = figures.intervals, task.intervals
     return {
-        f"{prefix}n (0-5)": task.n if task else None,
-        f"{prefix}accuracy, paper's task": with_interval(task.accuracy, task.intervals and task.intervals.accuracy)
-        if task else "",
-        f"{prefix}balanced accuracy, product": with_interval(
-            figures.balanced_accuracy, figures.intervals and figures.intervals.balanced_accuracy),
-        f"{prefix}RMSE, paper's task": with_interval(task.rmse, task.intervals and task.intervals.rmse, digits=2)
-        if task else "",
+        f"{prefix}n (0-5)": task.n,
+        f"{prefix}accuracy, paper's task": with_interval(task.accuracy, task_ci.accuracy if task_ci else None),
+        f"{prefix}balanced accuracy, product": with_interval(figures.balanced_accuracy,
+                                                             ci.balanced_accuracy if ci else None),
+        f"{prefix}RMSE, paper's task": with_interval(task.rmse, task_ci.rmse if task_ci else None, digits=2),
         f"{prefix}ECE": None if figures.ece is None else round(figures.ece, 3),
     }
 

@@ -90,3 +90,28 @@ def test_upper_stages_train_from_the_cache_and_predict_as_the_model(tmp_path, on
         np.testing.assert_array_equal(again.front.features(SIZE, data.train.rows)[data.train.rows],
                                       trainer.front.features(SIZE, data.train.rows)[data.train.rows])
         assert sum(calls) == photos
+
+
+def test_a_cpu_bf16_recipe_trains_its_upper_stages_in_bf16_from_the_fp32_cache(tmp_path, monkeypatch):
+    from core.cnn import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "native_bf16", lambda: True)
+    fp32 = Runtime(torch.device("cpu"))
+    bf16 = fp32.with_cpu_bf16_training()
+    assert (fp32.training, bf16.training) == ("fp32", "bf16") and "bf16 training" in bf16.describe()
+    monkeypatch.setattr(runtime_module, "native_bf16", lambda: False)
+    assert fp32.with_cpu_bf16_training().training == "fp32"  # emulated bf16 is slower than fp32: not used
+    assert "cpu_bf16" not in _recipe().params() and _recipe(cpu_bf16=True).params()["cpu_bf16"] is True
+
+    dtypes = []
+    model = _model()
+    trainer = Trainer(model, _recipe(cpu_bf16=True), _data(tmp_path / "features"), bf16, tmp_path / "run",
+                      progress=False)
+    trainer.model.classifier.register_forward_hook(lambda module, x, out: dtypes.append(out.dtype))
+    cached = trainer.front.features(SIZE, np.arange(20))
+    assert not dtypes  # building the cache does not reach the head
+    trainer.fit()
+    assert torch.bfloat16 in dtypes  # the upper stages trained under bf16 autocast
+    reference = Trainer(_model(), _recipe(), _data(tmp_path / "fp32-features"), fp32, tmp_path / "ref",
+                        progress=False).front.features(SIZE, np.arange(20))
+    np.testing.assert_array_equal(cached, reference)  # the shared cache is computed in fp32 all the same

@@ -203,6 +203,8 @@ def _run(dataset_root: str | Path, preset: str, store: Store | None, overrides: 
     store = store or Store()
     dataset = load_data(dataset_root, recipe, store, progress, recounts, curation)
     runtime = setup_runtime()
+    if recipe.cpu_bf16:
+        runtime = runtime.with_cpu_bf16_training()
     model: nn.Module | None = None
 
     def start() -> str | None:

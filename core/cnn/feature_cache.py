@@ -15,6 +15,7 @@ folder they live in memory.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -105,13 +106,16 @@ class FrozenFront:
         if not len(todo):
             return
         self.lower.eval()
+        # one cache serves every run of these stages, whatever precision its upper stages train in
+        # (`Recipe.cpu_bf16`): computed in the device's own precision, bf16 on CUDA and fp32 on a CPU
+        precision = dataclasses.replace(self.runtime, training="fp32").autocast
         for start in tqdm(range(0, len(todo), BATCH), desc=f"caching frozen-stage features at {array.shape[2]}x"
                           f"{array.shape[3]} ({images.shape[1]}px photos)", unit="batch", leave=False,
                           disable=not self.progress):
             chunk = todo[start:start + BATCH]
             batch = torch.from_numpy(np.array(images[chunk])).to(self.runtime.device)
             for variant, pixels in enumerate((batch, batch.flip(2))):  # W of (N, H, W, 3): a mirror image
-                with self.runtime.autocast():
+                with precision():
                     out = self.lower(to_model_input(pixels, self.normalization))
                 array[chunk, variant] = out.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
             if isinstance(array, np.memmap):

@@ -64,6 +64,8 @@ class Recipe:
     # frozen in every phase, BatchNorm statistics included; their outputs are computed once per photo, size
     # and mirror image (core.cnn.feature_cache) and the upper stages train from them
     frozen_stages: int = 0
+    # train under bf16 autocast on a CPU with native bf16 too (CUDA always does; `Runtime.with_cpu_bf16_training`)
+    cpu_bf16: bool = False
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -99,12 +101,14 @@ class Recipe:
     def params(self) -> dict:
         """The configuration as stored with the experiment (notes left out: they are not config).
 
-        `frozen_stages` appears only when set, so recipes from before it keep their experiment keys.
+        `frozen_stages` and `cpu_bf16` appear only when set, so recipes from before them keep their
+        experiment keys.
         """
         params = dataclasses.asdict(self)
         params.pop("notes")
-        if not self.frozen_stages:
-            params.pop("frozen_stages")
+        for newer in ("frozen_stages", "cpu_bf16"):
+            if not params[newer]:
+                params.pop(newer)
         return params
 
 

@@ -1,7 +1,8 @@
 """Where training runs: one CPU or GPU process, or one of N under `torchrun` (DDP).
 
 Models are channels_last everywhere. On CUDA: bf16 autocast, pinned memory, NCCL. On CPU:
-fp32, every core the process may use (shared evenly between local ranks), gloo. Counting (forward
+fp32 (bf16 autocast for a recipe that asks, `cpu_bf16`, on a CPU with native bf16), every core the
+process may use (shared evenly between local ranks), gloo. Counting (forward
 passes only: evaluation and the counting service) may run in bf16 on a CPU that multiplies bf16 in
 hardware, by choice (`counting_precision`): it is faster there but changes some counts. Every rank
 runs the same code; only rank 0 writes to the store and the artifact folder, and the others get
@@ -9,6 +10,7 @@ what it reads (a checkpoint, the best weights) by broadcast, never from their ow
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -68,9 +70,11 @@ class Runtime:
     local_rank: int = 0
     threads: int = 1
     counting: str = "fp32"  # precision of forward passes that only count (see `counting_precision`)
+    training: str = "fp32"  # the CPU's training precision (`with_cpu_bf16_training`); CUDA trains in bf16
 
     def __post_init__(self) -> None:
         check_precision(self.counting)
+        check_precision(self.training)
 
     @property
     def cuda(self) -> bool:
@@ -90,8 +94,15 @@ class Runtime:
         return min(4, self.threads) if self.cuda else 0
 
     def autocast(self) -> AbstractContextManager:
-        """Training's precision: bf16 autocast on CUDA, fp32 on the CPU."""
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        """Training's precision: bf16 autocast on CUDA; on the CPU fp32, or bf16 where `training` says so."""
+        if self.cuda or self.training == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def with_cpu_bf16_training(self) -> Runtime:
+        """This runtime training under bf16 autocast on a CPU that computes bf16 in hardware (a recipe's
+        `cpu_bf16`); unchanged on CUDA (bf16 already) and on CPUs without native bf16 (slower there)."""
+        return self if self.cuda or not native_bf16() else dataclasses.replace(self, training="bf16")
 
     def counting_autocast(self) -> AbstractContextManager:
         """Counting's precision (`counting`): bf16 autocast on this device, or fp32."""
@@ -101,7 +112,7 @@ class Runtime:
 
     def describe(self) -> str:
         where = f"cuda ({torch.cuda.get_device_name(self.device)}, bf16 autocast)" if self.cuda \
-            else f"cpu ({self.threads} threads; fp32 training, {self.counting} counting)"
+            else f"cpu ({self.threads} threads; {self.training} training, {self.counting} counting)"
         return f"{where} x {self.world_size} processes (DDP)" if self.distributed else where
 
     def prepare(self, model: nn.Module) -> nn.Module:
