@@ -265,7 +265,8 @@ PREVIOUS_KEYS = {"pca-svm": "64fdde36da7f88dd", "hog-svm": "1ce6450d7090b7f0", "
 
 def test_a_configuration_keeps_the_experiment_key_it_had_before_it_was_typed():
     configs = {c.name: c for c in suite_experiments("paper-classical") if c.name in PREVIOUS_KEYS}
-    configs = {name: c.with_overrides({"selection": "balanced"}) for name, c in configs.items()}  # the old default suite
+    # the old default suite
+    configs = {name: c.with_overrides({"selection": "balanced"}) for name, c in configs.items()}
     configs["tiny-hog"] = ClassicalConfig("hog", "svc", folds=3, **FAST)
     for name, config in configs.items():
         assert config_key("classical", config.model, config.params(), "fingerprint", 4) == PREVIOUS_KEYS[name]
