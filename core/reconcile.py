@@ -308,7 +308,7 @@ def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, b
               threshold: float = MISMATCH_THRESHOLD, prior_wrong: float = PRIOR_WRONG,
               budget: str | int | None = None, progress: bool = False, workers: int | None = None) -> pd.DataFrame:
     """The variance report, one row per record, built in memory (`core.reconcile_stream` streams
-    a collection of any size to disk instead). `workers`: decoding threads (`BinCounter.iter_counts`)."""
+    a collection of any size into a store batch instead). `workers`: decoding threads (`BinCounter.iter_counts`)."""
     check_threshold(threshold)
     names = list(records["image"])
     errors = record_errors(records)
