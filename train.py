@@ -204,18 +204,7 @@ def cmd_screen(args: argparse.Namespace) -> None:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
-    from core.reconcile import (
-        RECONCILE_PRIOR,
-        budget_size,
-        check_threshold,
-        finish_report,
-        records_from_folder,
-        report_totals,
-        totals_line,
-        write_report,
-    )
-    from core.reconcile_stream import PartialReport, reconcile_into, records_digest
-    from core.store import Store
+    from core.reconcile import RECONCILE_PRIOR, budget_size, check_threshold, records_from_folder, totals_line
 
     if args.budget is not None:
         try:
@@ -231,34 +220,29 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     if args.simulate_errors is not None:
         return simulate_audit(counter, args)
     records, images = records_from_folder(root, args.records)
-    # the rows so far are kept beside the report, so an interrupted run resumes where it stopped
-    partial = PartialReport(args.out, {"model": counter.exp_id, "prior_wrong": args.prior_wrong,
-                                       "data": str(root.resolve()), "records": records_digest(records)})
-    done = partial.done()
-    if partial.resumed:
-        print(f"resuming: {len(done)} of {len(records)} bins already judged ({partial.path})")
-    reconcile_into(partial, counter, records, images, done, prior_wrong=args.prior_wrong, progress=True)
-    report = finish_report(partial.rows(), args.threshold, args.budget)
-    from core.batches import batch_settings
+    from core.batches import BatchSink, batch_settings, finish_batch, resume_or_open, write_batch_report
+    from core.reconcile_stream import reconcile_into, records_digest, skipped_records
+    from core.store import Store
 
+    store = Store(args.store)
     settings = {**batch_settings(counter, args.prior_wrong, args.threshold, args.budget),  # what the batch keeps
                 "precision": counter.precision}
-    write_report(report, args.out, settings={"model": counter.exp_id, "model_name": counter.name, **settings})
-    batch_id = save_folder_batch(Store(args.store), report, images, counter, settings, root)
-    partial.discard()
-    print(f"{totals_line(report_totals(report))} -> {args.out}")
+    # the batch is the one place judged bins go, chunk by chunk: an interrupted run resumes where it stopped
+    batch_id, stored = resume_or_open(store, model=counter.exp_id, model_name=counter.name,
+                                      data_root=str(root.resolve()),
+                                      settings={**settings, "records": records_digest(records)})
+    if stored:
+        print(f"resuming: {len(stored)} of {len(records)} bins already judged (batch {batch_id})")
+    if repeated := int(records["image"].duplicated().sum()):
+        print(f"{repeated} records name a bin named before: the first record of each bin is judged")
+    reconcile_into(BatchSink(store, batch_id, images), counter, records, images, skipped_records(records, stored),
+                   prior_wrong=args.prior_wrong, progress=True)
+    totals = finish_batch(store, batch_id)
+    write_batch_report(store, batch_id, args.out, settings={"model": counter.exp_id, "model_name": counter.name,
+                                                            **settings})
+    print(f"{totals_line(totals)} -> {args.out}")
     print(f"model {counter.name} ({counter.exp_id}, counting in {counter.precision}); {settings['rule']}")
     print(f"batch: {batch_id}")
-
-
-def save_folder_batch(store, report, images: dict, counter, settings: dict, root: Path) -> str:
-    """Keep a folder's report as a batch: each photo by path and content hash (no copy)."""
-    from core.batches import file_hash, save_report
-
-    sources = {key: (Path(key).stem, str(Path(path).resolve()), file_hash(path), "")
-               for key, path in images.items() if Path(path).is_file()}
-    return save_report(store, report, model=counter.exp_id, model_name=counter.name, settings=settings,
-                       data_root=str(root.resolve()), sources=sources)
 
 
 def cmd_recount_export(args: argparse.Namespace) -> None:

@@ -7,6 +7,8 @@ A batch is written in chunks, so a long reconcile can stream over its bins and r
     append_bins(store, batch, report_chunk, ...)   # one transaction per chunk
     finish_batch(store, batch)                     # flags under a budget, totals
 
+`train.py reconcile` streams into a batch this way (`BatchSink`, resuming the `unfinished_batch`
+of the same settings) and writes its report from it a chunk at a time (`write_batch_report`).
 Reopening a batch reads its report back (`batch_report`) without counting again. Uploaded photos
 are kept as content-addressed copies under the store (`store_photo`), so a batch outlives the
 upload; photos of a data folder are kept by path and content hash.
@@ -21,7 +23,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,7 @@ from core.store import Store
 
 if TYPE_CHECKING:
     from core.predict import BinCounter
+    from core.reconcile_stream import JudgedChunk
 
 BIN_COLUMNS = ["image", "image_id", "path", "content_hash", "stored_copy", "recorded", "predicted", "expected",
                "confidence", "probs", "p_recorded", "p_mismatch", "flagged", "note", "error"]
@@ -53,6 +56,7 @@ class Batch:
     model_name: str
     data_root: str
     settings: dict[str, Any]  # prior_wrong, threshold, budget, rule, class_prior (reconcile_prior), open_top, K
+    # (`train.py reconcile`'s also precision and records: `core.reconcile_stream.records_digest`)
     totals: ReportTotals | None = None  # None until finished
     finished_at: float | None = None
     updated_at: float | None = None
@@ -189,6 +193,44 @@ def save_report(store: Store, report: pd.DataFrame, *, model: str, model_name: s
     return batch_id
 
 
+def unfinished_batch(store: Store, *, model: str, data_root: str, settings: Mapping[str, Any]) -> str | None:
+    """The newest batch of `model` on `data_root` with these settings that never finished: what an
+    interrupted run left to resume; None if there is none."""
+    wanted = json.loads(json.dumps(dict(settings)))  # as the store keeps them (tuples as lists)
+    return next((b.id for b in list_batches(store) if b.finished_at is None and b.model == model
+                 and b.data_root == data_root and b.settings == wanted), None)
+
+
+def resume_or_open(store: Store, *, model: str, model_name: str, settings: Mapping[str, Any],
+                   data_root: str = "") -> tuple[str, set[str]]:
+    """The batch a streamed run writes into and the bins it holds already: the `unfinished_batch`
+    of the same settings an interrupted run left, else a new, empty one."""
+    batch_id = unfinished_batch(store, model=model, data_root=data_root, settings=settings)
+    if batch_id is None:
+        return open_batch(store, model=model, model_name=model_name, settings=settings, data_root=data_root), set()
+    return batch_id, done_bins(store, batch_id)
+
+
+class BatchSink:
+    """A `core.reconcile_stream.ChunkSink` into a batch of a data folder's photos (`images`: bin ->
+    path): each chunk's rows flagged by the batch's threshold (under a budget `finish_batch` flags),
+    each photo kept by path and the content hash of the bytes it was counted from."""
+
+    def __init__(self, store: Store, batch_id: str, images: Mapping[str, Path]):
+        self.store, self.batch_id, self.images = store, batch_id, images
+        self.threshold: float | None = get_batch(store, batch_id).settings.get("threshold")
+
+    def write(self, chunk: JudgedChunk) -> None:
+        from core.reconcile import flags
+
+        rows = chunk.rows
+        if self.threshold is not None:
+            rows = rows.assign(mismatch=flags(rows["p_mismatch"], self.threshold))
+        sources = {image: (PurePosixPath(image).stem, str(self.images[image].resolve()), digest, "")
+                   for image, digest in chunk.hashes.items()}
+        append_bins(self.store, self.batch_id, rows, sources)
+
+
 def _decode(row) -> Batch:
     return Batch(row["id"], row["created_at"], row["model"], row["model_name"], row["data_root"] or "",
                  json.loads(row["settings"]), ReportTotals(**json.loads(row["totals"])) if row["totals"] else None,
@@ -219,12 +261,13 @@ def delete_batch(store: Store, batch_id: str) -> None:
         db.execute("DELETE FROM batch_bins WHERE batch = ?", (batch_id,))
 
 
-def batch_bins(store: Store, batch_id: str) -> pd.DataFrame:
-    """The batch's bins as stored (`BIN_COLUMNS`, probs decoded), in the report's order: checked
-    bins riskiest first, then error rows, then bins the model could not check."""
-    with store.reading() as db:
-        rows = db.execute(f"SELECT {', '.join(BIN_COLUMNS)} FROM batch_bins WHERE batch = ? ORDER BY"
-                          " (p_mismatch IS NULL), (error = ''), p_mismatch DESC, rowid", (batch_id,)).fetchall()
+_BINS_IN_REPORT_ORDER = (f"SELECT {', '.join(BIN_COLUMNS)} FROM batch_bins WHERE batch = ? ORDER BY"
+                         " (p_mismatch IS NULL), (error = ''), p_mismatch DESC, rowid")
+REPORT_CHUNK = 1024  # rows read from the store at a time to write a report
+
+
+def _bins_frame(rows: list) -> pd.DataFrame:
+    """Stored bin rows as a frame of `BIN_COLUMNS`, probs decoded."""
     frame = pd.DataFrame([dict(r) for r in rows], columns=BIN_COLUMNS)
     frame["probs"] = [json.loads(p) if isinstance(p, str) else None for p in frame["probs"]]
     frame["flagged"] = frame["flagged"].astype(bool)
@@ -234,11 +277,43 @@ def batch_bins(store: Store, batch_id: str) -> pd.DataFrame:
     return frame
 
 
-def batch_report(store: Store, batch_id: str) -> pd.DataFrame:
-    """The batch's variance report as `core.reconcile.reconcile` gave it, read back from the store."""
+def batch_bins(store: Store, batch_id: str) -> pd.DataFrame:
+    """The batch's bins as stored (`BIN_COLUMNS`, probs decoded), in the report's order: checked
+    bins riskiest first, then error rows, then bins the model could not check."""
+    with store.reading() as db:
+        return _bins_frame(db.execute(_BINS_IN_REPORT_ORDER, (batch_id,)).fetchall())
+
+
+def iter_bins(store: Store, batch_id: str, chunk_size: int = REPORT_CHUNK) -> Iterator[pd.DataFrame]:
+    """`batch_bins` a chunk of `chunk_size` rows at a time, for batches too big to hold at once."""
+    with store.reading() as db:
+        cursor = db.execute(_BINS_IN_REPORT_ORDER, (batch_id,))
+        while rows := cursor.fetchmany(chunk_size):
+            yield _bins_frame(rows)
+
+
+def to_report(bins: pd.DataFrame) -> pd.DataFrame:
+    """Stored bins (`batch_bins`) as report rows (`core.reconcile.REPORT_COLUMNS`)."""
     from core.reconcile import REPORT_COLUMNS
 
-    return batch_bins(store, batch_id).rename(columns=TO_REPORT)[REPORT_COLUMNS]
+    return bins.rename(columns=TO_REPORT)[REPORT_COLUMNS]
+
+
+def batch_report(store: Store, batch_id: str) -> pd.DataFrame:
+    """The batch's variance report as `core.reconcile.reconcile` gave it, read back from the store."""
+    return to_report(batch_bins(store, batch_id))
+
+
+def write_batch_report(store: Store, batch_id: str, out: str | Path, settings: Mapping | None = None,
+                       chunk_size: int = REPORT_CHUNK) -> None:
+    """Write a finished batch's report to `out` in `core.reconcile.write_report`'s format, read from
+    the store `chunk_size` rows at a time: memory stays flat however many bins it holds."""
+    from core.reconcile import write_report_chunks
+
+    totals = get_batch(store, batch_id).totals
+    if totals is None:
+        raise ValueError(f"batch {batch_id} is not finished: finish it before writing its report")
+    write_report_chunks(map(to_report, iter_bins(store, batch_id, chunk_size)), totals, out, settings)
 
 
 def photo_source(store: Store, batch: Batch, row: Mapping[str, Any]) -> Path | None:

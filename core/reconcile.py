@@ -24,15 +24,18 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core.collection import inside_root, load_collection, parse_count
+from core.files import atomic_path
 from core.images import ImageError
 from core.predict import BinCounter, CountResult, scope_of
 from core.priors import stated_prior, with_prior
@@ -305,7 +308,7 @@ def reconcile(counter: BinCounter, records: pd.DataFrame, images: Mapping[str, b
               threshold: float = MISMATCH_THRESHOLD, prior_wrong: float = PRIOR_WRONG,
               budget: str | int | None = None, progress: bool = False, workers: int | None = None) -> pd.DataFrame:
     """The variance report, one row per record, built in memory (`core.reconcile_stream` streams
-    a collection of any size to disk instead). `workers`: decoding threads (`BinCounter.iter_counts`)."""
+    a collection of any size into a store batch instead). `workers`: decoding threads (`BinCounter.iter_counts`)."""
     check_threshold(threshold)
     names = list(records["image"])
     errors = record_errors(records)
@@ -348,14 +351,44 @@ def totals_line(totals: ReportTotals) -> str:
 
 def write_report(report: pd.DataFrame, out: str | Path, settings: Mapping | None = None) -> None:
     """CSV (the rows), or JSON with the settings, the totals and the rows; chosen by the file suffix."""
+    write_report_chunks([report], report_totals(report), out, settings)
+
+
+def write_report_chunks(chunks: Iterable[pd.DataFrame], totals: ReportTotals, out: str | Path,
+                        settings: Mapping | None = None) -> None:
+    """`write_report` of a report handed over a chunk of rows at a time, in order, so it is never
+    whole in memory (`core.batches.write_batch_report`); `out` appears, whole, once all are written
+    (its temporary file is named, so it is made with the usual permissions and a killed write's
+    leftover is overwritten by the next)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".json":
-        bins = json.loads(report.to_json(orient="records"))
-        out.write_text(json.dumps({"settings": dict(settings or {}), "totals": report_totals(report).to_dict(),
-                                   "bins": bins}, indent=2))
-    else:
-        report.to_csv(out, index=False)
+    with atomic_path(out, temp_name=f".{out.name}.tmp") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        if out.suffix.lower() == ".json":
+            _write_json_report(fh, chunks, totals, settings or {})
+        else:
+            _write_csv_report(fh, chunks)
+
+
+def _write_csv_report(fh: TextIO, chunks: Iterable[pd.DataFrame]) -> None:
+    header = True
+    for chunk in chunks:
+        chunk.to_csv(fh, index=False, header=header)
+        header = False
+    if header:  # no rows: the header alone
+        pd.DataFrame(columns=REPORT_COLUMNS).to_csv(fh, index=False)
+
+
+def _write_json_report(fh: TextIO, chunks: Iterable[pd.DataFrame], totals: ReportTotals, settings: Mapping) -> None:
+    """The text `json.dumps({"settings", "totals", "bins"}, indent=2)` gives, written a row at a time."""
+    head = json.dumps({"settings": dict(settings), "totals": totals.to_dict()}, indent=2)
+    fh.write(head.removesuffix("\n}") + ',\n  "bins": [')
+    first = True
+    for chunk in chunks:
+        if chunk.empty:
+            continue
+        rows = json.dumps(json.loads(chunk.to_json(orient="records")), indent=2)  # "[\n  {...},\n  {...}\n]"
+        fh.write(("\n" if first else ",\n") + textwrap.indent(rows[2:-2], "  "))
+        first = False
+    fh.write("]\n}" if first else "\n  ]\n}")
 
 
 # ---- what a recount budget buys -----------------------------------------------------------------
