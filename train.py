@@ -103,7 +103,8 @@ def cmd_classical(args: argparse.Namespace) -> None:
 
     store, root, started = Store(args.store), data_dir(args.data), time.perf_counter()
     recheck_if_asked(args, root)
-    options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv}
+    options = {"folds": args.folds, "selection": args.selection, "image_size": args.image_size, "cv": args.cv,
+               "train_limit": args.train_limit}
     try:
         if args.suite:
             configs = [config.with_overrides(options) for config in suite_experiments(args.suite)]
@@ -532,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid",
                    help='JSON dict or list of dicts of value lists, e.g. \'{"C": [1, 10], "gamma": ["scale"]}\'')
     p.add_argument("--folds", type=int, help="cross-validation folds (default: 10, fewer if a class is smaller)")
+    p.add_argument("--train-limit", type=int, metavar="N",
+                   help="fit on at most N training photos, stratified by count (a kernel SVM's time grows with N^2)")
     p.add_argument("--selection", choices=["balanced", "paper"],
                    help="best CV balanced accuracy (default), or the paper's: best accuracy with no class at zero")
     p.add_argument("--image-size", type=int, help="image cache resolution the features read (default: 128)")

@@ -7,6 +7,7 @@ import inspect
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import make_classification
 from sklearn.model_selection import ParameterGrid
@@ -302,3 +303,18 @@ def test_cli_trains_one_model_and_prints_its_figures(tiny_collection, store_root
     assert exp.params["folds"] == 2 and exp.params["grid"] == [{"model__max_depth": [2, 4]}]
     with pytest.raises(SystemExit, match="--grid must be JSON"):
         train.main(["classical", "--data", str(tiny_collection), "--grid", "{C: 1}"])
+
+
+def test_a_train_limit_fits_on_a_stratified_sample_and_scores_every_photo(tiny_collection, store_root):
+    config = ClassicalConfig("hog", "svc", folds=2, train_limit=12, **FAST)
+    assert config.params()["train_limit"] == 12 and "train_limit" not in ClassicalConfig("hog").params()
+    part = pd.DataFrame({"count": [c for c in range(6) for _ in range(10)]})
+    kept = config.fitted_on(part)
+    assert len(kept) == 12 and (kept["count"].value_counts() == 2).all()  # every count kept, in proportion
+    assert len(config.fitted_on(part.head(8))) == 8  # fewer photos than the limit: all of them
+    with pytest.raises(ValueError, match="train_limit needs at least"):
+        ClassicalConfig("hog", folds=3, train_limit=5)
+    store = Store(store_root)
+    exp = store.experiment(train_classical(tiny_collection, config, store=store, **QUIET))
+    assert exp.val_metrics is not None and store.predictions(exp.id, "val")["image_id"].nunique() == \
+        (store.split(exp.id)["split"] == "val").sum()  # the limit changes what is fitted, never what is scored

@@ -12,6 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
 from core.classical.features import ImageFeatures, make_extractor
 from core.classical.models import model_grid
 from core.classical.search import SELECTION_RULES, SELECTORS
@@ -42,6 +45,9 @@ class ClassicalConfig:
     cv: int = 0
     max_count: int = MAX_COUNT
     open_top: bool = True
+    # at most this many photos fit the model (of the train split, or of each fold's training part), a
+    # sample stratified by count: a kernel SVM's fit grows with about the square of its photos
+    train_limit: int | None = None
     name: str | None = field(default=None, compare=False)  # default: <features>[-pca]-<model>
 
     def __post_init__(self) -> None:
@@ -53,6 +59,8 @@ class ClassicalConfig:
             raise ValueError(f"cv is 0 (one model) or a number of folds >= 2, got {self.cv}")
         if self.pca is not None and self.pca < 1:
             raise ValueError(f"pca is a number of components >= 1, got {self.pca}")
+        if self.train_limit is not None and self.train_limit < 2 * self.folds:
+            raise ValueError(f"train_limit needs at least 2 photos a fold ({2 * self.folds}), got {self.train_limit}")
         self.extractor()  # unknown features or feature settings
         self.search_grid()  # unknown model or a malformed grid
 
@@ -74,13 +82,22 @@ class ClassicalConfig:
             (f"-cv{self.cv}" if self.cv else "")
 
     def params(self) -> dict:
-        """Everything that decides what a run trains, as stored with the experiment (its key)."""
-        return {
+        """Everything that decides what a run trains, as stored with the experiment (its key);
+        `train_limit` only when set, so configurations from before it keep their keys."""
+        params = {
             "features": self.features, "feature_params": self.extractor().get_params(), "pca": self.pca,
             "model": self.model, "grid": self.search_grid(), "folds": self.folds, "selection": self.selection,
             "image_size": self.image_size, "seed": self.seed, "max_count": self.max_count,
             "split": list(DEFAULT_SPLIT), "cv": self.cv, "open_top": self.open_top,
         }
+        return params if self.train_limit is None else {**params, "train_limit": self.train_limit}
+
+    def fitted_on(self, part: pd.DataFrame) -> pd.DataFrame:
+        """The photos of `part` the model fits: all of them, or `train_limit` of them stratified by count."""
+        if self.train_limit is None or len(part) <= self.train_limit:
+            return part
+        kept, _ = train_test_split(part, train_size=self.train_limit, stratify=part["count"], random_state=self.seed)
+        return kept.sort_index()
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> ClassicalConfig:
         """A copy with fields replaced (validated again); None values leave a field as it is."""

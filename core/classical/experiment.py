@@ -73,7 +73,8 @@ def _train(store: Store, exp_id: str, dataset: Dataset, config: ClassicalConfig,
     warnings: list[str] = []
 
     def fit(part: pd.DataFrame, where: Path):
-        """Grid-search on `part`'s photos; save the chosen pipeline in `where`."""
+        """Grid-search on `part`'s photos (`ClassicalConfig.fitted_on`); save the chosen pipeline in `where`."""
+        part = config.fitted_on(part)
         y = part["count"].to_numpy()
         used, note = choose_folds(y, config.folds)
         if note:
