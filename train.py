@@ -189,6 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_screen(args: argparse.Namespace) -> None:
     from core.predict import ModelNotFound
+    from core.metrics import verdict
     from core.screening import markdown, parse_run, screen, screening_table
     from core.store import Store
 
@@ -200,6 +201,11 @@ def cmd_screen(args: argparse.Namespace) -> None:
         sys.exit(str(err))
     table = screening_table(runs, per_source=not args.overall_only)
     print(markdown(table))
+    for run in runs[1:] if args.paired else []:
+        comparison, _, photos = run.versus(runs[0])
+        print(f"\n{run.label} against {runs[0].label}, paired on {photos} photos of 0..5 items:")
+        for metric in comparison:
+            print(f"- {verdict(comparison, run.label, runs[0].label, metric)}")
     if args.csv:
         table.to_csv(args.csv, index=False)
 
@@ -578,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=SCREEN_SPLITS, default="val",
                    help="val (single runs), oof (cross-validated runs) or test (report it once)")
     p.add_argument("--overall-only", action="store_true", help="leave out the per-source columns")
+    p.add_argument("--paired", action="store_true",
+                   help="also compare each run with the first, paired on the same photos (bootstrap intervals)")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     p.set_defaults(func=cmd_screen)
 

@@ -10,12 +10,13 @@ decided like one run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from core.metrics import SplitFigures, split_figures, with_interval
+from core.calibration import decide
+from core.metrics import PairedDifference, SplitFigures, paired_bootstrap, split_figures, verdict, with_interval
 from core.records import Experiment
 from core.sources import photo_sources
 from core.store import Store
@@ -32,6 +33,14 @@ class ScreenedRun:
     split: str
     overall: SplitFigures
     by_source: dict[str, SplitFigures]
+    shown: pd.DataFrame = field(repr=False)  # image_id, true_count, pred_count: the counts shown, per photo
+
+    def versus(self, other: ScreenedRun) -> tuple[dict[str, PairedDifference], str, int]:
+        """This lever against `other`, paired on the photos both scored (`paired_comparison`, on the
+        bins of 0..5 items)."""
+        top = self.experiments[0].num_classes
+        open_class = top - 1 if top is not None and self.experiments[0].open_top else None
+        return paired_comparison(self.shown, other.shown, self.label, other.label, open_class)
 
     @property
     def minutes(self) -> float | None:
@@ -59,8 +68,8 @@ def _shared_predictions(store: Store, experiments: Sequence[Experiment], split: 
     shared = shared.sort_values()
     first = frames[0].loc[shared]
     probs = np.mean([np.stack(frame.loc[shared, "probs"].to_list()) for frame in frames], axis=0)
-    return pd.DataFrame({"path": first["path"].to_numpy(), "count": first["true_count"].to_numpy(),
-                         "probs": list(probs)})
+    return pd.DataFrame({"image_id": shared.to_numpy(), "path": first["path"].to_numpy(),
+                         "count": first["true_count"].to_numpy(), "probs": list(probs)})
 
 
 def screen(store: Store, experiments: Sequence[Experiment], split: str = "val",
@@ -83,8 +92,9 @@ def screen(store: Store, experiments: Sequence[Experiment], split: str = "val",
     scored = truth < num_classes - 1 if open_top else np.ones(len(truth), dtype=bool)  # bins of 0..5 items
     by_source = {name: split_figures(truth[sources == name], probs[sources == name], num_classes, open_top)
                  for name in sorted(set(sources)) if (scored & (sources == name)).any()}
+    shown = pd.DataFrame({"image_id": rows["image_id"], "true_count": truth, "pred_count": decide(probs)})
     return ScreenedRun(label or " + ".join(e.name for e in experiments), tuple(experiments), split,
-                       split_figures(truth, probs, num_classes, open_top), by_source)
+                       split_figures(truth, probs, num_classes, open_top), by_source, shown)
 
 
 def _columns(figures: SplitFigures, prefix: str) -> dict[str, object]:
@@ -98,6 +108,20 @@ def _columns(figures: SplitFigures, prefix: str) -> dict[str, object]:
         f"{prefix}RMSE, paper's task": with_interval(task.rmse, task_ci.rmse if task_ci else None, digits=2),
         f"{prefix}ECE": None if figures.ece is None else round(figures.ece, 3),
     }
+
+
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str,
+                      open_class: int | None = None) -> tuple[dict[str, PairedDifference], str, int]:
+    """Paired bootstrap of two models' stored predictions on the photos both scored (those of the
+    open class `open_class` left out, as the paper's figures leave them out): (per-metric
+    differences with intervals, the verdict in words, how many photos)."""
+    both = a.merge(b, on="image_id", suffixes=("_a", "_b"))
+    if open_class is not None:
+        both = both[both["true_count_a"] != open_class]
+    if both.empty:
+        return {}, f"{name_a} and {name_b} scored no photo in common: they cannot be compared head to head.", 0
+    comparison = paired_bootstrap(both["true_count_a"], both["pred_count_a"], both["pred_count_b"])
+    return comparison, verdict(comparison, name_a, name_b), len(both)
 
 
 def parse_run(text: str, store: Store) -> tuple[str | None, list[Experiment]]:

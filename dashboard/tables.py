@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from core.metrics import PairedDifference, SplitFigures, headline_text, paired_bootstrap, paper_task, verdict
+from core.metrics import PairedDifference, SplitFigures, headline_text, paper_task
 from core.records import Experiment
 
 
@@ -90,20 +90,6 @@ def answers_table(experiments: Sequence[Experiment], predictions: dict[str, pd.D
                          "balanced accuracy (95% CI)": balanced_ci, "RMSE (95% CI)": rmse_ci,
                          "bins": None if m is None else m.n})
     return pd.DataFrame(rows)
-
-
-def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str,
-                      open_class: int | None = None) -> tuple[dict[str, PairedDifference], str, int]:
-    """Paired bootstrap of two models' stored predictions on the photos both scored (those of the
-    open class `open_class` left out, as the paper's figures leave them out): (per-metric
-    differences with intervals, the verdict in words, how many photos)."""
-    both = a.merge(b, on="image_id", suffixes=("_a", "_b"))
-    if open_class is not None:
-        both = both[both["true_count_a"] != open_class]
-    if both.empty:
-        return {}, f"{name_a} and {name_b} scored no photo in common: they cannot be compared head to head.", 0
-    comparison = paired_bootstrap(both["true_count_a"], both["pred_count_a"], both["pred_count_b"])
-    return comparison, verdict(comparison, name_a, name_b), len(both)
 
 
 def comparison_table(comparison: Mapping[str, PairedDifference]) -> pd.DataFrame:

@@ -60,6 +60,14 @@ def test_an_ensemble_is_the_mean_of_its_runs_probabilities(tmp_path):
     assert text.splitlines()[0].startswith("| lever | split |") and text.count("\n") == 3
 
 
+def test_a_lever_is_compared_with_another_paired_on_the_same_photos(tmp_path):
+    store, ids, truth, probs = _store_with_two_runs(tmp_path)
+    worse, better = (screen(store, [store.experiment(i)]) for i in ids)
+    comparison, said, n = better.versus(worse)
+    assert n == int((truth < K - 1).sum())  # bins of 0..5 items
+    assert comparison["accuracy"].difference > 0 and "beats" in said
+
+
 def test_screening_refuses_a_split_the_run_did_not_store(tmp_path):
     store, ids, _, _ = _store_with_two_runs(tmp_path)
     with pytest.raises(ValueError, match="stored no 'test' predictions"):
@@ -72,9 +80,10 @@ def test_the_screen_command_prints_labelled_runs_and_ensembles(trained_store):
     store = Store(trained_store)
     label, runs = parse_run("head start=hog-svc+raw-logreg", store)
     assert label == "head start" and [r.name for r in runs] == ["hog-svc", "raw-logreg"]
-    out = run_cli("screen", "hog=hog-svc", "hog-svc+raw-logreg", "--overall-only", store=trained_store)
+    out = run_cli("screen", "hog=hog-svc", "hog-svc+raw-logreg", "--overall-only", "--paired", store=trained_store)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[2].startswith("| hog | val |") and lines[3].startswith("| hog-svc + raw-logreg | val |")
+    assert "hog-svc + raw-logreg against hog, paired on" in out.stdout and out.stdout.count("\n- ") == 3
     missing = run_cli("screen", "no-such-model", store=trained_store)
     assert missing.returncode != 0 and "not found" in missing.stderr

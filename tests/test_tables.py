@@ -10,6 +10,7 @@ import pytest
 
 from core.metrics import Interval, Intervals, SplitFigures
 from core.records import Experiment
+from core.screening import paired_comparison
 from dashboard import tables
 
 
@@ -60,12 +61,12 @@ def test_paired_comparison_runs_on_the_photos_both_models_scored():
     a = pd.DataFrame({"image_id": ids, "true_count": truth, "pred_count": good})
     b = pd.DataFrame({"image_id": ids[50:] + ["elsewhere"], "true_count": [*truth[50:], 1],
                       "pred_count": [*bad[50:], 1]})
-    comparison, said, n = tables.paired_comparison(a, b, "A", "B")
+    comparison, said, n = paired_comparison(a, b, "A", "B")
     assert n == 350 and said.startswith("A beats B") and comparison["balanced_accuracy"].low > 0
     assert list(tables.comparison_table(comparison)["metric"]) == ["accuracy", "balanced accuracy", "rmse"]
-    assert tables.paired_comparison(a, b.iloc[-1:], "A", "B")[1].endswith("cannot be compared head to head.")
+    assert paired_comparison(a, b.iloc[-1:], "A", "B")[1].endswith("cannot be compared head to head.")
     open_photos = int((truth[50:] == 5).sum())
-    assert tables.paired_comparison(a, b, "A", "B", open_class=5)[2] == 350 - open_photos  # the paper's photos only
+    assert paired_comparison(a, b, "A", "B", open_class=5)[2] == 350 - open_photos  # the paper's photos only
 
 
 def test_per_class_table_is_the_papers_tables_one_and_two():

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from core.metrics import SplitFigures
+from core.screening import paired_comparison
 from dashboard import figures, state, tables, ui
 
 st.title("Compare experiments")
@@ -25,7 +26,7 @@ st.caption("On the test bins of 0..5 items. The product may answer \"more than 5
 st.subheader("Head to head")
 a, b = chosen[0], chosen[1]
 open_class = (a.num_classes or 0) - 1 if a.open_top and b.open_top else None
-comparison, said, n = tables.paired_comparison(state.predictions(a.id), state.predictions(b.id),
+comparison, said, n = paired_comparison(state.predictions(a.id), state.predictions(b.id),
                                                names[a.id], names[b.id], open_class)
 st.markdown(f"**{said}**")
 if comparison:
