@@ -188,8 +188,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_screen(args: argparse.Namespace) -> None:
-    from core.predict import ModelNotFound
     from core.metrics import verdict
+    from core.predict import ModelNotFound
     from core.screening import markdown, parse_run, screen, screening_table
     from core.store import Store
 
