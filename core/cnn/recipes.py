@@ -185,11 +185,16 @@ PRESETS: dict[str, Recipe] = {
                 Phase(6, 224, differential=True, lr=5e-4)),
         notes="EfficientNet-Lite0 as quick, 11 epochs: head 1, then unfrozen 160 -> 192 -> 224 px; "
               "about 5x quick's time"),
-    # `make run`'s CNN: quick with its stem and first three blocks frozen, trained from their cached outputs
+    # `make run`'s CNN: quick with its stem and first three blocks frozen, trained from their cached outputs,
+    # and one epoch fewer at 160 px, so the whole default suite fits 20 minutes here on the 9,734-photo sample
+    # (6 epochs: validation balanced accuracy 0.476 after epoch 6 against 0.471 after 5, 146 s an epoch)
     "quick-frozen": dataclasses.replace(
         QUICK, frozen_stages=4,
+        phases=(Phase(1, 128, train_body=False, lr=3e-3),
+                Phase(2, 128, differential=True, lr=1e-3),
+                Phase(2, 160, differential=True, lr=5e-4)),
         notes="EfficientNet-Lite0 as quick, stem and blocks 1-3 frozen (trained from their cached outputs): "
-              "head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px"),
+              "head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px, 5 epochs"),
 }
 
 
