@@ -27,7 +27,7 @@ st.subheader("Head to head")
 a, b = chosen[0], chosen[1]
 open_class = (a.num_classes or 0) - 1 if a.open_top and b.open_top else None
 comparison, said, n = paired_comparison(state.predictions(a.id), state.predictions(b.id),
-                                               names[a.id], names[b.id], open_class)
+                                        names[a.id], names[b.id], open_class)
 st.markdown(f"**{said}**")
 if comparison:
     st.caption(f"Paired bootstrap on the {n:,} test photos both models scored"
