@@ -248,7 +248,7 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     write_batch_report(store, batch_id, args.out, settings={"model": counter.exp_id, "model_name": counter.name,
                                                             **settings})
     print(f"{totals_line(totals)} -> {args.out}")
-    print(f"model {counter.name} ({counter.exp_id}, counting in {counter.precision}); {settings['rule']}")
+    print(f"model {counter.name} ({counter.exp_id}, counting in {counter.served_by}); {settings['rule']}")
     print(f"batch: {batch_id}")
 
 

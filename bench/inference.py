@@ -3,16 +3,15 @@ against a naive pipeline (full PIL decode, torchvision Resize + ToTensor, the sa
 eval mode, fp32, the same test-time flip averaging as the model's config, so both do the same
 network work), and each row's share of the machine's peak GEMM rate (`bench.peak`).
 
-Batch rows: the service as it counts on this machine (its counting precision, decoding threads
-beside the network), then each lever alone: fp32 with decoding in line (the service before
-bf16 and the pool), bf16 in line, fp32 with the pool, and ONNX Runtime (fp32) with the pool.
+Batch rows: the service as it counts on this machine (its precision and engine, decoding threads
+beside the network), then each lever alone: PyTorch fp32 with decoding in line (the service before
+bf16, the pool and ONNX Runtime), PyTorch bf16 in line, PyTorch fp32 with the pool, and ONNX
+Runtime (fp32) in line and with the pool.
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,10 +20,9 @@ from torchvision import transforms
 
 from bench.common import percentiles
 from bench.peak import model_gflops, share
-from core.cnn.onnx_export import export_graph, load_onnx_predictor
 from core.cnn.predictor import load_model
 from core.images import decode_workers
-from core.predict import BinCounter, load_counter, model_folders
+from core.predict import BinCounter, load_counter
 from core.store import Store
 
 Row = tuple[str, str, str, str, str]
@@ -72,25 +70,18 @@ def _in_batches(fn: Callable[[list[str]], object], batch: int) -> Callable[[list
     return run
 
 
-def onnx_runtime_counter(store: Store, counter: BinCounter, folder: Path) -> BinCounter:
-    """The same experiment behind `BinCounter`, its network exported to ONNX and run by ONNX Runtime."""
-    graphs = []
-    for k, model_folder in enumerate(model_folders(store, counter.exp)):
-        export_graph(model_folder, folder / f"{k}.onnx")
-        graphs.append(load_onnx_predictor(folder / f"{k}.onnx"))
-    return BinCounter(counter.exp, graphs, precision="fp32 (ONNX Runtime)")
-
-
 def run(store: Store, counter: BinCounter, paths: list[str], batch: int, peak: dict[str, float]) -> list[Row]:
     """`counter` is the service as loaded on this machine; every other counter is loaded beside it."""
     naive = naive_counter(store, counter)
     model, config = load_model(store.artifact_dir(counter.exp_id))
     flops = model_gflops(model, config["image_size"], config["tta"])
-    fp32 = load_counter(counter.exp_id, store, precision="fp32")
-    bf16 = load_counter(counter.exp_id, store, precision="bf16")
+    fp32 = load_counter(counter.exp_id, store, precision="fp32", engine="torch")
+    bf16 = load_counter(counter.exp_id, store, precision="bf16", engine="torch")
+    onnx = load_counter(counter.exp_id, store, precision="fp32", engine="onnxruntime")
     label = f"{counter.name} @{counter.image_size}px, tta={config['tta']}, {flops:.2f} GFLOP/photo"
 
     ours_lat = percentiles(_latencies(counter.count, paths))
+    torch_lat = percentiles(_latencies(fp32.count, paths))
     naive_lat = percentiles(_latencies(lambda p: naive([p]), paths))
     naive_tp = _throughput(_in_batches(naive, batch), paths, batch)
     workers = decode_workers()
@@ -99,25 +90,27 @@ def run(store: Store, counter: BinCounter, paths: list[str], batch: int, peak: d
         return share(flops, rate, peak["bf16" if precision == "bf16" else "fp32"])
 
     rows: list[Row] = [
-        (f"count 1 photo p50 ({label}; {counter.precision})", f"{ours_lat[0] * 1e3:.0f} ms",
+        (f"count 1 photo p50 ({label}; service: {counter.served_by})", f"{ours_lat[0] * 1e3:.0f} ms",
          f"{naive_lat[0] * 1e3:.0f} ms", f"{naive_lat[0] / ours_lat[0]:.2f}x",
          peak_of(counter.precision, 1 / ours_lat[0])),
         ("count 1 photo p95", f"{ours_lat[1] * 1e3:.0f} ms", f"{naive_lat[1] * 1e3:.0f} ms",
          f"{naive_lat[1] / ours_lat[1]:.2f}x", ""),
+        (f"count 1 photo p50: {fp32.served_by} (the service before ONNX Runtime)", f"{torch_lat[0] * 1e3:.0f} ms",
+         f"{naive_lat[0] * 1e3:.0f} ms", f"{naive_lat[0] / torch_lat[0]:.2f}x", peak_of("fp32", 1 / torch_lat[0])),
     ]
-    with tempfile.TemporaryDirectory() as tmp:
-        variants = [
-            (f"service: {counter.precision}, {workers} decoding threads", counter, None),
-            ("fp32, decoding in line (before bf16 and the pool)", fp32, 0),
-            ("bf16, decoding in line", bf16, 0),
-            (f"fp32, {workers} decoding threads", fp32, None),
-            (f"ONNX Runtime fp32, {workers} decoding threads", onnx_runtime_counter(store, counter, Path(tmp)), None),
-        ]
-        for what, variant, threads in variants:
-            rate = _throughput(lambda ps, v=variant, w=threads: v.count_batch(ps, batch_size=batch, workers=w),
-                               paths, batch)
-            rows.append((f"count batches of {batch} ({len(paths)} photos): {what}", f"{rate:.1f} img/s",
-                         f"{naive_tp:.1f} img/s", f"{rate / naive_tp:.2f}x",
-                         peak_of("bf16" if variant.precision == "bf16" else "fp32", rate)))
+    variants = [
+        (f"service: {counter.served_by}, {workers} decoding threads", counter, None),
+        (f"{fp32.served_by}, decoding in line (before bf16, the pool and ONNX Runtime)", fp32, 0),
+        (f"{bf16.served_by}, decoding in line", bf16, 0),
+        (f"{fp32.served_by}, {workers} decoding threads", fp32, None),
+        (f"{onnx.served_by}, decoding in line", onnx, 0),
+        (f"{onnx.served_by}, {workers} decoding threads", onnx, None),
+    ]
+    for what, variant, threads in variants:
+        rate = _throughput(lambda ps, v=variant, w=threads: v.count_batch(ps, batch_size=batch, workers=w),
+                           paths, batch)
+        rows.append((f"count batches of {batch} ({len(paths)} photos): {what}", f"{rate:.1f} img/s",
+                     f"{naive_tp:.1f} img/s", f"{rate / naive_tp:.2f}x",
+                     peak_of("bf16" if variant.precision == "bf16" else "fp32", rate)))
     rows.append(("naive pipeline, batches (fp32)", f"{naive_tp:.1f} img/s", "", "", peak_of("fp32", naive_tp)))
     return rows

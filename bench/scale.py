@@ -14,9 +14,9 @@ the functions in STEPS: (root, store, size) -> a note.
 With `--reconcile`: a collection of 100,000 bins and records files naming its first 10,000 and
 all 100,000 bins; a small counting model (the `quick` network, RECONCILE_EPOCHS at
 IMAGE_SIZE px on a separate collection of RECONCILE_TRAIN bins drawn the same way); then
-`train.py reconcile` (streamed, resumable) on both, and today's in-memory path (`core.reconcile.
-reconcile` in fp32 with decoding in line, as before bf16 and the decoding pool) on the 10,000, each
-in a fresh process with its photos/s and peak RSS.
+`train.py reconcile` (streamed, resumable, the service's engine) on both, and today's in-memory
+path (`core.reconcile.reconcile` in PyTorch fp32 with decoding in line, as before ONNX Runtime and
+the decoding pool) on the 10,000, each in a fresh process with its photos/s and peak RSS.
 """
 from __future__ import annotations
 
@@ -214,12 +214,12 @@ def _reconcile_streamed(root: Path, store: Path, size: int) -> str:
 
 
 def _reconcile_today(root: Path, store: Path, size: int) -> str:
-    """Today's in-memory path on the same bins: fp32, decoding in line, the report built whole."""
+    """Today's in-memory path on the same bins: PyTorch fp32, decoding in line, the report built whole."""
     from core.predict import load_counter
     from core.reconcile import reconcile, records_from_folder, write_report
     from core.store import Store
 
-    counter = load_counter("quick", Store(store), precision="fp32")
+    counter = load_counter("quick", Store(store), precision="fp32", engine="torch")
     records, images = records_from_folder(root, store / f"records-{size}.csv")
     report = reconcile(counter, records, images, workers=0)
     write_report(report, store / f"report-{size}-today.json")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from tqdm import tqdm
 from core.calibration import decide
 from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
-from core.cnn.runtime import local_runtime
 from core.collection import load_collection
 from core.images import ImageError, ImageSource, decoded_batches, load_rgb
 from core.layout import fold_dir
@@ -38,6 +36,7 @@ from core.store import Store, best_of, same_root
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 LOADERS: dict[str, Callable[[Path, str, int], Predictor]] = {"classical": load_classical, "cnn": load_cnn}
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch"}
 
 
 class ModelNotFound(LookupError):
@@ -85,7 +84,7 @@ class BinCounter:
     one of `core.priors.PRIORS`); `count` takes any photo the decoder accepts."""
 
     def __init__(self, exp: Experiment, predictors: Sequence[Predictor], prior: str = DEFAULT_PRIOR,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", engine: str = "torch"):
         if exp.num_classes is None or exp.image_size is None:
             raise ValueError(f"experiment {exp.id} has no image size or class count: not a counting model")
         if prior not in PRIORS:
@@ -97,11 +96,17 @@ class BinCounter:
         self.calibration = exp.calibration
         self.prior_name = prior
         self.precision = precision  # what the network computes in: "bf16" or "fp32" ("float64": classical)
+        self.engine = engine  # what runs it: "onnxruntime" or "torch" (CNN; "+"-joined if folds differ), "scikit-learn"
         self._predictors = list(predictors)
+
+    @property
+    def served_by(self) -> str:
+        """The precision and the engine counting, in words: "fp32, ONNX Runtime"."""
+        return f"{self.precision}, {' + '.join(ENGINE_NAMES.get(e, e) for e in self.engine.split('+'))}"
 
     def with_prior(self, prior: str) -> BinCounter:
         """The same loaded models, showing posteriors under another prior."""
-        return BinCounter(self.exp, self._predictors, prior, self.precision)
+        return BinCounter(self.exp, self._predictors, prior, self.precision, self.engine)
 
     def likelihoods(self, images: np.ndarray) -> np.ndarray:
         """Calibrated likelihoods (normalised per photo) for a batch of uint8 (N, S, S, 3) arrays."""
@@ -161,19 +166,22 @@ class BinCounter:
 
 
 def load_counter(model: str = "best", store: Store | None = None, data_root: str | Path | None = None,
-                 prior: str = DEFAULT_PRIOR, precision: str | None = None) -> BinCounter:
+                 prior: str = DEFAULT_PRIOR, precision: str | None = None, engine: str | None = None) -> BinCounter:
     """Load a finished experiment (or the best on `data_root`) for counting under `prior`. A CNN
     counts in `precision` ("bf16" or "fp32"), by default its device's
-    (`core.cnn.runtime.counting_precision`: bf16 on CUDA, fp32 on the CPU unless asked); classical
-    models in float64."""
+    (`core.cnn.runtime.counting_precision`: bf16 on CUDA, fp32 on the CPU unless asked), run by
+    `engine` ("onnxruntime" or "torch"), by default the device's (`counting_engine`: ONNX Runtime
+    for fp32 on the CPU); classical models in float64 with scikit-learn."""
     store = store or Store()
     exp = resolve_experiment(store, model, data_root)
-    loader, served = LOADERS[exp.family], "float64"
-    if exp.family == "cnn":
-        served = local_runtime(precision).counting
-        loader = partial(load_cnn, precision=served)
-    return BinCounter(exp, [loader(folder, exp.artifact, exp.num_classes or 0) for folder in model_folders(store, exp)],
-                      prior, served)
+    folders = model_folders(store, exp)
+    if exp.family != "cnn":
+        predictors = [LOADERS[exp.family](folder, exp.artifact, exp.num_classes or 0) for folder in folders]
+        return BinCounter(exp, predictors, prior, "float64", "scikit-learn")
+    networks = [load_cnn(folder, exp.artifact, exp.num_classes or 0, precision=precision, engine=engine)
+                for folder in folders]
+    engines = "+".join(sorted({n.engine for n in networks}))  # both where a fold's graph failed to load (logged)
+    return BinCounter(exp, networks, prior, networks[0].precision, engines)
 
 
 @dataclass(frozen=True)

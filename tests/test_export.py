@@ -9,7 +9,8 @@ import pytest
 
 from core.calibration import Calibration
 from core.cnn import train_cnn
-from core.cnn.onnx_export import load_onnx_predictor, read_manifest
+from core.cnn.onnx_export import read_manifest
+from core.cnn.predictor import onnx_runtime_predictor
 from core.predict import BinCounter, load_counter
 from core.store import Store
 from tests.builders import CNN_TINY, bin_jpeg, run_cli
@@ -19,8 +20,8 @@ PHOTOS = [bin_jpeg(k % 6, seed=20_000 + k) for k in range(120)]
 
 def onnx_counter(store: Store, exp_id: str, folder) -> BinCounter:
     manifest = read_manifest(folder)
-    predictors = [load_onnx_predictor(folder / graph) for graph in manifest["graphs"]]
-    return BinCounter(store.experiment(exp_id), predictors, precision="fp32")
+    predictors = [onnx_runtime_predictor(folder / graph) for graph in manifest["graphs"]]
+    return BinCounter(store.experiment(exp_id), predictors, precision="fp32", engine="onnxruntime")
 
 
 def agreement(ours: BinCounter, theirs: BinCounter) -> tuple[float, float]:
@@ -43,7 +44,8 @@ def test_export_writes_the_graph_calibration_and_manifest_and_onnx_runtime_count
     assert manifest["tta"]["horizontal_flip"] == exp.model_config["tta"]
     assert manifest["normalization"]["mean"] == exp.model_config["mean"]
     assert Calibration.from_dict(json.loads((bundle / "calibration.json").read_text())) == exp.calibration
-    same, diff = agreement(load_counter(exp.id, store, precision="fp32"), onnx_counter(store, exp.id, bundle))
+    same, diff = agreement(load_counter(exp.id, store, precision="fp32", engine="torch"),
+                           onnx_counter(store, exp.id, bundle))
     assert same >= 0.995 and diff <= 1e-3
 
 
@@ -55,7 +57,7 @@ def test_an_ensemble_exports_every_fold(tiny_collection, tmp_path):
     assert run.returncode == 0, run.stderr
     manifest = read_manifest(tmp_path / "bundle")
     assert manifest["graphs"] == ["fold-0/model.onnx", "fold-1/model.onnx"] and manifest["ensemble"]
-    same, diff = agreement(load_counter(exp_id, store, precision="fp32"),
+    same, diff = agreement(load_counter(exp_id, store, precision="fp32", engine="torch"),
                            onnx_counter(store, exp_id, tmp_path / "bundle"))
     assert same >= 0.995 and diff <= 1e-3
 

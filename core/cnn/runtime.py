@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 PRECISIONS = ("fp32", "bf16")
 PRECISION_ENV = "BINSIGHT_COUNTING_PRECISION"  # "bf16" opts in to bf16 counting on a CPU with native bf16
+ENGINES = ("onnxruntime", "torch")
+ENGINE_ENV = "BINSIGHT_COUNTING_ENGINE"  # "torch" keeps fp32 counting on the CPU in PyTorch
 
 
 def native_bf16() -> bool:
@@ -54,6 +56,22 @@ def counting_precision(device: torch.device) -> str:
         return "bf16"
     wanted = os.environ.get(PRECISION_ENV, "fp32")
     return "bf16" if check_precision(wanted) == "bf16" and native_bf16() else "fp32"
+
+
+def counting_engine(runtime: Runtime) -> str:
+    """What runs the network when `runtime` counts: ONNX Runtime for fp32 on the CPU, PyTorch on CUDA
+    and for bf16 (ONNX Runtime's CPU kernels compute in fp32), or where `BINSIGHT_COUNTING_ENGINE=torch`.
+
+    ONNX Runtime is the CPU default because it counts the same photos faster with the same
+    numbers: on this 2-core EPYC (README, "Speed") 1.6x PyTorch's batches and 2x its
+    single-photo latency, with every count of the test split unchanged.
+    """
+    wanted = os.environ.get(ENGINE_ENV, "onnxruntime")
+    if wanted not in ENGINES:
+        raise ValueError(f"{ENGINE_ENV} must be one of {ENGINES}, got {wanted!r}")
+    if runtime.cuda or runtime.counting != "fp32" or wanted == "torch":
+        return "torch"
+    return "onnxruntime"
 
 
 def check_precision(precision: str) -> str:
