@@ -9,7 +9,8 @@ for its path. What the files hold belongs to their owners (`core.store`, `core.c
         locks/journal.lock                 taken to switch a new database to WAL
         locks/<config key>.lock            claims one training configuration
         datasets.lock                      the first process alone builds the image caches
-        <experiment id>/                   one run's model files (fold-<k>/ per fold of a CV run)
+        <experiment id>/                   one run's model files (fold-<k>/ per fold of a CV run; a CNN's
+                                           model.onnx once served, core.cnn.predictor)
             run.lock                       held while the run lives
         datasets/<sha256 of the root>/     everything kept about one collection root
             collection.json                {"root": the resolved collection root}
