@@ -25,6 +25,7 @@ from tqdm import tqdm
 from core.calibration import decide
 from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
+from core.cnn.runtime import ENGINES
 from core.collection import load_collection
 from core.images import ImageError, ImageSource, decoded_batches, load_rgb
 from core.layout import fold_dir
@@ -36,7 +37,6 @@ from core.store import Store, best_of, same_root
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 LOADERS: dict[str, Callable[[Path, str, int], Predictor]] = {"classical": load_classical, "cnn": load_cnn}
-ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch"}
 
 
 class ModelNotFound(LookupError):
@@ -102,7 +102,7 @@ class BinCounter:
     @property
     def served_by(self) -> str:
         """The precision and the engine counting, in words: "fp32, ONNX Runtime"."""
-        return f"{self.precision}, {' + '.join(ENGINE_NAMES.get(e, e) for e in self.engine.split('+'))}"
+        return f"{self.precision}, {' + '.join(ENGINES.get(e, e) for e in self.engine.split('+'))}"
 
     def with_prior(self, prior: str) -> BinCounter:
         """The same loaded models, showing posteriors under another prior."""

@@ -54,12 +54,32 @@ def save_model(folder: Path, model: nn.Module, config: dict) -> str:
     return MODEL_FILE
 
 
+def read_config(folder: Path) -> dict:
+    """The saved model's settings (`CONFIG_FILE`), without loading its weights."""
+    return json.loads((folder / CONFIG_FILE).read_text())
+
+
 def load_model(folder: Path, artifact: str = MODEL_FILE) -> tuple[nn.Module, dict]:
     """The saved network (eval mode, on the CPU) and its config."""
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    config = read_config(folder)
     model, _ = build_model(config["backbone"], config["num_classes"], pretrained=False)
     model.load_state_dict(load_state_dict(folder / artifact))
     return model.eval(), config
+
+
+def _in_batches(run: Callable[[np.ndarray], np.ndarray], size: int, classes: int, batch_size: int) -> Predictor:
+    """`run` over uint8 (N, size, size, 3) photos, `batch_size` at a time, as float64 (N, classes);
+    anything else is refused with what was expected."""
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), "
+                             f"got {images.dtype} {images.shape}")
+        out = [run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, classes))
+
+    return predict
 
 
 class CountingGraph(nn.Module):
@@ -108,19 +128,9 @@ def onnx_runtime_predictor(graph: str | Path, threads: int | None = None, batch_
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    shape = tuple(session.get_inputs()[0].shape[1:])
-    classes = session.get_outputs()[0].shape[1]
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != shape:
-            raise ValueError(f"expected uint8 images of shape (N, {shape[0]}, {shape[1]}, 3), "
-                             f"got {images.dtype} {images.shape}")
-        out = [session.run([OUTPUT], {INPUT: np.ascontiguousarray(images[i:i + batch_size])})[0]
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, classes))
-
-    return predict
+    size, classes = session.get_inputs()[0].shape[1], session.get_outputs()[0].shape[1]
+    return _in_batches(lambda images: session.run([OUTPUT], {INPUT: np.ascontiguousarray(images)})[0],
+                       size, classes, batch_size)
 
 
 def load_predictor(folder: Path, artifact: str = MODEL_FILE, num_classes: int = 0, batch_size: int = 64,
@@ -131,31 +141,24 @@ def load_predictor(folder: Path, artifact: str = MODEL_FILE, num_classes: int = 
     ("onnxruntime" or "torch") to the one that counts fastest in it there
     (`core.cnn.runtime.counting_precision`, `counting_engine`). Where the graph cannot be exported
     or loaded, PyTorch counts instead, and the log says why."""
-    model, config = load_model(folder, artifact)
+    config = read_config(folder)
     if num_classes and config["num_classes"] != num_classes:
         raise ValueError(f"{folder} holds a model of {config['num_classes']} classes, expected {num_classes}")
     runtime = local_runtime(precision)
     if (engine or counting_engine(runtime)) == "onnxruntime":
-        try:
+        try:  # a graph exported before is served without building the PyTorch model at all
             return CountingNetwork(onnx_runtime_predictor(served_graph(folder, artifact), batch_size=batch_size),
                                    "onnxruntime", runtime.counting)
         except Exception as err:  # noqa: BLE001 - a read-only store, an exporter or runtime failure: PyTorch still counts
             log.warning("counting %s with PyTorch: its ONNX graph could not be used (%s: %s)",
                         folder, err.__class__.__name__, err)
-    model = runtime.prepare(model)
+    model = runtime.prepare(load_model(folder, artifact)[0])
     normalization = (tuple(config["mean"]), tuple(config["std"]))
-    size = config["image_size"]
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
-            raise ValueError(f"expected uint8 images of shape (N, {size}, {size}, 3), "
-                             f"got {images.dtype} {images.shape}")
-        out = [network_probabilities(model, torch.from_numpy(np.array(images[i:i + batch_size])).to(runtime.device),
-                                   normalization, config["tta"], runtime.counting_autocast()).cpu()
-               for i in range(0, len(images), batch_size)]
-        if not out:
-            return np.zeros((0, config["num_classes"]))
-        return torch.cat(out).numpy().astype(np.float64)
+    def run(images: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.array(images)).to(runtime.device)
+        probs = network_probabilities(model, batch, normalization, config["tta"], runtime.counting_autocast())
+        return probs.cpu().numpy()
 
-    return CountingNetwork(predict, "torch", runtime.counting)
+    return CountingNetwork(_in_batches(run, config["image_size"], config["num_classes"], batch_size), "torch",
+                           runtime.counting)

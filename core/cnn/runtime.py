@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 PRECISIONS = ("fp32", "bf16")
 PRECISION_ENV = "BINSIGHT_COUNTING_PRECISION"  # "bf16" opts in to bf16 counting on a CPU with native bf16
-ENGINES = ("onnxruntime", "torch")
+ENGINES = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch"}  # what may run a CNN's counting, and its name
 ENGINE_ENV = "BINSIGHT_COUNTING_ENGINE"  # "torch" keeps fp32 counting on the CPU in PyTorch
 
 
@@ -69,7 +69,7 @@ def counting_engine(runtime: Runtime) -> str:
     """
     wanted = os.environ.get(ENGINE_ENV, "onnxruntime")
     if wanted not in ENGINES:
-        raise ValueError(f"{ENGINE_ENV} must be one of {ENGINES}, got {wanted!r}")
+        raise ValueError(f"{ENGINE_ENV} must be one of {tuple(ENGINES)}, got {wanted!r}")
     if runtime.cuda or runtime.counting != "fp32" or wanted == "torch":
         return "torch"
     return "onnxruntime"
