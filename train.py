@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from core.config import DEFAULT_SAMPLE_SIZE, DOWNLOAD_HINT, MAX_COUNT, find_data_dir
 
 if TYPE_CHECKING:
-    from core.metrics import SplitFigures
-    from core.records import Experiment
+    from core.evaluation.metrics import SplitFigures
+    from core.store.records import Experiment
 
 
 def data_dir(arg: str | None) -> Path:
@@ -28,7 +28,7 @@ def data_dir(arg: str | None) -> Path:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from core.download import download, first_ids
+    from core.data.download import download, first_ids
 
     ids = args.ids or first_ids(args.n, start=args.start)
     report = download(ids, Path(args.out), base_url=args.base_url, workers=args.workers)
@@ -42,7 +42,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from core.dataset import prepare_dataset
+    from core.data.dataset import prepare_dataset
 
     dataset = prepare_dataset(data_dir(args.data), image_size=args.size, max_count=args.max_count,
                               store_root=args.store, recheck=args.recheck)
@@ -56,9 +56,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def recheck_if_asked(args: argparse.Namespace, root: Path) -> None:
     """--recheck: stat every photo of `root` and re-read the changed ones first, so the training's
-    own load sees files rewritten in place too (see `core.index`)."""
+    own load sees files rewritten in place too (see `core.data.index`)."""
     if args.recheck:
-        from core.dataset import recheck_collection
+        from core.data.dataset import recheck_collection
 
         recheck_collection(root, args.store)
 
@@ -67,7 +67,7 @@ def recounts_if_asked(args: argparse.Namespace, store) -> Path | None:
     """--with-recounts: the store's recounts collection, brought up to date (None without the flag)."""
     if not args.with_recounts:
         return None
-    from core.recount_labels import write_recounts_collection
+    from core.reconcile.recount_labels import write_recounts_collection
 
     folder = write_recounts_collection(store)
     if folder is None:
@@ -80,7 +80,7 @@ def curation_if_asked(args: argparse.Namespace, store, root: Path) -> Path | Non
     """--curated: the data's curation file (the Suspect-labels decisions), brought up to date."""
     if not args.curated:
         return None
-    from core.suspects import write_curation
+    from core.reconcile.suspects import write_curation
 
     found = write_curation(store, root)
     if found is None:
@@ -93,7 +93,7 @@ def cmd_classical(args: argparse.Namespace) -> None:
     import time
 
     from core.classical import ClassicalConfig, results_table, suite_experiments, train_classical
-    from core.store import Store
+    from core.store.database import Store
 
     def json_arg(flag: str, text: str | None):
         try:
@@ -131,10 +131,10 @@ def counter_for(name: str, store_root: Path | None, data: Path | None = None, pr
     """A counter for --model from the --store (default store when None), under --prior, or a clear exit.
 
     `best` is chosen on validation among the models trained on the data in use
-    (`core.store.data_in_use`: `data` if models were trained on it, else the default data folder,
+    (`core.store.database.data_in_use`: `data` if models were trained on it, else the default data folder,
     else the newest model's data); the choice and its rule are said on stderr."""
-    from core.predict import ModelNotFound, load_counter
-    from core.store import Store, best_rule, data_in_use
+    from core.counting.service import ModelNotFound, load_counter
+    from core.store.database import Store, best_rule, data_in_use
 
     store = Store(store_root)
     trained_on = data_in_use(store.experiments("finished"), data)
@@ -161,8 +161,8 @@ def cmd_count(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from core.cnn.onnx_export import export_experiment
-    from core.predict import ModelNotFound, model_folders, resolve_experiment
-    from core.store import Store
+    from core.counting.service import ModelNotFound, model_folders, resolve_experiment
+    from core.store.database import Store
 
     store = Store(args.store)
     try:
@@ -176,8 +176,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from core.predict import evaluate_folder
-    from core.store import Store
+    from core.counting.service import evaluate_folder
+    from core.store.database import Store
 
     root = data_dir(args.data)
     try:
@@ -188,10 +188,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_screen(args: argparse.Namespace) -> None:
-    from core.metrics import verdict
-    from core.predict import ModelNotFound
-    from core.screening import markdown, parse_run, screen, screening_table
-    from core.store import Store
+    from core.counting.screening import markdown, parse_run, screen, screening_table
+    from core.counting.service import ModelNotFound
+    from core.evaluation.metrics import verdict
+    from core.store.database import Store
 
     store = Store(args.store, create=False)
     try:
@@ -211,7 +211,7 @@ def cmd_screen(args: argparse.Namespace) -> None:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
-    from core.reconcile import RECONCILE_PRIOR, budget_size, check_threshold, records_from_folder, totals_line
+    from core.reconcile.inventory import RECONCILE_PRIOR, budget_size, check_threshold, records_from_folder, totals_line
 
     if args.budget is not None:
         try:
@@ -227,9 +227,9 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
     if args.simulate_errors is not None:
         return simulate_audit(counter, args)
     records, images = records_from_folder(root, args.records)
-    from core.batches import BatchSink, batch_settings, finish_batch, resume_or_open, write_batch_report
-    from core.reconcile_stream import reconcile_into, records_digest, skipped_records
-    from core.store import Store
+    from core.reconcile.batches import BatchSink, batch_settings, finish_batch, resume_or_open, write_batch_report
+    from core.reconcile.stream import reconcile_into, records_digest, skipped_records
+    from core.store.database import Store
 
     store = Store(args.store)
     settings = {**batch_settings(counter, args.prior_wrong, args.threshold, args.budget),  # what the batch keeps
@@ -253,8 +253,8 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
 
 
 def cmd_recount_export(args: argparse.Namespace) -> None:
-    from core.recounts import adjustments
-    from core.store import Store
+    from core.reconcile.recounts import adjustments
+    from core.store.database import Store
 
     try:
         table = adjustments(Store(args.store), args.batch)
@@ -270,8 +270,8 @@ def cmd_recount_export(args: argparse.Namespace) -> None:
 def cmd_recount_import(args: argparse.Namespace) -> None:
     import getpass
 
-    from core.recounts import import_recounts
-    from core.store import Store
+    from core.reconcile.recounts import import_recounts
+    from core.store.database import Store
 
     try:
         report = import_recounts(Store(args.store), Path(args.file), who=args.who or getpass.getuser(),
@@ -285,7 +285,7 @@ def cmd_recount_import(args: argparse.Namespace) -> None:
 
 
 def cmd_store_backup(args: argparse.Namespace) -> None:
-    from core.store import Store
+    from core.store.database import Store
 
     store = Store(args.store)
     target = store.backup(args.file)
@@ -294,9 +294,9 @@ def cmd_store_backup(args: argparse.Namespace) -> None:
 
 
 def simulate_audit(counter, args: argparse.Namespace) -> None:
-    """What a recount budget buys on a labelled folder (`core.reconcile.audit_folder`), and on which photos."""
-    from core.reconcile import audit_folder, audit_table
-    from core.store import Store
+    """What a recount budget buys on a labelled folder, and on which photos (`core.reconcile.inventory`)."""
+    from core.reconcile.inventory import audit_folder, audit_table
+    from core.store.database import Store
 
     if args.records:
         sys.exit("--simulate-errors uses the folder's own labels as the true counts; leave out --records")
@@ -338,7 +338,7 @@ def cmd_cnn(args: argparse.Namespace) -> None:
     import os
 
     from core.cnn import train_cnn
-    from core.store import Store
+    from core.store.database import Store
 
     store, root = Store(args.store), data_dir(args.data)
     recheck_if_asked(args, root)
@@ -357,7 +357,7 @@ def cmd_cnn(args: argparse.Namespace) -> None:
 
 def figures_line(label: str, m: SplitFigures) -> str:
     """Accuracy, balanced accuracy and RMSE with their 95% intervals, on one line."""
-    from core.metrics import headline_text
+    from core.evaluation.metrics import headline_text
 
     accuracy, balanced, rmse = headline_text(m)
     ece = "" if m.ece is None else f"  ECE {m.ece:.3f}"
@@ -390,7 +390,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     import os
 
     from core.cnn import find_lr
-    from core.store import Store
+    from core.store.database import Store
 
     store, root = Store(args.store), data_dir(args.data)
     recheck_if_asked(args, root)
@@ -405,8 +405,8 @@ def cmd_suite(args: argparse.Namespace) -> None:
     import os
 
     from core.config import DEFAULT_DATA, INCOMPLETE
-    from core.store import Store
-    from core.suite import run_default_suite
+    from core.store.database import Store
+    from core.training.suite import run_default_suite
 
     root = Path(args.data) if args.data else find_data_dir()
     resume = not args.data and not os.environ.get("ABID_DATA") and (DEFAULT_DATA / INCOMPLETE).exists()
@@ -426,7 +426,7 @@ DATA_HELP = "data folder (default: ABID_DATA, data/abid, ../shared/abid-sample)"
 
 def shared_flags() -> dict[str, argparse.ArgumentParser]:
     """Parent parsers of the flags several commands share, each declared once."""
-    from core.priors import DEFAULT_PRIOR, PRIORS
+    from core.evaluation.priors import DEFAULT_PRIOR, PRIORS
 
     def parent() -> argparse.ArgumentParser:
         return argparse.ArgumentParser(add_help=False)
@@ -469,7 +469,7 @@ def fetch_default_sample(n: int, base_url: str) -> Path | None:
     """No data folder: fetch (or resume) a sample from ABID's bucket into data/abid; None, after one
     line saying so, when no photo could be fetched (offline), so `make run` still starts the dashboard."""
     from core.config import DEFAULT_DATA
-    from core.download import fetch_sample
+    from core.data.download import fetch_sample
 
     report = fetch_sample(DEFAULT_DATA, n, base_url)
     if not (report.downloaded or report.skipped):
@@ -483,8 +483,8 @@ def fetch_default_sample(n: int, base_url: str) -> Path | None:
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
-    from core.cleanup import collect_garbage
-    from core.store import Store
+    from core.store.database import Store
+    from core.training.cleanup import collect_garbage
 
     report = collect_garbage(Store(args.store), dry_run=args.dry_run)
     for path, size in report:
@@ -496,9 +496,9 @@ def cmd_gc(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.cnn.recipes import PRESETS
-    from core.download import DEFAULT_BASE_URL
-    from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
-    from core.screening import SPLITS as SCREEN_SPLITS
+    from core.counting.screening import SPLITS as SCREEN_SPLITS
+    from core.data.download import DEFAULT_BASE_URL
+    from core.reconcile.inventory import MISMATCH_THRESHOLD, PRIOR_WRONG
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -645,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from core.collection import DataError
+    from core.data.collection import DataError
 
     args = build_parser().parse_args(argv)
     try:

@@ -15,9 +15,9 @@ import sys
 from bench import cache_build, dashboard, inference, peak, training
 from bench.common import print_table
 from core.config import find_data_dir
-from core.dataset import prepare_dataset
-from core.predict import ModelNotFound, load_counter
-from core.store import Store
+from core.counting.service import ModelNotFound, load_counter
+from core.data.dataset import prepare_dataset
+from core.store.database import Store
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from bench.common import seconds
-from core.cache import build_cache
-from core.collection import load_collection
+from core.data.cache import build_cache
+from core.data.collection import load_collection
 
 
 def naive_decode(paths: list[str], size: int) -> np.ndarray:

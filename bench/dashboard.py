@@ -24,7 +24,7 @@ APP = PROJECT_ROOT / "dashboard" / "app.py"
 
 def _photos(store: Path, n: int) -> list[tuple[str, bytes]]:
     """Up to `n` test photos of the store's best experiment, as (name, bytes)."""
-    from core.store import Store
+    from core.store.database import Store
 
     store_obj = Store(store)
     best = store_obj.best()

@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.records import Experiment
-from core.store import Store
-from tests.builders import write_manifest_collection
+from core.data.synthetic import write_manifest_collection
+from core.store.database import Store
+from core.store.records import Experiment
 
 PER_COUNT = 8
 

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
-PRESET=quick-frozen   # the recipe `make run` trains (core/suite.py)
+PRESET=quick-frozen   # the recipe `make run` trains (core/training/suite.py)
 DATA=${ABID_DATA:-../shared/abid-sample}
 FOLDS=5
 STORE=${BINSIGHT_GPU_STORE:-$HOME/binsight-gpu-store}

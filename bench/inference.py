@@ -21,9 +21,9 @@ from torchvision import transforms
 from bench.common import percentiles
 from bench.peak import model_gflops, share
 from core.cnn.predictor import load_model
-from core.images import decode_workers
-from core.predict import BinCounter, load_counter
-from core.store import Store
+from core.counting.service import BinCounter, load_counter
+from core.data.images import decode_workers
+from core.store.database import Store
 
 Row = tuple[str, str, str, str, str]
 

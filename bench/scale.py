@@ -15,7 +15,7 @@ With `--reconcile`: a collection of 100,000 bins and records files naming its fi
 all 100,000 bins; a small counting model (the `quick` network, RECONCILE_EPOCHS at
 IMAGE_SIZE px on a separate collection of RECONCILE_TRAIN bins drawn the same way); then
 `train.py reconcile` (streamed, resumable, the service's engine) on both, and today's in-memory
-path (`core.reconcile.reconcile` in PyTorch fp32 with decoding in line, as before ONNX Runtime and
+path (`core.reconcile.inventory.reconcile` in PyTorch fp32 with decoding in line, as before ONNX Runtime and
 the decoding pool) on the 10,000, each in a fresh process with its photos/s and peak RSS.
 """
 from __future__ import annotations
@@ -75,15 +75,15 @@ def generate(root: Path, first: int, n: int, workers: int = 2) -> None:
 def _settle() -> None:
     """Wait until the collection's directories are older than the index's racy-timestamp margin, as
     they are in real use: a directory changed in the last seconds is not trusted, so the load right
-    after a change stats every file (see `core.index`), and the next one would measure that too."""
-    from core.index import TRUST_MARGIN_NS
+    after a change stats every file (see `core.data.index`), and the next one would measure that too."""
+    from core.data.index import TRUST_MARGIN_NS
 
     time.sleep(TRUST_MARGIN_NS / 1e9)
 
 
 def _load(root: Path, store: Path, size: int) -> str:
-    from core.collection import load_collection
-    from core.layout import collection_folder, index_file
+    from core.data.collection import load_collection
+    from core.store.layout import collection_folder, index_file
 
     col = load_collection(root, max_count=5, index=index_file(collection_folder(root, store)), progress=False,
                           items=False)
@@ -91,7 +91,7 @@ def _load(root: Path, store: Path, size: int) -> str:
 
 
 def _decoded(store: Path, root: Path, size: int) -> int:
-    from core.layout import cache_db, collection_folder
+    from core.store.layout import cache_db, collection_folder
 
     path = cache_db(collection_folder(root, store))
     if not path.is_file():
@@ -101,7 +101,7 @@ def _decoded(store: Path, root: Path, size: int) -> int:
 
 
 def _prepare(root: Path, store: Path, size: int) -> str:
-    from core.dataset import prepare_dataset
+    from core.data.dataset import prepare_dataset
 
     before = _decoded(store, root, size)
     dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
@@ -110,7 +110,7 @@ def _prepare(root: Path, store: Path, size: int) -> str:
 
 
 def _stream(root: Path, store: Path, size: int) -> str:
-    from core.dataset import prepare_dataset
+    from core.data.dataset import prepare_dataset
 
     dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
     seen = sum(len(x) for x, _ in dataset.batches("train", size, batch_size=256))
@@ -121,11 +121,11 @@ def _train(root: Path, store: Path, size: int) -> str:
     """One epoch of the `quick` recipe's network, loss and optimiser on TRAIN_BATCHES batches of its
     batch size (the first photos of the train split) at `size` px, validated on VAL_PHOTOS photos,
     through the real `Trainer` (checkpoints and all)."""
-    from core.backbones import build_model
+    from core.cnn.backbones import build_model
     from core.cnn.loop import Split, Trainer, TrainingData
     from core.cnn.recipes import get_recipe
     from core.cnn.runtime import local_runtime
-    from core.dataset import prepare_dataset
+    from core.data.dataset import prepare_dataset
 
     dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
     recipe = get_recipe("quick", {"phases": [{"epochs": 1, "image_size": size, "train_body": True, "lr": 1e-3}]})
@@ -148,12 +148,12 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
     """Count the whole test split with the `quick` network, streamed from the cache in batches."""
     import torch
 
-    from core.backbones import build_model, input_normalization
+    from core.cnn.backbones import build_model, input_normalization
     from core.cnn.inputs import network_probabilities
     from core.cnn.recipes import get_recipe
     from core.cnn.runtime import local_runtime
-    from core.dataset import prepare_dataset
-    from core.metrics import count_report
+    from core.data.dataset import prepare_dataset
+    from core.evaluation.metrics import count_report
 
     dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
     recipe, runtime = get_recipe("quick"), local_runtime()
@@ -195,7 +195,7 @@ def write_records(path: Path, bins: int) -> Path:
 def _train_counter(root: Path, store: Path, size: int) -> str:
     """The small counting model the reconciliation steps use; its experiment id is the note."""
     from core.cnn import train_cnn
-    from core.store import Store
+    from core.store.database import Store
 
     phases = [{"epochs": 1, "image_size": size, "train_body": False, "lr": 3e-3},
               {"epochs": RECONCILE_EPOCHS - 1, "image_size": size, "differential": True, "lr": 1e-3}]
@@ -215,9 +215,9 @@ def _reconcile_streamed(root: Path, store: Path, size: int) -> str:
 
 def _reconcile_today(root: Path, store: Path, size: int) -> str:
     """Today's in-memory path on the same bins: PyTorch fp32, decoding in line, the report built whole."""
-    from core.predict import load_counter
-    from core.reconcile import reconcile, records_from_folder, write_report
-    from core.store import Store
+    from core.counting.service import load_counter
+    from core.reconcile.inventory import reconcile, records_from_folder, write_report
+    from core.store.database import Store
 
     counter = load_counter("quick", Store(store), precision="fp32", engine="torch")
     records, images = records_from_folder(root, store / f"records-{size}.csv")
@@ -250,7 +250,7 @@ def peak_rss_mb() -> float:
 
 
 def _child(name: str, root: Path, store: Path, size: int) -> None:
-    import core.dataset  # noqa: F401 - imports are not part of the step's time
+    import core.data.dataset  # noqa: F401 - imports are not part of the step's time
 
     started = time.perf_counter()
     note = {**STEPS, **RECONCILE_STEPS}[name](root, store, size)

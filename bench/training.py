@@ -23,12 +23,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from core.backbones import build_model, input_normalization
+from core.cnn.backbones import build_model, input_normalization
 from core.cnn.feature_cache import FrozenFront
 from core.cnn.inputs import ImageInputs, batches
 from core.cnn.runtime import Runtime, local_runtime
 from core.cnn.step import reuse_freed_memory, train_step
-from core.dataset import Dataset as BinDataset
+from core.data.dataset import Dataset as BinDataset
 
 FROZEN_STAGES = 4  # EfficientNet-Lite0's stem and first three blocks: everything at 1/2 to 1/8 of the input size
 

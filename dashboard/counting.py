@@ -13,9 +13,9 @@ from pathlib import PurePosixPath
 
 from PIL import Image
 
-from core.images import ImageError, open_image
-from core.predict import BinCounter, CountResult
-from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG, is_mismatch, judge
+from core.counting.service import BinCounter, CountResult
+from core.data.images import ImageError, open_image
+from core.reconcile.inventory import MISMATCH_THRESHOLD, PRIOR_WRONG, is_mismatch, judge
 
 MAX_UPLOAD_BYTES = 500_000_000  # all uploads together, once unpacked: refuses zip bombs
 MAX_UPLOAD_PHOTOS = 10_000  # all uploads together, zip members included
@@ -48,7 +48,7 @@ def count_photos(counter: BinCounter, photos: Sequence[tuple[str, bytes]]) -> li
 def verdict(counter: BinCounter, result: CountResult, recorded: int, threshold: float = MISMATCH_THRESHOLD,
             prior_wrong: float = PRIOR_WRONG) -> Verdict:
     """Does the photo agree with the recorded quantity? With the probability that it does not
-    (`core.reconcile.judge`: the photo weighed against how often records are wrong)."""
+    (`core.reconcile.inventory.judge`: the photo weighed against how often records are wrong)."""
     _, p_mismatch, note = judge(counter, result, recorded, prior_wrong)
     shows = counter.exp.count_label(result.count)
     if p_mismatch is None:

@@ -14,8 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.config import MAX_COUNT
-from core.reconcile import MISMATCH_THRESHOLD, AuditCurve, is_mismatch
-from core.records import count_label
+from core.reconcile.inventory import MISMATCH_THRESHOLD, AuditCurve, is_mismatch
+from core.store.records import count_label
 
 COUNT_TITLE = "items in the bin"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -266,7 +266,7 @@ def coverage_curve(coverage: Sequence[float], accuracy: Sequence[float], title: 
 
 
 def audit_value_curve(curve: AuditCurve, title: str | None = None) -> go.Figure:
-    """What a recount budget buys (`core.reconcile.audit_curve`): share of wrong records caught
+    """What a recount budget buys (`core.reconcile.inventory.audit_curve`): share of wrong records caught
     against share of bins recounted, riskiest first; the diagonal is recounting in random order
     and the star is what the threshold flags."""
     recounted, caught = np.asarray(curve.recounted), np.asarray(curve.caught)

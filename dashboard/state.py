@@ -14,14 +14,14 @@ import pandas as pd
 import streamlit as st
 from PIL import ImageOps
 
-from core.collection import DataError, load_collection
 from core.config import find_data_dir, store_dir
-from core.images import ImageError, open_image
-from core.layout import database_files
-from core.reconcile import AuditCurve
-from core.records import Experiment
-from core.store import NoStoreError, Store, best_of, best_rule
-from core.store import data_in_use as store_data_in_use
+from core.data.collection import DataError, load_collection
+from core.data.images import ImageError, open_image
+from core.reconcile.inventory import AuditCurve
+from core.store.database import NoStoreError, Store, best_of, best_rule
+from core.store.database import data_in_use as store_data_in_use
+from core.store.layout import database_files
+from core.store.records import Experiment
 from dashboard.counting import PhotoCount, count_photos
 from dashboard.tables import is_scored, item_names
 
@@ -65,12 +65,12 @@ def finished() -> list[Experiment]:
 
 
 def data_in_use() -> str | None:
-    """`core.store.data_in_use` over the cached list: the data `best` is chosen on."""
+    """`core.store.database.data_in_use` over the cached list: the data `best` is chosen on."""
     return store_data_in_use(finished())
 
 
 def best_id() -> str | None:
-    """`core.store.Store.best` on the data in use, from the cached list: chosen on validation."""
+    """`core.store.database.Store.best` on the data in use, from the cached list: chosen on validation."""
     return best_of(finished(), data_in_use())
 
 
@@ -122,7 +122,7 @@ def default_data_root() -> str | None:
 
 @st.cache_data(ttl=3600, show_spinner="Reading the photo collection…", max_entries=4)
 def collection(data_root: str) -> pd.DataFrame | None:
-    """image_id, path, count, items of a collection (read with `core.collection`); None if unreadable."""
+    """image_id, path, count, items of a collection (read with `core.data.collection`); None if unreadable."""
     if not data_root:
         return None
     try:
@@ -163,8 +163,8 @@ def sample_paths(data_root: str, per_count: int = 2, seed: int = 0) -> pd.DataFr
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
 def counter(exp_id: str, root: str):
-    """The counting service for one experiment (`core.predict.load_counter`), kept in memory."""
-    from core.predict import load_counter
+    """The counting service for one experiment (`core.counting.service.load_counter`), kept in memory."""
+    from core.counting.service import load_counter
 
     return load_counter(exp_id, Store(root, create=False))
 
@@ -181,9 +181,9 @@ def uploaded_photos(upload_key: tuple, _files: list[tuple[str, bytes]]) -> tuple
 @st.cache_data(show_spinner=False, max_entries=8)
 def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: tuple, _photos: dict[str, bytes],
                     threshold: float, budget: str | None, prior_wrong: float) -> pd.DataFrame:
-    """`core.reconcile.reconcile` for uploaded photos (named by `upload_key`), kept so that other
+    """`core.reconcile.inventory.reconcile` for uploaded photos (named by `upload_key`), kept so that other
     widget changes do not recount the batch."""
-    from core.reconcile import RECONCILE_PRIOR, reconcile
+    from core.reconcile.inventory import RECONCILE_PRIOR, reconcile
 
     return reconcile(counter(exp_id, root).with_prior(RECONCILE_PRIOR), records, _photos, threshold, prior_wrong,
                      budget=budget)
@@ -191,7 +191,7 @@ def variance_report(exp_id: str, root: str, records: pd.DataFrame, upload_key: t
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: float) -> AuditCurve | None:
-    from core.reconcile import audit_curve, reconcile_prior
+    from core.reconcile.inventory import audit_curve, reconcile_prior
 
 
     preds = _predictions(root, exp_id, store_version)
@@ -202,7 +202,7 @@ def _audit_curve(root: str, exp_id: str, store_version: Version, error_rate: flo
 
 
 def audit_curve(exp_id: str, error_rate: float) -> AuditCurve | None:
-    """`core.reconcile.audit_curve` on the experiment's stored, calibrated test predictions."""
+    """`core.reconcile.inventory.audit_curve` on the experiment's stored, calibrated test predictions."""
     root = store_root()
     return _audit_curve(root, exp_id, version(root), error_rate)
 
@@ -225,34 +225,34 @@ def _store_or_none(root: str) -> Store | None:
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
 def _batches(root: str, store_version: Version) -> list:
-    from core.batches import list_batches
+    from core.reconcile.batches import list_batches
 
     store = _store_or_none(root)
     return list_batches(store) if store else []
 
 
 def batches() -> list:
-    """Every reconciliation batch of the store (`core.batches.Batch`), newest first."""
+    """Every reconciliation batch of the store (`core.reconcile.batches.Batch`), newest first."""
     root = store_root()
     return _batches(root, version(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _batch_outcomes(root: str, batch_id: str, store_version: Version) -> pd.DataFrame:
-    from core.recounts import with_outcomes
+    from core.reconcile.recounts import with_outcomes
 
     return with_outcomes(Store(root, create=False), batch_id)
 
 
 def batch_outcomes(batch_id: str) -> pd.DataFrame:
-    """A batch's bins with their current recount outcomes (`core.recounts.with_outcomes`)."""
+    """A batch's bins with their current recount outcomes (`core.reconcile.recounts.with_outcomes`)."""
     root = store_root()
     return _batch_outcomes(root, batch_id, version(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _trust(root: str, exp_id: str, store_version: Version) -> dict:
-    from core.trust import model_trust
+    from core.counting.trust import model_trust
 
     store = Store(root, create=False)
     try:
@@ -262,14 +262,14 @@ def _trust(root: str, exp_id: str, store_version: Version) -> dict:
 
 
 def trust(exp_id: str) -> dict:
-    """Per-count trust of a model (`core.trust.model_trust`); empty when the model is gone."""
+    """Per-count trust of a model (`core.counting.trust.model_trust`); empty when the model is gone."""
     root = store_root()
     return _trust(root, exp_id, version(root))
 
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
 def _recounted_per_batch(root: str, store_version: Version) -> dict[str, int]:
-    from core.review import reviewed_photos
+    from core.reconcile.review import reviewed_photos
 
     store = _store_or_none(root)
     return reviewed_photos(store, "recount") if store else {}
@@ -283,12 +283,12 @@ def recounted_per_batch() -> dict[str, int]:
 
 @st.cache_data(show_spinner="Looking for suspect labels…", max_entries=8)
 def _suspects(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
-    from core.suspects import suspect_labels
+    from core.reconcile.suspects import suspect_labels
 
     return suspect_labels(Store(root, create=False).predictions(exp_id, "oof"))
 
 
 def suspects(exp_id: str) -> pd.DataFrame:
-    """`core.suspects.suspect_labels` on the model's stored out-of-fold probabilities."""
+    """`core.reconcile.suspects.suspect_labels` on the model's stored out-of-fold probabilities."""
     root = store_root()
     return _suspects(root, exp_id, version(root))

@@ -1,4 +1,4 @@
-"""The dashboard's tables, as pure functions over what `core.store.Store` returns."""
+"""The dashboard's tables, as pure functions over what `core.store.database.Store` returns."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from core.metrics import PairedDifference, SplitFigures, headline_text, paper_task
-from core.records import Experiment
+from core.evaluation.metrics import PairedDifference, SplitFigures, headline_text, paper_task
+from core.store.records import Experiment
 
 
 def labels(experiments: Sequence[Experiment]) -> dict[str, str]:
@@ -64,7 +64,7 @@ def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
 
 
 def paper_task_figures(exp: Experiment, predictions: pd.DataFrame) -> SplitFigures | None:
-    """The paper's task on the test split (`core.metrics.paper_task`): stored with the run, or, for
+    """The paper's task on the test split (`core.evaluation.metrics.paper_task`): stored with the run, or, for
     a run of an older binsight, from its stored test predictions; None when neither is there."""
     if exp.metrics is not None and exp.metrics.paper_task is not None:
         return exp.metrics.paper_task
@@ -171,14 +171,14 @@ def when(at: float | None) -> str:
 
 def outcome_text(outcome: str | None, count: int | None) -> str:
     """A photo's current outcome in words, or "open"."""
-    from core.review import describe
+    from core.reconcile.review import describe
 
     return "open" if outcome is None else describe(outcome, count)
 
 
 def review_history(entries: pd.DataFrame) -> pd.DataFrame:
-    """Review entries (`core.review.history`) as a table: newest first, the outcome in words."""
-    from core.review import describe
+    """Review entries (`core.reconcile.review.history`) as a table: newest first, the outcome in words."""
+    from core.reconcile.review import describe
 
     rows = [{"when": when(float(e["at"])), "who": e["who"],
              "outcome": describe(str(e["outcome"]), None if pd.isna(e["count"]) else int(e["count"])),
@@ -187,7 +187,7 @@ def review_history(entries: pd.DataFrame) -> pd.DataFrame:
 
 
 def batches_table(batches: Sequence, recounted: dict[str, int] | None = None) -> pd.DataFrame:
-    """One row per reconciliation batch (`core.batches.Batch`), newest first."""
+    """One row per reconciliation batch (`core.reconcile.batches.Batch`), newest first."""
     recounted = recounted or {}
     return pd.DataFrame([{
         "batch": b.id, "created": when(b.created_at), "model": b.model_name, "bins": b.totals and b.totals.given,

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
-from core.reconcile import PRIOR_WRONG, SIMULATED_ERROR_RATE, audit_table
-from core.records import Experiment
-from core.store import selection_score
+from core.reconcile.inventory import PRIOR_WRONG, SIMULATED_ERROR_RATE, audit_table
+from core.store.database import selection_score
+from core.store.records import Experiment
 from dashboard import figures, state
 from dashboard.access import LOCAL_SUFFIX, Writer, login_here
 from dashboard.tables import labels
@@ -98,7 +98,7 @@ def photo_grid(photos: pd.DataFrame, caption, columns: int = 4, details=None) ->
 
 def counter_or_stop(exp: Experiment):
     """The loaded counter for `exp`; if the model cannot be loaded, say why and end the page here."""
-    from core.predict import ModelNotFound
+    from core.counting.service import ModelNotFound
 
     try:
         return state.counter(exp.id, state.store_root())
@@ -174,8 +174,8 @@ def batch_picker(batches: Sequence, key: str, label: str = "Batch"):
 def kept_batch(report: pd.DataFrame, photos: dict[str, bytes], counter, settings: dict, identity: tuple) -> str:
     """Keep a dashboard reconcile as a batch in the store, once per set of inputs and settings in a
     session (reruns of the page do not keep it again); its id."""
-    from core.batches import save_uploaded_batch
-    from core.store import Store
+    from core.reconcile.batches import save_uploaded_batch
+    from core.store.database import Store
 
     kept = st.session_state.setdefault("kept-batches", {})
     if identity not in kept:
@@ -186,7 +186,7 @@ def kept_batch(report: pd.DataFrame, photos: dict[str, bytes], counter, settings
 
 def uploaded_grid(rows: pd.DataFrame, photos: dict[str, bytes], caption, columns: int = 4) -> None:
     """Uploaded photos (by a frame's `image` column) in a grid, `caption(row)` under each."""
-    from core.images import ImageError
+    from core.data.images import ImageError
     from dashboard.counting import preview
 
     items = list(rows.itertuples(index=False))

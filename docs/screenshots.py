@@ -4,7 +4,7 @@
 
 A small HOG+SVM is trained on 600 photos of the shared ABID sample (100 of each count 0..5, the
 224 px natural-mix ones), 80 other photos are reconciled with a fifth of their records moved by 1
-or 2 items (`core.reconcile.simulate_errors`), and the true counts of 12 of the 16 riskiest bins are
+or 2 items (`core.reconcile.inventory.simulate_errors`), and the true counts of 12 of the 16 riskiest bins are
 recorded, as a person working the queue would.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.classical import ClassicalConfig, train_classical  # noqa: E402
 from core.config import PROJECT_ROOT, SHARED_SAMPLE  # noqa: E402
-from core.recounts import queue, with_outcomes  # noqa: E402
-from core.review import Review, record_reviews  # noqa: E402
-from core.store import Store  # noqa: E402
+from core.reconcile.recounts import queue, with_outcomes  # noqa: E402
+from core.reconcile.review import Review, record_reviews  # noqa: E402
+from core.store.database import Store  # noqa: E402
 from tests.builders import run_cli  # noqa: E402
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, dashboard_over, open_bin, settled  # noqa: E402
 
@@ -38,7 +38,7 @@ def copy_collection(part: pd.DataFrame, folder: Path) -> Path:
 def main() -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from core.reconcile import simulate_errors
+    from core.reconcile.inventory import simulate_errors
 
     work = Path(tempfile.mkdtemp(prefix="binsight-shots-"))
     manifest = pd.read_csv(SHARED_SAMPLE / "manifest.csv")

@@ -1,11 +1,10 @@
-"""Plain helpers the tests build their inputs with: generated bin photos and collections, a batch
-of awkward uploads, a tiny trained store, the command line and dashboard pages run as a user would,
-the marker for tests on the shared ABID sample. Fixtures live in conftest.py."""
+"""Plain helpers the tests build their inputs with (generated photos and collections are
+`core.data.synthetic`'s): a batch of awkward uploads, a tiny trained store, the command line and
+dashboard pages run as a user would, the marker for tests on the shared ABID sample. Fixtures live
+in conftest.py."""
 from __future__ import annotations
 
-import csv
 import io
-import json
 import os
 import subprocess
 import sys
@@ -15,40 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.classical import ClassicalConfig, train_classical
 from core.cnn import find_lr, train_cnn
 from core.config import PROJECT_ROOT, SHARED_SAMPLE
-from core.store import Store
+from core.data.synthetic import bin_jpeg, bin_photo, write_abid_collection
+from core.store.database import Store
 from dashboard.pages import PAGES, find_page
 
 requires_sample = pytest.mark.skipif(
     not (SHARED_SAMPLE / "manifest.csv").is_file(),
     reason=f"the shared ABID sample is not at {SHARED_SAMPLE} (a clone outside the project's home)",
 )
-
-
-def bin_photo(count: int, seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
-    """A synthetic bin: `count` bright boxes on a dark, noisy background."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(30, 70, size=(size[1], size[0], 3), dtype=np.uint8)
-    img = Image.fromarray(base)
-    draw = ImageDraw.Draw(img)
-    for _ in range(count):
-        w, h = rng.integers(8, 18, size=2)
-        x, y = rng.integers(0, size[0] - w), rng.integers(0, size[1] - h)
-        colour = tuple(int(c) for c in rng.integers(150, 255, size=3))
-        draw.rectangle([x, y, x + w, y + h], fill=colour)
-    return img
-
-
-def bin_jpeg(count: int, seed: int) -> bytes:
-    """`bin_photo` as the bytes of a JPEG upload."""
-    buf = io.BytesIO()
-    bin_photo(count, seed).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def awkward_batch() -> tuple[list[tuple[str, bytes, str]], set[str], set[str]]:
@@ -93,37 +72,9 @@ def open_page(name: str) -> AppTest:
     return at
 
 
-def write_manifest_collection(root: Path, per_class: int = 6, max_count: int = 5) -> Path:
-    """A manifest.csv collection of generated photos (counts 0..max_count), like the shared sample."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for count in range(max_count + 1):
-        for k in range(per_class):
-            name = f"images/c{count}_{k}.jpg"
-            bin_photo(count, seed=count * 1000 + k).save(root / name, quality=90)
-            rows.append({"file": name, "count": count, "metadata": ""})
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["file", "count", "metadata"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
-def write_abid_collection(root: Path, counts: list[int]) -> Path:
-    """ABID's own layout: bin-images/<id>.jpg and metadata/<id>.json."""
-    (root / "bin-images").mkdir(parents=True, exist_ok=True)
-    (root / "metadata").mkdir(parents=True, exist_ok=True)
-    for i, count in enumerate(counts, start=1):
-        bin_photo(count, seed=i).save(root / "bin-images" / f"{i}.jpg")
-        skus = {f"B00{i}{j}": {"asin": f"B00{i}{j}", "name": f"item {j}", "quantity": 1} for j in range(count)}
-        meta = {"BIN_FCSKU_DATA": skus, "EXPECTED_QUANTITY": count, "image_fname": f"{i}.jpg"}
-        (root / "metadata" / f"{i}.json").write_text(json.dumps(meta))
-    return root
-
-
 def settle_folders(*folders: Path) -> None:
     """Date folders back a minute, past the collection index's racy-timestamp margin, as if their files
-    were written long before the next load: only then does the index trust them (see core.index)."""
+    were written long before the next load: only then does the index trust them (see core.data.index)."""
     past = time.time_ns() - 60 * 10**9
     for folder in folders:
         os.utime(folder, ns=(past, past))
@@ -160,9 +111,9 @@ def build_recount_store(root: Path, bins: int = 12, seed: int = 0) -> tuple[Path
     """A store with one tiny classical model (seconds to train) and one reconciliation batch of
     `bins` generated photos, a third of their records moved by 1 or 2 items, every bin flagged
     (a budget of all of them). Returns (store folder, batch id, true count of each bin)."""
-    from core.batches import batch_settings, save_uploaded_batch
-    from core.predict import load_counter
-    from core.reconcile import reconcile, simulate_errors
+    from core.counting.service import load_counter
+    from core.reconcile.batches import batch_settings, save_uploaded_batch
+    from core.reconcile.inventory import reconcile, simulate_errors
 
     data = write_abid_collection(root / "data", [count for count in range(6) for _ in range(6)])
     store = Store(root / "store")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import build_trained_store, write_manifest_collection
+from core.data.synthetic import write_manifest_collection
+from tests.builders import build_trained_store
 
 
 @pytest.fixture

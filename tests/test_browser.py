@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from core.config import PROJECT_ROOT, SHARED_SAMPLE
-from core.predict import load_counter
-from core.review import history
-from core.store import Store
+from core.counting.service import load_counter
+from core.reconcile.review import history
+from core.store.database import Store
 from tests.builders import awkward_batch
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.cache
-from core.cache import assign_rows, build_cache, cached_images
-from core.images import load_rgb
-from core.layout import cache_file
-from tests.builders import bin_photo
+import core.data.cache
+from core.data.cache import assign_rows, build_cache, cached_images
+from core.data.images import load_rgb
+from core.data.synthetic import bin_photo
+from core.store.layout import cache_file
 
 
 def photos(folder, names, seed=0) -> list[str]:
@@ -23,7 +23,7 @@ def photos(folder, names, seed=0) -> list[str]:
 def decoded(monkeypatch) -> list[str]:
     """Paths decoded in this process (small jobs decode in-process)."""
     seen: list[str] = []
-    monkeypatch.setattr(core.cache, "load_rgb", lambda path, size: seen.append(path) or load_rgb(path, size))
+    monkeypatch.setattr(core.data.cache, "load_rgb", lambda path, size: seen.append(path) or load_rgb(path, size))
     return seen
 
 
@@ -65,7 +65,7 @@ def test_failures_are_reported_and_not_retried(tmp_path, decoded):
 
 def test_an_interrupted_build_resumes_where_it_stopped(tmp_path, monkeypatch):
     paths = photos(tmp_path / "img", [f"{k}.jpg" for k in range(12)])
-    monkeypatch.setattr(core.cache, "CHUNK", 4)
+    monkeypatch.setattr(core.data.cache, "CHUNK", 4)
     calls: list[str] = []
 
     def dies_at_seven(path, size):
@@ -74,18 +74,18 @@ def test_an_interrupted_build_resumes_where_it_stopped(tmp_path, monkeypatch):
         calls.append(path)
         return load_rgb(path, size)
 
-    monkeypatch.setattr(core.cache, "load_rgb", dies_at_seven)
+    monkeypatch.setattr(core.data.cache, "load_rgb", dies_at_seven)
     with pytest.raises(KeyboardInterrupt):
         build_cache(paths, 16, tmp_path / "cache", workers=1, progress=False)
     calls.clear()
-    monkeypatch.setattr(core.cache, "load_rgb", lambda path, size: calls.append(path) or load_rgb(path, size))
+    monkeypatch.setattr(core.data.cache, "load_rgb", lambda path, size: calls.append(path) or load_rgb(path, size))
     array, errors = build_cache(paths, 16, tmp_path / "cache", workers=1, progress=False)
     assert calls == paths[4:] and not errors  # the first chunk was recorded; the half-done second is redone
     np.testing.assert_array_equal(array, np.stack([load_rgb(p, 16) for p in paths]))
 
 
 def test_parallel_build_matches_serial(tmp_path, monkeypatch):
-    monkeypatch.setattr(core.cache, "CHUNK", 3)
+    monkeypatch.setattr(core.data.cache, "CHUNK", 3)
     paths = photos(tmp_path / "img", [f"{k}.jpg" for k in range(9)])
     parallel, _ = build_cache(paths, 16, tmp_path / "p", workers=2, progress=False)
     rows = assign_rows(tmp_path / "s", pd.DataFrame({"path": paths, "bytes": 0, "mtime_ns": 0}))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.calibration import Calibration, decide, fit_calibration, fit_map, fit_posterior, summary_on_test
-from core.metrics import expected_calibration_error
-from core.priors import NATURAL_MIX, batch_prior, natural_prior, stated_prior, uniform_prior, with_prior
+from core.evaluation.calibration import Calibration, decide, fit_calibration, fit_map, fit_posterior, summary_on_test
+from core.evaluation.metrics import expected_calibration_error
+from core.evaluation.priors import NATURAL_MIX, batch_prior, natural_prior, stated_prior, uniform_prior, with_prior
 from tests.builders import requires_sample
 
 

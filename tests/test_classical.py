@@ -27,9 +27,9 @@ from core.classical.predictor import (
     save_pipeline,
 )
 from core.classical.search import choose_folds, failed_rows, grid_search, select_balanced, select_paper
-from core.dataset import prepare_dataset
-from core.metrics import Intervals
-from core.store import Store, config_key
+from core.data.dataset import prepare_dataset
+from core.evaluation.metrics import Intervals
+from core.store.database import Store, config_key
 
 FAST = {"image_size": 32, "feature_params": {"size": 32}, "grid": {"C": [1, 10]}}
 QUIET = {"n_jobs": 1, "progress": False}

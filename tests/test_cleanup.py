@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import train
-from core.dataset import prepare_dataset
-from core.store import Store
-from tests.builders import write_abid_collection
+from core.data.dataset import prepare_dataset
+from core.data.synthetic import write_abid_collection
+from core.store.database import Store
 
 
 def test_gc_removes_only_what_no_experiment_uses(tmp_path, store_root, capsys):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import build_model, input_normalization, to_model_input
 from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
+from core.cnn.backbones import build_model, input_normalization, to_model_input
 from core.cnn.checkpoint import CHECKPOINT
 from core.cnn.inputs import random_flip, random_rotation
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer
-from core.dataset import prepare_dataset
-from core.store import Store
+from core.data.dataset import prepare_dataset
+from core.store.database import Store
 
 TINY = {"batch_size": 8, "lr_finder_steps": 8, "patience": 5}
 
@@ -238,7 +238,7 @@ def test_cross_validated_cnn_is_one_ensemble_with_out_of_fold_predictions(tiny_c
         folder = store.artifact_dir(exp_id) / f"fold-{f}"
         assert (folder / "model.pt").is_file() and not (folder / CHECKPOINT).exists()
     # the counting service serves the mean of the folds' calibrated probabilities: the stored test figures
-    from core.predict import load_counter
+    from core.counting.service import load_counter
     counter = load_counter(exp_id, store)
     test = dataset.split("test")
     probs = counter.probabilities(dataset.images(32)[test["row"].to_numpy()])

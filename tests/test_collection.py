@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.collection import DataError, load_collection, parse_count
-from core.dataset import assign_splits, prepare_dataset, recheck_collection
+from core.data.collection import DataError, load_collection, parse_count
+from core.data.dataset import assign_splits, prepare_dataset, recheck_collection
 from tests.builders import (
     bin_photo,
     requires_sample,
@@ -156,8 +156,8 @@ def test_prepared_dataset_caches_images_and_splits_by_group(tiny_collection, sto
     assert (ds.table["split"] == assign_splits(ds.table["group"], seed=0)).all()
     assert not list(ds.cache_folder.rglob("split_*.csv"))  # nothing stored: the split is recomputed, identically
     # Same data, other call: nothing is read or decoded again, the split is the same.
-    monkeypatch.setattr("core.cache.load_rgb", fail_if_called)
-    monkeypatch.setattr("core.collection._probe", fail_if_called)
+    monkeypatch.setattr("core.data.cache.load_rgb", fail_if_called)
+    monkeypatch.setattr("core.data.collection._probe", fail_if_called)
     again = prepare_dataset(tiny_collection, image_size=32, progress=False)
     assert again.fingerprint == ds.fingerprint and again.folder == ds.folder
     pd.testing.assert_frame_equal(again.table, ds.table)
@@ -202,8 +202,8 @@ def test_a_changed_photo_is_read_and_decoded_again_alone(tiny_collection, store_
     time.sleep(0.01)
     bin_photo(5, seed=12345).save(tiny_collection / "images" / "c2_0.jpg")
     decoded = []
-    real = __import__("core.cache", fromlist=["load_rgb"]).load_rgb
-    monkeypatch.setattr("core.cache.load_rgb", lambda path, size: decoded.append(path) or real(path, size))
+    real = __import__("core.data.cache", fromlist=["load_rgb"]).load_rgb
+    monkeypatch.setattr("core.data.cache.load_rgb", lambda path, size: decoded.append(path) or real(path, size))
     changed = prepare_dataset(tiny_collection, image_size=32, progress=False)
     assert changed.fingerprint != ds.fingerprint and changed.cache_folder == ds.cache_folder
     assert decoded == [str(tiny_collection / "images" / "c2_0.jpg")]

@@ -18,14 +18,15 @@ from streamlit.testing.v1 import AppTest
 import train
 from core.cnn import train_cnn
 from core.config import PROJECT_ROOT
-from core.metrics import headline_text
-from core.predict import load_counter
-from core.priors import describe
-from core.reconcile import PRIOR_WRONG, judge, read_records, reconcile
-from core.store import Store
+from core.counting.service import load_counter
+from core.data.synthetic import bin_jpeg
+from core.evaluation.metrics import headline_text
+from core.evaluation.priors import describe
+from core.reconcile.inventory import PRIOR_WRONG, judge, read_records, reconcile
+from core.store.database import Store
 from dashboard import counting, tables, ui
 from dashboard.pages import PAGES
-from tests.builders import CNN_TINY, awkward_batch, bin_jpeg, open_page
+from tests.builders import CNN_TINY, awkward_batch, open_page
 
 
 def rerun(at: AppTest) -> AppTest:

@@ -1,7 +1,7 @@
 """The dashboard's cached store reads follow the store: a new epoch shows on the next render."""
 from __future__ import annotations
 
-from core.store import Store
+from core.store.database import Store
 from dashboard import state
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from core.backbones import build_model
+from core.cnn.backbones import build_model
 from core.cnn.evaluate import score
 from core.cnn.loop import Split, Trainer, TrainingData
 from core.cnn.recipes import get_recipe

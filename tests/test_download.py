@@ -1,4 +1,4 @@
-"""Tests for core.download against a local stand-in for the ABID S3 bucket.
+"""Tests for core.data.download against a local stand-in for the ABID S3 bucket.
 
 Each test starts its own HTTP server on 127.0.0.1 that serves generated JPEGs
 and metadata, and can be told to misbehave (5xx, dropped connections, stalls,
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import core.download
-from core.download import DownloadReport, download, first_ids, retry_after, spread_ids
+import core.data.download
+from core.data.download import DownloadReport, download, first_ids, retry_after, spread_ids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -323,7 +323,7 @@ def test_thousands_of_ids_with_gaps_429s_and_5xx(serve, tmp_path, monkeypatch):
 
     bucket = serve(files, fault)
     outstanding, most = [0], [0]
-    real_submit = core.download.ThreadPoolExecutor.submit
+    real_submit = core.data.download.ThreadPoolExecutor.submit
 
     def counting_submit(pool, fn, *args):
         outstanding[0] += 1
@@ -332,7 +332,7 @@ def test_thousands_of_ids_with_gaps_429s_and_5xx(serve, tmp_path, monkeypatch):
         future.add_done_callback(lambda _: outstanding.__setitem__(0, outstanding[0] - 1))
         return future
 
-    monkeypatch.setattr(core.download.ThreadPoolExecutor, "submit", counting_submit)
+    monkeypatch.setattr(core.data.download.ThreadPoolExecutor, "submit", counting_submit)
     report = download(ids, tmp_path, base_url=bucket.url, **{**FAST, "workers": 8})
     assert sorted(report.downloaded, key=int) == present and not report.failed
     assert report.missing == [i for i in ids if int(i) % 7 == 0]
@@ -352,7 +352,7 @@ def test_retry_after_is_honoured(serve, tmp_path):
 
 def test_retry_after_parsing():
     assert retry_after("3") == 3.0 and retry_after(None) is None and retry_after("soon") is None
-    assert retry_after("100000") == core.download.MAX_RETRY_AFTER
+    assert retry_after("100000") == core.data.download.MAX_RETRY_AFTER
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
 
 
@@ -368,20 +368,20 @@ def test_spread_ids_cover_the_range_reproducibly():
 def no_data(tmp_path, monkeypatch):
     """No data folder anywhere; the default sample goes to a temporary data/abid; training is recorded."""
     import core.config
-    import core.suite
+    import core.training.suite
 
     monkeypatch.delenv("ABID_DATA", raising=False)
     monkeypatch.setattr(core.config, "SHARED_SAMPLE", tmp_path / "no-sample")
     monkeypatch.setattr(core.config, "DEFAULT_DATA", tmp_path / "data" / "abid")
     trained: list[Path] = []
-    monkeypatch.setattr(core.suite, "run_default_suite", lambda root, **kwargs: trained.append(Path(root)))
+    monkeypatch.setattr(core.training.suite, "run_default_suite", lambda root, **kwargs: trained.append(Path(root)))
     return trained
 
 
 def test_suite_without_data_fetches_a_spread_sample_then_trains(serve, tmp_path, no_data, capsys):
     import train
-    from core.collection import load_collection
     from core.config import DEFAULT_DATA, find_data_dir
+    from core.data.collection import load_collection
 
     wanted = spread_ids(40)
     bucket = serve(bucket_files(wanted[:30] + wanted[31:]))  # one id is a gap in the bucket

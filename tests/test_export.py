@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from core.calibration import Calibration
 from core.cnn import train_cnn
 from core.cnn.onnx_export import read_manifest
 from core.cnn.predictor import onnx_runtime_predictor
-from core.predict import BinCounter, load_counter
-from core.store import Store
-from tests.builders import CNN_TINY, bin_jpeg, run_cli
+from core.counting.service import BinCounter, load_counter
+from core.data.synthetic import bin_jpeg
+from core.evaluation.calibration import Calibration
+from core.store.database import Store
+from tests.builders import CNN_TINY, run_cli
 
 PHOTOS = [bin_jpeg(k % 6, seed=20_000 + k) for k in range(120)]
 

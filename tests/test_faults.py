@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from core.config import PROJECT_ROOT
-from core.store import Store
+from core.data.synthetic import write_abid_collection
+from core.store.database import Store
 from dashboard.pages import PAGES
-from tests.builders import open_page, write_abid_collection
+from tests.builders import open_page
 
 PHASES = json.dumps([{"epochs": 2, "image_size": 32, "train_body": False, "lr": 1e-3},
                      {"epochs": 2, "image_size": 48, "lr": 1e-3}])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import build_model, input_normalization, split_model
 from core.cnn import PRESETS, get_recipe
+from core.cnn.backbones import build_model, input_normalization, split_model
 from core.cnn.inputs import network_probabilities
 from core.cnn.loop import Split, Trainer, TrainingData
 from core.cnn.runtime import Runtime

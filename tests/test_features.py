@@ -20,7 +20,7 @@ from core.classical.features import (
     grey_images,
     make_extractor,
 )
-from tests.builders import bin_photo
+from core.data.synthetic import bin_photo
 
 
 def photos(n: int = 6, size: int = 48) -> np.ndarray:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.files import atomic_path
+from core.store.files import atomic_path
 
 
 @pytest.mark.parametrize("temp_name", [None, "x.bin.part"])

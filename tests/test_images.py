@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageError, load_rgb, open_image
+from core.data.images import ImageError, load_rgb, open_image
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -81,8 +81,8 @@ def test_decompression_bomb_is_refused_before_decoding():
 
 
 def test_decoded_batches_keep_order_and_errors_in_place_with_or_without_workers():
-    from core.images import decoded_batches
-    from tests.builders import bin_jpeg
+    from core.data.images import decoded_batches
+    from core.data.synthetic import bin_jpeg
 
     sources = [bin_jpeg(i % 6, seed=i) for i in range(11)]
     sources[4], sources[9] = b"not a photo", b""

@@ -8,19 +8,20 @@ import warnings
 import pyarrow as pa
 import pytest
 
-import core.collection
-import core.files
-import core.index
-from core.collection import load_collection
-from tests.builders import bin_photo, settle_folders, write_abid_collection, write_manifest_collection
+import core.data.collection
+import core.data.index
+import core.store.files
+from core.data.collection import load_collection
+from core.data.synthetic import bin_photo, write_abid_collection, write_manifest_collection
+from tests.builders import settle_folders
 
 
 @pytest.fixture
 def probes(monkeypatch) -> list[str]:
     """The image paths `load_collection` actually reads, in order."""
     seen: list[str] = []
-    real = core.collection._probe
-    monkeypatch.setattr(core.collection, "_probe",
+    real = core.data.collection._probe
+    monkeypatch.setattr(core.data.collection, "_probe",
                         lambda entry: seen.append(os.path.basename(entry.path)) or real(entry))
     return seen
 
@@ -115,13 +116,13 @@ def test_duplicate_ids_are_skipped_and_the_rest_indexed(tmp_path, probes):
 
 
 def test_stat_files_matches_os_stat_on_every_thread(tmp_path, monkeypatch):
-    monkeypatch.setattr(core.index, "STAT_CHUNK", 3)  # several chunks: the threaded path
+    monkeypatch.setattr(core.data.index, "STAT_CHUNK", 3)  # several chunks: the threaded path
     paths = []
     for k in range(10):
         (tmp_path / f"{k}.bin").write_bytes(b"x" * k)
         paths.append(str(tmp_path / f"{k}.bin"))
     paths[4], paths[7] = None, str(tmp_path / "missing.bin")
-    stamps = core.index.stat_files(pa.array(paths, pa.string()), workers=2)
+    stamps = core.data.index.stat_files(pa.array(paths, pa.string()), workers=2)
     for path, (size, mtime) in zip(paths, stamps, strict=True):
         if path is None or not os.path.exists(path):
             assert (size, mtime) == (-1, -1)
@@ -133,8 +134,8 @@ def test_stat_files_matches_os_stat_on_every_thread(tmp_path, monkeypatch):
 def stats(monkeypatch) -> list[int]:
     """How many files each `stat_files` call of `load_collection` stats."""
     calls: list[int] = []
-    real = core.index.stat_files
-    monkeypatch.setattr(core.index, "stat_files", lambda paths, *a, **k: calls.append(len(paths)) or real(paths))
+    real = core.data.index.stat_files
+    monkeypatch.setattr(core.data.index, "stat_files", lambda paths, *a, **k: calls.append(len(paths)) or real(paths))
     return calls
 
 
@@ -253,7 +254,7 @@ def test_a_read_only_store_is_warned_about_and_loading_works_on(tmp_path, monkey
     def refuse(*args, **kwargs):
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(core.files.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(core.store.files.tempfile, "mkstemp", refuse)
     with pytest.warns(UserWarning, match="not updated"):
         col = load_collection(root, index=tmp_path / "index.arrow")
     assert len(col.table) == 2 and not (tmp_path / "index.arrow").exists()

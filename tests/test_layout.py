@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
-from core import layout
+from core.store import layout
 
 
 def test_paths_are_those_an_existing_store_has(tmp_path):

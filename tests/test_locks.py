@@ -1,7 +1,7 @@
 """The one file lock: exclusive, non-blocking on request, and visible to others while held."""
 from __future__ import annotations
 
-from core.locks import exclusive_lock, lock_is_held
+from core.store.locks import exclusive_lock, lock_is_held
 
 
 def test_a_held_lock_is_refused_without_blocking_and_seen_as_held(tmp_path):

@@ -12,7 +12,7 @@ from core.cnn import find_lr, train_cnn
 from core.cnn.inputs import to_model_input
 from core.cnn.lr_finder import lr_sweep, suggest_lr
 from core.cnn.runtime import Runtime
-from core.store import Store
+from core.store.database import Store
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from core.config import PROJECT_ROOT
-from core.store import Store
-from tests.builders import write_manifest_collection
+from core.data.synthetic import write_manifest_collection
+from core.store.database import Store
 
 CNN_SMALL = {"batch_size": 8, "lr_finder_steps": 8,
              "phases": [{"epochs": 1, "image_size": 32, "train_body": False}, {"epochs": 1, "image_size": 32}]}

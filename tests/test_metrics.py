@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.metrics import (
+from core.evaluation.metrics import (
     INTERVAL_METRICS,
     Interval,
     Intervals,
@@ -138,7 +138,7 @@ def test_split_figures_read_back_from_their_stored_form():
 def test_the_papers_task_restricts_the_answer_to_zero_to_five_on_bins_of_zero_to_five():
     """A bin of 3 whose most probable answer is "more than 5" is wrong for the product and right for
     the paper's task when 3 is its most probable count among 0..5; bins of more are left out."""
-    from core.metrics import paper_task
+    from core.evaluation.metrics import paper_task
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(7), 20)
@@ -159,7 +159,7 @@ def test_the_papers_task_restricts_the_answer_to_zero_to_five_on_bins_of_zero_to
 
 
 def test_ece_by_prior_scores_the_shown_probabilities_under_each_prior():
-    from core.metrics import ece_by_prior
+    from core.evaluation.metrics import ece_by_prior
 
     rng = np.random.default_rng(1)
     y = rng.choice(6, 3000, p=[0.02, 0.08, 0.15, 0.2, 0.25, 0.3])

@@ -12,17 +12,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.calibration import Calibration
 from core.classical import ClassicalConfig, train_classical
-from core.collection import load_collection
 from core.config import PROJECT_ROOT
-from core.dataset import prepare_dataset
-from core.metrics import count_report, split_figures
-from core.predict import BinCounter
-from core.reconcile import read_records, reconcile, report_totals
-from core.records import Experiment
-from core.store import Store
-from tests.builders import write_abid_collection
+from core.counting.service import BinCounter
+from core.data.collection import load_collection
+from core.data.dataset import prepare_dataset
+from core.data.synthetic import write_abid_collection
+from core.evaluation.calibration import Calibration
+from core.evaluation.metrics import count_report, split_figures
+from core.reconcile.inventory import read_records, reconcile, report_totals
+from core.store.database import Store
+from core.store.records import Experiment
 
 COUNTS = [c for c in range(9) for _ in range(4)]  # 0..8 items, four bins each
 

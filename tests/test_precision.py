@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import build_model, input_normalization
 from core.cnn import predictor, runtime
+from core.cnn.backbones import build_model, input_normalization
 from core.cnn.predictor import load_predictor, save_model
 from core.cnn.runtime import Runtime, counting_engine, counting_precision
-from core.collection import load_collection
 from core.config import SHARED_SAMPLE
-from core.dataset import assign_splits
-from core.images import load_rgb
-from core.predict import load_counter
-from core.store import Store
-from tests.builders import bin_jpeg, requires_sample
+from core.counting.service import load_counter
+from core.data.collection import load_collection
+from core.data.dataset import assign_splits
+from core.data.images import load_rgb
+from core.data.synthetic import bin_jpeg
+from core.store.database import Store
+from tests.builders import requires_sample
 
 PHOTOS = [bin_jpeg(k % 6, seed=30_000 + k) for k in range(120)]
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageError, open_image
-from core.predict import CountResult, ModelNotFound, load_counter, resolve_experiment
-from core.store import Store
-from tests.builders import bin_photo, run_cli, write_manifest_collection
+from core.counting.service import CountResult, ModelNotFound, load_counter, resolve_experiment
+from core.data.images import ImageError, open_image
+from core.data.synthetic import bin_photo, write_manifest_collection
+from core.store.database import Store
+from tests.builders import run_cli
 
 
 def jpeg(img: Image.Image, **kwargs) -> bytes:

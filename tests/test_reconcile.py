@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.predict import load_counter
-from core.priors import natural_prior
-from core.reconcile import (
+from core.counting.service import load_counter
+from core.data.synthetic import bin_jpeg, bin_photo, write_abid_collection
+from core.evaluation.priors import natural_prior
+from core.reconcile.inventory import (
     PRIOR_WRONG,
     audit_curve,
     audit_folder,
@@ -29,8 +30,8 @@ from core.reconcile import (
     report_totals,
     simulate_errors,
 )
-from core.store import Store
-from tests.builders import bin_jpeg, bin_photo, run_cli, write_abid_collection
+from core.store.database import Store
+from tests.builders import run_cli
 
 
 def calibrated_model(n: int, prior: np.ndarray, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

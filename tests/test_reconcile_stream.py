@@ -11,23 +11,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.reconcile_stream
-from core.batches import (
+import core.reconcile.stream
+from core.counting.service import load_counter
+from core.data.synthetic import bin_jpeg, write_abid_collection
+from core.reconcile.batches import (
     BatchSink,
     append_bins,
     batch_bins,
     batch_report,
     batch_settings,
-    content_hash,
-    file_hash,
     finish_batch,
     open_batch,
     resume_or_open,
     write_batch_report,
 )
-from core.predict import load_counter
-from core.reconcile import REPORT_COLUMNS, finish_report, read_records, reconcile, report_totals, write_report
-from core.reconcile_stream import (
+from core.reconcile.inventory import REPORT_COLUMNS, finish_report, read_records, reconcile, report_totals, write_report
+from core.reconcile.stream import (
     JudgedChunk,
     judge_chunks,
     read_photo,
@@ -35,8 +34,8 @@ from core.reconcile_stream import (
     records_digest,
     skipped_records,
 )
-from core.store import Store
-from tests.builders import bin_jpeg, write_abid_collection
+from core.store.database import Store
+from core.store.files import content_hash, file_hash
 from train import main
 
 
@@ -53,7 +52,7 @@ def _records(n: int) -> tuple[pd.DataFrame, dict[str, bytes]]:
 
 
 def _on_disk(images: dict[str, bytes], folder: Path) -> dict[str, Path]:
-    """The photos as files of a data folder, as `core.reconcile.records_from_folder` gives them."""
+    """The photos as files of a data folder, as `core.reconcile.inventory.records_from_folder` gives them."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
         (folder / name).write_bytes(data)
@@ -226,7 +225,7 @@ def test_reconcile_cli_resumes_an_interrupted_run_without_counting_its_bins_agai
     assert not (tmp_path / "resumed.json").exists()
     capsys.readouterr()
     read = []
-    monkeypatch.setattr(core.reconcile_stream, "read_photo", lambda source: read.append(source) or read_photo(source))
+    monkeypatch.setattr(core.reconcile.stream, "read_photo", lambda source: read.append(source) or read_photo(source))
     run(tmp_path / "resumed.json")
     assert "resuming: 5 of 12 bins already judged" in capsys.readouterr().out
     assert len(read) == 7  # only the bins not kept were counted

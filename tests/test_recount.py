@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.batches import (
+from core.config import SHARED_SAMPLE
+from core.counting.trust import count_trust, trust_line
+from core.reconcile.batches import (
     append_bins,
     batch_bins,
     batch_report,
@@ -24,12 +26,10 @@ from core.batches import (
     list_batches,
     open_batch,
 )
-from core.config import SHARED_SAMPLE
-from core.reconcile import REPORT_COLUMNS, simulate_errors
-from core.recounts import adjustments, batch_summary, import_recounts, queue, summary_table, with_outcomes
-from core.review import Review, ReviewError, history, latest, record_review, record_reviews
-from core.store import Store
-from core.trust import count_trust, trust_line
+from core.reconcile.inventory import REPORT_COLUMNS, simulate_errors
+from core.reconcile.recounts import adjustments, batch_summary, import_recounts, queue, summary_table, with_outcomes
+from core.reconcile.review import Review, ReviewError, history, latest, record_review, record_reviews
+from core.store.database import Store
 from tests.builders import CLASSICAL_TINY, requires_sample
 
 
@@ -50,7 +50,7 @@ SETTINGS = {"prior_wrong": 0.2, "threshold": 0.5, "budget": None, "rule": "", "n
 
 
 def report_rows(n: int, start: int = 0, seed: int = 0) -> pd.DataFrame:
-    """`n` report rows as `core.reconcile.reconcile` gives them (4 classes), bins start..start+n-1."""
+    """`n` report rows as `core.reconcile.inventory.reconcile` gives them (4 classes), bins start..start+n-1."""
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(4), size=n)
     p = rng.random(n)

@@ -6,12 +6,13 @@ import pytest
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from core.batches import list_batches
-from core.predict import BinCounter
-from core.review import history
-from core.store import Store
+from core.counting.service import BinCounter
+from core.data.synthetic import bin_jpeg
+from core.reconcile.batches import list_batches
+from core.reconcile.review import history
+from core.store.database import Store
 from dashboard.access import LOCAL_SUFFIX, is_loopback, login_configured, writer
-from tests.builders import bin_jpeg, build_recount_store, open_page
+from tests.builders import build_recount_store, open_page
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_the_reconcile_page_keeps_its_report_as_a_batch_with_the_prior_it_used(b
     rerun(at)  # a rerun keeps no second batch
     kept = list_batches(store)
     assert len(kept) == 2 and kept[0].prior_wrong == 0.05
-    from core.batches import batch_bins
+    from core.reconcile.batches import batch_bins
 
     bins = batch_bins(store, kept[0].id)
     assert all((store.root / copy).read_bytes() == photos[image] for image, copy in zip(bins["image"],

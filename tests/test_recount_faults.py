@@ -12,17 +12,17 @@ import time
 import numpy as np
 import pandas as pd
 
-from core.batches import append_bins, open_batch
 from core.config import PROJECT_ROOT
-from core.reconcile import REPORT_COLUMNS
-from core.review import history
-from core.store import Store
+from core.reconcile.batches import append_bins, open_batch
+from core.reconcile.inventory import REPORT_COLUMNS
+from core.reconcile.review import history
+from core.store.database import Store
 
 BINS = 40
 RECORDER = """
 import sys
-from core.review import Review, record_review
-from core.store import Store
+from core.reconcile.review import Review, record_review
+from core.store.database import Store
 store, batch = Store(sys.argv[1]), sys.argv[2]
 k = 0
 while True:

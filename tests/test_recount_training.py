@@ -5,15 +5,17 @@ import pandas as pd
 import pytest
 
 import core.classical.experiment as classical_experiment
-from core.batches import batch_settings, file_hash, save_report
 from core.classical import ClassicalConfig
-from core.collection import CONTENT_GROUP, load_collection
-from core.dataset import prepare_dataset
-from core.reconcile import REPORT_COLUMNS
-from core.recount_labels import write_recounts_collection
-from core.review import Review, record_review
-from core.store import Store
-from tests.builders import CLASSICAL_TINY, bin_jpeg, write_abid_collection
+from core.data.collection import CONTENT_GROUP, load_collection
+from core.data.dataset import prepare_dataset
+from core.data.synthetic import bin_jpeg, write_abid_collection
+from core.reconcile.batches import batch_settings, save_report
+from core.reconcile.inventory import REPORT_COLUMNS
+from core.reconcile.recount_labels import write_recounts_collection
+from core.reconcile.review import Review, record_review
+from core.store.database import Store
+from core.store.files import file_hash
+from tests.builders import CLASSICAL_TINY
 
 TINY = ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY)
 

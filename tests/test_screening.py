@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.metrics import split_figures
-from core.screening import markdown, parse_run, screen, screening_table
-from core.sources import NATURAL_224, ORIGINALS
-from core.store import Store
+from core.counting.screening import markdown, parse_run, screen, screening_table
+from core.data.sources import NATURAL_224, ORIGINALS
+from core.evaluation.metrics import split_figures
+from core.store.database import Store
 from tests.builders import run_cli
 
 K = 7  # counts 0..5 and "more than 5"

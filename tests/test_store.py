@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from core.metrics import SplitFigures
-from core.records import Experiment
-from core.store import SCHEMA_VERSION, NoStoreError, Store, best_of, config_key, data_in_use
+from core.evaluation.metrics import SplitFigures
+from core.store.database import SCHEMA_VERSION, NoStoreError, Store, best_of, config_key, data_in_use
+from core.store.records import Experiment
 
 
 def test_store_round_trip(store_root):

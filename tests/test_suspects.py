@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 
 from core.classical import ClassicalConfig, train_classical
-from core.dataset import prepare_dataset
-from core.review import Review, history, record_review
-from core.store import Store
-from core.suspects import read_curation, subject, suspect_labels, write_curation
-from tests.builders import CLASSICAL_TINY, open_page, write_abid_collection
+from core.data.curation import read_curation
+from core.data.dataset import prepare_dataset
+from core.data.synthetic import write_abid_collection
+from core.reconcile.review import Review, history, record_review
+from core.reconcile.suspects import subject, suspect_labels, write_curation
+from core.store.database import Store
+from tests.builders import CLASSICAL_TINY, open_page
 
 
 def test_confident_learning_puts_the_confidently_contradicted_labels_first():

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.metrics import Interval, Intervals, SplitFigures
-from core.records import Experiment
-from core.screening import paired_comparison
+from core.counting.screening import paired_comparison
+from core.evaluation.metrics import Interval, Intervals, SplitFigures
+from core.store.records import Experiment
 from dashboard import tables
 
 

@@ -8,7 +8,8 @@ import pytest
 
 import train
 from core.cnn.recipes import PRESETS
-from tests.builders import settle_folders, write_abid_collection, write_manifest_collection
+from core.data.synthetic import write_abid_collection, write_manifest_collection
+from tests.builders import settle_folders
 
 RECHECK_COMMANDS = ("prepare", "classical", "suite", "cnn", "lr-find")  # those that load through the index
 STORE_COMMANDS = ("prepare", "classical", "suite", "count", "evaluate", "reconcile", "cnn", "lr-find")

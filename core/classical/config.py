@@ -19,7 +19,7 @@ from core.classical.features import ImageFeatures, make_extractor
 from core.classical.models import model_grid
 from core.classical.search import SELECTION_RULES, SELECTORS
 from core.config import MAX_COUNT
-from core.dataset import DEFAULT_SPLIT
+from core.data.dataset import DEFAULT_SPLIT
 
 IMAGE_SIZE = 128  # cache resolution; each extractor shrinks further (raw 32 px, HOG 64 px, ...)
 

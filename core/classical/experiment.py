@@ -4,7 +4,7 @@ The grid is searched by stratified K-fold cross-validation on the training photo
 validation photos calibrate the probabilities and select between experiments; the test photos
 are used once, for the reported figures). The chosen setting is saved as a single Pipeline,
 features first, so the counting service runs it on uint8 photo arrays exactly as training did.
-With `cv=K`, the whole of that is done on K folds of train+val instead (see `core.runs`).
+With `cv=K`, the whole of that is done on K folds of train+val instead (see `core.runs.lifecycle`).
 """
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from core.classical.features import ImageFeatures, feature_matrix
 from core.classical.models import check_scale
 from core.classical.predictor import ARTIFACT, pipeline_probabilities, probability_method, save_pipeline
 from core.classical.search import choose_folds, cv_table, failed_rows, grid_search
-from core.dataset import Dataset, prepare_dataset
-from core.layout import fold_dir
-from core.runs import cv_folds, cv_pool, finish_cv, finish_single, run_once
-from core.store import Store, config_key
+from core.data.dataset import Dataset, prepare_dataset
+from core.runs.folds import cv_folds, cv_pool
+from core.runs.lifecycle import finish_cv, finish_single, run_once
+from core.store.database import Store, config_key
+from core.store.layout import fold_dir
 
 FAMILY = "classical"
 VERSION = 4  # part of every experiment's key: bump when a change alters what a setting trains
@@ -36,8 +37,8 @@ def train_classical(dataset_root: str | Path, config: ClassicalConfig, store: St
     """Search, fit, calibrate, save and test one classical model (or, with `config.cv=K`, K of them
     on the folds of train+val); returns its experiment id. A configuration already finished on the
     same data is served from the store; two processes asking for it at once train it once
-    (`core.runs.run_once`). `recounts` (a recounts collection, `core.recount_labels`) adds people's
-    recounts to the data; `curation` (a curation file, `core.suspects`) changes what the train split
+    (`core.runs.lifecycle.run_once`). `recounts` (a recounts collection, `core.reconcile.recount_labels`) adds people's
+    recounts to the data; `curation` (a curation file, `core.reconcile.suspects`) changes what the train split
     trains on."""
     store = store or Store()
     dataset = prepare_dataset(dataset_root, image_size=config.image_size, max_count=config.max_count,

@@ -1,6 +1,6 @@
 """The paper's hand-made image features, as scikit-learn transformers over uint8 photo batches.
 
-Every extractor takes what the image cache and `core.images.load_rgb` produce, an (N, S, S, 3)
+Every extractor takes what the image cache and `core.data.images.load_rgb` produce, an (N, S, S, 3)
 uint8 RGB array, and returns an (N, d) float32 matrix. Extractors are stateless (nothing is
 learnt from the data), so they sit first in a saved Pipeline and the counting service applies
 exactly the training steps to new photos. What is learnt (standardisation, PCA) are the
@@ -27,8 +27,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
-from core.backbones import backbone, build_model, input_normalization, to_model_input
-from core.files import atomic_path
+from core.cnn.backbones import backbone, build_model, input_normalization, to_model_input
+from core.store.files import atomic_path
 
 CHUNK = 64
 EDGE_FILTERS = (None, "sobel", "canny")

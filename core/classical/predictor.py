@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline
 from skops.io import dump, get_untrusted_types, load
 
 from core.classical.features import EXTRACTORS, CappedPCA
-from core.files import atomic_path
+from core.store.files import atomic_path
 
 ARTIFACT = "pipeline.skops"
 # binsight's own types in a saved pipeline; skops trusts scikit-learn's and numpy's itself

@@ -6,8 +6,8 @@ import json
 import pandas as pd
 
 from core.classical.config import ClassicalConfig
-from core.metrics import SplitFigures
-from core.store import Store
+from core.evaluation.metrics import SplitFigures
+from core.store.database import Store
 
 # On HOG and PCA features C = 10 and C = 100 fit the same (hard-margin) SVM, and each setting
 # costs minutes on two cores, so suites search C in {1, 10} there. Blobs are cheap: a gamma grid.

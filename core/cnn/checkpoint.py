@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from core.files import atomic_path
+from core.store.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"  # the latest epoch: weights, optimiser, progress
 BEST = "best.pt"  # weights of the best validation epoch so far

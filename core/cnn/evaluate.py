@@ -13,7 +13,7 @@ from tqdm import tqdm
 from core.cnn.feature_cache import CachedFeatures
 from core.cnn.inputs import CachedImages, batches
 from core.cnn.runtime import Runtime
-from core.metrics import count_report
+from core.evaluation.metrics import count_report
 
 
 def predict(model: nn.Module, data: CachedImages | CachedFeatures,

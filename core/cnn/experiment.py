@@ -2,7 +2,7 @@
 
 A configuration already finished on the same data is returned as is; one that was interrupted
 or failed after at least one epoch continues from its checkpoint in the same experiment. With
-`cv=K` the preset is trained on K folds of train+val and served as their ensemble (`core.runs`);
+`cv=K` the preset is trained on K folds of train+val and served as their ensemble (`core.runs.lifecycle`);
 each fold keeps the weights of its last epoch, since its held-out photos are what it is scored on.
 Under `torchrun`, rank 0 talks to the store and every rank trains.
 """
@@ -17,17 +17,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from core.backbones import build_model, input_normalization
+from core.cnn.backbones import build_model, input_normalization
 from core.cnn.checkpoint import BEST, CHECKPOINT, load_checkpoint
 from core.cnn.loop import Split, Trainer, TrainingData
 from core.cnn.predictor import save_model
 from core.cnn.recipes import Recipe, get_recipe
 from core.cnn.runtime import Runtime, first_alone, launch_rank, setup_runtime, shutdown
-from core.dataset import Dataset, prepare_dataset
-from core.files import atomic_path
-from core.layout import datasets_lock, fold_dir, frozen_features_dir
-from core.runs import cv_folds, cv_pool, finish_cv, finish_single, run_once
-from core.store import Store, config_key
+from core.data.dataset import Dataset, prepare_dataset
+from core.runs.folds import cv_folds, cv_pool
+from core.runs.lifecycle import finish_cv, finish_single, run_once
+from core.store.database import Store, config_key
+from core.store.files import atomic_path
+from core.store.layout import datasets_lock, fold_dir, frozen_features_dir
 
 FAMILY = "cnn"
 LR_FAMILY = "lr_finder"
@@ -198,7 +199,7 @@ def _run(dataset_root: str | Path, preset: str, store: Store | None, overrides: 
          family: str, cv: int, open_run: Opener, work: Work, recounts: Path | None = None,
          curation: Path | None = None) -> str:
     """What every CNN run shares: the recipe and its data (before the process group, see `load_data`),
-    the process group, a fresh model, and the lifecycle of `core.runs.run_once`."""
+    the process group, a fresh model, and the lifecycle of `core.runs.lifecycle.run_once`."""
     recipe = get_recipe(preset, overrides)
     store = store or Store()
     dataset = load_data(dataset_root, recipe, store, progress, recounts, curation)
@@ -231,8 +232,8 @@ def train_cnn(dataset_root: str | Path, preset: str = "quick", store: Store | No
 
     `cv=K` trains K models on the folds of train+val instead, as one experiment.
     `on_epoch(epoch, values)` is called on rank 0 after each epoch's checkpoint is written.
-    `recounts` (a recounts collection, `core.recount_labels`) adds people's recounts to the data;
-    `curation` (a curation file, `core.suspects`) changes what the train split trains on.
+    `recounts` (a recounts collection, `core.reconcile.recount_labels`) adds people's recounts to the data;
+    `curation` (a curation file, `core.reconcile.suspects`) changes what the train split trains on.
     """
 
     def open_run(store: Store, recipe: Recipe, dataset: Dataset, runtime: Runtime, key: str, weights: str) -> str:

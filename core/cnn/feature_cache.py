@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from core.backbones import Normalization, split_model, to_model_input
+from core.cnn.backbones import Normalization, split_model, to_model_input
 from core.cnn.inputs import CachedImages, mirror_mask
 from core.cnn.runtime import Runtime
-from core.files import atomic_path
-from core.layout import frozen_features_files
-from core.locks import exclusive_lock
+from core.store.files import atomic_path
+from core.store.layout import frozen_features_files
+from core.store.locks import exclusive_lock
 
 BATCH = 32  # activations under 32 MB, so freed ones are reused (`core.cnn.step.reuse_freed_memory`)
 VARIANTS = 2  # the photo and its mirror image

@@ -1,8 +1,8 @@
 """From cached uint8 pixels to network inputs and class probabilities.
 
-`core.backbones.to_model_input` is the one preprocessing path: training, evaluation, the
+`core.cnn.backbones.to_model_input` is the one preprocessing path: training, evaluation, the
 counting service (`load_predictor`) and the CNN features of classical models all go through
-it, starting from the same uint8 arrays the image cache and `core.images.load_rgb` produce.
+it, starting from the same uint8 arrays the image cache and `core.data.images.load_rgb` produce.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from core.backbones import Normalization, to_model_input
+from core.cnn.backbones import Normalization, to_model_input
 
 
 def mirror_mask(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from core.backbones import input_normalization, set_body_trainable
+from core.cnn.backbones import input_normalization, set_body_trainable
 from core.cnn.checkpoint import BEST, FitState, load_checkpoint, load_state_dict, save_checkpoint, save_state_dict
 from core.cnn.evaluate import confusion_summary, predict, score
 from core.cnn.feature_cache import FeatureInputs, FrozenFront

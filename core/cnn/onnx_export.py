@@ -1,6 +1,6 @@
 """A trained CNN for deployment outside binsight: ONNX graphs, the calibration and a manifest.
 
-Each graph takes the uint8 RGB photos the counting service decodes (`core.images.load_rgb`:
+Each graph takes the uint8 RGB photos the counting service decodes (`core.data.images.load_rgb`:
 N x S x S x 3) and returns the network's uncalibrated class probabilities, with the normalisation
 and the test-time flip averaging inside the graph (`core.cnn.predictor.export_graph`: the graph the
 counting service itself runs under ONNX Runtime), so it is `load_predictor`'s function in ONNX
@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from core.cnn.predictor import INPUT, OPSET, OUTPUT, export_graph, load_model
-from core.files import atomic_path
-from core.records import Experiment
+from core.store.files import atomic_path
+from core.store.records import Experiment
 
 GRAPH_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"

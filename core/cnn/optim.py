@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.backbones import head_parameters, param_groups
+from core.cnn.backbones import head_parameters, param_groups
 from core.cnn.recipes import Phase, Recipe
 
 DIFFERENTIAL_DIVISORS = (9.0, 3.0, 1.0)  # early, middle, last layer groups: lr/9, lr/3, lr

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.backbones import build_model
+from core.cnn.backbones import build_model
 from core.cnn.checkpoint import load_state_dict, save_state_dict
 from core.cnn.inputs import Normalization, network_probabilities
 from core.cnn.runtime import counting_engine, local_runtime
-from core.files import atomic_path
+from core.store.files import atomic_path
 
 MODEL_FILE = "model.pt"  # state_dict only
 CONFIG_FILE = "model.json"  # backbone, num_classes, image_size, normalization, tta
@@ -121,7 +121,7 @@ def onnx_runtime_predictor(graph: str | Path, threads: int | None = None, batch_
     probabilities, the same function as PyTorch's (`load_predictor`).
 
     The session's threads sleep between calls instead of spinning: the decoding threads that
-    prepare the next batch (`core.images.decoded_batches`) run on the same cores."""
+    prepare the next batch (`core.data.images.decoded_batches`) run on the same cores."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from core.backbones import BACKBONES
+from core.cnn.backbones import BACKBONES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "sgdr", "cosine", "constant")
@@ -60,7 +60,7 @@ class Recipe:
     open_top: bool = True  # bins of more than 5 items are a class of their own ("more than 5")
     lr_finder_steps: int = 100
     seed: int = 0
-    # > 0: the stem and the body stages after it, this many stages in all (core.backbones.split_model), stay
+    # > 0: the stem and the body stages after it, this many stages in all (core.cnn.backbones.split_model), stay
     # frozen in every phase, BatchNorm statistics included; their outputs are computed once per photo, size
     # and mirror image (core.cnn.feature_cache) and the upper stages train from them
     frozen_stages: int = 0

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core.locks import exclusive_lock
+from core.store.locks import exclusive_lock
 
 T = TypeVar("T")
 
@@ -204,7 +204,7 @@ def first_alone(lock_path: Path, waiting: str | None = None) -> Iterator[bool]:
     the block needs; the others wait for the lock (printing `waiting` once), then run the block
     side by side and find it built. Any lock holder is the first or waited for it, so nobody
     passes before the first is done. With the store on shared storage this holds across nodes
-    (see `core.locks`). A process that dies releases the lock.
+    (see `core.store.locks`). A process that dies releases the lock.
     """
     with exclusive_lock(lock_path, blocking=False) as first:
         if first:

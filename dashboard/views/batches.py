@@ -1,9 +1,9 @@
 """Reconciliation batches: every reconcile kept in the store, reopened without counting again."""
 import streamlit as st
 
-from core.batches import batch_report, delete_batch
-from core.reconcile import report_totals, totals_line
-from core.store import Store
+from core.reconcile.batches import batch_report, delete_batch
+from core.reconcile.inventory import report_totals, totals_line
+from core.store.database import Store
 from dashboard import figures, state, tables, ui
 
 st.title("Reconciliation batches")

@@ -1,8 +1,8 @@
 """Compare experiments: metrics side by side, curves overlaid, per-class bars, confusion matrices."""
 import streamlit as st
 
-from core.metrics import SplitFigures
-from core.screening import paired_comparison
+from core.counting.screening import paired_comparison
+from core.evaluation.metrics import SplitFigures
 from dashboard import figures, state, tables, ui
 
 st.title("Compare experiments")

@@ -1,7 +1,7 @@
 """Misclassified test photos: filter by true and predicted count, sort by confidence."""
 import streamlit as st
 
-from core.priors import describe
+from core.evaluation.priors import describe
 from dashboard import state, tables, ui
 
 st.title("Photos the model counted wrong")

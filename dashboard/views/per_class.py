@@ -1,8 +1,8 @@
 """Per-class accuracy and RMSE of one experiment (the paper's Tables I and II)."""
 import streamlit as st
 
-from core.metrics import SplitFigures, headline_text
-from core.priors import describe
+from core.evaluation.metrics import SplitFigures, headline_text
+from core.evaluation.priors import describe
 from dashboard import figures, tables, ui
 
 st.title("Accuracy by number of items")

@@ -1,13 +1,13 @@
 """The discrepancy queue: one batch's bins to recount, one at a time, each outcome recorded."""
 import streamlit as st
 
-from core.batches import photo_source
-from core.images import ImageError
-from core.records import count_label
-from core.recounts import QUEUE_MODES, progress_line, queue, queue_bins
-from core.review import OUTCOME_WORDS, Review, ReviewError, history, record_review
-from core.store import Store
-from core.trust import trust_line
+from core.counting.trust import trust_line
+from core.data.images import ImageError
+from core.reconcile.batches import photo_source
+from core.reconcile.recounts import QUEUE_MODES, progress_line, queue, queue_bins
+from core.reconcile.review import OUTCOME_WORDS, Review, ReviewError, history, record_review
+from core.store.database import Store
+from core.store.records import count_label
 from dashboard import counting, figures, state, tables, ui
 
 st.title("Discrepancy queue")

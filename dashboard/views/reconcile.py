@@ -3,9 +3,10 @@ from pathlib import PurePosixPath
 
 import streamlit as st
 
-from core.batches import batch_settings
-from core.priors import describe
-from core.reconcile import (
+from core.counting.trust import trust_line
+from core.evaluation.priors import describe
+from core.reconcile.batches import batch_settings
+from core.reconcile.inventory import (
     MISMATCH_THRESHOLD,
     PRIOR_WRONG,
     RECONCILE_PRIOR,
@@ -15,7 +16,6 @@ from core.reconcile import (
     report_totals,
     totals_line,
 )
-from core.trust import trust_line
 from dashboard import counting, figures, state, ui
 
 st.title("Reconcile a batch of bins")

@@ -2,8 +2,8 @@
 accuracy on the recounted bins, each with its 95% interval, beside what the model expected."""
 import streamlit as st
 
-from core.recounts import batch_summary, model_summary, suggestion_line, summary_table
-from core.store import Store
+from core.reconcile.recounts import batch_summary, model_summary, suggestion_line, summary_table
+from core.store.database import Store
 from dashboard import state, ui
 
 st.title("What the recounts say")

@@ -3,9 +3,9 @@ probabilities), each reviewed by a person: "label right", "relabel to N" or "exc
 import pandas as pd
 import streamlit as st
 
-from core.review import OUTCOME_WORDS, Review, ReviewError, latest, record_review
-from core.store import Store
-from core.suspects import subject
+from core.reconcile.review import OUTCOME_WORDS, Review, ReviewError, latest, record_review
+from core.reconcile.suspects import subject
+from core.store.database import Store
 from dashboard import figures, state, tables, ui
 
 st.title("Suspect labels")

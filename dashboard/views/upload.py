@@ -3,9 +3,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.priors import DEFAULT_PRIOR, PRIORS, describe
-from core.reconcile import MISMATCH_THRESHOLD, PRIOR_WRONG
-from core.trust import trust_line
+from core.counting.trust import trust_line
+from core.evaluation.priors import DEFAULT_PRIOR, PRIORS, describe
+from core.reconcile.inventory import MISMATCH_THRESHOLD, PRIOR_WRONG
 from dashboard import counting, figures, state, ui
 
 st.title("Count the items in a bin")
