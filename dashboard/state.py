@@ -282,13 +282,16 @@ def recounted_per_batch() -> dict[str, int]:
 
 
 @st.cache_data(show_spinner="Looking for suspect labels…", max_entries=8)
-def _suspects(root: str, exp_id: str, store_version: Version) -> pd.DataFrame:
-    from core.reconcile.suspects import suspect_labels
+def _suspects(root: str, exp_id: str, store_version: Version) -> tuple[pd.DataFrame, str]:
+    from core.reconcile.suspects import held_out_predictions, suspect_labels
 
-    return suspect_labels(Store(root, create=False).predictions(exp_id, "oof"))
+    store = Store(root, create=False)
+    held_out = held_out_predictions(store, store.experiment(exp_id))
+    return suspect_labels(held_out.predictions), held_out.described
 
 
-def suspects(exp_id: str) -> pd.DataFrame:
-    """`core.reconcile.suspects.suspect_labels` on the model's stored out-of-fold probabilities."""
+def suspects(exp_id: str) -> tuple[pd.DataFrame, str]:
+    """`core.reconcile.suspects.suspect_labels` on the model's stored probabilities of the photos it
+    never trained on, and where those come from, in words."""
     root = store_root()
     return _suspects(root, exp_id, version(root))

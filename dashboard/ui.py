@@ -18,6 +18,8 @@ TRAIN_COMMANDS = (
     ".venv/bin/python train.py cnn --preset quick     # or one at a time (see: train.py --help)",
 )
 
+RECONCILE_COMMAND = ".venv/bin/python train.py reconcile            # every photo of the default data folder"
+
 
 def how_to_train(reason: str = "No finished experiment in the store yet.") -> None:
     st.info(f"{reason} Train a model from the project folder, then come back to this page:")
@@ -147,8 +149,11 @@ def who_writes(key: str) -> Writer:
 def batches_or_stop(batches: Sequence) -> Sequence:
     """The store's reconciliation batches; with none, the page says how to make one and stops."""
     if not batches:
-        how_to_train("No reconciliation batch in the store yet: with a trained model, reconcile one on the "
-                     "\"Reconcile a batch\" page or with `python train.py reconcile --data FOLDER`.")
+        first = () if state.finished() else TRAIN_COMMANDS[:1]
+        st.info("No reconciliation batch in the store yet. Reconcile one on the \"Reconcile a batch\" page, or "
+                "from the project folder (the data folder's labels are taken as the recorded quantities; "
+                "`--records FILE.csv` gives your own):")
+        st.code("\n".join([*first, RECONCILE_COMMAND]), language="bash")
         st.stop()
     return batches
 

@@ -107,20 +107,23 @@ def build_trained_store(root: Path) -> Path:
     return store.root
 
 
-def build_recount_store(root: Path, bins: int = 12, seed: int = 0) -> tuple[Path, str, dict[str, int]]:
+def build_recount_store(root: Path, bins: int = 12, seed: int = 0,
+                        counts: tuple[int, ...] = tuple(range(6))) -> tuple[Path, str, dict[str, int]]:
     """A store with one tiny classical model (seconds to train) and one reconciliation batch of
     `bins` generated photos, a third of their records moved by 1 or 2 items, every bin flagged
-    (a budget of all of them). Returns (store folder, batch id, true count of each bin)."""
+    (a budget of all of them). The model learns six photos of each of `counts` (counts above 5 make
+    its open class, "more than 5"); the bins hold them in turn. Returns (store folder, batch id,
+    true count of each bin)."""
     from core.counting.service import load_counter
     from core.reconcile.batches import batch_settings, save_uploaded_batch
     from core.reconcile.inventory import reconcile, simulate_errors
 
-    data = write_abid_collection(root / "data", [count for count in range(6) for _ in range(6)])
+    data = write_abid_collection(root / "data", [count for count in counts for _ in range(6)])
     store = Store(root / "store")
     train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, **CLASSICAL_TINY), store, n_jobs=1,
                     progress=False)
     counter = load_counter("best", store)
-    true = [k % 6 for k in range(bins)]
+    true = [counts[k % len(counts)] for k in range(bins)]
     recorded, _ = simulate_errors(true, 6, 1 / 3, seed)
     photos = {f"bin-{k:02d}.jpg": bin_jpeg(true[k], seed=500 + k) for k in range(bins)}
     records = pd.DataFrame({"image": list(photos), "recorded_quantity": pd.array(recorded, dtype="Int64"),
@@ -128,3 +131,15 @@ def build_recount_store(root: Path, bins: int = 12, seed: int = 0) -> tuple[Path
     report = reconcile(counter, records, photos, budget=bins)
     batch = save_uploaded_batch(store, report, photos, counter, batch_settings(counter, 0.2, 0.5, bins))
     return store.root, batch, dict(zip(photos, true, strict=True))
+
+
+def build_every_page_store(root: Path) -> tuple[Path, str]:
+    """A store in which every dashboard page has something to show: `build_recount_store`'s batch,
+    over a model with an open class (so some bins are counted as "more than 5"), plus tiny CNN runs
+    with learning-rate curves. Returns (store folder, batch id)."""
+    store_root, batch, _ = build_recount_store(root, counts=(0, 1, 2, 3, 4, 5, 9, 10))
+    store = Store(store_root)
+    train_cnn(root / "data", "quick", store, progress=False, overrides={
+        **CNN_TINY, "phases": [{"epochs": 1, "image_size": 32, "train_body": False},
+                               {"epochs": 1, "image_size": 32, "differential": True}]})
+    return store_root, batch

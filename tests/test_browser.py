@@ -229,3 +229,46 @@ def test_the_queue_in_a_browser_keyboard_only_two_users(queue_url):
             browser.close()
     both = history(Store(store), "recount", batch, done[0])
     assert both["count"].tolist() == [3, 4] and both["who"].str[:3].tolist() == ["ann", "bob"]
+
+
+# Elements of a metric whose text does not fit: Streamlit cuts such text off with an ellipsis.
+CUT_OFF = """() => [...document.querySelectorAll('[data-testid="stMetricValue"], [data-testid="stMetricValue"] *')]
+    .filter(el => el.scrollWidth > el.clientWidth + 1).map(el => el.textContent)"""
+CONTENT = ", ".join(f'[data-testid="{kind}"]' for kind in (
+    "stMetric", "stPlotlyChart", "stDataFrame", "stTable", "stImage", "stFileUploader"))
+
+
+def test_every_page_shows_content_and_no_figure_is_cut_off(tmp_path):
+    """Every page of the menu opens without an error and shows more than a hint; no figure is cut off
+    at the default width, the queue's count of a bin counted as "more than 5" included."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.reconcile.batches import batch_bins, get_batch
+    from dashboard.pages import PAGES
+    from tests.builders import build_every_page_store
+
+    store, batch = build_every_page_store(tmp_path)
+    top = get_batch(Store(store), batch).settings["num_classes"] - 1
+    over_five = batch_bins(Store(store), batch).query("predicted == @top")["image"].tolist()
+    assert over_five, "the fixture's model should count a bin as more than 5"
+    with dashboard_over(store) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            for each in PAGES:
+                page.goto(url if each == PAGES[0] else f"{url}/{each.name}")
+                expect(page.get_by_test_id("stMain").locator("h1").first).to_be_visible(timeout=60_000)
+                settled(page)
+                expect(page.get_by_test_id("stException")).to_have_count(0)
+                expect(page.get_by_text("This app has encountered an error")).to_have_count(0)
+                expect(page.get_by_text("Train a model from the project folder")).to_have_count(0)
+                shown = page.get_by_test_id("stMain").inner_text()
+                assert page.locator(CONTENT).count(), f"{each.title} shows nothing but hints: {shown}"
+                assert page.evaluate(CUT_OFF) == [], each.title
+            page.goto(f"{url}/queue")
+            open_bin(page, over_five[0])
+            counted = page.get_by_test_id("stMetric").filter(has_text="Counted").get_by_test_id("stMetricValue")
+            expect(counted).to_have_text(f"{top}+")
+            assert page.evaluate(CUT_OFF) == []
+        finally:
+            browser.close()

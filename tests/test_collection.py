@@ -14,13 +14,8 @@ import pytest
 
 from core.data.collection import DataError, load_collection, parse_count
 from core.data.dataset import assign_splits, prepare_dataset, recheck_collection
-from tests.builders import (
-    bin_photo,
-    requires_sample,
-    settle_folders,
-    write_abid_collection,
-    write_manifest_collection,
-)
+from core.data.synthetic import bin_photo, write_abid_collection, write_manifest_collection
+from tests.builders import requires_sample, settle_folders
 
 
 def test_manifest_layout(tiny_collection):

@@ -31,7 +31,7 @@ def test_confident_learning_puts_the_confidently_contradicted_labels_first():
     found = suspect_labels(predictions)
     assert 2 <= len(found) and set(found["image_id"]) <= {f"p{i}" for i in flipped}  # no clean label listed
     assert (found["suspected"] == (found["label"] + 1) % 4).all()
-    with pytest.raises(ValueError, match="cross-validated"):
+    with pytest.raises(ValueError, match="held-out photos"):
         suspect_labels(predictions.iloc[:0])
 
 
@@ -92,7 +92,7 @@ def test_the_suspect_labels_page_records_a_decision(tmp_path, monkeypatch):
     data = write_abid_collection(tmp_path / "data", [count for count in range(6) for _ in range(8)])
     store = Store(tmp_path / "store")
     monkeypatch.setenv("BINSIGHT_STORE", str(store.root))
-    assert "cross-validated" in open_page("suspect_labels").info[0].value
+    assert "train.py suite" in open_page("suspect_labels").code[0].value  # what makes the page's model
     train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, cv=2, **CLASSICAL_TINY), store,
                     n_jobs=1, progress=False)
     at = open_page("suspect_labels")
@@ -105,3 +105,23 @@ def test_the_suspect_labels_page_records_a_decision(tmp_path, monkeypatch):
     entries = history(store, "label", subject(data), photo)
     assert entries["outcome"].tolist() == ["relabel"] and entries["count"].tolist() == [4]
     assert read_curation(write_curation(store, data)) == {photo: 4}
+
+
+def test_suspects_come_from_photos_the_model_never_trained_on(tmp_path):
+    """A single model's validation and test photos; a cross-validated one's out-of-fold and test photos."""
+    from core.reconcile.suspects import held_out_predictions
+
+    data = write_abid_collection(tmp_path / "data", [count for count in range(6) for _ in range(8)])
+    store = Store(tmp_path / "store")
+    for cv in (0, 2):
+        train_classical(data, ClassicalConfig("raw", "logreg", grid={"C": [1]}, cv=cv, **CLASSICAL_TINY), store,
+                        n_jobs=1, progress=False)
+    single, crossed = sorted(store.experiments("finished"), key=lambda e: e.folds)
+    for exp, splits in ((single, ("val", "test")), (crossed, ("oof", "test"))):
+        held = held_out_predictions(store, exp)
+        logged = store.split(exp.id)
+        assert held.splits == splits
+        assert sorted(held.predictions["image_id"]) == sorted(logged[logged["split"].isin(splits)]["image_id"])
+        assert "train" not in set(logged[logged["image_id"].isin(held.predictions["image_id"])]["split"])
+    assert "validation and test" in held_out_predictions(store, single).described
+    assert "out-of-fold" in held_out_predictions(store, crossed).described

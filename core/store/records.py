@@ -128,9 +128,9 @@ class Experiment:
     def selection_source(self) -> str:
         return "out-of-fold" if self.cv_metrics else "validation"
 
-    def count_label(self, count: int) -> str:
-        """How a count reads: "3", or "more than 5" for the open top class."""
-        return count_label(count, self.num_classes or 0, self.open_top)
+    def count_label(self, count: int, short: bool = False) -> str:
+        """How a count reads: "3", or "more than 5" ("6+" when `short`) for the open top class."""
+        return count_label(count, self.num_classes or 0, self.open_top, short)
 
     @property
     def temperature(self) -> float:

@@ -58,7 +58,7 @@ with photo_col:
 with facts_col:
     c1, c2, c3 = st.columns(3)
     c1.metric("Recorded", row.recorded)
-    c2.metric("Counted", counted)
+    c2.metric("Counted", count_label(row.predicted, num_classes, open_top, short=True), help=counted)
     c3.metric("P(mismatch)", f"{row.p_mismatch:.0%}",
               help=f"with {batch.prior_wrong:.0%} of records assumed wrong before the photo is seen")
     st.caption(trust_line(state.trust(batch.model), row.predicted, counted))

@@ -1,5 +1,5 @@
-"""Suspect labels: photos whose label is likely wrong (confident learning on out-of-fold
-probabilities), each reviewed by a person: "label right", "relabel to N" or "exclude"."""
+"""Suspect labels: photos whose label is likely wrong (confident learning on probabilities of photos
+the model never trained on), each reviewed by a person: "label right", "relabel to N" or "exclude"."""
 import pandas as pd
 import streamlit as st
 
@@ -10,22 +10,18 @@ from dashboard import figures, state, tables, ui
 
 st.title("Suspect labels")
 st.caption("ABID's counts are inventory records, not counts people made: some are wrong, some bins cannot be "
-           "counted. Confident learning (cleanlab) ranks the photos whose label the cross-validated model's "
-           "out-of-fold probabilities doubt most. Your decisions go to the store's curation file, which "
+           "counted. Confident learning (cleanlab) ranks the photos whose label the model's probabilities doubt "
+           "most, on photos it never trained on. Your decisions go to the store's curation file, which "
            "`train.py cnn --curated` trains on; validation and test figures keep every photo's original label.")
-models = [e for e in state.finished() if e.cv_metrics]
-if not models:
-    ui.how_to_train("No cross-validated model yet: suspect labels come from out-of-fold probabilities "
-                    "(`python train.py cnn --cv 5`).")
-    st.stop()
-exp = ui.pick_experiment(models, key="s-model", label="Cross-validated model")
+exp = ui.pick_experiment(ui.finished_or_stop(), key="s-model", label="Model")
 try:
-    found = state.suspects(exp.id)
+    found, source = state.suspects(exp.id)
 except ValueError as err:
     st.warning(str(err))
     st.stop()
+st.caption(f"Probabilities of {source}.")
 if found.empty:
-    st.success(f"Confident learning finds no suspect label among {exp.name}'s out-of-fold photos.")
+    st.success(f"Confident learning finds no suspect label among {exp.name}'s held-out photos.")
     st.stop()
 collection = subject(exp.data_root)
 store = Store(state.store_root(), create=False)
@@ -44,9 +40,10 @@ else:
     left.image(image, caption=pick, width="stretch")
 with right:
     c1, c2 = st.columns(2)
-    c1.metric("Label", exp.count_label(int(row["label"])), help=f"out-of-fold probability {row['p_label']:.0%}")
-    c2.metric("The model says", exp.count_label(int(row["suspected"])),
-              help=f"out-of-fold probability {row['p_suspected']:.0%}")
+    c1.metric("Label", exp.count_label(int(row["label"]), short=True),
+              help=f"{exp.count_label(int(row['label']))}: probability {row['p_label']:.0%}")
+    c2.metric("The model says", exp.count_label(int(row["suspected"]), short=True),
+              help=f"{exp.count_label(int(row['suspected']))}: probability {row['p_suspected']:.0%}")
     st.plotly_chart(figures.probability_bars(row["probs"], int(row["label"]), open_top=exp.open_top),
                     key="s-probs")
     items = state.items_by_image(exp.data_root).get(pick, [])

@@ -51,7 +51,8 @@ def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
         result = photo.result
         assert result is not None  # the loop below shows the error of a photo it could not count
         c1, c2 = st.columns(2)
-        c1.metric("Items counted", exp.count_label(result.count), help="the most probable count of the bars below")
+        c1.metric("Items counted", exp.count_label(result.count, short=True),
+                  help=f"{exp.count_label(result.count)}: the most probable count of the bars below")
         c2.metric("Confidence", f"{result.confidence:.0%}",
                   help=f"its probability under {describe(prior)}; expected count {result.expected:.2f}")
         st.caption(trust_line(state.trust(exp.id), result.count, exp.count_label(result.count)))
