@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.config import DEFAULT_SAMPLE_SIZE, DOWNLOAD_HINT, MAX_COUNT, find_data_dir
 
@@ -494,6 +494,26 @@ def cmd_gc(args: argparse.Namespace) -> None:
           "no experiment uses")
 
 
+# `train.py --help` lists the commands by job, in the README's order.
+COMMAND_GROUPS = {
+    "data": ("download", "prepare"),
+    "training": ("suite", "cnn", "lr-find", "classical", "screen"),
+    "counting and reconciliation": ("count", "evaluate", "reconcile", "export"),
+    "recounts": ("recount",),
+    "store": ("store", "gc"),
+}
+
+
+def grouped_commands(helps: dict[str, str]) -> str:
+    """The commands under their job's heading, each with its one-line help."""
+    if sorted(helps) != sorted(c for group in COMMAND_GROUPS.values() for c in group):
+        raise ValueError(f"COMMAND_GROUPS and the commands differ: {sorted(helps)}")
+    width = max(map(len, helps)) + 2
+    groups = (f"  {group}:\n" + "\n".join(f"    {c:<{width}}{helps[c]}" for c in commands)
+              for group, commands in COMMAND_GROUPS.items())
+    return "commands, by job:\n" + "\n".join(groups)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.cnn.recipes import PRESETS
     from core.counting.screening import SPLITS as SCREEN_SPLITS
@@ -501,13 +521,20 @@ def build_parser() -> argparse.ArgumentParser:
     from core.reconcile.inventory import MISMATCH_THRESHOLD, PRIOR_WRONG
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below")
+    helps: dict[str, str] = {}
+
+    def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A subcommand, listed under its group (`COMMAND_GROUPS`) by `grouped_commands`."""
+        helps[name] = help
+        kwargs.setdefault("description", help[:1].upper() + help[1:] + ".")
+        return sub.add_parser(name, **kwargs)
     flags = shared_flags()
     prior = flags["prior"]
     data, store, recheck, quiet, model, cv, labels = (flags[name] for name in ("data", "store", "recheck", "quiet",
                                                                               "model", "cv", "labels"))
 
-    p = sub.add_parser("download", help="fetch photos and metadata from ABID's public bucket")
+    p = command("download", "fetch photos and metadata from ABID's public bucket")
     p.add_argument("--n", type=int, default=100, help="how many bins, counting up from --start")
     p.add_argument("--start", type=int, default=1)
     p.add_argument("--ids", nargs="*", help="explicit ABID ids instead of --n")
@@ -516,15 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8)
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("prepare", help="load a collection, build its image cache and split",
+    p = command("prepare", "load a collection, build its image cache and split",
                        parents=[data, store, recheck])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--max-count", type=int, default=MAX_COUNT)
     p.add_argument("--export-split", metavar="FILE.csv", help="write image_id,split of every usable photo")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("classical",
-                       help="train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
+    p = command("classical",
+                       "train a classical model (HOG / blobs / raw pixels, PCA, SVM family) or a suite",
                        description="Cross-validated grid search on the train split, one test evaluation; "
                                    "a configuration already trained on the same data is served from the store.",
                        parents=[data, cv, quiet, store, recheck, labels])
@@ -548,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="parallel processes for features and the search")
     p.set_defaults(func=cmd_classical)
 
-    p = sub.add_parser("suite", help="train the default experiments the store lacks (PCA+SVM, HOG+SVM, CNN quick)",
+    p = command("suite", "train the default experiments the store lacks (LR sweep, PCA+SVM, HOG+SVM, CNN quick-frozen)",
                        parents=[data, store, recheck])
     p.add_argument("--cnn-overrides", help='JSON recipe overrides for the CNN, e.g. \'{"batch_size": 16}\'')
     p.add_argument("--classical-overrides",
@@ -558,26 +585,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where to fetch them from")
     p.set_defaults(func=cmd_suite)
 
-    p = sub.add_parser("gc", help="remove image caches no experiment uses, and report what that frees",
+    p = command("gc", "remove image caches no experiment uses, and report what that frees",
                        parents=[store])
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("count", help="count the items in photos", parents=[model, prior, store])
+    p = command("count", "count the items in photos", parents=[model, prior, store])
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_count)
 
-    p = sub.add_parser("export", help="write a CNN model as ONNX (every fold of an ensemble), its calibration "
+    p = command("export", "write a CNN model as ONNX (every fold of an ensemble), its calibration "
                                       "and a manifest, for serving outside binsight", parents=[model, store])
     p.add_argument("--out", required=True, help="folder to write model.onnx (or fold-K/model.onnx), "
                                                 "calibration.json and manifest.json into")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="score a model on a labelled collection in any supported layout "
+    p = command("evaluate", "score a model on a labelled collection in any supported layout "
                                         "(prints JSON)", parents=[model, data, prior, store])
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("screen", help="levers side by side: runs' figures on one split, overall and per source, "
+    p = command("screen", "levers side by side: runs' figures on one split, overall and per source, "
                                       "as a markdown table", parents=[store])
     p.add_argument("runs", nargs="+", metavar="[LABEL=]RUN[+RUN...]",
                    help="an experiment id or name; several joined by + are scored as their mean (an ensemble)")
@@ -589,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     p.set_defaults(func=cmd_screen)
 
-    p = sub.add_parser("reconcile", help="flag bins whose photo disagrees with the recorded quantity",
+    p = command("reconcile", "flag bins whose photo disagrees with the recorded quantity",
                        description="The --data folder's photos; its own labels are the recorded quantities "
                                    "unless --records.", parents=[model, data, store])
     p.add_argument("--records", help="CSV with columns image,recorded_quantity (image = path relative to --data)")
@@ -606,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of --simulate-errors")
     p.set_defaults(func=cmd_reconcile)
 
-    p = sub.add_parser("recount", help="recount outcomes out (adjustments for the warehouse system) and in")
+    p = command("recount", "recount outcomes out (adjustments for the warehouse system) and in")
     recount = p.add_subparsers(dest="recount_command", required=True)
     q = recount.add_parser("export", help="CSV of the bins whose recount differs from their record: "
                                           "batch,image,recorded,recounted,adjustment,who,when", parents=[store])
@@ -620,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--who", help="who counted, for rows without a who column (default: your user name)")
     q.set_defaults(func=cmd_recount_import)
 
-    p = sub.add_parser("store", help="look after the experiment store")
+    p = command("store", "look after the experiment store")
     store_sub = p.add_subparsers(dest="store_command", required=True)
     q = store_sub.add_parser("backup", help="a consistent copy of the store's database, safe while the dashboard "
                                             "and training run (SQLite's online backup API)", parents=[store])
@@ -632,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
          [cv, labels]),
         ("lr-find", cmd_lr_find, "learning-rate finder sweep for a preset's first phase", []),
     ):
-        p = sub.add_parser(name, help=help_, description=f"{help_}. Runs under `torchrun --nproc_per_node N` too.",
+        p = command(name, help_, description=f"{help_[:1].upper()}{help_[1:]}. Runs under `torchrun` too.",
                            epilog=presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
                            parents=[data, *extra, quiet, store, recheck])
         p.add_argument("--preset", default="quick", choices=PRESETS, metavar="PRESET",
@@ -641,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override recipe fields, values in JSON, e.g. batch_size=64 "
                             '\'phases=[{"epochs": 3, "image_size": 128}]\'')
         p.set_defaults(func=func)
+    parser.epilog = grouped_commands(helps)
     return parser
 
 

@@ -25,6 +25,20 @@ def test_help_lists_every_preset_with_its_notes(command, capsys):
         assert any(line.split() and line.split()[0] == name and recipe.notes in line for line in lines), name
 
 
+def test_help_groups_every_command_by_job_in_the_readme_order(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    lines = text[text.index("commands, by job:"):].splitlines()[1:]
+    headings = [line.strip().rstrip(":") for line in lines if line.startswith("  ") and not line.startswith("    ")]
+    assert headings == ["data", "training", "counting and reconciliation", "recounts", "store"]
+    listed = [line.split()[0] for line in lines if line.startswith("    ")]
+    assert sorted(listed) == sorted(train.build_parser()._subparsers._group_actions[0].choices)  # each once
+    with pytest.raises(ValueError, match="differ"):
+        train.grouped_commands({"download": "fetch photos"})
+
+
 def test_classical_help_names_every_suite_feature_and_model(capsys):
     from core.classical.features import EXTRACTORS
     from core.classical.models import MODELS
