@@ -188,7 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_screen(args: argparse.Namespace) -> None:
-    from core.counting.screening import markdown, parse_run, screen, screening_table
+    from core.analysis.screening import markdown, parse_run, screen, screening_table
     from core.counting.service import ModelNotFound
     from core.evaluation.metrics import verdict
     from core.store.database import Store
@@ -515,8 +515,8 @@ def grouped_commands(helps: dict[str, str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.analysis.screening import SPLITS as SCREEN_SPLITS
     from core.cnn.recipes import PRESETS
-    from core.counting.screening import SPLITS as SCREEN_SPLITS
     from core.data.download import DEFAULT_BASE_URL
     from core.reconcile.inventory import MISMATCH_THRESHOLD, PRIOR_WRONG
 

@@ -1,8 +1,9 @@
 """binsight's core, grouped by job. Imports go one way, from the top of this list down:
 
 - `core.reconcile`: bins checked against their recorded quantity, batches, recounts, suspect labels;
+  beside it, `core.analysis`: what runs say side by side (levers screened, what more photos buy);
 - `core.counting`: the counting service (any finished model, calibrated, under a stated prior),
-  per-count trust and the screening of runs;
+  and per-count trust;
 - `core.training`: what `make run` trains, and the clean-up of caches no experiment uses;
 - `core.cnn`, `core.classical`: the two model families, each trained, stored and loaded;
 - `core.runs`: what every training run does around its model (lifecycle in the store, folds);

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.counting.screening import markdown, parse_run, screen, screening_table
+from core.analysis.screening import markdown, parse_run, screen, screening_table
 from core.data.sources import NATURAL_224, ORIGINALS
 from core.evaluation.metrics import split_figures
 from core.store.database import Store

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.counting.screening import paired_comparison
+from core.analysis.screening import paired_comparison
 from core.evaluation.metrics import Interval, Intervals, SplitFigures
 from core.store.records import Experiment
 from dashboard import tables

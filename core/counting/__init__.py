@@ -1,6 +1,5 @@
 """Counting bins: the service that loads any finished model and counts photos with calibrated
-probabilities under a stated prior (`service`), how often a shown count is right (`trust`), and
-runs' figures side by side from their stored predictions (`screening`).
+probabilities under a stated prior (`service`) and how often a shown count is right (`trust`).
 
 Its entry points, imported from their modules (this file imports nothing, so that importing one
 light module does not load the rest):

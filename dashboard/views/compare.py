@@ -1,7 +1,7 @@
 """Compare experiments: metrics side by side, curves overlaid, per-class bars, confusion matrices."""
 import streamlit as st
 
-from core.counting.screening import paired_comparison
+from core.analysis.screening import paired_comparison
 from core.evaluation.metrics import SplitFigures
 from dashboard import figures, state, tables, ui
 
