@@ -210,6 +210,37 @@ def cmd_screen(args: argparse.Namespace) -> None:
         table.to_csv(args.csv, index=False)
 
 
+def cmd_learning_curve(args: argparse.Namespace) -> None:
+    from core.analysis.learning_curve import ANCHORS, fits_table, learning_curve, train_learning_curve
+    from core.analysis.screening import markdown
+    from core.store.database import Store
+
+    store, root = Store(args.store), data_dir(args.data)
+    try:
+        shares = [float(s) for s in args.fractions.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        train_learning_curve(root, args.preset, store, shares, seeds, args.sources.split(","), progress=not args.quiet)
+        recounts = recounts_if_asked(args, store)
+        if recounts is not None:
+            train_learning_curve(root, args.preset, store, (1.0,), recounts=recounts, progress=not args.quiet)
+    except ValueError as err:
+        sys.exit(str(err))
+    curve = learning_curve(store, args.preset, root)
+    print(f"{args.preset} on {root}: validation photos, each point scored on the same ones\n")
+    print(markdown(curve.table()))
+    print("\nEach share against the one before it, paired on the same photos of 0..5 items:")
+    for step in curve.steps:
+        print(f"- {step.train_source}, seed {step.seed}, {step.smaller:g} -> {step.larger:g}: {step.verdict}")
+    print("\nAccuracy on the paper's task against log(training photos), carried out to ABID's size:\n")
+    print(markdown(fits_table(curve)))
+    print("\nAnchors: " + "; ".join(f"{a.label}: {a.accuracy:.3f} at {a.photos:,} photos" for a in ANCHORS))
+    for point in curve.with_recounts:
+        fit = curve.fit(point.train_source, "all")
+        expected = f" (the curve: {fit.at(point.photos):.3f} at that many photos)" if fit else ""
+        print(f"With {point.experiment.recounted_photos:,} recounted photos ({point.photos:,} training photos): "
+              f"accuracy {point.accuracy():.3f}{expected}")
+
+
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from core.reconcile.inventory import RECONCILE_PRIOR, budget_size, check_threshold, records_from_folder, totals_line
 
@@ -497,7 +528,7 @@ def cmd_gc(args: argparse.Namespace) -> None:
 # `train.py --help` lists the commands by job, in the README's order.
 COMMAND_GROUPS = {
     "data": ("download", "prepare"),
-    "training": ("suite", "cnn", "lr-find", "classical", "screen"),
+    "training": ("suite", "cnn", "lr-find", "classical", "screen", "learning-curve"),
     "counting and reconciliation": ("count", "evaluate", "reconcile", "export"),
     "recounts": ("recount",),
     "store": ("store", "gc"),
@@ -615,6 +646,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compare each run with the first, paired on the same photos (bootstrap intervals)")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     p.set_defaults(func=cmd_screen)
+
+    p = command("learning-curve", "what more photos buy: a preset trained on nested shares of the training split, "
+                                  "scored on the same validation photos, fitted and extrapolated to ABID's size",
+                parents=[data, quiet, store, recheck])
+    p.add_argument("--preset", default="quick-frozen", choices=PRESETS, metavar="PRESET",
+                   help="recipe from core/cnn/recipes.py (default: quick-frozen, what make run trains)")
+    p.add_argument("--fractions", default="0.125,0.25,0.5,1",
+                   help="shares of the training split (default: %(default)s)")
+    p.add_argument("--seeds", default="0", help="seeds of each point, comma-separated (default: 0)")
+    p.add_argument("--sources", default="all",
+                   help="what each curve trains on, comma-separated: all, natural (224 px natural mix), originals")
+    p.add_argument("--with-recounts", action="store_true",
+                   help="also train the whole split with the photos people recounted, and place it beside the curve")
+    p.set_defaults(func=cmd_learning_curve)
 
     p = command("reconcile", "flag bins whose photo disagrees with the recorded quantity",
                        description="The --data folder's photos; its own labels are the recorded quantities "

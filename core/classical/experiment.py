@@ -91,7 +91,7 @@ def _train(store: Store, exp_id: str, dataset: Dataset, config: ClassicalConfig,
 
     test = dataset.split("test")
     common = {"artifact": ARTIFACT, "feature_seconds": feature_seconds,
-              "split_counts": dataset.table["split"].value_counts().to_dict()}
+              "split_counts": dataset.split_counts()}
     if config.cv:
         pool, fold = cv_pool(dataset), cv_folds(dataset, config.cv, seed)
         oof, tests = np.zeros((len(pool), k)), []

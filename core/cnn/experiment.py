@@ -56,7 +56,7 @@ def load_data(root: str | Path, recipe: Recipe, store: Store, progress: bool, re
                                   open_top=recipe.open_top, recounts=recounts, curation=curation)
         for size in sizes[1:]:
             dataset.images(size)
-    return dataset
+    return dataset.training_subset(recipe.train_source, recipe.train_share, recipe.seed)
 
 
 def _features_folder(dataset: Dataset) -> Path:
@@ -100,7 +100,7 @@ def _open_experiment(store: Store, preset: str, recipe: Recipe, cv: int, dataset
                        weights=weights, preset=preset, recipe_notes=recipe.notes, num_classes=dataset.num_classes,
                        open_top=dataset.open_top,
                        image_size=recipe.phases[-1].image_size,
-                       split_counts=dataset.table["split"].value_counts().to_dict(),
+                       split_counts=dataset.split_counts(),
                        recounted_photos=dataset.recounted)
 
 
@@ -201,6 +201,9 @@ def _run(dataset_root: str | Path, preset: str, store: Store | None, overrides: 
     """What every CNN run shares: the recipe and its data (before the process group, see `load_data`),
     the process group, a fresh model, and the lifecycle of `core.runs.lifecycle.run_once`."""
     recipe = get_recipe(preset, overrides)
+    if cv and (recipe.train_share < 1 or recipe.train_source != "all"):
+        raise ValueError("a cross-validated run trains on every fold's photos: train_share and train_source are "
+                         "for single runs (learning curves)")
     store = store or Store()
     dataset = load_data(dataset_root, recipe, store, progress, recounts, curation)
     runtime = setup_runtime()

@@ -10,10 +10,12 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from core.cnn.backbones import BACKBONES
+from core.data.sources import TRAIN_SOURCES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "sgdr", "cosine", "constant")
 CLASS_WEIGHTS = ("none", "sqrt", "balanced")
+NEWER_DEFAULTS = {"frozen_stages": 0, "cpu_bf16": False, "train_source": "all", "train_share": 1.0}
 MONITORS = {"val_loss": "min", "val_rmse": "min", "val_accuracy": "max", "val_balanced_accuracy": "max"}
 
 
@@ -66,6 +68,10 @@ class Recipe:
     frozen_stages: int = 0
     # train under bf16 autocast on a CPU with native bf16 too (CUDA always does; `Runtime.with_cpu_bf16_training`)
     cpu_bf16: bool = False
+    # what of the train split is trained on (`core.data.dataset.Dataset.training_subset`): the photos of one
+    # source ("all", "natural", "originals"), and of those a nested, stratified share: a learning curve's points
+    train_source: str = "all"
+    train_share: float = 1.0
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +97,10 @@ class Recipe:
             problems.append("frozen_stages must be >= 0")
         if self.frozen_stages and self.rotate:
             problems.append("frozen_stages caches plain and mirrored photos only: it cannot train with rotate")
+        if not 0 < self.train_share <= 1:
+            problems.append("train_share must be in (0, 1]")
+        if self.train_source not in TRAIN_SOURCES:
+            problems.append(f"train_source {self.train_source!r} not in {tuple(TRAIN_SOURCES)}")
         if problems:
             raise ValueError("invalid recipe: " + "; ".join(problems))
 
@@ -101,13 +111,13 @@ class Recipe:
     def params(self) -> dict:
         """The configuration as stored with the experiment (notes left out: they are not config).
 
-        `frozen_stages` and `cpu_bf16` appear only when set, so recipes from before them keep their
-        experiment keys.
+        Fields newer than the first recipes appear only when they differ from their default, so
+        recipes from before them keep their experiment keys.
         """
         params = dataclasses.asdict(self)
         params.pop("notes")
-        for newer in ("frozen_stages", "cpu_bf16"):
-            if not params[newer]:
+        for newer in ("frozen_stages", "cpu_bf16", "train_source", "train_share"):
+            if params[newer] == NEWER_DEFAULTS[newer]:
                 params.pop(newer)
         return params
 

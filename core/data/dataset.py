@@ -8,6 +8,7 @@ the data (`Dataset.fingerprint`), derived files such as classical features.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from core.data.cache import assign_rows, cached_images, read_rows
 from core.data.collection import Collection, load_collection
 from core.data.curation import read_curation
 from core.data.recounted import overlay_recounts
+from core.data.sources import TRAIN_SOURCES, photo_sources
 from core.config import MAX_COUNT
 from core.store.layout import collection_folder, features_dir, index_file, record_collection_root, version_dir
 
@@ -45,6 +47,10 @@ class Dataset:
     open_top: bool = False  # a last class for "more than max_count" items (see core.data.collection.load_collection)
     recounted: int = 0  # photos whose label is a person's recount (see core.reconcile.recount_labels)
     curation: dict[str, int | None] = field(default_factory=dict)  # image_id -> train label, None: excluded
+    # what of the train split is trained on (`Dataset.training_subset`): one source's photos, then a share of them
+    train_source: str = "all"
+    train_share: float = 1.0
+    subset_seed: int = 0
 
     @property
     def folder(self) -> Path:
@@ -68,17 +74,33 @@ class Dataset:
         return array
 
     def split(self, name: str) -> pd.DataFrame:
-        """The photos of one split; the train split as curated (`core.reconcile.suspects`): relabelled photos with
-        their new count, excluded ones left out. Every other split keeps every photo's original label."""
+        """The photos of one split. The train split is as curated (`core.reconcile.suspects`: relabelled
+        photos with their new count, excluded ones left out) and as subset (`training_subset`). Every
+        other split keeps every photo, with its original label."""
         part = self.table[self.table["split"] == name]
-        if name != "train" or not self.curation:
+        if name != "train":
             return part
-        curated = part["image_id"].map(self.curation)
-        listed = part["image_id"].isin(list(self.curation))
-        part = part[~(listed & curated.isna())].copy()
-        relabel = part["image_id"].isin([i for i, c in self.curation.items() if c is not None])
-        part.loc[relabel, "count"] = part.loc[relabel, "image_id"].map(self.curation).astype(int)
-        return part
+        if self.curation:
+            curated = part["image_id"].map(self.curation)
+            listed = part["image_id"].isin(list(self.curation))
+            part = part[~(listed & curated.isna())].copy()
+            relabel = part["image_id"].isin([i for i, c in self.curation.items() if c is not None])
+            part.loc[relabel, "count"] = part.loc[relabel, "image_id"].map(self.curation).astype(int)
+        if self.train_source != "all":
+            part = part[np.array(photo_sources(part["path"].tolist())) == TRAIN_SOURCES[self.train_source]]
+        return nested_share(part, self.train_share, self.subset_seed)
+
+    def training_subset(self, source: str = "all", share: float = 1.0, seed: int = 0) -> Dataset:
+        """This data set, training on the train split's photos of `source` only (`TRAIN_SOURCES`), and of
+        those on a nested share (`nested_share`): the points of a learning curve. Validation and test
+        stay whole, so every point is scored on the same photos."""
+        if source not in TRAIN_SOURCES:
+            raise ValueError(f"train_source must be one of {tuple(TRAIN_SOURCES)}, got {source!r}")
+        return dataclasses.replace(self, train_source=source, train_share=share, subset_seed=seed)
+
+    def split_counts(self) -> dict[str, int]:
+        """Photos per split, the train split as trained on."""
+        return {name: len(self.split(name)) for name in SPLITS}
 
     def rows(self, name: str) -> np.ndarray:
         """The cache rows of one split, in table order."""
@@ -124,6 +146,34 @@ def data_fingerprint(table: pd.DataFrame) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
+def unit_draws(groups: pd.Series | list[str], salt: str) -> np.ndarray:
+    """A uniform number in [0, 1) per group: the first 8 bytes of sha256(f"{salt}:{group}"), so a
+    group draws the same number wherever it is."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{salt}:{group}".encode()).digest()[:8], "big") / 2**64
+                     for group in groups])
+
+
+def nested_share(part: pd.DataFrame, share: float, seed: int = 0) -> pd.DataFrame:
+    """`share` of the photos of `part` (a table with count, group and image_id), per count, whole
+    groups at a time, in the order of their draw (`unit_draws`): the photos kept at a smaller share
+    are kept at every larger one (same seed), so a learning curve's points are nested."""
+    if not 0 < share <= 1:
+        raise ValueError(f"train_share must be in (0, 1], got {share}")
+    if share == 1 or part.empty:
+        return part
+    draws = unit_draws(part["group"], f"share:{seed}")
+    keep = np.zeros(len(part), dtype=bool)
+    ids = part["image_id"].to_numpy()
+    for count in np.unique(part["count"].to_numpy()):
+        rows = np.flatnonzero(part["count"].to_numpy() == count)
+        ordered = rows[np.lexsort((ids[rows], draws[rows]))]  # a group's photos side by side
+        kept = max(1, round(share * len(ordered)))
+        taken = np.arange(len(ordered)) < kept
+        taken |= draws[ordered] == draws[ordered[kept - 1]]  # the whole group of the last photo kept
+        keep[ordered[taken]] = True
+    return part[keep]
+
+
 def assign_splits(groups: pd.Series | list[str], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
                   seed: int = 0) -> np.ndarray:
     """The split of each photo, a pure function of (group, seed, fractions).
@@ -134,9 +184,7 @@ def assign_splits(groups: pd.Series | list[str], fractions: tuple[float, float, 
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise ValueError(f"split fractions must be three non-negative numbers adding to 1, got {fractions}")
-    draws = np.array([
-        int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2**64 for group in groups
-    ])
+    draws = unit_draws(groups, str(seed))
     edges = np.cumsum(fractions[:2])
     return np.array(SPLITS, dtype=object)[np.searchsorted(edges, draws, side="right")]
 

@@ -17,6 +17,7 @@ NATURAL_224 = "224 px natural mix"
 ORIGINALS = "originals"
 UNKNOWN = "unreadable header"
 RESIZED_PX = 224
+TRAIN_SOURCES = {"all": None, "natural": NATURAL_224, "originals": ORIGINALS}  # what a run may train on
 
 
 def photo_source(width: int, height: int) -> str:
