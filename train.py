@@ -219,13 +219,14 @@ def cmd_learning_curve(args: argparse.Namespace) -> None:
     try:
         shares = [float(s) for s in args.fractions.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
-        train_learning_curve(root, args.preset, store, shares, seeds, args.sources.split(","), progress=not args.quiet)
+        ids = train_learning_curve(root, args.preset, store, shares, seeds, args.sources.split(","),
+                                   progress=not args.quiet)
         recounts = recounts_if_asked(args, store)
         if recounts is not None:
             train_learning_curve(root, args.preset, store, (1.0,), recounts=recounts, progress=not args.quiet)
     except ValueError as err:
         sys.exit(str(err))
-    curve = learning_curve(store, args.preset, root)
+    curve = learning_curve(store, store.experiment(ids[0]))
     print(f"{args.preset} on {root}: validation photos, each point scored on the same ones\n")
     print(markdown(curve.table()))
     print("\nEach share against the one before it, paired on the same photos of 0..5 items:")

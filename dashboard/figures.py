@@ -286,3 +286,33 @@ def audit_value_curve(curve: AuditCurve, title: str | None = None) -> go.Figure:
     fig.update_xaxes(title="share of bins recounted, riskiest first", tickformat=".0%", range=[0, 1])
     fig.update_yaxes(title="share of wrong records caught", tickformat=".0%", range=[0, 1.02])
     return _layout(fig, title)
+
+
+def learning_curve_figure(points: Sequence[tuple[int, float]], fit_line: Sequence[tuple[int, float]],
+                          projections: Sequence[tuple[int, float, float, float]],
+                          anchors: Sequence[tuple[str, int, float]],
+                          marks: Sequence[tuple[str, int, float]] = ()) -> go.Figure:
+    """Accuracy against training photos (log axis): the runs (`points`: photos, accuracy), the fitted
+    line, its projections with their intervals (photos, accuracy, low, high), the published anchors
+    (label, photos, accuracy) and other marked runs, such as one trained with recounts."""
+    fig = go.Figure()
+    if projections:
+        xs = [p[0] for p in projections]
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[p[3] for p in projections] + [p[2] for p in projections][::-1],
+                                 fill="toself", fillcolor="rgba(31,119,180,0.15)", line=dict(width=0),
+                                 hoverinfo="skip", name="95% interval of the line"))
+    if fit_line:
+        fig.add_trace(go.Scatter(x=[p[0] for p in fit_line], y=[p[1] for p in fit_line], mode="lines",
+                                 line=dict(color=PALETTE[0], dash="dash"), name="fit: a + b·ln(photos)"))
+    fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="markers",
+                             marker=dict(color=PALETTE[0], size=10), name="runs on this data",
+                             hovertemplate="%{x:,} photos: %{y:.3f}<extra></extra>"))
+    for (label, photos, accuracy), colour in zip(marks, PALETTE[2:], strict=False):
+        fig.add_trace(go.Scatter(x=[photos], y=[accuracy], mode="markers", name=label,
+                                 marker=dict(color=colour, size=12, symbol="star")))
+    fig.add_trace(go.Scatter(x=[a[1] for a in anchors], y=[a[2] for a in anchors], mode="markers+text",
+                             text=[a[0] for a in anchors], textposition="bottom left", name="published anchors",
+                             marker=dict(color=PALETTE[3], size=11, symbol="diamond")))
+    fig.update_xaxes(type="log", title="training photos")
+    fig.update_yaxes(title="accuracy, the paper's task (bins of 0..5 items)", tickformat=".0%")
+    return _layout(fig, height=440)

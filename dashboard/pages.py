@@ -31,6 +31,7 @@ PAGES: tuple[Page, ...] = (
     Page("views/lr_finder.py", "Learning-rate finder", ":material/show_chart:", "Models"),
     Page("views/misclassified.py", "Misclassified photos", ":material/image_search:", "Models"),
     Page("views/suspect_labels.py", "Suspect labels", ":material/rule:", "Models"),
+    Page("views/more_photos.py", "What more photos buy", ":material/trending_up:", "Models"),
     Page("views/upload.py", "Upload and count", ":material/photo_camera:", "Counting"),
     Page("views/reconcile.py", "Reconcile a batch", ":material/fact_check:", "Counting"),
     Page("views/batches.py", "Reconciliation batches", ":material/inventory:", "Recounts"),

@@ -295,3 +295,31 @@ def suspects(exp_id: str) -> tuple[pd.DataFrame, str]:
     never trained on, and where those come from, in words."""
     root = store_root()
     return _suspects(root, exp_id, version(root))
+
+
+@st.cache_data(show_spinner="Fitting the learning curve…", max_entries=8)
+def _learning_curve(root: str, exp_id: str, store_version: Version):
+    from core.analysis.learning_curve import learning_curve
+
+    store = Store(root, create=False)
+    return learning_curve(store, store.experiment(exp_id))
+
+
+def learning_curve(exp_id: str):
+    """`core.analysis.learning_curve.learning_curve` of the recipe of `exp_id`, from the store's runs."""
+    root = store_root()
+    return _learning_curve(root, exp_id, version(root))
+
+
+@st.cache_data(ttl=5, show_spinner=False, max_entries=8)
+def _recounted_photos(root: str, store_version: Version) -> int:
+    from core.reconcile.recount_labels import recounted_photos
+
+    store = _store_or_none(root)
+    return len(recounted_photos(store)) if store else 0
+
+
+def recounted_photos() -> int:
+    """How many photos people have recounted to a number so far (each photo once)."""
+    root = store_root()
+    return _recounted_photos(root, version(root))

@@ -83,7 +83,7 @@ def test_empty_store_says_how_to_train(page, tmp_path, monkeypatch):
 def test_the_train_commands_shown_are_real_commands():
     lr_page = (PROJECT_ROOT / "dashboard" / "views" / "lr_finder.py").read_text()
     lr_command = lr_page.split('st.code("')[1].split('"')[0]
-    for line in [*ui.TRAIN_COMMANDS, lr_command]:
+    for line in [*ui.TRAIN_COMMANDS, lr_command, ui.RECONCILE_COMMAND]:
         words = shlex.split(line.split("#")[0])
         assert words[0].endswith("python") and words[1] == "train.py"
         train.build_parser().parse_args(words[2:])  # exits (fails the test) on an unknown command

@@ -59,7 +59,7 @@ def test_a_learning_curve_trains_nested_points_and_scores_them_on_the_same_photo
     ids = train_learning_curve(data, "quick", store, shares=(0.25, 0.5, 1.0), overrides=TINY, progress=False)
     assert len(set(ids)) == 3
     assert train_learning_curve(data, "quick", store, shares=(1.0,), overrides=TINY, progress=False) == ids[-1:]
-    curve = learning_curve(store, "quick", data, overrides=TINY, rounds=200)
+    curve = learning_curve(store, store.experiment(ids[-1]), rounds=200)
     photos = [p.photos for p in curve.points]
     assert [p.share for p in curve.points] == [0.25, 0.5, 1.0] and photos == sorted(photos) and photos[0] < photos[-1]
     scored = {tuple(sorted(p.screened.shown["image_id"])) for p in curve.points}
@@ -72,3 +72,20 @@ def test_a_learning_curve_trains_nested_points_and_scores_them_on_the_same_photo
     table = curve.table()
     assert list(table["training photos"]) == photos and "all: accuracy, paper's task" in table
     assert len(fits_table(curve)) == len(curve.fits)
+
+
+def test_the_what_more_photos_buy_page_draws_the_curve_and_says_what_five_points_cost(tmp_path, monkeypatch):
+    from tests.builders import open_page
+
+    data = write_abid_collection(tmp_path / "data", [count for count in range(6) for _ in range(16)])
+    store = Store(tmp_path / "store")
+    monkeypatch.setenv("BINSIGHT_STORE", str(store.root))
+    train_learning_curve(data, "quick", store, shares=(1.0,), overrides=TINY, progress=False)
+    at = open_page("more_photos")  # one point: no line yet, and the command that adds the others
+    assert "learning-curve --preset quick" in at.code[0].value and not at.metric
+    train_learning_curve(data, "quick", store, shares=(0.25, 0.5), overrides=TINY, progress=False)
+    at = open_page("more_photos")
+    labels = [m.label for m in at.metric]
+    assert "+5% accuracy needs" in labels and "At 324,000 photos" in labels
+    assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 2
+    assert any("People have recounted 0 photos" in c.value for c in at.caption)

@@ -15,7 +15,6 @@ same resample: it says how sure the line is given these photos and runs, not giv
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core.analysis.screening import ScreenedRun, screen
-from core.cnn.recipes import NEWER_DEFAULTS, get_recipe
+from core.cnn.recipes import NEWER_DEFAULTS
 from core.data.sources import NATURAL_224, ORIGINALS, TRAIN_SOURCES, photo_sources
 from core.evaluation.metrics import PairedDifference, with_interval
 from core.store.database import Store, same_root
@@ -179,28 +178,29 @@ def _curve_params(exp: Experiment) -> tuple[str, float, int]:
     return str(p.get("train_source", "all")), float(p.get("train_share", 1.0)), int(p.get("seed", 0))
 
 
-def curve_runs(store: Store, preset: str, data_root: str | Path, overrides: dict | None = None,
-               recounted: bool = False) -> list[Experiment]:
-    """The finished single runs of `preset` (with `overrides`) on `data_root` that differ from it only
+def _base(exp: Experiment) -> dict:
+    return {k: v for k, v in exp.params.items() if k not in CURVE_FIELDS}
+
+
+def curve_runs(store: Store, reference: Experiment, recounted: bool = False) -> list[Experiment]:
+    """The finished single runs of the same recipe as `reference` on its data that differ from it only
     in share, source and seed, trained on the data alone (or, `recounted`, with people's recounts)."""
-    params = json.loads(json.dumps({**get_recipe(preset, overrides).params(), "cv": 0}))  # as stored
-    base = {k: v for k, v in params.items() if k not in CURVE_FIELDS}
     return [e for e in store.experiments("finished")
-            if e.preset == preset and e.is_model and not e.folds and bool(e.recounted_photos) == recounted
-            and same_root(e.data_root, data_root)
-            and {k: v for k, v in e.params.items() if k not in CURVE_FIELDS} == base]
+            if e.preset == reference.preset and e.is_model and not e.folds
+            and bool(e.recounted_photos) == recounted and same_root(e.data_root, reference.data_root)
+            and _base(e) == _base(reference)]
 
 
-def learning_curve(store: Store, preset: str, data_root: str | Path, overrides: dict | None = None,
-                   rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> LearningCurve:
-    """The curve of `preset` on `data_root` from the runs in the store (`curve_runs`): each point's
+def learning_curve(store: Store, reference: Experiment, rounds: int = BOOTSTRAP_ROUNDS,
+                   seed: int = 0) -> LearningCurve:
+    """The curve of `reference`'s recipe from the runs in the store (`curve_runs`): each point's
     validation figures, the paired steps between shares and the log fits with their projections."""
     points, recounted = (tuple(CurvePoint(e, *_curve_params(e), int(e.split_counts.get("train", 0)),
                                           screen(store, [e], "val"))
-                               for e in sorted(curve_runs(store, preset, data_root, overrides, with_recounts),
-                                               key=_curve_params))
+                               for e in sorted(curve_runs(store, reference, with_recounts), key=_curve_params))
                          for with_recounts in (False, True))
-    return LearningCurve(preset, points, tuple(_steps(points)), tuple(_fits(store, points, rounds, seed)), recounted)
+    return LearningCurve(reference.preset, points, tuple(_steps(points)), tuple(_fits(store, points, rounds, seed)),
+                         recounted)
 
 
 def _steps(points: Sequence[CurvePoint]) -> Iterable[Step]:
