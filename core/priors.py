@@ -94,7 +94,10 @@ class BatchMix:
     `low` and `high` bound each count's share between the 5th and 95th percentiles of the
     estimates of `BOOTSTRAP_ROUNDS` resamples of the photos; `spread` is the 90th percentile of
     the total variation between a resample's estimate and `estimate`. Both measure how much the
-    photos at hand move the estimate, not how far ABID's mix pulls it (`pull`)."""
+    photos at hand move the estimate, not how far ABID's mix pulls it: `anchor_share` says that,
+    how far the estimate follows when ABID's mix is swapped for the uniform one, as a share of the
+    distance between the two (about pull / (pull + photos) for a sharp classifier; near 1 for one
+    whose likelihoods say little, which then shows mostly ABID's mix, right or not for this batch)."""
 
     mix: tuple[float, ...]  # the prior the photos are shown under: `estimate`, or uniform where it fell back
     estimate: tuple[float, ...]  # MAP-EM's mix; empty where the photos were too few to estimate it
@@ -103,6 +106,7 @@ class BatchMix:
     spread: float | None  # None where not estimated
     photos: int
     pull: float  # pseudo-photos in ABID's natural mix (`MIX_PULL`)
+    anchor_share: float | None  # how much of `estimate` is ABID's mix, not the photos' (0..1); None: not estimated
     fallback: str = ""  # why the uniform prior is used instead; empty where the estimate is used
 
     @property
@@ -117,13 +121,14 @@ class BatchMix:
         shares = ", ".join(f"{label(k)}: {m:.0%} ({lo:.0%}-{hi:.0%})"
                            for k, (m, lo, hi) in enumerate(zip(self.mix, self.low, self.high, strict=True)))
         return (f"Estimated mix of these {self.photos} photos: {shares}; resamples of the photos move it by at most "
-                f"{self.spread:.2f} (total variation, 9 in 10), with ABID's mix weighing as {self.pull:.0f} photos.")
+                f"{self.spread:.2f} (total variation, 9 in 10); ABID's usual mix, weighing as {self.pull:.0f} photos, "
+                f"makes up {self.anchor_share:.0%} of it.")
 
     def to_dict(self) -> dict[str, object]:
         """The JSON `train.py evaluate` prints."""
         return {"mix": list(self.mix), "estimate": list(self.estimate), "low": list(self.low),
                 "high": list(self.high), "spread": self.spread, "photos": self.photos, "pull": self.pull,
-                "fallback": self.fallback}
+                "anchor_share": self.anchor_share, "fallback": self.fallback}
 
 
 def _floats(values: np.ndarray) -> tuple[float, ...]:
@@ -138,20 +143,21 @@ def batch_mix(likelihood: np.ndarray, open_top: bool, pull: float = MIX_PULL, mi
     where there are fewer than `min_photos` photos, or where the spread exceeds `max_spread`."""
     likelihood = np.atleast_2d(np.asarray(likelihood, dtype=float))
     n, k = likelihood.shape
-    uniform = _floats(uniform_prior(k))
+    even = uniform_prior(k)
     if n < min_photos:
         few = f"{n} photo{' is' if n == 1 else 's are'} too few to estimate their mix (at least {min_photos})"
-        return BatchMix(uniform, (), (), (), None, n, pull, few)
+        return BatchMix(_floats(even), (), (), (), None, n, pull, None, few)
     anchor = natural_prior(k, open_top)
     estimate = map_mix(likelihood, anchor, pull)
+    share = total_variation(estimate, map_mix(likelihood, even, pull)) / max(float(total_variation(anchor, even)), EPS)
     draws = np.random.default_rng(seed).integers(0, n, (rounds, n))
     resampled = np.array([map_mix(likelihood[rows], anchor, pull, start=estimate) for rows in draws])
     low, high = np.quantile(resampled, [0.05, 0.95], axis=0)
     spread = round(float(np.quantile(total_variation(resampled, estimate), SPREAD_QUANTILE)), 4)
     fallback = "" if spread <= max_spread else \
         f"the estimated mix is unsteady (resamples of the photos move it by {spread:.2f}, more than {max_spread:.2f})"
-    return BatchMix(uniform if fallback else _floats(estimate), _floats(estimate), _floats(low), _floats(high),
-                    spread, n, pull, fallback)
+    return BatchMix(_floats(even if fallback else estimate), _floats(estimate), _floats(low), _floats(high),
+                    spread, n, pull, round(min(float(share), 1.0), 4), fallback)
 
 
 def stated_prior(name: str, num_classes: int, open_top: bool, likelihood: np.ndarray | None = None) -> np.ndarray:

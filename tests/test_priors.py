@@ -54,6 +54,7 @@ def test_a_weak_confusable_classifier_does_not_collapse_the_batch_mix():
     assert total_variation(mix, true) <= 0.10
     assert (mix >= true / 2).all()
     assert held.spread is not None and held.spread <= 0.05
+    assert held.anchor_share is not None and held.anchor_share > 0.4  # it says it leans on ABID's mix
     assert (np.array(held.low) <= mix).all() and (mix <= np.array(held.high)).all()
     ece = {name: expected_calibration_error(with_prior(likelihood, prior), y)
            for name, prior in (("uniform", uniform_prior(K)), ("batch", mix))}
@@ -75,16 +76,18 @@ def test_a_small_batch_falls_back_to_the_uniform_prior_and_says_why():
 
 def test_a_clearly_shifted_batch_is_recovered_by_a_good_classifier():
     """2,000 photos mostly of 0..2 items (0.55 from ABID's mix): a good classifier's sharp likelihoods
-    outweigh ABID's 200 pseudo-photos, and the mix is recovered within 0.10; the same batch's
-    estimate is the same each time (the bootstrap is seeded)."""
+    outweigh ABID's 200 pseudo-photos, the mix is recovered within 0.10 and ABID's mix makes up
+    little of it; the same batch's estimate is the same each time (the bootstrap is seeded)."""
     shifted = np.array([0.3, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02])
     likelihood, y = scored(2000, 2, shifted, noise=0.35)
     estimated = batch_mix(likelihood, open_top=True)
     assert total_variation(NATURAL, shares(y)) > 0.5
     assert not estimated.fell_back and total_variation(np.array(estimated.mix), shares(y)) <= 0.10
+    assert estimated.anchor_share is not None and estimated.anchor_share < 0.2
     assert batch_mix(likelihood, open_top=True) == estimated
     line = estimated.summary(lambda k: "more than 5" if k == 6 else str(k))
     assert line.startswith(f"Estimated mix of these 2000 photos: 0: {estimated.mix[0]:.0%} ({estimated.low[0]:.0%}-")
     assert f"more than 5: {estimated.mix[6]:.0%}" in line
-    assert f"move it by at most {estimated.spread:.2f}" in line and "ABID's mix weighing as 200 photos" in line
+    assert f"move it by at most {estimated.spread:.2f}" in line
+    assert line.endswith(f"ABID's usual mix, weighing as 200 photos, makes up {estimated.anchor_share:.0%} of it.")
 
