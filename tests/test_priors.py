@@ -1,5 +1,6 @@
 """A batch's count mix that holds (issue #27): MAP-EM pulled toward ABID's natural mix, checked by a
-bootstrap of the photos, the uniform prior where the batch is too small or the estimate unsteady."""
+bootstrap of the photos, the uniform prior where the batch is too small or the estimate unsteady;
+on generated likelihoods and on the shared sample's natural-mix test split."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,6 +17,7 @@ from core.priors import (
     uniform_prior,
     with_prior,
 )
+from tests.builders import requires_sample
 
 K = 7  # 0..5 items and "more than 5", as `make run`'s models count
 NATURAL = natural_prior(K, open_top=True)
@@ -91,3 +93,64 @@ def test_a_clearly_shifted_batch_is_recovered_by_a_good_classifier():
     assert f"move it by at most {estimated.spread:.2f}" in line
     assert line.endswith(f"ABID's usual mix, weighing as 200 photos, makes up {estimated.anchor_share:.0%} of it.")
 
+
+@requires_sample
+def test_the_batch_mix_of_the_samples_natural_mix_test_split_holds():
+    """Issue #27's bar on real photos: the shared sample's natural-mix photos (source
+    NubZoro/bin_validator, 224 px, ABID's natural count mix), split as training splits them. A weak
+    classifier, cheaply: ImageNet EfficientNet-Lite0's pooled features at 96 px, a balanced logistic
+    regression fitted on 1,200 photos of the training split, the project's calibration fitted on
+    600 of the validation split. The batch is the whole test split (638 photos, 0..5 and "more than 5").
+    ABID's mix, which the estimate leans on, was counted on this source's 6,499 photos, these among
+    them: here the pull points at the truth (the generated tests above hold the other cases).
+
+    - the estimated mix is within 0.10 of the true mix (total variation);
+    - the ECE of the probabilities shown under it is at most the uniform prior's + 0.02.
+
+    The issue's third goal, balanced accuracy no lower than under the uniform prior, does NOT hold
+    here and cannot for any prior near this batch's true mix: the count shown is the most probable
+    under the prior, and balanced accuracy is highest under the uniform one. Under the true mix itself
+    it falls from ~0.33 to ~0.25 (the rare empty bins are rarely named). What is held instead: the
+    estimate costs no more than 0.05 of balanced accuracy beyond what knowing the true mix costs.
+    """
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from core.calibration import decide, fit_calibration
+    from core.classical.features import extract, make_extractor
+    from core.collection import load_collection
+    from core.config import SHARED_SAMPLE
+    from core.dataset import assign_splits
+    from core.images import load_rgb
+    from core.metrics import count_report
+
+    manifest = pd.read_csv(SHARED_SAMPLE / "manifest.csv")
+    natural = {name.rsplit("/", 1)[-1] for name in manifest.loc[manifest["source_repo"] == "NubZoro/bin_validator",
+                                                                  "file"]}
+    table = load_collection(SHARED_SAMPLE, items=False, open_top=True).table
+    table = table[[path.rsplit("/", 1)[-1] in natural for path in table["path"]]]
+    split = assign_splits(table["group"])
+    rng = np.random.default_rng(0)
+    rows = {"train": rng.choice(np.flatnonzero(split == "train"), 1200, replace=False),
+            "val": rng.choice(np.flatnonzero(split == "val"), 600, replace=False),
+            "test": np.flatnonzero(split == "test")}
+    paths, counts = table["path"].to_numpy(), table["count"].to_numpy()
+    features = {part: extract(make_extractor("cnn"), np.stack([load_rgb(p, 96) for p in paths[r]]))
+                for part, r in rows.items()}
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000))
+    classifier.fit(features["train"], counts[rows["train"]])
+    calibration = fit_calibration(classifier.predict_proba(features["val"]), counts[rows["val"]])
+    likelihood, y = calibration.likelihood(classifier.predict_proba(features["test"])), counts[rows["test"]]
+
+    estimated = batch_mix(likelihood, open_top=True)
+    priors = {"uniform": uniform_prior(K), "batch": np.array(estimated.mix), "true mix": shares(y)}
+    shown = {name: with_prior(likelihood, prior) for name, prior in priors.items()}
+    ece = {name: expected_calibration_error(probs, y) for name, probs in shown.items()}
+    balanced = {name: count_report(y, decide(probs), K).balanced_accuracy for name, probs in shown.items()}
+    figures = f"{len(y)} photos; {estimated.summary()}; ECE {ece}; balanced accuracy {balanced}"
+    assert len(y) > 600 and not estimated.fell_back, figures
+    assert total_variation(priors["batch"], priors["true mix"]) <= 0.10, figures
+    assert ece["batch"] <= ece["uniform"] + 0.02, figures
+    assert balanced["batch"] >= balanced["true mix"] - 0.05, figures
