@@ -17,9 +17,9 @@ a small miscalibration sends it to a few counts. On 2,500 real natural-mix photo
 balanced accuracy 0.40, it put the mix on counts 0 and 3 and the ECE rose from 0.046 to 0.389
 (issue #27). With the pull, the photos move the estimate as far as their likelihoods say: a good
 classifier's sharp likelihoods outweigh a few hundred pseudo-photos, a weak one's flat ones do not.
-How sure the estimate is comes from a bootstrap of the photos (`BatchMix`); where the batch is too
-small or the estimate is unsteady, the photos are shown under the uniform prior, and `BatchMix`
-says why.
+How sure the estimate is comes from a bootstrap of the photos, and how much of it is ABID's mix
+rather than the photos' from swapping the anchor (`BatchMix`); where the batch is too small or the
+estimate is unsteady, the photos are shown under the uniform prior, and `BatchMix` says why.
 """
 from __future__ import annotations
 
