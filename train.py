@@ -150,7 +150,10 @@ def counter_for(name: str, store_root: Path | None, data: Path | None = None, pr
 def cmd_count(args: argparse.Namespace) -> None:
     counter = counter_for(args.model, args.store, prior=args.prior)
     print(f"probabilities under the {args.prior} prior; the count is the most probable one", file=sys.stderr)
-    for path, result in zip(args.images, counter.count_batch(args.images), strict=True):
+    results = counter.count_batch(args.images)
+    if batch := next((r.batch for r in results if not isinstance(r, Exception) and r.batch is not None), None):
+        print(batch.summary(counter.exp.count_label), file=sys.stderr)
+    for path, result in zip(args.images, results, strict=True):
         if isinstance(result, Exception):
             print(f"{path}: cannot count: {result}")
         else:
@@ -181,9 +184,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     root = data_dir(args.data)
     try:
-        report = evaluate_folder(counter_for(args.model, args.store, root, args.prior), root, Store(args.store))
+        counter = counter_for(args.model, args.store, root, args.prior)
+        report = evaluate_folder(counter, root, Store(args.store))
     except ValueError as err:
         sys.exit(str(err))
+    if report.batch is not None:
+        print(report.batch.summary(counter.exp.count_label), file=sys.stderr)
     print(json.dumps(report.to_dict(), indent=2))
 
 
@@ -478,7 +484,9 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
                                   "served as an ensemble")
     flags["prior"].add_argument("--prior", choices=PRIORS, default=DEFAULT_PRIOR,
                                 help="the prior the probabilities shown are under: every count alike, ABID's natural "
-                                     "count mix, or the mix of the photos given, estimated from them (EM); the count "
+                                     "count mix, or the mix of the photos given, estimated from them (EM pulled toward "
+                                     "ABID's mix; every count alike where too few photos or an unsteady estimate, "
+                                     "said on stderr); the count "
                                      f"is the most probable one (default {DEFAULT_PRIOR})")
     flags["labels"].add_argument("--with-recounts", action="store_true",
                                  help="add the photos people recounted (the store's recounts collection); a recount "

@@ -1,6 +1,6 @@
 """Calibration maps chosen by cross-fitting: overconfidence softened, a learnt prior taken out,
 nothing forced on probabilities that are already right; one decision rule; the prior explicit
-(uniform, natural, a batch's own by EM); calibration records of an older release still load."""
+(uniform, natural, a batch's own, estimated); calibration records of an older release still load."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 from core.evaluation.calibration import Calibration, decide, fit_calibration, fit_map, fit_posterior, summary_on_test
 from core.evaluation.metrics import expected_calibration_error
-from core.evaluation.priors import NATURAL_MIX, batch_prior, natural_prior, stated_prior, uniform_prior, with_prior
+from core.evaluation.priors import NATURAL_MIX, natural_prior, stated_prior, uniform_prior, with_prior
 from tests.builders import requires_sample
 
 
@@ -90,22 +90,24 @@ def test_the_count_shown_is_the_most_probable_count_of_the_probabilities_shown()
     prior = np.array([6.0, 1, 1, 6, 1, 1])
     probs, y = overconfident(1500, 8, prior)
     fitted = fit_map(probs, y, "temperature+bias")
-    for stated in (uniform_prior(6), natural_prior(6, False), batch_prior(fitted.likelihood(probs))):
+    batch = stated_prior("batch", 6, False, fitted.likelihood(probs))
+    for stated in (uniform_prior(6), natural_prior(6, False), batch):
         shown = with_prior(fitted.likelihood(probs), stated)
         np.testing.assert_array_equal(decide(shown), shown.argmax(1))
     assert (decide(with_prior(fitted.likelihood(probs), natural_prior(6, False)))
             != decide(fitted.likelihood(probs))).any()  # the prior is what moves a count, and it is stated
 
 
-def test_em_recovers_a_batch_mix_and_a_lone_photo_stays_near_uniform():
-    """Saerens et al. 2002: with likelihoods of a calibrated model, EM finds the mix of a batch."""
+def test_the_batch_prior_recovers_a_batch_mix_and_a_lone_photo_is_under_the_uniform_prior():
+    """Saerens et al. 2002: with likelihoods of a calibrated model, EM finds the mix of a batch
+    (`core.evaluation.priors.batch_mix`, whose own tests are in test_priors.py)."""
     shares = np.array([0.05, 0.05, 0.1, 0.2, 0.3, 0.3])
     probs, y = overconfident(4000, 9, shares=shares)
     fitted = fit_calibration(*overconfident(2000, 10))  # calibrated on photos of uniform counts
-    estimated = batch_prior(fitted.likelihood(probs))
+    estimated = stated_prior("batch", 6, False, fitted.likelihood(probs))
     assert np.abs(estimated - np.bincount(y, minlength=6) / len(y)).max() < 0.04
-    lone = batch_prior(fitted.likelihood(probs[:1]))
-    assert lone.max() < 0.3  # one photo is not a mix of one count
+    lone = stated_prior("batch", 6, False, fitted.likelihood(probs[:1]))
+    np.testing.assert_allclose(lone, uniform_prior(6))  # one photo is not a mix of one count
     with pytest.raises(ValueError, match="batch"):
         stated_prior("batch", 6, False)
     with pytest.raises(ValueError, match="unknown prior"):

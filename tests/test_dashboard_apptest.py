@@ -275,6 +275,8 @@ def test_upload_shows_the_most_probable_count_of_the_bars_it_draws(store, counte
     at.file_uploader(key="up-files").set_value(odd)
     rerun(at)
     assert any(c.value.startswith(f"Probabilities under {describe(prior)}") for c in at.caption)
+    fallback = "Every count alike: 3 photos are too few to estimate their mix (at least 50)."
+    assert any(c.value == fallback for c in at.caption) == (prior == "batch")  # the batch prior says how sure
     counted = [m.value for m in at.metric if m.label == "Items counted"]
     confidence = [m.value for m in at.metric if m.label == "Confidence"]
     bars = [np.asarray(fig.data[0].y, dtype=float) for fig in charts(at)]

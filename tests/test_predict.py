@@ -188,10 +188,11 @@ def test_count_cli_prints_the_most_probable_count_of_the_probabilities_it_prints
         (tmp_path / name).write_bytes(data)
         paths.append(str(tmp_path / name))
     model = counters["cnn"].exp_id
-    for prior in ("uniform", "natural"):
+    for prior in ("uniform", "natural", "batch"):
         run = run_cli("count", *paths, "--model", model, "--prior", prior, store=trained_store)
         assert run.returncode == 0, run.stderr
         assert f"under the {prior} prior" in run.stderr
+        assert ("Every count alike: 3 photos are too few to estimate their mix" in run.stderr) == (prior == "batch")
         lines = run.stdout.strip().splitlines()
         assert len(lines) == 3
         counter = counters["cnn"].with_prior(prior)
@@ -255,6 +256,14 @@ def test_evaluate_cli_scores_every_photo_of_another_collection(trained_store, tm
     report_natural = json.loads(natural.stdout)
     assert report_natural["prior"] == "natural"
     assert report_natural["ece"] == pytest.approx(report["ece_by_prior"]["natural"], abs=1e-4)
+    assert "batch_mix" not in report_natural
+    batch = run_cli("evaluate", "--model", "best", "--data", str(other), "--prior", "batch", store=trained_store,
+                    ABID_DATA=str(trained_store.parent / "data"))
+    assert batch.returncode == 0, batch.stderr
+    assert "Every count alike: 12 photos are too few to estimate their mix" in batch.stderr  # said, with why
+    report_batch = json.loads(batch.stdout)
+    assert report_batch["batch_mix"]["photos"] == 12 and report_batch["batch_mix"]["fallback"]
+    assert report_batch["batch_mix"]["mix"] == pytest.approx([1 / 6] * 6)
 
 
 def test_cli_without_models_says_how_to_train(tmp_path):

@@ -4,7 +4,7 @@ Every model family exposes `load_predictor(folder, artifact, num_classes)`: uint
 at the experiment's `image_size` in, class probabilities out. The experiment's calibration
 turns them into likelihoods; a cross-validated experiment is K such models, served as the mean
 of their likelihoods. What a counter shows is the posterior under its stated prior
-(`core.evaluation.priors`: uniform by default, ABID's natural mix, or the batch's own mix by EM), and the
+(`core.evaluation.priors`: uniform by default, ABID's natural mix, or the batch's own mix, estimated), and the
 count shown is its most probable count (`core.evaluation.calibration.decide`). Photos reach the models
 through `core.data.images.load_rgb`, the same decoder that filled the training cache, so training
 and serving see identical pixels. Loading only loads: calibration happened when the experiment
@@ -30,7 +30,7 @@ from core.data.images import ImageError, ImageSource, decoded_batches, load_rgb
 from core.data.sources import photo_sources
 from core.evaluation.calibration import decide
 from core.evaluation.metrics import SplitFigures, ece_by_prior, expected_count, split_figures
-from core.evaluation.priors import DEFAULT_PRIOR, PRIORS, stated_prior, with_prior
+from core.evaluation.priors import DEFAULT_PRIOR, PRIORS, BatchMix, batch_mix, stated_prior, with_prior
 from core.store.database import Store, best_of, same_root
 from core.store.layout import fold_dir
 from core.store.records import Experiment
@@ -50,6 +50,7 @@ class CountResult:
     expected: float  # probability-weighted mean count
     confidence: float  # probability of `count`
     prior: list[float]  # the prior `probs` are under (see `BinCounter.prior_name`)
+    batch: BatchMix | None = None  # under the "batch" prior: the batch's estimated mix, how sure, any fallback
 
 
 def model_folders(store: Store, exp: Experiment) -> list[Path]:
@@ -116,10 +117,12 @@ class BinCounter:
         """What is shown for photos of these likelihoods, counted together: the posteriors under the
         stated prior (for "batch", the mix of these photos) and their most probable counts."""
         likelihoods = np.atleast_2d(likelihoods)
-        prior = stated_prior(self.prior_name, self.num_classes, self.exp.open_top, likelihoods)
+        batch = batch_mix(likelihoods, self.exp.open_top) if self.prior_name == "batch" else None
+        prior = stated_prior(self.prior_name, self.num_classes, self.exp.open_top) if batch is None \
+            else np.asarray(batch.mix)
         probs = with_prior(likelihoods, prior)
         counts, rounded, prior_list = decide(probs), probs.round(6), prior.round(6).tolist()
-        return [CountResult(int(c), r.tolist(), float(e), float(r[c]), prior_list)
+        return [CountResult(int(c), r.tolist(), float(e), float(r[c]), prior_list, batch)
                 for c, r, e in zip(counts, rounded, expected_count(probs), strict=True)]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -208,11 +211,14 @@ class FolderScore:
     prior: str = DEFAULT_PRIOR  # the prior the figures' probabilities are under (`core.evaluation.priors`)
     ece_by_prior: dict[str, float] = field(default_factory=dict)  # `core.evaluation.metrics.ece_by_prior`
     by_source: dict[str, SourceScore] = field(default_factory=dict)  # `core.data.sources`
+    batch: BatchMix | None = None  # under the "batch" prior: the mix the figures are under
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON `train.py evaluate` prints: model, scope, prior, the figures' keys, the ECE under
-        each prior, the same per source, then what was left out."""
-        return {"model": self.model, "scope": self.scope, "prior": self.prior, **self.figures.to_dict(),
+        """The JSON `train.py evaluate` prints: model, scope, prior (with the batch's estimated mix under
+        the "batch" prior), the figures' keys, the ECE under each prior, the same per source, then what
+        was left out."""
+        return {"model": self.model, "scope": self.scope, "prior": self.prior,
+                **({"batch_mix": self.batch.to_dict()} if self.batch is not None else {}), **self.figures.to_dict(),
                 "ece_by_prior": self.ece_by_prior,
                 "by_source": {name: score.to_dict() for name, score in self.by_source.items()},
                 "left_out_counts": self.left_out_counts, "unreadable": self.unreadable}
@@ -265,4 +271,4 @@ def evaluate_folder(counter: BinCounter, root: str | Path, store: Store | None =
     overall = score(np.ones(len(truth), dtype=bool))
     return FolderScore(counter.exp_id, scope, overall.figures, collection.out_of_range,
                        len(collection.skipped) + len(results) - len(ok), counter.prior_name, overall.ece_by_prior,
-                       by_source)
+                       by_source, counted[0].batch)

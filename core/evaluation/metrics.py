@@ -339,8 +339,8 @@ def paper_task(y_true, probs: np.ndarray, num_classes: int, open_top: bool = Fal
 
 def ece_by_prior(likelihood: np.ndarray, y_true, num_classes: int, open_top: bool = False) -> dict[str, float]:
     """ECE of the probabilities shown under each stated prior (`core.evaluation.priors.PRIORS`; "batch": the
-    mix of these photos by EM), from the photos' likelihoods: which prior these photos' shown
-    probabilities are calibrated under."""
+    mix of these photos as `core.evaluation.priors.batch_mix` estimates it), from the photos' likelihoods: which
+    prior these photos' shown probabilities are calibrated under."""
     likelihood = np.asarray(likelihood, dtype=float)
     return {name: round(expected_calibration_error(
         with_prior(likelihood, stated_prior(name, num_classes, open_top, likelihood)), y_true), 5) for name in PRIORS}

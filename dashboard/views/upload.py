@@ -38,9 +38,8 @@ st.caption(f"Probabilities under {describe(prior)}; the count shown is the most 
            f"(and every count alike before the photo is seen, whatever prior is shown); "
            f"a bin is flagged at a probability of a mismatch of {MISMATCH_THRESHOLD:.0%} or more.")
 counts = state.photo_counts(exp.id, state.store_root(), photos, prior)
-if prior == "batch" and (counted := next((p.result for p in counts if p.result is not None), None)):
-    st.caption("Estimated mix of these photos: " + ", ".join(f"{exp.count_label(k)}: {share:.0%}"
-                                                              for k, share in enumerate(counted.prior)))
+if batch := next((p.result.batch for p in counts if p.result is not None and p.result.batch is not None), None):
+    st.caption(batch.summary(exp.count_label))
 
 
 def show(i: int, photo: counting.PhotoCount, data: bytes) -> None:
