@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from core.evaluation.metrics import PairedDifference, SplitFigures, headline_text, paper_task
+from core.evaluation.metrics import PairedDifference, SplitFigures, headline_text, largest_confusion, paper_task
 from core.store.records import Experiment
 
 
@@ -197,3 +197,13 @@ def batches_table(batches: Sequence, recounted: dict[str, int] | None = None) ->
         "rule": b.settings.get("rule", ""),
     } for b in batches], columns=["batch", "created", "model", "bins", "checked", "flagged", "errors",
                                   "outcomes recorded", "prior share of wrong records", "rule"])
+
+
+def confusion_line(exp: Experiment, figures: SplitFigures | None) -> str | None:
+    """The model's most frequent mistake on a split, in words (None where it makes none)."""
+    cell = largest_confusion(figures.confusion_matrix) if figures else None
+    if cell is None:
+        return None
+    held = "item" if exp.count_label(cell.true) == "1" else "items"
+    return (f"most frequent mistake: bins of {exp.count_label(cell.true)} {held} counted as "
+            f"{exp.count_label(cell.predicted)}, {cell.photos:,} of {cell.of:,} ({cell.share:.0%})")

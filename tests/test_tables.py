@@ -114,3 +114,18 @@ def test_item_names_from_abid_metadata():
                         {"asin": "B002", "name": "", "quantity": 1}])
     assert tables.item_names(items) == ["2 × Phone case", "B002"]
     assert tables.item_names("") == [] and tables.item_names("not json") == []
+
+
+def test_the_most_frequent_mistake_is_said_in_words():
+    from core.evaluation.metrics import SplitFigures, largest_confusion
+    from core.store.records import Experiment
+    from dashboard.tables import confusion_line
+
+    matrix = [[5, 1, 0], [38, 60, 3], [0, 9, 40]]  # rows: true count
+    cell = largest_confusion(matrix)
+    assert (cell.true, cell.predicted, cell.photos, cell.of) == (1, 0, 38, 101)
+    exp = Experiment(id="e", name="m", family="cnn", model="lite0", params={}, config_key="k", dataset="d",
+                     data_root="r", status="finished", started_at=0.0, num_classes=3, open_top=True)
+    assert confusion_line(exp, SplitFigures(confusion_matrix=matrix)) == \
+        "most frequent mistake: bins of 1 item counted as 0, 38 of 101 (38%)"
+    assert largest_confusion([[3, 0], [0, 4]]) is None and confusion_line(exp, None) is None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -379,3 +379,30 @@ def split_figures(y_true, probs: np.ndarray, num_classes: int, open_top: bool = 
             confusion_matrix=confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist(),
             open_class=OpenClass(int(len(hits)), recall, class_intervals[top]))
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class Confusion:
+    """One cell of a confusion matrix: `photos` of the `of` photos holding `true` items were counted as `predicted`."""
+
+    true: int
+    predicted: int
+    photos: int
+    of: int
+
+    @property
+    def share(self) -> float:
+        return self.photos / self.of if self.of else 0.0
+
+
+def largest_confusion(matrix: Sequence[Sequence[int]]) -> Confusion | None:
+    """The most frequent mistake of a confusion matrix (rows: true count), None where there is none."""
+    cells = np.asarray(matrix, dtype=int)
+    if cells.size == 0:
+        return None
+    off = cells.copy()
+    np.fill_diagonal(off, 0)
+    if not off.any():
+        return None
+    true, predicted = np.unravel_index(int(off.argmax()), off.shape)
+    return Confusion(int(true), int(predicted), int(off[true, predicted]), int(cells[true].sum()))

@@ -21,6 +21,9 @@ else:
               help=f"share of test photos counted exactly right; 95% interval {top['accuracy (95% CI)']}")
     c4.metric("RMSE", f"{top['RMSE']:.2f}",
               help=f"typical error in items (root mean squared); 95% interval {top['RMSE (95% CI)']}")
+    best = next((e for e in exps if e.id == state.best_id()), None)
+    if best is not None and (mistake := tables.confusion_line(best, best.metrics)):
+        st.markdown(f"**{best.name}**'s {mistake}, on its test photos.")
     st.subheader("Leaderboard")
     st.caption(f"{state.best_rule_text()}. Ranked by that figure (\"chosen on\": validation, or out-of-fold for "
                "cross-validated models), with test figures beside it; brackets hold 95% bootstrap intervals. "

@@ -35,6 +35,8 @@ if (open_class := metrics.open_class) and exp.num_classes:
     st.caption(f"Accuracy, balanced accuracy and RMSE are on bins of 0..{exp.num_classes - 2} items, the paper's task. "
                f"The model also learns \"{exp.count_label(exp.num_classes - 1)}\": it recognises "
                f"{open_class.recall or 0:.0%} of the {open_class.n} test bins that hold more (the last bar).")
+if mistake := tables.confusion_line(exp, metrics):
+    st.markdown(f"**Its {mistake}**, on the test photos; the confusion matrix page shows them.")
 st.dataframe(per_class, hide_index=True, column_config={
     "accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
     "RMSE": st.column_config.NumberColumn(format="%.3f"),
