@@ -262,8 +262,9 @@ def test_every_page_shows_content_and_no_figure_is_cut_off(tmp_path):
                 expect(page.get_by_test_id("stException")).to_have_count(0)
                 expect(page.get_by_text("This app has encountered an error")).to_have_count(0)
                 expect(page.get_by_text("Train a model from the project folder")).to_have_count(0)
-                shown = page.get_by_test_id("stMain").inner_text()
-                assert page.locator(CONTENT).count(), f"{each.title} shows nothing but hints: {shown}"
+                expect(page.locator(CONTENT).first, f"{each.title} shows nothing but hints").to_be_attached(
+                    timeout=30_000)
+                settled(page)
                 assert page.evaluate(CUT_OFF) == [], each.title
             page.goto(f"{url}/queue")
             open_bin(page, over_five[0])
