@@ -237,7 +237,7 @@ def cmd_learning_curve(args: argparse.Namespace) -> None:
     print(markdown(curve.table()))
     print("\nEach share against the one before it, paired on the same photos of 0..5 items:")
     for step in curve.steps:
-        print(f"- {step.train_source}, seed {step.seed}, {step.smaller:g} -> {step.larger:g}: {step.verdict}")
+        print(f"- {step.verdict}")
     print("\nAccuracy on the paper's task against log(training photos), carried out to ABID's size:\n")
     print(markdown(fits_table(curve)))
     print("\nAnchors: " + "; ".join(f"{a.label}: {a.accuracy:.3f} at {a.photos:,} photos" for a in ANCHORS))

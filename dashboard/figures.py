@@ -299,7 +299,7 @@ def learning_curve_figure(points: Sequence[tuple[int, float]], fit_line: Sequenc
     if projections:
         xs = [p[0] for p in projections]
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[p[3] for p in projections] + [p[2] for p in projections][::-1],
-                                 fill="toself", fillcolor="rgba(31,119,180,0.15)", line=dict(width=0),
+                                 mode="lines", fill="toself", fillcolor="rgba(31,119,180,0.15)", line=dict(width=0),
                                  hoverinfo="skip", name="95% interval of the line"))
     if fit_line:
         fig.add_trace(go.Scatter(x=[p[0] for p in fit_line], y=[p[1] for p in fit_line], mode="lines",

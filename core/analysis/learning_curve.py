@@ -196,11 +196,21 @@ def learning_curve(store: Store, reference: Experiment, rounds: int = BOOTSTRAP_
     """The curve of `reference`'s recipe from the runs in the store (`curve_runs`): each point's
     validation figures, the paired steps between shares and the log fits with their projections."""
     points, recounted = (tuple(CurvePoint(e, *_curve_params(e), int(e.split_counts.get("train", 0)),
-                                          screen(store, [e], "val"))
+                                          screen(store, [e], "val", _label(e)))
                                for e in sorted(curve_runs(store, reference, with_recounts), key=_curve_params))
                          for with_recounts in (False, True))
     return LearningCurve(reference.preset, points, tuple(_steps(points)), tuple(_fits(store, points, rounds, seed)),
                          recounted)
+
+
+def _label(exp: Experiment) -> str:
+    """A point in words, e.g. "1/8 of the natural-mix photos" (as the paired verdicts name it)."""
+    source, share, seed = _curve_params(exp)
+    part = "all" if share == 1 else f"1/{round(1 / share)}" if (1 / share).is_integer() else f"{share:g}"
+    photos = {"all": "training photos", "natural": "natural-mix training photos",
+              "originals": "original training photos"}[source]
+    return f"{part} of the {photos}" + (f" (seed {seed})" if seed else "") + \
+        (f" + {exp.recounted_photos:,} recounted" if exp.recounted_photos else "")
 
 
 def _steps(points: Sequence[CurvePoint]) -> Iterable[Step]:
@@ -278,6 +288,6 @@ def fits_table(curve: LearningCurve) -> pd.DataFrame:
                                                   f"–{fit.slope_high * np.log(2):+.3f})"}
         for p in fit.projections:
             row[f"at {p.photos:,}"] = f"{p.accuracy:.3f} ({p.low:.3f}–{p.high:.3f})"
-        row["+0.05 needs"] = f"{fit.photos_for(0.05):,.0f} photos"
+        row["+0.05 at"] = f"{fit.photos_for(0.05):,.0f} photos"
         rows.append(row)
     return pd.DataFrame(rows)

@@ -66,7 +66,7 @@ table = curve.table()
 st.dataframe(table[table["trained on"] == train_source], hide_index=True)
 steps = [s for s in curve.steps if s.train_source == train_source]
 if steps:
-    st.markdown("\n".join(f"- {s.smaller:g} → {s.larger:g} of the split (seed {s.seed}): {s.verdict}" for s in steps))
+    st.markdown("\n".join(f"- {s.verdict}" for s in steps))
 if fit is not None:
     st.dataframe(pd.DataFrame([{"training photos": f"{q.photos:,}", "accuracy": f"{q.accuracy:.1%}",
                                 "95% interval": f"{q.low:.1%}–{q.high:.1%}"} for q in fit.projections]),
