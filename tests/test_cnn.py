@@ -10,7 +10,7 @@ import torch
 from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
 from core.cnn.backbones import build_model, input_normalization, to_model_input
 from core.cnn.checkpoint import CHECKPOINT
-from core.cnn.inputs import random_flip, random_rotation
+from core.cnn.inputs import random_symmetries
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer
 from core.data.dataset import prepare_dataset
 from core.store.database import Store
@@ -38,22 +38,22 @@ def test_model_input_is_normalised_channels_first():
         to_model_input(images.float(), ((0, 0, 0), (1, 1, 1)))
 
 
-def test_random_flip_mirrors_some_images_only():
+def test_flips_alone_mirror_some_images_left_right_only():
     images = torch.arange(16 * 2 * 3 * 3, dtype=torch.int64).reshape(16, 2, 3, 3).to(torch.uint8)
-    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = random_symmetries(images, torch.Generator().manual_seed(0), flip=True, rotate=False)
     mirrored = [torch.equal(f, i.flip(1)) for f, i in zip(flipped, images, strict=True)]
     unchanged = [torch.equal(f, i) for f, i in zip(flipped, images, strict=True)]
     assert all(m or u for m, u in zip(mirrored, unchanged, strict=True)) and any(mirrored) and any(unchanged)
 
 
-def test_random_rotation_turns_each_image_by_a_quarter_turn_multiple():
+def test_turns_alone_turn_each_image_by_a_quarter_turn_multiple():
     images = torch.randint(0, 256, (64, 4, 4, 3), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
-    turned = random_rotation(images, torch.Generator().manual_seed(0))
+    turned = random_symmetries(images, torch.Generator().manual_seed(0), flip=False, rotate=True)
     turns = [next(k for k in range(4) if torch.equal(t, i.rot90(k, dims=(0, 1))))
              for t, i in zip(turned, images, strict=True)]
     assert set(turns) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="square"):
-        random_rotation(images[:, :, :3], torch.Generator())
+        random_symmetries(images[:, :, :3], torch.Generator(), rotate=True)
 
 
 def test_lr_schedules():

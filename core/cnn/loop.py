@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from core.cnn.backbones import input_normalization, set_body_trainable
 from core.cnn.checkpoint import BEST, FitState, load_checkpoint, load_state_dict, save_checkpoint, save_state_dict
 from core.cnn.evaluate import confusion_summary, predict, score
 from core.cnn.feature_cache import FeatureInputs, FrozenFront
-from core.cnn.inputs import ImageInputs, batches
+from core.cnn.inputs import CachedRows, DeviceBatches, ImageInputs, training_plan
 from core.cnn.lr_finder import LRCurve, lr_sweep
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer, set_lr
 from core.cnn.recipes import MONITORS, Phase, Recipe
@@ -77,6 +76,7 @@ class Trainer:
                  log_curve: Callable[[str, LRCurve], None] | None = None,
                  log_resume: Callable[[int], None] | None = None, progress: bool = True):
         self.model, self.recipe, self.data, self.runtime, self.folder = model, recipe, data, runtime, folder
+        self.batch_size = recipe.batch_size
         self.log_epoch, self.log_curve, self.log_resume = log_epoch, log_curve, log_resume
         self.progress = progress and runtime.is_main
         self.normalization = input_normalization(recipe.backbone)
@@ -95,24 +95,25 @@ class Trainer:
             self.net, self.inputs = self.front.upper, self.front.inputs(recipe.flip)
 
     # ---- data ----------------------------------------------------------------------------
-    def _train_loader(self, size: int) -> tuple[torch.utils.data.DataLoader, DistributedSampler[int]]:
-        dataset = self.inputs.dataset(size, self.data.train.rows, self.data.train.counts)
-        # one sampler for 1 or N processes: a seeded shuffle per epoch, each rank its own share
-        sampler: DistributedSampler[int] = DistributedSampler(
-            dataset, num_replicas=self.runtime.world_size, rank=self.runtime.rank, shuffle=True, seed=self.recipe.seed)
-        # a last batch of one image breaks BatchNorm on 1x1 feature maps; drop short batches if there are full ones
-        loader = batches(dataset, self.recipe.batch_size, self.runtime.cuda, self.runtime.loader_workers, sampler,
-                         drop_last=len(sampler) >= self.recipe.batch_size)
-        return loader, sampler
+    def _train_data(self, size: int) -> CachedRows:
+        return self.inputs.dataset(size, self.data.train.rows, self.data.train.counts).by_row()
+
+    def _batches(self, data: CachedRows, epoch: int) -> DeviceBatches:
+        """One epoch of training batches on the device: for 1 or N processes a seeded shuffle per epoch, each rank
+        its own share (`training_plan`)."""
+        plan = training_plan(len(data), self.batch_size, self.recipe.seed, epoch, self.runtime.rank,
+                             self.runtime.world_size)
+        return DeviceBatches(data, plan, self.runtime.device)
 
     def _flip_generator(self, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch * 1_009 + self.runtime.rank)
+        """The epoch's augmentation draws, on the device (no copy of the draws to it in every step)."""
+        generator = torch.Generator(device=self.runtime.device)
+        return generator.manual_seed(self.recipe.seed * 1_000_003 + epoch * 1_009 + self.runtime.rank)
 
-    def _endless(self, loader, sampler) -> Iterator:
-        """Network inputs (not augmented) and counts, round after round of the loader."""
+    def _endless(self, data: CachedRows) -> Iterator:
+        """Network inputs (not augmented) and counts, round after round of shuffled batches."""
         for round_ in itertools.count():
-            sampler.set_epoch(10_000 + round_)
-            for batch, counts in loader:
+            for batch, counts in self._batches(data, 10_000 + round_):
                 yield self.inputs.train_batch(batch, None), counts
 
     def _set_trainable(self, phase: Phase) -> None:
@@ -121,8 +122,9 @@ class Trainer:
             self.front.freeze()
 
     # ---- one epoch -----------------------------------------------------------------------
-    def _train_epoch(self, model: nn.Module, loader, optimizer, phase: Phase, t0: int, epoch: int) -> dict:
+    def _train_epoch(self, model: nn.Module, data: CachedRows, optimizer, phase: Phase, t0: int, epoch: int) -> dict:
         model.train()
+        loader = self._batches(data, epoch)
         k = self.data.num_classes
         totals = torch.zeros(2 + k * k, dtype=torch.float64, device=self.runtime.device)  # loss sum, n, confusion
         flips = self._flip_generator(epoch)
@@ -132,7 +134,6 @@ class Trainer:
             set_lr(optimizer, lr_factor(self.recipe, t0 + i / len(loader), phase.epochs))
             x = self.inputs.train_batch(batch, flips)
             loss, logits = train_step(model, x, counts, self.loss_fn, optimizer, self.runtime)
-            counts = counts.to(self.runtime.device)
             totals[0] += loss * len(counts)
             totals[1] += len(counts)
             totals[2:] += torch.bincount(counts * k + logits.argmax(dim=1), minlength=k * k)
@@ -162,24 +163,23 @@ class Trainer:
             else value > state.best_score + 1e-6
 
     # ---- the recipe ----------------------------------------------------------------------
-    def _sweep(self, phase: Phase, model: nn.Module, loader, sampler) -> LRCurve:
+    def _sweep(self, phase: Phase, model: nn.Module, data: CachedRows) -> LRCurve:
         optimizer = make_optimizer(self.model, self.recipe, phase, lr=1.0)  # only the groups' ratios matter
-        return lr_sweep(model, self._endless(loader, sampler), self.loss_fn, optimizer, self.runtime,
+        return lr_sweep(model, self._endless(data), self.loss_fn, optimizer, self.runtime,
                         steps=self.recipe.lr_finder_steps)
 
     def find_lr(self) -> LRCurve:
         """LR-finder sweep for the recipe's first phase, from the model as it is (weights restored after)."""
         phase = self.recipe.phases[0]
         self._set_trainable(phase)
-        loader, sampler = self._train_loader(phase.image_size)
-        return self._sweep(phase, self.runtime.wrap(self.net), loader, sampler)
+        return self._sweep(phase, self.runtime.wrap(self.net), self._train_data(phase.image_size))
 
-    def _phase_lr(self, index: int, phase: Phase, state: FitState, model: nn.Module, loader, sampler) -> float:
+    def _phase_lr(self, index: int, phase: Phase, state: FitState, model: nn.Module, data: CachedRows) -> float:
         """The phase's lr: fixed by the recipe, or found by a sweep (once: a resumed run reuses it)."""
         if phase.lr is not None:
             return phase.lr
         if str(index) not in state.phase_lrs:
-            curve = self._sweep(phase, model, loader, sampler)
+            curve = self._sweep(phase, model, data)
             if self.runtime.is_main and self.log_curve:
                 self.log_curve(f"phase {index}", curve)
             state.phase_lrs[str(index)] = self.runtime.broadcast(curve.suggested)
@@ -220,8 +220,8 @@ class Trainer:
         last = first + phase.epochs
         self._set_trainable(phase)
         model = self.runtime.wrap(self.net)
-        loader, sampler = self._train_loader(phase.image_size)
-        lr = self._phase_lr(index, phase, state, model, loader, sampler)
+        data = self._train_data(phase.image_size)
+        lr = self._phase_lr(index, phase, state, model, data)
         optimizer = make_optimizer(self.model, self.recipe, phase, lr)
         if state.epoch > first:  # resuming inside this phase
             assert optimizer_state is not None  # a resumed state comes with its optimiser's
@@ -229,8 +229,7 @@ class Trainer:
         else:
             state.bad_epochs = 0
         for epoch in range(state.epoch, last):
-            sampler.set_epoch(epoch)
-            values = self._train_epoch(model, loader, optimizer, phase, epoch - first, epoch)
+            values = self._train_epoch(model, data, optimizer, phase, epoch - first, epoch)
             values.update(self._validate(phase.image_size), phase=index, image_size=phase.image_size)
             stop = self.runtime.on_main(partial(self._keep_best, state, values, phase, epoch))
             state.epoch = last if stop else epoch + 1  # an early stop skips the rest of the phase
