@@ -104,6 +104,38 @@ def test_presets_cover_table_iii_and_reject_bad_fields():
         get_recipe("quick", {"phases": [{"epochs": 1, "image_size": 32, "train_body": False, "differential": True}]})
 
 
+def test_the_device_sets_the_batch_and_the_learning_rates_scale_with_it():
+    quick, sgd = get_recipe("quick"), get_recipe("resnet18-sgd")
+    assert quick.batch_size is None and quick.lr_scale is None  # left to the device
+    cpu = quick.resolved("cpu")
+    assert (cpu.batch_size, cpu.lr_scale) == (32, 1.0)
+    assert cpu.params()["batch_size"] == 32 and "lr_scale" not in cpu.params()  # the keys runs had before
+    gpu = quick.resolved("cuda")
+    assert gpu.batch_size == 256 and gpu.lr_scale == pytest.approx(8 ** 0.5)  # Adam(W): square root
+    assert gpu.params()["lr_scale"] == pytest.approx(8 ** 0.5) and gpu.params()["batch_size"] == 256
+    assert gpu.phase_lr(gpu.phases[1]) == pytest.approx(1e-3 * 8 ** 0.5)
+    assert gpu.resolved("cuda") == gpu and gpu.resolved("cuda", 4) == gpu  # settled once
+    assert sgd.resolved("cuda").lr_scale == pytest.approx(8)  # SGD: linear
+    assert quick.resolved("cuda", world_size=2).lr_scale == pytest.approx(4)  # the global batch, 512
+    assert get_recipe("quick", {"batch_size": 64}).resolved("cuda").lr_scale == pytest.approx(2 ** 0.5)
+    assert get_recipe("quick", {"lr_scale": 1}).resolved("cuda").phase_lr(quick.phases[1]) == 1e-3
+    assert get_recipe("quick", {"phases": [{"epochs": 1, "image_size": 32}]}).resolved("cuda").phase_lr(
+        Phase(1, 32)) is None  # the LR finder's lr is found at the batch it trains with
+    with pytest.raises(ValueError, match="batch_size"):
+        get_recipe("quick", {"batch_size": 0})
+
+
+def test_a_run_records_the_batch_and_lr_scale_it_trained_with(tiny_collection, store, monkeypatch):
+    from core.cnn import recipes
+
+    monkeypatch.setitem(recipes.DEVICE_BATCH, "cpu", 16)  # a device whose batch is not the presets' 32
+    overrides = {"phases": [{"epochs": 1, "image_size": 32, "lr": 1e-3}], "schedule": "constant",
+                 "warmup_epochs": 0}
+    exp = store.experiment(train_cnn(tiny_collection, "quick", store, overrides, progress=False))
+    assert exp.params["batch_size"] == 16 and exp.params["lr_scale"] == pytest.approx(0.5 ** 0.5)
+    assert store.epochs(exp.id)["lr"].iloc[0] == pytest.approx(1e-3 * 0.5 ** 0.5)
+
+
 def test_pretrained_efficientnet_weights_load():
     model, weights = build_model("efficientnet_lite0", 6, pretrained=True)
     assert weights.startswith("ImageNet")
@@ -171,8 +203,8 @@ def test_each_recipe_runs_a_step_or_two(tiny_collection, store, preset, override
     assert exp.status == "finished" and exp.model == recipe.backbone
     epochs = store.epochs(exp.id)
     assert list(epochs["image_size"]) == [s for p in recipe.phases for s in [p.image_size] * p.epochs]
-    if recipe.schedule == "step":
-        assert epochs["lr"].iloc[1] == pytest.approx(0.01)  # divided by 10 after step_epochs=1
+    if recipe.schedule == "step":  # divided by 10 after step_epochs=1; SGD's lr scaled linearly to batch 8 of 32
+        assert epochs["lr"].iloc[1] == pytest.approx(0.01 * 8 / 32)
     if not recipe.pretrained:
         assert "random init" in exp.weights
     if recipe.frozen_stages:  # the store keeps the frozen stages' outputs, one file per size

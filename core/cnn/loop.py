@@ -69,14 +69,17 @@ def _epoch_line(epoch: int, epochs: int, v: dict) -> str:
 
 
 class Trainer:
-    """Runs one recipe on one model; see the module docstring."""
+    """Runs one recipe on one model; see the module docstring. The recipe runs as resolved for the runtime's
+    device and processes (`Recipe.resolved`: the device's batch, lrs scaled to it)."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, data: TrainingData, runtime: Runtime, folder: Path,
                  log_epoch: Callable[[int, dict], None] | None = None,
                  log_curve: Callable[[str, LRCurve], None] | None = None,
                  log_resume: Callable[[int], None] | None = None, progress: bool = True):
-        self.model, self.recipe, self.data, self.runtime, self.folder = model, recipe, data, runtime, folder
-        self.batch_size = recipe.batch_size
+        self.model, self.data, self.runtime, self.folder = model, data, runtime, folder
+        self.recipe = recipe = recipe.resolved(runtime.device.type, runtime.world_size)
+        assert recipe.batch_size is not None  # resolved
+        self.batch_size: int = recipe.batch_size
         self.log_epoch, self.log_curve, self.log_resume = log_epoch, log_curve, log_resume
         self.progress = progress and runtime.is_main
         self.normalization = input_normalization(recipe.backbone)
@@ -175,9 +178,11 @@ class Trainer:
         return self._sweep(phase, self.runtime.wrap(self.net), self._train_data(phase.image_size))
 
     def _phase_lr(self, index: int, phase: Phase, state: FitState, model: nn.Module, data: CachedRows) -> float:
-        """The phase's lr: fixed by the recipe, or found by a sweep (once: a resumed run reuses it)."""
-        if phase.lr is not None:
-            return phase.lr
+        """The phase's lr: fixed by the recipe (scaled to the batch, `Recipe.phase_lr`), or found by a sweep at the
+        batch it trains with (once: a resumed run reuses it)."""
+        fixed = self.recipe.phase_lr(phase)
+        if fixed is not None:
+            return fixed
         if str(index) not in state.phase_lrs:
             curve = self._sweep(phase, model, data)
             if self.runtime.is_main and self.log_curve:

@@ -3,10 +3,13 @@ differential learning rates, progressive resizing, TTA) as named, overridable pr
 
 A recipe is plain data. Its `params()` dict is the experiment's configuration, so two runs
 with equal params on the same data are the same experiment (reused or resumed, not redone).
+What a recipe leaves to the device (its batch, and so its learning rates) is settled by
+`Recipe.resolved` before a run, so the params record what the run used.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from core.cnn.backbones import BACKBONES
@@ -15,6 +18,26 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "sgdr", "cosine", "constant")
 CLASS_WEIGHTS = ("none", "sqrt", "balanced")
 MONITORS = {"val_loss": "min", "val_rmse": "min", "val_accuracy": "max", "val_balanced_accuracy": "max"}
+# The batch (per process) a recipe without one trains with: the presets' learning rates were chosen at 32 on
+# the 2-core CPU, where a larger batch is no faster per photo; a GPU needs 256 or more to be kept busy.
+DEVICE_BATCH = {"cpu": 32, "cuda": 256}
+REFERENCE_BATCH = 32  # the batch the phases' fixed learning rates are for (`batch_lr_scale`)
+
+
+def batch_lr_scale(optimizer: str, batch: int) -> float:
+    """How much a fixed learning rate chosen at `REFERENCE_BATCH` grows at a (global) batch of `batch` photos.
+
+    SGD scales linearly (Goyal et al. 2017, "Accurate, large minibatch SGD"): k steps at lr on
+    batches of B move the weights about as far as one step at k x lr on a batch of k x B, while
+    the gradient noise per photo is unchanged. Adam and AdamW scale with the square root
+    (Malladi et al. 2022, "On the SDEs and scaling rules for adaptive gradient algorithms"):
+    Adam divides each step by the gradient's RMS, so the step's size does not grow with the
+    batch, and only the noise, whose standard deviation falls as 1/sqrt(k), is left to match;
+    linear scaling would run Adam k / sqrt(k) times too hot (2.8x at 32 -> 256). Neither rule
+    holds without limit; recipes meant for large batches warm up (`warmup_epochs`).
+    """
+    ratio = batch / REFERENCE_BATCH
+    return ratio if optimizer == "sgd" else math.sqrt(ratio)
 
 
 @dataclass(frozen=True)
@@ -46,7 +69,11 @@ class Recipe:
     restart_epochs: float = 1.0  # "sgdr": first cycle length, then x restart_mult
     restart_mult: int = 2
     warmup_epochs: float = 0.0  # linear warm-up at the start of each phase
-    batch_size: int = 32
+    # photos per step and process; None: the device's (DEVICE_BATCH), settled by `resolved`
+    batch_size: int | None = None
+    # what the phases' fixed lrs (chosen at REFERENCE_BATCH) are multiplied by; None: `batch_lr_scale` of the global
+    # batch (batch_size x processes), settled by `resolved`; 1 keeps them as they are
+    lr_scale: float | None = None
     class_weights: str = "none"  # cross-entropy weights from train class frequencies
     count_weight: float = 0.0  # adds count_weight * (expected count - true count)^2 to the loss
     label_smoothing: float = 0.0
@@ -87,6 +114,10 @@ class Recipe:
                 problems.append(f"phase {i}: needs epochs >= 1 and image_size >= 16")
             if phase.differential and not phase.train_body:
                 problems.append(f"phase {i}: differential learning rates need train_body")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append("batch_size must be >= 1 (or None: the device's)")
+        if self.lr_scale is not None and not self.lr_scale > 0:
+            problems.append("lr_scale must be > 0 (or None: from the batch)")
         if self.frozen_stages < 0:
             problems.append("frozen_stages must be >= 0")
         if self.frozen_stages and self.rotate:
@@ -98,17 +129,35 @@ class Recipe:
     def epochs(self) -> int:
         return sum(p.epochs for p in self.phases)
 
+    def resolved(self, device_type: str, world_size: int = 1) -> Recipe:
+        """This recipe as it runs on `device_type` ("cpu", "cuda") in `world_size` processes: the device's batch
+        where it has none, and the learning-rate scale of the global batch where it sets none.
+
+        Resolving a resolved recipe changes nothing. Only fixed lrs scale: an LR-finder sweep runs at the
+        batch the phase trains with, so what it finds needs no scaling.
+        """
+        batch = self.batch_size or DEVICE_BATCH.get(device_type, DEVICE_BATCH["cpu"])
+        scale = self.lr_scale if self.lr_scale is not None else batch_lr_scale(self.optimizer, batch * world_size)
+        return dataclasses.replace(self, batch_size=batch, lr_scale=scale)
+
+    def phase_lr(self, phase: Phase) -> float | None:
+        """The phase's fixed lr as trained (scaled by `lr_scale`), or None: the LR finder's."""
+        return None if phase.lr is None else phase.lr * (self.lr_scale or 1.0)
+
     def params(self) -> dict:
         """The configuration as stored with the experiment (notes left out: they are not config).
 
-        `frozen_stages` and `cpu_bf16` appear only when set, so recipes from before them keep their
-        experiment keys.
+        `frozen_stages` and `cpu_bf16` appear only when set, and `lr_scale` only when it is not 1, so
+        recipes from before them keep their experiment keys (on the CPU a resolved preset trains at
+        batch 32 with its lrs as they are, as before the device default).
         """
         params = dataclasses.asdict(self)
         params.pop("notes")
         for newer in ("frozen_stages", "cpu_bf16"):
             if not params[newer]:
                 params.pop(newer)
+        if params["lr_scale"] in (None, 1.0):
+            params.pop("lr_scale")
         return params
 
 
@@ -160,10 +209,12 @@ QUICK = Recipe(
     (Phase(1, 128, train_body=False, lr=3e-3),
      Phase(2, 128, differential=True, lr=1e-3),
      Phase(3, 160, differential=True, lr=5e-4)),
-    optimizer="adamw", weight_decay=1e-2, schedule="cosine", warmup_epochs=0.2, batch_size=32,
+    optimizer="adamw", weight_decay=1e-2, schedule="cosine", warmup_epochs=0.2,
     class_weights="balanced", ordinal_sigma=1.0, count_weight=0.5, monitor="val_loss", patience=5,
     notes="EfficientNet-Lite0: head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px; "
           "balanced, ordinal counting loss")
+
+
 
 PRESETS: dict[str, Recipe] = {
     # Table III of the paper
