@@ -136,6 +136,14 @@ def test_a_run_records_the_batch_and_lr_scale_it_trained_with(tiny_collection, s
     assert store.epochs(exp.id)["lr"].iloc[0] == pytest.approx(1e-3 * 0.5 ** 0.5)
 
 
+def test_the_paper_full_preset_trains_the_whole_network_at_224_px_with_all_symmetries():
+    recipe = get_recipe("paper-full")
+    assert [(p.epochs, p.image_size, p.train_body) for p in recipe.phases] == [(20, 224, True)]
+    assert recipe.optimizer in ("adam", "adamw") and recipe.flip and recipe.rotate and not recipe.frozen_stages
+    assert recipe.backbone == "efficientnet_lite0" and recipe.batch_size is None
+    assert recipe.resolved("cuda").batch_size == 256
+
+
 def test_pretrained_efficientnet_weights_load():
     model, weights = build_model("efficientnet_lite0", 6, pretrained=True)
     assert weights.startswith("ImageNet")

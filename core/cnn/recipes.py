@@ -215,6 +215,45 @@ QUICK = Recipe(
           "balanced, ordinal counting loss")
 
 
+def _paper_full() -> Recipe:
+    """The paper's full experiment, for a GPU and all of ABID: the whole network trained at 224 px for 20 epochs
+    with Adam(W) and all eight symmetries of the square bin (mirror + quarter turns).
+
+    The paper trained ResNet34 with Adam at lr 1e-3 (Table III); this is EfficientNet-Lite0, whose
+    ImageNet weights load offline, with that lr at the reference batch of 32, the body at
+    lr/9 and lr/3 in its early and middle groups, a one-epoch warm-up and a cosine decay, and
+    binsight's counting loss (as `quick`). On CUDA it trains at batch 256 a process
+    (`DEVICE_BATCH`), its lrs x sqrt(256 N / 32) for N processes (`batch_lr_scale`).
+
+    What it costs: a projection from rates, not a measurement of this code. The paper's
+    324,000 training photos x 20 epochs = 6.48 M photos trained on.
+    - One H200: a plain GPU-resident loop (Lite0, 224 px, bf16, batch 256, AdamW, mirror and turns
+      on the GPU) ran 5,800-6,050 img/s once warm (issue #26, 2026-12-04): 6.48 M / 6,050 = 1,071 s
+      to 6.48 M / 5,800 = 1,117 s, 18-19 minutes. At 0.8x that loop (4,640-4,840 img/s, the goal
+      for this code) 1,339-1,397 s, 22-23 minutes. At the 317 img/s measured for binsight's loop
+      before this input path (`accurate`, shared GPU), 20,400 s: 5.7 hours.
+    - Validation adds, per epoch, two forward passes (TTA) over a validation split 2/7 the size
+      of the training split (70/20/10 split): 92,600 photos. A forward pass costs about a third
+      of a training step, so about 0.19 epochs of training: about 3.4 more minutes over 20
+      epochs at 6,050 img/s (an estimate: evaluation rates were not measured).
+    - N GPUs (`torchrun --nproc_per_node N train.py cnn --preset paper-full`, NCCL): each process
+      trains and validates its 1/N share at batch 256, so time / N, less the gradient all-reduce
+      each step: Lite0's 3.4 M parameters are 14 MB of fp32 gradients, well under a millisecond
+      on NVLink against about 43 ms a step (256 photos at 6,000 img/s). On 8 H200s: 6.48 M /
+      (8 x 6,050) = 134 s to 6.48 M / (8 x 4,640) = 175 s, 2.2-2.9 minutes, plus validation.
+      The global batch is then 2,048 and the top lr 8e-3; set `lr_scale` to hold it lower.
+    - Not in these figures: decoding ABID into the 224 px image cache once (about 80 GB for all
+      536,000 photos), cuDNN's autotuning in each fresh process (tens of seconds), and reading
+      the cache at 6,000 x 150 KB = 900 MB/s, which needs it in the page cache or on fast disk.
+    """
+    return Recipe("efficientnet_lite0", (Phase(20, 224, differential=True, lr=1e-3),),
+                  optimizer="adamw", weight_decay=1e-2, schedule="cosine", warmup_epochs=1.0,
+                  class_weights="balanced", ordinal_sigma=1.0, count_weight=0.5, flip=True, rotate=True,
+                  monitor="val_loss", patience=5,
+                  notes="EfficientNet-Lite0, the whole network 20 epochs at 224 px (lr/9, lr/3, lr), AdamW lr 1e-3 "
+                        "at batch 32, scaled with the batch; mirror + quarter turns; for a GPU (about 20 minutes "
+                        "on one H200 for 324,000 photos, projected)")
+
 
 PRESETS: dict[str, Recipe] = {
     # Table III of the paper
@@ -246,6 +285,8 @@ PRESETS: dict[str, Recipe] = {
                 Phase(2, 160, differential=True, lr=5e-4)),
         notes="EfficientNet-Lite0 as quick, stem and blocks 1-3 frozen (trained from their cached outputs): "
               "head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px, 5 epochs"),
+    # the paper's full experiment, for a GPU: see `_paper_full` for what it costs
+    "paper-full": _paper_full(),
 }
 
 
