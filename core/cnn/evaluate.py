@@ -39,10 +39,10 @@ def predict(model: nn.Module, data: CachedRows, probabilities: Callable[[nn.Modu
     with torch.no_grad():
         for inputs, _ in tqdm(batches, desc=desc, unit="batch", leave=False,
                               disable=not (progress and runtime.is_main)):
-            out.append(probabilities(model, inputs).float().cpu())
+            out.append(probabilities(model, inputs).float())  # kept on the device: no wait for each batch
     model.train(was_training)
     # a rank beyond the last photo has none
-    shares = runtime.gather((share, torch.cat(out).numpy()) if out else None)
+    shares = runtime.gather((share, torch.cat(out).cpu().numpy()) if out else None)
     classes = next(part.shape[1] for _, part in filter(None, shares))
     probs = np.empty((len(data), classes), dtype=np.float64)
     for positions, part in filter(None, shares):
