@@ -128,12 +128,14 @@ def _train(root: Path, store: Path, size: int) -> str:
     from core.data.dataset import prepare_dataset
 
     dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
+    runtime = local_runtime()
     recipe = get_recipe("quick", {"phases": [{"epochs": 1, "image_size": size, "train_body": True, "lr": 1e-3}]})
+    recipe = recipe.resolved(runtime.device.type)  # the device's batch
+    assert recipe.batch_size is not None
     train = dataset.split("train").head(TRAIN_BATCHES * recipe.batch_size)
     val = dataset.split("val").head(VAL_PHOTOS)
     data = TrainingData(dataset.images, Split(train["row"].to_numpy(), train["count"].to_numpy()),
                         Split(val["row"].to_numpy(), val["count"].to_numpy()), dataset.num_classes)
-    runtime = local_runtime()
     model, _ = build_model(recipe.backbone, dataset.num_classes, pretrained=recipe.pretrained)
     seconds = []
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from torchvision import transforms
 
 from core.cnn.backbones import build_model, input_normalization
 from core.cnn.feature_cache import FrozenFront
-from core.cnn.inputs import ImageInputs, batches
+from core.cnn.inputs import DeviceBatches, ImageInputs, in_batches
 from core.cnn.runtime import Runtime, local_runtime
 from core.cnn.step import reuse_freed_memory, train_step
 from core.data.dataset import Dataset as BinDataset
@@ -79,7 +79,7 @@ def _step(net: torch.nn.Module, inputs, runtime: Runtime, fused: bool = False) -
     loss_fn = torch.nn.CrossEntropyLoss()
     kwargs = {"fused": True} if fused else {}
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, **kwargs)
-    flips = torch.Generator().manual_seed(0)
+    flips = torch.Generator(device=runtime.device).manual_seed(0)
 
     def step(batch, counts):
         train_step(net, inputs.train_batch(batch, flips), counts, loss_fn, optimizer, runtime)
@@ -102,22 +102,24 @@ def run(dataset: BinDataset, backbone: str, size: int, batch: int, steps: int,
     epoch_photos = len(dataset.split("train"))
     where = f"{backbone} @{size}px, batch {batch}, {runtime.describe()}"
 
-    def image_step(rt: Runtime, fused: bool = False, frozen: bool = False) -> tuple[Callable, DataLoader]:
+    plan = in_batches(np.arange(len(rows)), batch)
+
+    def image_step(rt: Runtime, fused: bool = False, frozen: bool = False) -> tuple[Callable, DeviceBatches]:
         inputs = ImageInputs(dataset.images, normalization, rt.device, True, False, rt.autocast)
-        loader = batches(inputs.dataset(size, rows, counts), batch, pin_memory=False, workers=0)
+        loader = DeviceBatches(inputs.dataset(size, rows, counts), plan, rt.device)
         model = _model(backbone, dataset.num_classes, rt)
         if frozen:  # the same frozen stages, run in every step
             FrozenFront(model, backbone, FROZEN_STAGES, dataset.images, normalization, rt, progress=False)
         return _step(model, inputs, rt, fused), loader
 
-    def cached_step(rt: Runtime) -> tuple[Callable, DataLoader, float]:
+    def cached_step(rt: Runtime) -> tuple[Callable, DeviceBatches, float]:
         front = FrozenFront(_model(backbone, dataset.num_classes, rt), backbone, FROZEN_STAGES, dataset.images,
                             normalization, rt, folder=None, progress=False)
         started = time.perf_counter()
         front.features(size, rows)
         build = len(np.unique(rows)) / (time.perf_counter() - started)
         inputs = front.inputs(flip=True)
-        loader = batches(inputs.dataset(size, rows, counts), batch, pin_memory=False, workers=0)
+        loader = DeviceBatches(inputs.dataset(size, rows, counts), plan, rt.device)
         return _step(front.upper, inputs, rt), loader, build
 
     today = _images_per_second(*reversed(image_step(runtime)), steps, repeat)

@@ -10,7 +10,7 @@ import torch
 from core.cnn import PRESETS, Phase, get_recipe, load_predictor, train_cnn
 from core.cnn.backbones import build_model, input_normalization, to_model_input
 from core.cnn.checkpoint import CHECKPOINT
-from core.cnn.inputs import random_flip, random_rotation
+from core.cnn.inputs import random_symmetries
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer
 from core.data.dataset import prepare_dataset
 from core.store.database import Store
@@ -38,22 +38,22 @@ def test_model_input_is_normalised_channels_first():
         to_model_input(images.float(), ((0, 0, 0), (1, 1, 1)))
 
 
-def test_random_flip_mirrors_some_images_only():
+def test_flips_alone_mirror_some_images_left_right_only():
     images = torch.arange(16 * 2 * 3 * 3, dtype=torch.int64).reshape(16, 2, 3, 3).to(torch.uint8)
-    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = random_symmetries(images, torch.Generator().manual_seed(0), flip=True, rotate=False)
     mirrored = [torch.equal(f, i.flip(1)) for f, i in zip(flipped, images, strict=True)]
     unchanged = [torch.equal(f, i) for f, i in zip(flipped, images, strict=True)]
     assert all(m or u for m, u in zip(mirrored, unchanged, strict=True)) and any(mirrored) and any(unchanged)
 
 
-def test_random_rotation_turns_each_image_by_a_quarter_turn_multiple():
+def test_turns_alone_turn_each_image_by_a_quarter_turn_multiple():
     images = torch.randint(0, 256, (64, 4, 4, 3), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
-    turned = random_rotation(images, torch.Generator().manual_seed(0))
+    turned = random_symmetries(images, torch.Generator().manual_seed(0), flip=False, rotate=True)
     turns = [next(k for k in range(4) if torch.equal(t, i.rot90(k, dims=(0, 1))))
              for t, i in zip(turned, images, strict=True)]
     assert set(turns) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="square"):
-        random_rotation(images[:, :, :3], torch.Generator())
+        random_symmetries(images[:, :, :3], torch.Generator(), rotate=True)
 
 
 def test_lr_schedules():
@@ -102,6 +102,46 @@ def test_presets_cover_table_iii_and_reject_bad_fields():
         get_recipe("quick", {"learning_rate": 1})
     with pytest.raises(ValueError, match="differential"):
         get_recipe("quick", {"phases": [{"epochs": 1, "image_size": 32, "train_body": False, "differential": True}]})
+
+
+def test_the_device_sets_the_batch_and_the_learning_rates_scale_with_it():
+    quick, sgd = get_recipe("quick"), get_recipe("resnet18-sgd")
+    assert quick.batch_size is None and quick.lr_scale is None  # left to the device
+    cpu = quick.resolved("cpu")
+    assert (cpu.batch_size, cpu.lr_scale) == (32, 1.0)
+    assert cpu.params()["batch_size"] == 32 and "lr_scale" not in cpu.params()  # the keys runs had before
+    gpu = quick.resolved("cuda")
+    assert gpu.batch_size == 256 and gpu.lr_scale == pytest.approx(8 ** 0.5)  # Adam(W): square root
+    assert gpu.params()["lr_scale"] == pytest.approx(8 ** 0.5) and gpu.params()["batch_size"] == 256
+    assert gpu.phase_lr(gpu.phases[1]) == pytest.approx(1e-3 * 8 ** 0.5)
+    assert gpu.resolved("cuda") == gpu and gpu.resolved("cuda", 4) == gpu  # settled once
+    assert sgd.resolved("cuda").lr_scale == pytest.approx(8)  # SGD: linear
+    assert quick.resolved("cuda", world_size=2).lr_scale == pytest.approx(4)  # the global batch, 512
+    assert get_recipe("quick", {"batch_size": 64}).resolved("cuda").lr_scale == pytest.approx(2 ** 0.5)
+    assert get_recipe("quick", {"lr_scale": 1}).resolved("cuda").phase_lr(quick.phases[1]) == 1e-3
+    assert get_recipe("quick", {"phases": [{"epochs": 1, "image_size": 32}]}).resolved("cuda").phase_lr(
+        Phase(1, 32)) is None  # the LR finder's lr is found at the batch it trains with
+    with pytest.raises(ValueError, match="batch_size"):
+        get_recipe("quick", {"batch_size": 0})
+
+
+def test_a_run_records_the_batch_and_lr_scale_it_trained_with(tiny_collection, store, monkeypatch):
+    from core.cnn import recipes
+
+    monkeypatch.setitem(recipes.DEVICE_BATCH, "cpu", 16)  # a device whose batch is not the presets' 32
+    overrides = {"phases": [{"epochs": 1, "image_size": 32, "lr": 1e-3}], "schedule": "constant",
+                 "warmup_epochs": 0}
+    exp = store.experiment(train_cnn(tiny_collection, "quick", store, overrides, progress=False))
+    assert exp.params["batch_size"] == 16 and exp.params["lr_scale"] == pytest.approx(0.5 ** 0.5)
+    assert store.epochs(exp.id)["lr"].iloc[0] == pytest.approx(1e-3 * 0.5 ** 0.5)
+
+
+def test_the_paper_full_preset_trains_the_whole_network_at_224_px_with_all_symmetries():
+    recipe = get_recipe("paper-full")
+    assert [(p.epochs, p.image_size, p.train_body) for p in recipe.phases] == [(20, 224, True)]
+    assert recipe.optimizer in ("adam", "adamw") and recipe.flip and recipe.rotate and not recipe.frozen_stages
+    assert recipe.backbone == "efficientnet_lite0" and recipe.batch_size is None
+    assert recipe.resolved("cuda").batch_size == 256
 
 
 def test_pretrained_efficientnet_weights_load():
@@ -171,8 +211,8 @@ def test_each_recipe_runs_a_step_or_two(tiny_collection, store, preset, override
     assert exp.status == "finished" and exp.model == recipe.backbone
     epochs = store.epochs(exp.id)
     assert list(epochs["image_size"]) == [s for p in recipe.phases for s in [p.image_size] * p.epochs]
-    if recipe.schedule == "step":
-        assert epochs["lr"].iloc[1] == pytest.approx(0.01)  # divided by 10 after step_epochs=1
+    if recipe.schedule == "step":  # divided by 10 after step_epochs=1; SGD's lr scaled linearly to batch 8 of 32
+        assert epochs["lr"].iloc[1] == pytest.approx(0.01 * 8 / 32)
     if not recipe.pretrained:
         assert "random init" in exp.weights
     if recipe.frozen_stages:  # the store keeps the frozen stages' outputs, one file per size

@@ -7,47 +7,46 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Subset
 from tqdm import tqdm
 
-from core.cnn.feature_cache import CachedFeatures
-from core.cnn.inputs import CachedImages, batches
+from core.cnn.inputs import CachedRows, DeviceBatches, in_batches
 from core.cnn.runtime import Runtime
 from core.evaluation.metrics import count_report
 
 
-def predict(model: nn.Module, data: CachedImages | CachedFeatures,
-            probabilities: Callable[[nn.Module, torch.Tensor], torch.Tensor], runtime: Runtime,
-            batch_size: int = 64, progress: bool = False, desc: str = "evaluating") -> np.ndarray:
+def predict(model: nn.Module, data: CachedRows, probabilities: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+            runtime: Runtime, batch_size: int | None = None, progress: bool = False,
+            desc: str = "evaluating") -> np.ndarray:
     """(N, classes) probabilities in `data`'s order (eval mode; the model's mode is restored).
 
-    `data` yields (input, count) items; `probabilities(model, batch)` takes a batch of inputs as
-    the loader gives them (on the CPU) and returns their probabilities.
+    `probabilities(model, batch)` takes a batch of the array's rows on the device and returns their
+    probabilities. Batches are `runtime.predict_batch` photos unless `batch_size` says otherwise.
 
-    Under DDP every rank must call it, and every rank gets the whole array: of W ranks, rank r
-    predicts photos r, r + W, r + 2W, ... (no padding, so no photo is predicted twice) with rank
-    0's BatchNorm statistics, and the shares are gathered and interleaved back into order. The
-    result is what one process with rank 0's model gives, up to float rounding.
+    Under DDP every rank must call it, and every rank gets the whole array: of W ranks, each
+    predicts one of W contiguous shares of `data` (no padding, so no photo is predicted twice),
+    read in row order, with rank 0's BatchNorm statistics, and the shares are gathered and put
+    back in order. The result is what one process with rank 0's model gives, up to float rounding.
     """
     if len(data) == 0:
         raise ValueError("no photos to predict")
     runtime.broadcast_buffers(model)
-    share = Subset(data, range(runtime.rank, len(data), runtime.world_size))
+    share = np.array_split(np.arange(len(data)), runtime.world_size)[runtime.rank]
+    share = share[np.argsort(data.rows[share], kind="stable")]  # an ascending read of the array
+    batches = DeviceBatches(data, in_batches(share, batch_size or runtime.predict_batch), runtime.device)
     was_training = model.training
     model.eval()
     out = []
-    loader = batches(share, batch_size, pin_memory=runtime.cuda, workers=runtime.loader_workers)
     with torch.no_grad():
-        for inputs, _ in tqdm(loader, desc=desc, unit="batch", leave=False,
+        for inputs, _ in tqdm(batches, desc=desc, unit="batch", leave=False,
                               disable=not (progress and runtime.is_main)):
-            out.append(probabilities(model, inputs).float().cpu())
+            out.append(probabilities(model, inputs).float())  # kept on the device: no wait for each batch
     model.train(was_training)
-    shares = runtime.gather(torch.cat(out).numpy() if out else None)  # a rank beyond the last photo has none
-    classes = next(s.shape[1] for s in shares if s is not None)
+    # a rank beyond the last photo has none
+    shares = runtime.gather((share, torch.cat(out).cpu().numpy()) if out else None)
+    classes = next(part.shape[1] for _, part in filter(None, shares))
     probs = np.empty((len(data), classes), dtype=np.float64)
-    for rank, part in enumerate(shares):
-        if part is not None:
-            probs[rank::runtime.world_size] = part
+    for positions, part in filter(None, shares):
+        probs[positions] = part
     return probs
 
 

@@ -199,7 +199,8 @@ def _run(dataset_root: str | Path, preset: str, store: Store | None, overrides: 
          family: str, cv: int, open_run: Opener, work: Work, recounts: Path | None = None,
          curation: Path | None = None) -> str:
     """What every CNN run shares: the recipe and its data (before the process group, see `load_data`),
-    the process group, a fresh model, and the lifecycle of `core.runs.lifecycle.run_once`."""
+    the process group, the recipe as it runs on this device (`Recipe.resolved`), a fresh model, and the
+    lifecycle of `core.runs.lifecycle.run_once`."""
     recipe = get_recipe(preset, overrides)
     if cv and (recipe.train_share < 1 or recipe.train_source != "all"):
         raise ValueError("a cross-validated run trains on every fold's photos: train_share and train_source are "
@@ -209,6 +210,8 @@ def _run(dataset_root: str | Path, preset: str, store: Store | None, overrides: 
     runtime = setup_runtime()
     if recipe.cpu_bf16:
         runtime = runtime.with_cpu_bf16_training()
+    # what the recipe leaves to the device (batch, lr scale) settled here, so the params record what trains
+    recipe = recipe.resolved(runtime.device.type, runtime.world_size)
     model: nn.Module | None = None
 
     def start() -> str | None:

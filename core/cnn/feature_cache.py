@@ -26,13 +26,13 @@ from torch import nn
 from tqdm import tqdm
 
 from core.cnn.backbones import Normalization, split_model, to_model_input
-from core.cnn.inputs import CachedImages, mirror_mask
+from core.cnn.inputs import CachedRows, DeviceBatches, coin_flips, in_batches
 from core.cnn.runtime import Runtime
 from core.store.files import atomic_path
 from core.store.layout import frozen_features_files
 from core.store.locks import exclusive_lock
 
-BATCH = 32  # activations under 32 MB, so freed ones are reused (`core.cnn.step.reuse_freed_memory`)
+CPU_BATCH = 32  # activations under 32 MB, so freed ones are reused (`core.cnn.step.reuse_freed_memory`)
 VARIANTS = 2  # the photo and its mirror image
 
 
@@ -109,11 +109,13 @@ class FrozenFront:
         # one cache serves every run of these stages, whatever precision its upper stages train in
         # (`Recipe.cpu_bf16`): computed in the device's own precision, bf16 on CUDA and fp32 on a CPU
         precision = dataclasses.replace(self.runtime, training="fp32").autocast
-        for start in tqdm(range(0, len(todo), BATCH), desc=f"caching frozen-stage features at {array.shape[2]}x"
-                          f"{array.shape[3]} ({images.shape[1]}px photos)", unit="batch", leave=False,
-                          disable=not self.progress):
-            chunk = todo[start:start + BATCH]
-            batch = torch.from_numpy(np.array(images[chunk])).to(self.runtime.device)
+        plan = in_batches(np.arange(len(todo)), self.runtime.predict_batch if self.runtime.cuda else CPU_BATCH)
+        batches = DeviceBatches(CachedRows(images, todo, np.zeros(len(todo), np.int64)), plan, self.runtime.device)
+        for positions, (batch, _) in tqdm(zip(plan, batches, strict=True), total=len(plan),
+                                          desc=f"caching frozen-stage features at {array.shape[2]}x{array.shape[3]} "
+                                               f"({images.shape[1]}px photos)", unit="batch", leave=False,
+                                          disable=not self.progress):
+            chunk = todo[positions]
             for variant, pixels in enumerate((batch, batch.flip(2))):  # W of (N, H, W, 3): a mirror image
                 with precision():
                     out = self.lower(to_model_input(pixels, self.normalization))
@@ -123,11 +125,6 @@ class FrozenFront:
             done[chunk] = True
             if isinstance(done, np.memmap):
                 done.flush()
-
-
-class CachedFeatures(CachedImages):
-    """Rows of a feature cache with their counts, one (both variants, count) an item: the image
-    cache's rows, read from the feature cache's array instead."""
 
 
 def pick_variant(pairs: torch.Tensor, mirror: torch.Tensor | None) -> torch.Tensor:
@@ -144,17 +141,19 @@ class FeatureInputs:
     def __init__(self, front: FrozenFront, flip: bool):
         self.front, self.flip, self.device = front, flip, front.runtime.device
 
-    def dataset(self, size: int, rows: np.ndarray, counts: np.ndarray) -> CachedFeatures:
-        return CachedFeatures(self.front.features(size, rows), rows, counts)
+    def dataset(self, size: int, rows: np.ndarray, counts: np.ndarray) -> CachedRows:
+        """The rows' features (both variants of each) with their counts, read from the feature cache."""
+        return CachedRows(self.front.features(size, rows), rows, counts)
 
     def train_batch(self, pairs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        mirror = mirror_mask(len(pairs), generator) if generator is not None and self.flip else None
+        """The upper stages' input for a training batch: each photo's mirror image where `generator` draws it."""
+        mirror = coin_flips(len(pairs), generator) if generator is not None and self.flip else None
         return pick_variant(pairs.to(self.device, non_blocking=True), mirror)
 
     def probabilities(self, model: nn.Module, pairs: torch.Tensor, tta: bool) -> torch.Tensor:
         pairs = pairs.to(self.device, non_blocking=True)
-        views = (pick_variant(pairs, None), pick_variant(pairs, torch.ones(len(pairs), dtype=torch.bool))) \
-            if tta else (pick_variant(pairs, None),)
+        mirrored = torch.ones(len(pairs), dtype=torch.bool, device=pairs.device)
+        views = (pick_variant(pairs, None), pick_variant(pairs, mirrored)) if tta else (pick_variant(pairs, None),)
         with self.front.runtime.autocast():
             probs = [model(v).float().softmax(dim=1) for v in views]
         return torch.stack(probs).mean(dim=0)

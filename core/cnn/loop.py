@@ -18,19 +18,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from core.cnn.backbones import input_normalization, set_body_trainable
 from core.cnn.checkpoint import BEST, FitState, load_checkpoint, load_state_dict, save_checkpoint, save_state_dict
 from core.cnn.evaluate import confusion_summary, predict, score
 from core.cnn.feature_cache import FeatureInputs, FrozenFront
-from core.cnn.inputs import ImageInputs, batches
+from core.cnn.inputs import CachedRows, DeviceBatches, ImageInputs, training_plan
 from core.cnn.lr_finder import LRCurve, lr_sweep
 from core.cnn.optim import CountingLoss, class_weights, lr_factor, make_optimizer, set_lr
 from core.cnn.recipes import MONITORS, Phase, Recipe
 from core.cnn.runtime import Runtime
 from core.cnn.step import reuse_freed_memory, train_step
+
+# How often the progress bar shows the running loss. Reading it waits for the device, and on a GPU the wait
+# empties the queue of work the CPU had run ahead with; every 5 steps, as before, the GPU waited each time.
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass
@@ -70,13 +73,17 @@ def _epoch_line(epoch: int, epochs: int, v: dict) -> str:
 
 
 class Trainer:
-    """Runs one recipe on one model; see the module docstring."""
+    """Runs one recipe on one model; see the module docstring. The recipe runs as resolved for the runtime's
+    device and processes (`Recipe.resolved`: the device's batch, lrs scaled to it)."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, data: TrainingData, runtime: Runtime, folder: Path,
                  log_epoch: Callable[[int, dict], None] | None = None,
                  log_curve: Callable[[str, LRCurve], None] | None = None,
                  log_resume: Callable[[int], None] | None = None, progress: bool = True):
-        self.model, self.recipe, self.data, self.runtime, self.folder = model, recipe, data, runtime, folder
+        self.model, self.data, self.runtime, self.folder = model, data, runtime, folder
+        self.recipe = recipe = recipe.resolved(runtime.device.type, runtime.world_size)
+        assert recipe.batch_size is not None  # resolved
+        self.batch_size: int = recipe.batch_size
         self.log_epoch, self.log_curve, self.log_resume = log_epoch, log_curve, log_resume
         self.progress = progress and runtime.is_main
         self.normalization = input_normalization(recipe.backbone)
@@ -95,24 +102,25 @@ class Trainer:
             self.net, self.inputs = self.front.upper, self.front.inputs(recipe.flip)
 
     # ---- data ----------------------------------------------------------------------------
-    def _train_loader(self, size: int) -> tuple[torch.utils.data.DataLoader, DistributedSampler[int]]:
-        dataset = self.inputs.dataset(size, self.data.train.rows, self.data.train.counts)
-        # one sampler for 1 or N processes: a seeded shuffle per epoch, each rank its own share
-        sampler: DistributedSampler[int] = DistributedSampler(
-            dataset, num_replicas=self.runtime.world_size, rank=self.runtime.rank, shuffle=True, seed=self.recipe.seed)
-        # a last batch of one image breaks BatchNorm on 1x1 feature maps; drop short batches if there are full ones
-        loader = batches(dataset, self.recipe.batch_size, self.runtime.cuda, self.runtime.loader_workers, sampler,
-                         drop_last=len(sampler) >= self.recipe.batch_size)
-        return loader, sampler
+    def _train_data(self, size: int) -> CachedRows:
+        return self.inputs.dataset(size, self.data.train.rows, self.data.train.counts).by_row()
+
+    def _batches(self, data: CachedRows, epoch: int) -> DeviceBatches:
+        """One epoch of training batches on the device: for 1 or N processes a seeded shuffle per epoch, each rank
+        its own share (`training_plan`)."""
+        plan = training_plan(len(data), self.batch_size, self.recipe.seed, epoch, self.runtime.rank,
+                             self.runtime.world_size)
+        return DeviceBatches(data, plan, self.runtime.device)
 
     def _flip_generator(self, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch * 1_009 + self.runtime.rank)
+        """The epoch's augmentation draws, on the device (no copy of the draws to it in every step)."""
+        generator = torch.Generator(device=self.runtime.device)
+        return generator.manual_seed(self.recipe.seed * 1_000_003 + epoch * 1_009 + self.runtime.rank)
 
-    def _endless(self, loader, sampler) -> Iterator:
-        """Network inputs (not augmented) and counts, round after round of the loader."""
+    def _endless(self, data: CachedRows) -> Iterator:
+        """Network inputs (not augmented) and counts, round after round of shuffled batches."""
         for round_ in itertools.count():
-            sampler.set_epoch(10_000 + round_)
-            for batch, counts in loader:
+            for batch, counts in self._batches(data, 10_000 + round_):
                 yield self.inputs.train_batch(batch, None), counts
 
     def _set_trainable(self, phase: Phase) -> None:
@@ -121,23 +129,25 @@ class Trainer:
             self.front.freeze()
 
     # ---- one epoch -----------------------------------------------------------------------
-    def _train_epoch(self, model: nn.Module, loader, optimizer, phase: Phase, t0: int, epoch: int) -> dict:
+    def _train_epoch(self, model: nn.Module, data: CachedRows, optimizer, phase: Phase, t0: int, epoch: int) -> dict:
         model.train()
+        loader = self._batches(data, epoch)
         k = self.data.num_classes
         totals = torch.zeros(2 + k * k, dtype=torch.float64, device=self.runtime.device)  # loss sum, n, confusion
         flips = self._flip_generator(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.epochs} ({phase.image_size}px)", unit="batch",
                    leave=False, disable=not self.progress)
+        shown = time.perf_counter()
         for i, (batch, counts) in enumerate(bar):
             set_lr(optimizer, lr_factor(self.recipe, t0 + i / len(loader), phase.epochs))
             x = self.inputs.train_batch(batch, flips)
             loss, logits = train_step(model, x, counts, self.loss_fn, optimizer, self.runtime)
-            counts = counts.to(self.runtime.device)
             totals[0] += loss * len(counts)
             totals[1] += len(counts)
             totals[2:] += torch.bincount(counts * k + logits.argmax(dim=1), minlength=k * k)
-            if self.progress and i % 5 == 0:
+            if self.progress and time.perf_counter() - shown > PROGRESS_SECONDS:
                 bar.set_postfix(loss=f"{totals[0].item() / totals[1].item():.3f}")
+                shown = time.perf_counter()
         summed = self.runtime.all_sum(totals).cpu().numpy()
         confusion = summed[2:].reshape(k, k)
         return {"train_loss": float(summed[0] / max(summed[1], 1)), **confusion_summary(confusion, "train"),
@@ -162,24 +172,25 @@ class Trainer:
             else value > state.best_score + 1e-6
 
     # ---- the recipe ----------------------------------------------------------------------
-    def _sweep(self, phase: Phase, model: nn.Module, loader, sampler) -> LRCurve:
+    def _sweep(self, phase: Phase, model: nn.Module, data: CachedRows) -> LRCurve:
         optimizer = make_optimizer(self.model, self.recipe, phase, lr=1.0)  # only the groups' ratios matter
-        return lr_sweep(model, self._endless(loader, sampler), self.loss_fn, optimizer, self.runtime,
+        return lr_sweep(model, self._endless(data), self.loss_fn, optimizer, self.runtime,
                         steps=self.recipe.lr_finder_steps)
 
     def find_lr(self) -> LRCurve:
         """LR-finder sweep for the recipe's first phase, from the model as it is (weights restored after)."""
         phase = self.recipe.phases[0]
         self._set_trainable(phase)
-        loader, sampler = self._train_loader(phase.image_size)
-        return self._sweep(phase, self.runtime.wrap(self.net), loader, sampler)
+        return self._sweep(phase, self.runtime.wrap(self.net), self._train_data(phase.image_size))
 
-    def _phase_lr(self, index: int, phase: Phase, state: FitState, model: nn.Module, loader, sampler) -> float:
-        """The phase's lr: fixed by the recipe, or found by a sweep (once: a resumed run reuses it)."""
-        if phase.lr is not None:
-            return phase.lr
+    def _phase_lr(self, index: int, phase: Phase, state: FitState, model: nn.Module, data: CachedRows) -> float:
+        """The phase's lr: fixed by the recipe (scaled to the batch, `Recipe.phase_lr`), or found by a sweep at the
+        batch it trains with (once: a resumed run reuses it)."""
+        fixed = self.recipe.phase_lr(phase)
+        if fixed is not None:
+            return fixed
         if str(index) not in state.phase_lrs:
-            curve = self._sweep(phase, model, loader, sampler)
+            curve = self._sweep(phase, model, data)
             if self.runtime.is_main and self.log_curve:
                 self.log_curve(f"phase {index}", curve)
             state.phase_lrs[str(index)] = self.runtime.broadcast(curve.suggested)
@@ -220,8 +231,8 @@ class Trainer:
         last = first + phase.epochs
         self._set_trainable(phase)
         model = self.runtime.wrap(self.net)
-        loader, sampler = self._train_loader(phase.image_size)
-        lr = self._phase_lr(index, phase, state, model, loader, sampler)
+        data = self._train_data(phase.image_size)
+        lr = self._phase_lr(index, phase, state, model, data)
         optimizer = make_optimizer(self.model, self.recipe, phase, lr)
         if state.epoch > first:  # resuming inside this phase
             assert optimizer_state is not None  # a resumed state comes with its optimiser's
@@ -229,8 +240,7 @@ class Trainer:
         else:
             state.bad_epochs = 0
         for epoch in range(state.epoch, last):
-            sampler.set_epoch(epoch)
-            values = self._train_epoch(model, loader, optimizer, phase, epoch - first, epoch)
+            values = self._train_epoch(model, data, optimizer, phase, epoch - first, epoch)
             values.update(self._validate(phase.image_size), phase=index, image_size=phase.image_size)
             stop = self.runtime.on_main(partial(self._keep_best, state, values, phase, epoch))
             state.epoch = last if stop else epoch + 1  # an early stop skips the rest of the phase

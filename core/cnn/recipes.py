@@ -3,10 +3,13 @@ differential learning rates, progressive resizing, TTA) as named, overridable pr
 
 A recipe is plain data. Its `params()` dict is the experiment's configuration, so two runs
 with equal params on the same data are the same experiment (reused or resumed, not redone).
+What a recipe leaves to the device (its batch, and so its learning rates) is settled by
+`Recipe.resolved` before a run, so the params record what the run used.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from core.cnn.backbones import BACKBONES
@@ -17,6 +20,26 @@ SCHEDULES = ("step", "sgdr", "cosine", "constant")
 CLASS_WEIGHTS = ("none", "sqrt", "balanced")
 NEWER_DEFAULTS = {"frozen_stages": 0, "cpu_bf16": False, "train_source": "all", "train_share": 1.0}
 MONITORS = {"val_loss": "min", "val_rmse": "min", "val_accuracy": "max", "val_balanced_accuracy": "max"}
+# The batch (per process) a recipe without one trains with: the presets' learning rates were chosen at 32 on
+# the 2-core CPU, where a larger batch is no faster per photo; a GPU needs 256 or more to be kept busy.
+DEVICE_BATCH = {"cpu": 32, "cuda": 256}
+REFERENCE_BATCH = 32  # the batch the phases' fixed learning rates are for (`batch_lr_scale`)
+
+
+def batch_lr_scale(optimizer: str, batch: int) -> float:
+    """How much a fixed learning rate chosen at `REFERENCE_BATCH` grows at a (global) batch of `batch` photos.
+
+    SGD scales linearly (Goyal et al. 2017, "Accurate, large minibatch SGD"): k steps at lr on
+    batches of B move the weights about as far as one step at k x lr on a batch of k x B, while
+    the gradient noise per photo is unchanged. Adam and AdamW scale with the square root
+    (Malladi et al. 2022, "On the SDEs and scaling rules for adaptive gradient algorithms"):
+    Adam divides each step by the gradient's RMS, so the step's size does not grow with the
+    batch, and only the noise, whose standard deviation falls as 1/sqrt(k), is left to match;
+    linear scaling would run Adam k / sqrt(k) times too hot (2.8x at 32 -> 256). Neither rule
+    holds without limit; recipes meant for large batches warm up (`warmup_epochs`).
+    """
+    ratio = batch / REFERENCE_BATCH
+    return ratio if optimizer == "sgd" else math.sqrt(ratio)
 
 
 @dataclass(frozen=True)
@@ -48,7 +71,11 @@ class Recipe:
     restart_epochs: float = 1.0  # "sgdr": first cycle length, then x restart_mult
     restart_mult: int = 2
     warmup_epochs: float = 0.0  # linear warm-up at the start of each phase
-    batch_size: int = 32
+    # photos per step and process; None: the device's (DEVICE_BATCH), settled by `resolved`
+    batch_size: int | None = None
+    # what the phases' fixed lrs (chosen at REFERENCE_BATCH) are multiplied by; None: `batch_lr_scale` of the global
+    # batch (batch_size x processes), settled by `resolved`; 1 keeps them as they are
+    lr_scale: float | None = None
     class_weights: str = "none"  # cross-entropy weights from train class frequencies
     count_weight: float = 0.0  # adds count_weight * (expected count - true count)^2 to the loss
     label_smoothing: float = 0.0
@@ -93,6 +120,10 @@ class Recipe:
                 problems.append(f"phase {i}: needs epochs >= 1 and image_size >= 16")
             if phase.differential and not phase.train_body:
                 problems.append(f"phase {i}: differential learning rates need train_body")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append("batch_size must be >= 1 (or None: the device's)")
+        if self.lr_scale is not None and not self.lr_scale > 0:
+            problems.append("lr_scale must be > 0 (or None: from the batch)")
         if self.frozen_stages < 0:
             problems.append("frozen_stages must be >= 0")
         if self.frozen_stages and self.rotate:
@@ -108,17 +139,36 @@ class Recipe:
     def epochs(self) -> int:
         return sum(p.epochs for p in self.phases)
 
+    def resolved(self, device_type: str, world_size: int = 1) -> Recipe:
+        """This recipe as it runs on `device_type` ("cpu", "cuda") in `world_size` processes: the device's batch
+        where it has none, and the learning-rate scale of the global batch where it sets none.
+
+        Resolving a resolved recipe changes nothing. Only fixed lrs scale: an LR-finder sweep runs at the
+        batch the phase trains with, so what it finds needs no scaling.
+        """
+        batch = self.batch_size or DEVICE_BATCH.get(device_type, DEVICE_BATCH["cpu"])
+        scale = self.lr_scale if self.lr_scale is not None else batch_lr_scale(self.optimizer, batch * world_size)
+        return dataclasses.replace(self, batch_size=batch, lr_scale=scale)
+
+    def phase_lr(self, phase: Phase) -> float | None:
+        """The phase's fixed lr as trained (scaled by `lr_scale`), or None: the LR finder's."""
+        return None if phase.lr is None else phase.lr * (self.lr_scale or 1.0)
+
     def params(self) -> dict:
         """The configuration as stored with the experiment (notes left out: they are not config).
 
-        Fields newer than the first recipes appear only when they differ from their default, so
-        recipes from before them keep their experiment keys.
+        Fields newer than the first recipes appear only when they differ from their default, and
+        `lr_scale` only when it is not 1, so recipes from before them keep their experiment keys (on
+        the CPU a resolved preset trains at batch 32 with its lrs as they are, as before the device
+        default).
         """
         params = dataclasses.asdict(self)
         params.pop("notes")
         for newer in ("frozen_stages", "cpu_bf16", "train_source", "train_share"):
             if params[newer] == NEWER_DEFAULTS[newer]:
                 params.pop(newer)
+        if params["lr_scale"] in (None, 1.0):
+            params.pop("lr_scale")
         return params
 
 
@@ -170,10 +220,51 @@ QUICK = Recipe(
     (Phase(1, 128, train_body=False, lr=3e-3),
      Phase(2, 128, differential=True, lr=1e-3),
      Phase(3, 160, differential=True, lr=5e-4)),
-    optimizer="adamw", weight_decay=1e-2, schedule="cosine", warmup_epochs=0.2, batch_size=32,
+    optimizer="adamw", weight_decay=1e-2, schedule="cosine", warmup_epochs=0.2,
     class_weights="balanced", ordinal_sigma=1.0, count_weight=0.5, monitor="val_loss", patience=5,
     notes="EfficientNet-Lite0: head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px; "
           "balanced, ordinal counting loss")
+
+
+def _paper_full() -> Recipe:
+    """The paper's full experiment, for a GPU and all of ABID: the whole network trained at 224 px for 20 epochs
+    with Adam(W) and all eight symmetries of the square bin (mirror + quarter turns).
+
+    The paper trained ResNet34 with Adam at lr 1e-3 (Table III); this is EfficientNet-Lite0, whose
+    ImageNet weights load offline, with that lr at the reference batch of 32, the body at
+    lr/9 and lr/3 in its early and middle groups, a one-epoch warm-up and a cosine decay, and
+    binsight's counting loss (as `quick`). On CUDA it trains at batch 256 a process
+    (`DEVICE_BATCH`), its lrs x sqrt(256 N / 32) for N processes (`batch_lr_scale`).
+
+    What it costs: a projection from rates, not a measurement of this code. The paper's
+    324,000 training photos x 20 epochs = 6.48 M photos trained on.
+    - One H200: a plain GPU-resident loop (Lite0, 224 px, bf16, batch 256, AdamW, mirror and turns
+      on the GPU) ran 5,800-6,050 img/s once warm (issue #26, 2026-12-04): 6.48 M / 6,050 = 1,071 s
+      to 6.48 M / 5,800 = 1,117 s, 18-19 minutes. At 0.8x that loop (4,640-4,840 img/s, the goal
+      for this code) 1,339-1,397 s, 22-23 minutes. At the 317 img/s measured for binsight's loop
+      before this input path (`accurate`, shared GPU), 20,400 s: 5.7 hours.
+    - Validation adds, per epoch, two forward passes (TTA) over a validation split 2/7 the size
+      of the training split (70/20/10 split): 92,600 photos. A forward pass costs about a third
+      of a training step, so about 0.19 epochs of training: about 3.4 more minutes over 20
+      epochs at 6,050 img/s (an estimate: evaluation rates were not measured).
+    - N GPUs (`torchrun --nproc_per_node N train.py cnn --preset paper-full`, NCCL): each process
+      trains and validates its 1/N share at batch 256, so time / N, less the gradient all-reduce
+      each step: Lite0's 3.4 M parameters are 14 MB of fp32 gradients, well under a millisecond
+      on NVLink against about 43 ms a step (256 photos at 6,000 img/s). On 8 H200s: 6.48 M /
+      (8 x 6,050) = 134 s to 6.48 M / (8 x 4,640) = 175 s, 2.2-2.9 minutes, plus validation.
+      The global batch is then 2,048 and the top lr 8e-3; set `lr_scale` to hold it lower.
+    - Not in these figures: decoding ABID into the 224 px image cache once (about 80 GB for all
+      536,000 photos), cuDNN's autotuning in each fresh process (tens of seconds), and reading
+      the cache at 6,000 x 150 KB = 900 MB/s, which needs it in the page cache or on fast disk.
+    """
+    return Recipe("efficientnet_lite0", (Phase(20, 224, differential=True, lr=1e-3),),
+                  optimizer="adamw", weight_decay=1e-2, schedule="cosine", warmup_epochs=1.0,
+                  class_weights="balanced", ordinal_sigma=1.0, count_weight=0.5, flip=True, rotate=True,
+                  monitor="val_loss", patience=5,
+                  notes="EfficientNet-Lite0, the whole network 20 epochs at 224 px (lr/9, lr/3, lr), AdamW lr 1e-3 "
+                        "at batch 32, scaled with the batch; mirror + quarter turns; for a GPU (about 20 minutes "
+                        "on one H200 for 324,000 photos, projected)")
+
 
 PRESETS: dict[str, Recipe] = {
     # Table III of the paper
@@ -205,6 +296,8 @@ PRESETS: dict[str, Recipe] = {
                 Phase(2, 160, differential=True, lr=5e-4)),
         notes="EfficientNet-Lite0 as quick, stem and blocks 1-3 frozen (trained from their cached outputs): "
               "head 1 epoch, then unfrozen at lr/9, lr/3, lr; 128 -> 160 px, 5 epochs"),
+    # the paper's full experiment, for a GPU: see `_paper_full` for what it costs
+    "paper-full": _paper_full(),
 }
 
 

@@ -33,6 +33,11 @@ PRECISIONS = ("fp32", "bf16")
 PRECISION_ENV = "BINSIGHT_COUNTING_PRECISION"  # "bf16" opts in to bf16 counting on a CPU with native bf16
 ENGINES = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch"}  # what may run a CNN's counting, and its name
 ENGINE_ENV = "BINSIGHT_COUNTING_ENGINE"  # "torch" keeps fp32 counting on the CPU in PyTorch
+# Photos per batch of a pass that only predicts. Without gradients a batch's activations are held a layer at a
+# time, so a GPU takes 512 at 224 px in well under 1 GB and needs that many to be kept busy. The CPU keeps 64:
+# it is busy from a batch of 32 on, and larger batches only outgrow the freed blocks glibc keeps for reuse
+# (`core.cnn.step.reuse_freed_memory`).
+PREDICT_BATCH = {"cpu": 64, "cuda": 512}
 
 
 def native_bf16() -> bool:
@@ -108,9 +113,9 @@ class Runtime:
         return self.rank == 0
 
     @property
-    def loader_workers(self) -> int:
-        """Background decoding only pays on GPU; on CPU the cores are busy with the model."""
-        return min(4, self.threads) if self.cuda else 0
+    def predict_batch(self) -> int:
+        """Photos per batch in passes that only predict (validation, testing, caching frozen-stage features)."""
+        return PREDICT_BATCH["cuda" if self.cuda else "cpu"]
 
     def autocast(self) -> AbstractContextManager:
         """Training's precision: bf16 autocast on CUDA; on the CPU fp32, or bf16 where `training` says so."""
