@@ -101,7 +101,8 @@ def test_no_import_circle_between_modules_or_packages():
     assert find_circle(graph) is None, " -> ".join(find_circle(graph) or [])
     packages: dict[str, set[str]] = {}
     for a, targets in graph.items():
-        packages.setdefault(package_of(a), set()).update(package_of(b) for b in targets if package_of(b) != package_of(a))
+        packages.setdefault(package_of(a), set()).update(
+            package_of(b) for b in targets if package_of(b) != package_of(a))
     assert find_circle(packages) is None, " -> ".join(find_circle(packages) or [])
 
 

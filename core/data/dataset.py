@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.config import MAX_COUNT
 from core.data.cache import assign_rows, cached_images, read_rows
 from core.data.collection import Collection, load_collection
 from core.data.curation import read_curation
 from core.data.recounted import overlay_recounts
-from core.config import MAX_COUNT
 from core.store.layout import collection_folder, features_dir, index_file, record_collection_root, version_dir
 
 SPLITS = ("train", "val", "test")
