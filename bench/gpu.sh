@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path, ready to run on a CUDA machine: from a clone, or on a
+# The GPU path, ready to run on a CUDA machine: from a clone, or from the folder `--bundle` writes for a
 # machine with no network whose Python has torch and little else (bench/bundle.py). In one run:
 #   1. a smoke run: 2 processes under torchrun (DDP, bf16 autocast, sharded validation) train the
 #      recipe below for a few steps on 48 generated bins, and the run's record is checked;
@@ -11,6 +11,7 @@
 # Rates are timed once warm; the warm-up (first epoch, first steps, first pass) is printed apart.
 #
 #   bench/gpu.sh [--dry-run] [--data DIR] [--preset NAME] [--epochs N] [--folds K] [--store DIR]
+#   bench/gpu.sh --bundle DIR [--plan] [--photos N]      # the folder for an offline machine (bench/bundle.py)
 #
 # --dry-run runs steps 1, 3, 4 and 5 on the CPU at a tiny size (gloo, fp32; the smoke run's model counts a
 # few of DATA's photos): CI runs it (tests/test_gpu_script.py) so the script cannot rot. With one GPU,
@@ -31,6 +32,7 @@ DATA=${ABID_DATA:-../shared/abid-sample}
 FOLDS=0
 STORE=
 DRY=0
+if [ "${1:-}" = --bundle ]; then shift; exec "$PY" -m bench.bundle "$@"; fi
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
