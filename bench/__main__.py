@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench --data ../shared/abid-sample --images 2649 --size 224
     .venv/bin/python -m bench scale --n 10000      # the data layer at scale (bench/scale.py)
+    .venv/bin/python -m bench scale --abid --n 20000   # all of ABID on one machine, from 20,000 photos
+    bench/gpu.sh                                     # the GPU path, beside its yardsticks (bench/gpu.sh)
     make bench BENCH_ARGS="--steps 5 --batch 16"     # smaller; larger sizes scale to a GPU machine
 
 Counting and dashboard rows need a trained store (`make train` first); they are skipped, with a

@@ -4,7 +4,8 @@ eval mode, fp32, the same test-time flip averaging as the model's config, so bot
 network work), and each row's share of the machine's peak GEMM rate (`bench.peak`).
 
 Batch rows: the service as it counts on this machine (its precision and engine, decoding threads
-beside the network), then each lever alone: PyTorch fp32 with decoding in line (the service before
+beside the network), the same photos decoded alone by the same pool (the most any counting row could
+reach, whatever the network), then each lever alone: PyTorch fp32 with decoding in line (the service before
 bf16, the pool and ONNX Runtime), PyTorch bf16 in line, PyTorch fp32 with the pool, and ONNX
 Runtime (fp32) in line and with the pool.
 """
@@ -22,7 +23,7 @@ from bench.common import percentiles
 from bench.peak import model_gflops, share
 from core.cnn.predictor import load_model
 from core.counting.service import BinCounter, load_counter
-from core.data.images import decode_workers
+from core.data.images import decoded_batches
 from core.store.database import Store
 
 Row = tuple[str, str, str, str, str]
@@ -84,7 +85,11 @@ def run(store: Store, counter: BinCounter, paths: list[str], batch: int, peak: d
     torch_lat = percentiles(_latencies(fp32.count, paths))
     naive_lat = percentiles(_latencies(lambda p: naive([p]), paths))
     naive_tp = _throughput(_in_batches(naive, batch), paths, batch)
-    workers = decode_workers()
+    workers = counter.workers
+
+    def decode_only(sources: list[str]) -> None:
+        for _ in decoded_batches(sources, counter.image_size, batch, workers):
+            pass
 
     def peak_of(precision: str, rate: float) -> str:
         return share(flops, rate, peak["bf16" if precision == "bf16" else "fp32"])
@@ -112,5 +117,9 @@ def run(store: Store, counter: BinCounter, paths: list[str], batch: int, peak: d
         rows.append((f"count batches of {batch} ({len(paths)} photos): {what}", f"{rate:.1f} img/s",
                      f"{naive_tp:.1f} img/s", f"{rate / naive_tp:.2f}x",
                      peak_of("bf16" if variant.precision == "bf16" else "fp32", rate)))
+        if variant is counter:  # the service's ceiling, right under it
+            decoded = _throughput(decode_only, paths, batch)
+            rows.append((f"decode alone, batches of {batch}, {workers} decoding threads @{counter.image_size}px "
+                         f"(the service's ceiling: {rate / decoded:.0%} of it)", f"{decoded:.1f} img/s", "", "", ""))
     rows.append(("naive pipeline, batches (fp32)", f"{naive_tp:.1f} img/s", "", "", peak_of("fp32", naive_tp)))
     return rows

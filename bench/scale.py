@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench scale --n 10000 --root /tmp/binsight-scale
     .venv/bin/python -m bench scale --reconcile      # reconciling 10,000 and 100,000 bins
+    .venv/bin/python -m bench scale --abid --n 20000 --sizes 224 160 --gpus 8
+                                                     # all of ABID on one machine, from N photos
 
 Generates (or reuses) N small JPEGs (64-96 px, 0-8 boxes) with ABID metadata JSON under
 `--root`, then times each step in a fresh subprocess and reads that process's peak RSS
@@ -17,11 +19,19 @@ IMAGE_SIZE px on a separate collection of RECONCILE_TRAIN bins drawn the same wa
 `train.py reconcile` (streamed, resumable, the service's engine) on both, and today's in-memory
 path (`core.reconcile.inventory.reconcile` in PyTorch fp32 with decoding in line, as before ONNX Runtime and
 the decoding pool) on the 10,000, each in a fresh process with its photos/s and peak RSS.
+
+With `--abid`: N photos of ABID's originals' size (`ABID_PHOTO`) and layout, and at each of `--sizes`
+the image cache built, read in training batches (`_read`: shuffled straight after the file is dropped
+from the page cache, shuffled again from memory, and in order), a few training steps and some photos
+counted; then all of ABID (`ABID_BINS` photos) worked out from those figures (`full_abid`): disk, RAM,
+build time, and minutes per epoch at the read rate measured and at issue 26's GPU rates, on one GPU
+and on `--gpus`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sqlite3
@@ -31,12 +41,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from bench.common import print_table
+from core.data.synthetic import bin_photo
 
 IMAGE_SIZE = 64  # cache resolution for the scale runs
 TRAIN_BATCHES, VAL_PHOTOS = 20, 320  # the training step's fixed amount of work, whatever N
@@ -49,27 +62,25 @@ def _bin(i: int) -> tuple[np.random.Generator, int, int]:
     return rng, int(rng.integers(0, 9)), int(rng.integers(64, 97))
 
 
-def _write_bins(root: str, ids: list[int]) -> None:
+def _write_bins(root: str, ids: list[int], photo: tuple[int, int] | None = None) -> None:
+    """Bins `ids` (`core.data.synthetic.bin_photo`, one bright box per item) with their metadata; photos
+    of `photo` (width, height) px, by default of `_bin`'s width at 4:3."""
     for i in ids:
-        rng, count, side = _bin(i)
-        img = Image.fromarray(rng.integers(30, 70, size=(side * 3 // 4, side, 3), dtype=np.uint8))
-        draw = ImageDraw.Draw(img)
-        for _ in range(count):  # one bright box per item
-            x, y = int(rng.integers(0, side - 12)), int(rng.integers(0, side * 3 // 4 - 12))
-            draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(c) for c in rng.integers(150, 255, size=3)))
-        img.save(f"{root}/bin-images/{i}.jpg", quality=85)
+        _, count, side = _bin(i)
+        bin_photo(count, seed=i, size=photo or (side, side * 3 // 4)).save(f"{root}/bin-images/{i}.jpg", quality=85)
         skus = {f"B{i}_{k}": {"asin": f"B{i}_{k}", "name": f"item {k}", "quantity": 1} for k in range(count)}
         Path(f"{root}/metadata/{i}.json").write_text(json.dumps({"EXPECTED_QUANTITY": count, "BIN_FCSKU_DATA": skus}))
 
 
-def generate(root: Path, first: int, n: int, workers: int = 2) -> None:
-    """Bins `first`..`first + n - 1` in ABID's layout; those already written are kept."""
+def generate(root: Path, first: int, n: int, workers: int = 2, photo: tuple[int, int] | None = None) -> None:
+    """Bins `first`..`first + n - 1` in ABID's layout (photos of `photo` px, see `_write_bins`); those
+    already written are kept."""
     for sub in ("bin-images", "metadata"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(first, first + n) if not (root / "metadata" / f"{i}.json").exists()]
     chunks = [todo[k:k + 500] for k in range(0, len(todo), 500)]
     with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_write_bins, [str(root)] * len(chunks), chunks))
+        list(pool.map(partial(_write_bins, str(root), photo=photo), chunks))
 
 
 def _settle() -> None:
@@ -100,13 +111,16 @@ def _decoded(store: Path, root: Path, size: int) -> int:
         return db.execute("SELECT COUNT(*) FROM decoded WHERE size = ?", (size,)).fetchone()[0]
 
 
-def _prepare(root: Path, store: Path, size: int) -> str:
+def _prepare(root: Path, store: Path, size: int, open_top: bool = False) -> tuple[str, dict[str, float]]:
+    """Load the collection and grow its cache at `size` (with `open_top`, bins of more than 5 items too,
+    as the CNN recipes train); the note, and how many photos were decoded and the cache's rows."""
     from core.data.dataset import prepare_dataset
 
     before = _decoded(store, root, size)
-    dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False)
-    disk = dataset.images(size).nbytes / 1e9
-    return f"{_decoded(store, root, size) - before} decoded, cache {disk:.2f} GB"
+    dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False, open_top=open_top)
+    array = dataset.images(size)
+    decoded = _decoded(store, root, size) - before
+    return f"{decoded} decoded, cache {array.nbytes / 1e9:.2f} GB", {"decoded": decoded, "rows": len(array)}
 
 
 def _stream(root: Path, store: Path, size: int) -> str:
@@ -117,9 +131,9 @@ def _stream(root: Path, store: Path, size: int) -> str:
     return f"{seen} train photos in batches of 256"
 
 
-def _train(root: Path, store: Path, size: int) -> str:
-    """One epoch of the `quick` recipe's network, loss and optimiser on TRAIN_BATCHES batches of its
-    batch size (the first photos of the train split) at `size` px, validated on VAL_PHOTOS photos,
+def _train(root: Path, store: Path, size: int, batches: int = TRAIN_BATCHES, val_photos: int = VAL_PHOTOS) -> str:
+    """One epoch of the `quick` recipe's network, loss and optimiser on `batches` batches of its
+    batch size (the first photos of the train split) at `size` px, validated on `val_photos` photos,
     through the real `Trainer` (checkpoints and all)."""
     from core.cnn.backbones import build_model
     from core.cnn.loop import Split, Trainer, TrainingData
@@ -132,22 +146,25 @@ def _train(root: Path, store: Path, size: int) -> str:
     recipe = get_recipe("quick", {"phases": [{"epochs": 1, "image_size": size, "train_body": True, "lr": 1e-3}]})
     recipe = recipe.resolved(runtime.device.type)  # the device's batch
     assert recipe.batch_size is not None
-    train = dataset.split("train").head(TRAIN_BATCHES * recipe.batch_size)
-    val = dataset.split("val").head(VAL_PHOTOS)
+    train = dataset.split("train").head(batches * recipe.batch_size)
+    val = dataset.split("val").head(val_photos)
     data = TrainingData(dataset.images, Split(train["row"].to_numpy(), train["count"].to_numpy()),
                         Split(val["row"].to_numpy(), val["count"].to_numpy()), dataset.num_classes)
     model, _ = build_model(recipe.backbone, dataset.num_classes, pretrained=recipe.pretrained)
     seconds = []
     started = time.perf_counter()
-    Trainer(runtime.prepare(model), recipe, data, runtime, store / "bench-train", progress=False).fit(
+    folder = store / f"bench-train-{size}"
+    shutil.rmtree(folder, ignore_errors=True)  # a checkpoint left there would resume, with nothing left to train
+    Trainer(runtime.prepare(model), recipe, data, runtime, folder, progress=False).fit(
         on_epoch=lambda epoch, values: seconds.append(time.perf_counter() - started))
     return (f"{recipe.backbone}: {len(train)} photos "
             f"({len(train) // recipe.batch_size} batches of {recipe.batch_size}) + "
             f"{len(val)} validated in {seconds[0]:.1f} s, {len(train) / seconds[0]:.0f} img/s ({runtime.describe()})")
 
 
-def _evaluate(root: Path, store: Path, size: int) -> str:
-    """Count the whole test split with the `quick` network, streamed from the cache in batches."""
+def _evaluate(root: Path, store: Path, size: int, limit: int | None = None) -> str:
+    """Count the whole test split (its first `limit` photos) with the `quick` network, streamed from the
+    cache in batches."""
     import torch
 
     from core.cnn.backbones import build_model, input_normalization
@@ -164,7 +181,8 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
     normalization = input_normalization(recipe.backbone)
     started = time.perf_counter()
     predicted, truth = [], []
-    for images, counts in dataset.batches("test", size, batch_size=EVAL_BATCH):
+    batches = dataset.batches("test", size, batch_size=EVAL_BATCH)
+    for images, counts in islice(batches, None if limit is None else -(-limit // EVAL_BATCH)):
         probs = network_probabilities(model, torch.from_numpy(images).to(runtime.device), normalization, recipe.tta,
                                       runtime.counting_autocast())
         predicted.append(probs.argmax(dim=1).cpu().numpy())
@@ -176,7 +194,9 @@ def _evaluate(root: Path, store: Path, size: int) -> str:
             f"(TTA {recipe.tta}, untrained head: accuracy {report.accuracy:.2f} is not a result)")
 
 
-STEPS: dict[str, Callable[[Path, Path, int], str]] = {
+# a step's note, and figures for the arithmetic where it has some
+Step = Callable[[Path, Path, int], str | tuple[str, dict[str, float]]]
+STEPS: dict[str, Step] = {
     "first load": _load, "repeated load": _load, "cache build": _prepare, "cache growth (+1%)": _prepare,
     "stream train split": _stream, "train 1 epoch (quick)": _train, "evaluate test split": _evaluate,
 }
@@ -229,7 +249,7 @@ def _reconcile_today(root: Path, store: Path, size: int) -> str:
 
 
 TRAIN, STREAMED, TODAY = "train counting model", "reconcile streamed", "reconcile today's path"
-RECONCILE_STEPS: dict[str, Callable[[Path, Path, int], str]] = {
+RECONCILE_STEPS: dict[str, Step] = {
     TRAIN: _train_counter, STREAMED: _reconcile_streamed, TODAY: _reconcile_today}
 
 
@@ -251,14 +271,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mb() -> float:
+    """This process's resident memory now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _child(name: str, root: Path, store: Path, size: int) -> None:
     import core.data.dataset  # noqa: F401 - imports are not part of the step's time
 
+    before = rss_mb()
     started = time.perf_counter()
-    note = {**STEPS, **RECONCILE_STEPS}[name](root, store, size)
+    result = {**STEPS, **RECONCILE_STEPS, **ABID_STEPS}[name](root, store, size)
     seconds = time.perf_counter() - started
+    note, figures = result if isinstance(result, tuple) else (result, {})
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb(), "worker_rss_mb": workers, "note": note}))
+    print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb(), "rss_before_mb": before, "worker_rss_mb": workers,
+                      "note": note, "figures": figures}))
 
 
 def reconcile_rows(root: Path, size: int) -> None:
@@ -289,6 +320,168 @@ def reconcile_rows(root: Path, size: int) -> None:
           f"{runs[STREAMED, large]['rss_mb'] / runs[STREAMED, small]['rss_mb']:.2f}x from {small} to {large} bins")
 
 
+# ---- all of ABID on one machine (--abid) ----
+ABID_BINS = 536_000  # photos in all of ABID (issue 26; the bucket's ids run to 535,234, with gaps)
+PAPER_PHOTOS, PAPER_EPOCHS = 324_000, 20  # the paper's training photos, and the epochs of its full experiment
+ABID_PHOTO = (480, 360)  # ABID's originals are about this size (the shared sample's: 300-900 px wide, median ~480)
+ABID_JPEG = 57_000  # bytes: the shared sample's original ABID photos average 57 KB
+READ_BATCH = 256  # a GPU's training batch
+FEW_BATCHES, FEW_VAL, COUNTED = 5, 64, 512  # the training and counting steps' work, whatever N
+# training img/s on one H200 (issue 26): binsight then, the goal, the plain GPU-resident loop
+GPU_RATES = {"binsight (Dec 2026)": 317, "goal": 4_500, "plain loop": 6_000}
+INDEX, BUILD, READ, FEW, COUNT = "index (first load)", "cache build", "read in batches", "train a few steps", "count"
+
+
+def _read(root: Path, store: Path, size: int) -> tuple[str, dict[str, float]]:
+    """Every photo of the cache at `size` read once per pass in batches of READ_BATCH rows (each batch's
+    rows in order, with `core.data.cache.read_rows`): in a shuffled order straight after asking the
+    kernel to drop the file from its page cache (a first epoch, or a cache larger than RAM), in the
+    same order again from memory, and in the cache's order."""
+    from core.data.cache import read_rows
+    from core.data.dataset import prepare_dataset
+    from core.store.layout import cache_file
+
+    dataset = prepare_dataset(root, image_size=size, store_root=store, progress=False, open_top=True)
+    rows = dataset.table["row"].to_numpy()
+    shuffled = np.random.default_rng(0).permutation(rows)
+    fd = os.open(cache_file(dataset.cache_folder, size), os.O_RDONLY)
+    try:
+        os.fsync(fd)  # written pages must reach the disk before the kernel lets them go
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+    def one_pass(order: np.ndarray) -> float:
+        started = time.perf_counter()
+        for i in range(0, len(order), READ_BATCH):
+            read_rows(dataset.cache_folder, size, np.sort(order[i:i + READ_BATCH]))
+        return len(order) / (time.perf_counter() - started)
+
+    rates = {"cold": one_pass(shuffled), "warm": one_pass(shuffled), "in order": one_pass(np.sort(rows))}
+    mb = size * size * 3 / 1e6
+    note = ", ".join(f"{what} {rate:.0f} img/s ({rate * mb:.0f} MB/s)" for what, rate in rates.items())
+    return f"{len(rows)} photos in batches of {READ_BATCH}: {note}", rates
+
+
+ABID_STEPS: dict[str, Step] = {
+    INDEX: _load, BUILD: partial(_prepare, open_top=True), READ: _read,
+    FEW: partial(_train, batches=FEW_BATCHES, val_photos=FEW_VAL), COUNT: partial(_evaluate, limit=COUNTED)}
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """The first load of N photos (the index built), and of a smaller part of them: the slope is
+    what each photo costs."""
+
+    n: int
+    seconds: float
+    rss_mb: float
+    index_bytes: int
+    part: int
+    part_seconds: float
+    part_rss_mb: float
+
+    def at(self, photos: int, value: float, part_value: float) -> float:
+        """`value` (at n) carried on to `photos` along the line through (part, part_value)."""
+        return value + (value - part_value) / (self.n - self.part) * (photos - self.n)
+
+
+@dataclass(frozen=True)
+class AtSize:
+    """What one cache size measured on N photos."""
+
+    size: int
+    build_rate: float  # photos decoded into the cache per second, all cores
+    cache_bytes: float  # per photo, on disk
+    read: dict[str, float]  # img/s of `_read`'s passes
+
+
+def full_abid(indexed: Indexed, cores: int, photo_bytes: float, sizes: list[AtSize], gpus: int) -> list[str]:
+    """All of ABID (ABID_BINS photos) worked out from figures measured on fewer: the lines to print."""
+    n, gb = indexed.n, ABID_BINS / 1e9
+    ram = indexed.at(ABID_BINS, indexed.rss_mb, indexed.part_rss_mb) / 1e3
+    load = indexed.at(ABID_BINS, indexed.seconds, indexed.part_seconds) / 60
+    lines = [f"all of ABID ({ABID_BINS:,} photos) from the figures on {n:,} (this machine: {cores} cores):",
+             f"  photos as downloaded: ~{ABID_JPEG * gb:.0f} GB (the sample's ABID originals average "
+             f"{ABID_JPEG / 1e3:.0f} KB; these synthetic ones {photo_bytes / 1e3:.0f} KB)",
+             f"  index: {indexed.index_bytes / n * gb * 1e3:.0f} MB; first load ~{load:.0f} min here, peak RSS "
+             f"~{ram:.1f} GB (from {indexed.part_seconds:.1f} s and {indexed.part_rss_mb:.0f} MB at {indexed.part:,}, "
+             f"{indexed.seconds:.1f} s and {indexed.rss_mb:.0f} MB at {n:,}, carried on in a line)"]
+    for at in sizes:
+        disk = at.cache_bytes * gb
+        lines.append(f"  @{at.size}px: image cache {disk:.1f} GB on disk ({at.cache_bytes / 1e3:.1f} KB a photo), "
+                     f"the RAM or GPU memory to hold it whole; built in {ABID_BINS / at.build_rate / 3600:.1f} h here "
+                     f"({at.build_rate:.0f} img/s), ~{ABID_BINS / (at.build_rate / cores * 16) / 60:.0f} min on 16 "
+                     f"cores if decoding scales with them")
+        reads = ", ".join(f"{what} {ABID_BINS / rate / 60:.1f} min ({rate:.0f} img/s)"
+                          for what, rate in at.read.items())
+        lines.append(f"    one pass over the cache in batches of {READ_BATCH}, at the rates read here: {reads}")
+    for name, rate in GPU_RATES.items():
+        epoch, paper = ABID_BINS / rate / 60, PAPER_PHOTOS * PAPER_EPOCHS / rate / 60
+        lines.append(f"  training at {rate:,} img/s a GPU ({name}): an epoch of all ABID {epoch:.1f} min on 1 GPU, "
+                     f"{epoch / gpus:.1f} on {gpus}; the paper's {PAPER_EPOCHS} epochs of {PAPER_PHOTOS:,} photos "
+                     f"{paper:.0f} min on 1, {paper / gpus:.0f} on {gpus} (if GPUs scale in a line)")
+    fastest = max(GPU_RATES.values())
+    feeds = "; ".join(f"{at.size} px: {at.read['cold'] / fastest:.1f} cold, {at.read['warm'] / fastest:.1f} from RAM"
+                      for at in sizes)
+    lines.append(f"  GPUs at the plain loop's {fastest:,} img/s that one reading process keeps fed: {feeds}")
+    return lines
+
+
+def _linked(data: Path, part: int) -> Path:
+    """Bins 1..`part` of the collection `data`, hard-linked into a collection of their own."""
+    folder = data.with_name(f"{data.name}-first-{part}")
+    for sub in ("bin-images", "metadata"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(1, part + 1):
+        for rel in (f"bin-images/{i}.jpg", f"metadata/{i}.json"):
+            if not (folder / rel).exists():
+                os.link(data / rel, folder / rel)
+    return folder
+
+
+def abid_rows(root: Path, n: int, sizes: list[int], gpus: int) -> None:
+    """`--abid`: N generated photos of ABID's size and layout; their first load (and that of a quarter
+    of them); at each size the cache built and read, a few training steps and COUNTED photos counted,
+    each step in a fresh process; then `full_abid`."""
+    from core.store.layout import cache_file, collection_folder, index_file
+
+    data, store = root / f"abid-{n}-{ABID_PHOTO[0]}x{ABID_PHOTO[1]}", root / f"store-abid-{n}"
+    started = time.perf_counter()
+    generate(data, 1, n, photo=ABID_PHOTO)
+    part = _linked(data, n // 4)
+    _settle()
+    photo_bytes = sum(p.stat().st_size for p in (data / "bin-images").iterdir()) / n
+    print(f"{n} photos of {ABID_PHOTO[0]}x{ABID_PHOTO[1]} px ({photo_bytes / 1e3:.0f} KB) ready in "
+          f"{time.perf_counter() - started:.0f} s: {data}", flush=True)
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    rows: list[tuple[str, ...]] = []
+
+    def step(name: str, folder: Path, size: int, label: str) -> dict:
+        result = run_step(name, folder, store, size)
+        workers = f" (workers {result['worker_rss_mb']:.0f} MB)" if result["worker_rss_mb"] else ""
+        rows.append((label, f"{result['seconds']:.1f} s", f"{result['rss_mb']:.0f} MB{workers}", result["note"]))
+        print(f"  {rows[-1]}", flush=True)
+        return result
+
+    small = step(INDEX, part, sizes[0], f"{INDEX}, {n // 4} photos")
+    whole = step(INDEX, data, sizes[0], f"{INDEX}, {n} photos")
+    indexed = Indexed(n, whole["seconds"], whole["rss_mb"], index_file(collection_folder(data, store)).stat().st_size,
+                      n // 4, small["seconds"], small["rss_mb"])
+    measured = []
+    for size in sizes:
+        built = step(BUILD, data, size, f"{BUILD} @{size}px")
+        read = step(READ, data, size, f"{READ} @{size}px")
+        for name in (FEW, COUNT):
+            step(name, data, size, f"{name} @{size}px")
+        disk = cache_file(collection_folder(data, store), size).stat().st_blocks * 512  # on disk, not its length
+        measured.append(AtSize(size, built["figures"]["decoded"] / built["seconds"], disk / built["figures"]["rows"],
+                               read["figures"]))
+    print_table(rows, header=("step", "wall time", "peak RSS", f"what ({n} photos)"))
+    for line in full_abid(indexed, len(os.sched_getaffinity(0)), photo_bytes, measured, gpus):
+        print(line)
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="photos in the synthetic collection")
@@ -296,13 +489,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=IMAGE_SIZE, help="cache resolution")
     parser.add_argument("--reconcile", action="store_true",
                         help=f"time train.py reconcile on {' and '.join(map(str, RECONCILE_BINS))} bins instead")
-    parser.add_argument("--step", choices=[*STEPS, *RECONCILE_STEPS], help=argparse.SUPPRESS)
+    parser.add_argument("--abid", action="store_true",
+                        help=f"all of ABID ({ABID_BINS:,} photos) worked out from --n photos of its size at --sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 160], help="cache sizes of --abid")
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs of --abid's arithmetic, beside one")
+    parser.add_argument("--step", choices=[*STEPS, *RECONCILE_STEPS, *ABID_STEPS], help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
         return _child(args.step, args.root, args.store, args.size)
     if args.reconcile:
         return reconcile_rows(args.root, args.size)
+    if args.abid:
+        return abid_rows(args.root, args.n, args.sizes, args.gpus)
 
     data, store = args.root / f"abid-{args.n}", args.root / f"store-{args.n}"
     started = time.perf_counter()

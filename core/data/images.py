@@ -121,10 +121,15 @@ def load_rgb(source: ImageSource, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_workers() -> int:
-    """Threads `decoded_batches` decodes with by default: one per usable core, at most 4."""
+BESIDE_CPU_NETWORK = 4  # decoding threads at most where the network counts on the same cores
+
+
+def decode_workers(network_on_cpu: bool = True) -> int:
+    """Threads `decoded_batches` decodes with by default: one per usable core, at most
+    `BESIDE_CPU_NETWORK` where the network that uses the photos runs on the same cores; every usable
+    core where it runs elsewhere (a GPU), since decoding is then what limits the rate."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, usable))
+    return max(1, min(BESIDE_CPU_NETWORK, usable) if network_on_cpu else usable)
 
 
 def _decoded(source: ImageSource, size: int) -> np.ndarray | ImageError:
