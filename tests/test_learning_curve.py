@@ -86,6 +86,6 @@ def test_the_what_more_photos_buy_page_draws_the_curve_and_says_what_five_points
     train_learning_curve(data, "quick", store, shares=(0.25, 0.5), overrides=TINY, progress=False)
     at = open_page("more_photos")
     labels = [m.label for m in at.metric]
-    assert "+5% accuracy needs" in labels and "At 324,000 photos" in labels
+    assert "+5 points of accuracy need" in labels and "At 324,000 photos" in labels
     assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 2
     assert any("People have recounted 0 photos" in c.value for c in at.caption)

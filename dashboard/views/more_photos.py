@@ -42,7 +42,8 @@ else:
     c1, c2, c3 = st.columns(3)
     c1.metric(f"Now, {fit.photos:,} photos", f"{fit.at(fit.photos):.1%}", help="the fitted line at the most photos")
     more = fit.photos_for(GAIN) - fit.photos
-    c2.metric(f"+{GAIN:.0%} accuracy needs", "never on this line" if not np.isfinite(more) else f"{more:,.0f} more",
+    c2.metric(f"+{GAIN * 100:.0f} points of accuracy need",
+              "never on this line" if not np.isfinite(more) else f"{more:,.0f} more",
               help=f"labelled photos, such as recounted bins; {fit.per_doubling:+.3f} per doubling "
                    f"({fit.slope_low * np.log(2):+.3f} to {fit.slope_high * np.log(2):+.3f})")
     far = fit.projections[-1]
