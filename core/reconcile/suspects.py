@@ -67,7 +67,9 @@ def suspect_labels(predictions: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("no stored predictions of held-out photos: train a model (train.py suite)")
     probs = np.array(predictions["probs"].tolist(), dtype=float)
     labels = predictions["true_count"].to_numpy(dtype=int)
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's default forks a process pool, which can hang inside the dashboard's server
+    # (threads and torch loaded); a few thousand photos take well under a second in one process
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     rows = predictions.iloc[ranked]
     picked = probs[ranked]
     return pd.DataFrame({
