@@ -163,19 +163,24 @@ def cmd_count(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from core.cnn.onnx_export import export_experiment
+    from core.cnn.onnx_export import export_ensemble, export_experiment
     from core.counting.service import ModelNotFound, model_folders, resolve_experiment
     from core.store.database import Store
 
     store = Store(args.store)
     try:
         exp = resolve_experiment(store, args.model)
-        manifest = export_experiment(exp, model_folders(store, exp), args.out)
-    except (ModelNotFound, ValueError) as err:
+        if exp.family == "ensemble":
+            members = [store.experiment(member_id) for member_id in exp.members]
+            manifest = export_ensemble(exp, [(m, model_folders(store, m)) for m in members], args.out)
+        else:
+            manifest = export_experiment(exp, model_folders(store, exp), args.out)
+    except (ModelNotFound, ValueError, KeyError) as err:
         sys.exit(str(err))
-    graphs = json.loads(manifest.read_text())["graphs"]
-    print(f"{exp.name} ({exp.id}): {len(graphs)} ONNX graph{'s' if len(graphs) > 1 else ''}, calibration and "
-          f"manifest -> {manifest.parent}")
+    written = json.loads(manifest.read_text())
+    what = f"{len(written['members'])} members' ONNX graphs" if "members" in written else \
+        f"{len(written['graphs'])} ONNX graph{'s' if len(written['graphs']) > 1 else ''}"
+    print(f"{exp.name} ({exp.id}): {what}, calibration and manifest -> {manifest.parent}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -246,6 +251,29 @@ def cmd_learning_curve(args: argparse.Namespace) -> None:
         expected = f" (the curve: {fit.at(point.photos):.3f} at that many photos)" if fit else ""
         print(f"With {point.experiment.recounted_photos:,} recounted photos ({point.photos:,} training photos): "
               f"accuracy {point.accuracy():.3f}{expected}")
+
+
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from core.store.database import Store, best_rule, selection_score
+    from core.training.ensemble import build_ensemble, member_line, run_name
+
+    store, root = Store(args.store), data_dir(args.data)
+    try:
+        exp = store.experiment(build_ensemble(store, root, args.max_rounds))
+    except ValueError as err:
+        sys.exit(str(err))
+    members = {m: store.experiment(m) for m in exp.members}
+    print(f"{exp.name} ({exp.id}): {member_line(exp.members, {i: run_name(e) for i, e in members.items()})}")
+    for member_id, weight in exp.members.items():
+        print(f"  x{weight} {run_name(members[member_id])} ({member_id}): validation balanced accuracy "
+              f"{selection_score(members[member_id]):.3f}")
+    val, test = exp.val_metrics, exp.metrics
+    assert val is not None and test is not None  # build_ensemble records both
+    print(f"validation balanced accuracy, cross-fitted (chosen on one half, scored on the other): "
+          f"{val.balanced_accuracy:.3f}; test: {test.balanced_accuracy:.3f}, accuracy on the paper's task "
+          f"{test.paper_task.accuracy if test.paper_task else float('nan'):.3f}, ECE {test.ece:.3f}")
+    chosen = store.best(root)
+    print(f"best is {'now this ensemble' if chosen == exp.id else f'still {chosen}'}: {best_rule(root)}")
 
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
@@ -537,7 +565,7 @@ def cmd_gc(args: argparse.Namespace) -> None:
 # `train.py --help` lists the commands by job, in the README's order.
 COMMAND_GROUPS = {
     "data": ("download", "prepare"),
-    "training": ("suite", "cnn", "lr-find", "classical", "screen", "learning-curve"),
+    "training": ("suite", "cnn", "lr-find", "classical", "ensemble", "screen", "learning-curve"),
     "counting and reconciliation": ("count", "evaluate", "reconcile", "export"),
     "recounts": ("recount",),
     "store": ("store", "gc"),
@@ -559,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cnn.recipes import PRESETS
     from core.data.download import DEFAULT_BASE_URL
     from core.reconcile.inventory import MISMATCH_THRESHOLD, PRIOR_WRONG
+    from core.training.ensemble import MAX_ROUNDS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below")
@@ -655,6 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compare each run with the first, paired on the same photos (bootstrap intervals)")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     p.set_defaults(func=cmd_screen)
+
+    p = command("ensemble", "mix finished models into one, chosen greedily on validation (Caruana et al. 2004) "
+                            "and recalibrated; `best` serves it where it wins", parents=[data, store])
+    p.add_argument("--max-rounds", type=int, default=MAX_ROUNDS,
+                   help="most models added, with replacement (default: %(default)s)")
+    p.set_defaults(func=cmd_ensemble)
 
     p = command("learning-curve", "what more photos buy: a preset trained on nested shares of the training split, "
                                   "scored on the same validation photos, fitted and extrapolated to ABID's size",

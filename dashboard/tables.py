@@ -25,6 +25,20 @@ def labels(experiments: Sequence[Experiment]) -> dict[str, str]:
     return out
 
 
+def model_text(exp: Experiment) -> str:
+    """What a run is, in a few words: its model, or an ensemble's members with their weights."""
+    return f"ensemble of {exp.recipe_notes}" if exp.family == "ensemble" else exp.model
+
+
+def members_caption(exp: Experiment) -> str | None:
+    """For an ensemble (`core.training.ensemble`), what it is and how it was chosen; None for one model."""
+    if exp.family != "ensemble":
+        return None
+    return (f"**{exp.name}** serves {len(exp.members)} models as one: {exp.recipe_notes} (xN: chosen N times, "
+            "weighing N). They were chosen greedily on the validation photos and their mean recalibrated there; "
+            "its validation figures are cross-fitted (chosen on one half of those photos, scored on the other).")
+
+
 def is_scored(exp: Experiment) -> bool:
     """A finished model with test metrics (LR-finder sweeps finish too, but count nothing)."""
     return exp.is_model and exp.metrics is not None and exp.metrics.balanced_accuracy is not None
@@ -45,7 +59,7 @@ def leaderboard(experiments: Sequence[Experiment]) -> pd.DataFrame:
         m, sel = e.metrics or SplitFigures(), e.selection_metrics or SplitFigures()
         accuracy_ci, balanced_ci, rmse_ci = headline_text(m)
         rows.append({
-            "experiment": names[e.id], "family": e.family, "model": e.model,
+            "experiment": names[e.id], "family": e.family, "model": model_text(e),
             "chosen on": e.selection_source, "selection balanced accuracy": sel.balanced_accuracy,
             "selection (95% CI)": headline_text(sel)[1],
             "accuracy": m.accuracy, "balanced accuracy": m.balanced_accuracy, "RMSE": m.rmse,

@@ -11,7 +11,7 @@ from core.store.database import selection_score
 from core.store.records import Experiment
 from dashboard import figures, state
 from dashboard.access import LOCAL_SUFFIX, Writer, login_here
-from dashboard.tables import labels
+from dashboard.tables import labels, members_caption, model_text
 
 TRAIN_COMMANDS = (
     ".venv/bin/python train.py suite                  # the default experiments: PCA and HOG SVMs, a small CNN",
@@ -47,8 +47,10 @@ def pick_experiment(exps: Sequence[Experiment], key: str, label: str = "Experime
     names = labels(ordered)
     best = state.best_id()
     by_id = {e.id: e for e in ordered}
-    chosen = st.selectbox(label, list(by_id), key=key,
-                          format_func=lambda i: f"{names[i]}  ·  {by_id[i].model}" + ("  ★ best" if i == best else ""))
+    chosen = st.selectbox(label, list(by_id), key=key, format_func=lambda i: f"{names[i]}  ·  {model_text(by_id[i])}"
+                          + ("  ★ best" if i == best else ""))
+    if caption := members_caption(by_id[chosen]):
+        st.caption(caption)
     return by_id[chosen]
 
 
@@ -58,7 +60,7 @@ def pick_experiments(exps: Sequence[Experiment], key: str, default_n: int = 2,
     names = labels(ordered)
     by_id = {e.id: e for e in ordered}
     chosen = st.multiselect(label, list(by_id), default=list(by_id)[:default_n], key=key,
-                            format_func=lambda i: f"{names[i]}  ·  {by_id[i].model}")
+                            format_func=lambda i: f"{names[i]}  ·  {model_text(by_id[i])}")
     return [by_id[i] for i in chosen]
 
 

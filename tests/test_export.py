@@ -10,7 +10,7 @@ import pytest
 from core.cnn import train_cnn
 from core.cnn.onnx_export import read_manifest
 from core.cnn.predictor import onnx_runtime_predictor
-from core.counting.service import BinCounter, load_counter
+from core.counting.service import BinCounter, Member, load_counter
 from core.data.synthetic import bin_jpeg
 from core.evaluation.calibration import Calibration
 from core.store.database import Store
@@ -21,8 +21,10 @@ PHOTOS = [bin_jpeg(k % 6, seed=20_000 + k) for k in range(120)]
 
 def onnx_counter(store: Store, exp_id: str, folder) -> BinCounter:
     manifest = read_manifest(folder)
+    exp = store.experiment(exp_id)
     predictors = [onnx_runtime_predictor(folder / graph) for graph in manifest["graphs"]]
-    return BinCounter(store.experiment(exp_id), predictors, precision="fp32", engine="onnxruntime")
+    return BinCounter(exp, [Member(predictors, manifest["image_size"], exp.calibration)], precision="fp32",
+                      engine="onnxruntime")
 
 
 def agreement(ours: BinCounter, theirs: BinCounter) -> tuple[float, float]:

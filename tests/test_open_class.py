@@ -14,7 +14,7 @@ from PIL import Image
 
 from core.classical import ClassicalConfig, train_classical
 from core.config import PROJECT_ROOT
-from core.counting.service import BinCounter
+from core.counting.service import BinCounter, Member
 from core.data.collection import load_collection
 from core.data.dataset import prepare_dataset
 from core.data.synthetic import write_abid_collection
@@ -91,7 +91,7 @@ def _open_counter() -> BinCounter:
         probs[full, 6], probs[~full, 2] = 0.94, 0.94
         return probs
 
-    return BinCounter(exp, [predict])
+    return BinCounter(exp, [Member([predict], 16, exp.calibration)])
 
 
 def test_a_bin_recorded_above_five_is_flagged_only_when_its_photo_does_not_look_full():

@@ -127,7 +127,7 @@ def test_calibration_is_stored_with_the_model_when_it_is_trained(counters, train
     exp = Store(trained_store).experiment(counters["cnn"].exp_id)
     calibration = exp.calibration
     assert calibration.method in ("none", "temperature", "temperature+bias") and calibration.temperature > 0
-    assert counters["cnn"].calibration == calibration  # loading only reads it
+    assert counters["cnn"].members[0].calibration == calibration  # loading only reads it
     nll = calibration.nll_by_method  # chosen on held-out halves of the validation photos
     assert nll[calibration.method] <= min(nll.values()) + 1e-3
     assert calibration.n_fit == exp.val_metrics.n

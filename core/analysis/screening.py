@@ -4,8 +4,9 @@ Levers are chosen on the validation split (or out of fold, for cross-validated r
 split is for reporting the chosen one, once. The figures are computed again from the predictions
 each run stored (the probabilities it shows, `core.runs.lifecycle`), by `core.evaluation.metrics.split_figures`, so
 every row is scored by the same rule as the run's own record. A mixed ensemble (the paper's third
-future-work item) is the mean of several runs' stored probabilities over the photos they share,
-decided like one run.
+future-work item) is the mean of several runs' calibrated likelihoods over the photos they share
+(`core.training.ensemble.held_out`), decided like one run, without the recalibration
+`train.py ensemble` adds.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from core.evaluation.metrics import (
 )
 from core.store.database import Store
 from core.store.records import Experiment
+from core.training.ensemble import held_out
 
 SPLITS = ("val", "oof", "test")
 
@@ -56,29 +58,6 @@ class ScreenedRun:
         return None if None in seconds else sum(s for s in seconds if s is not None) / 60
 
 
-def _shared_predictions(store: Store, experiments: Sequence[Experiment], split: str) -> pd.DataFrame:
-    """The stored predictions of `split` of each run, on the photos all of them scored, by image
-    id (bootstrap intervals depend on the order); `probs` is their mean."""
-    frames = []
-    for exp in experiments:
-        frame = store.predictions(exp.id, split)
-        if frame.empty:
-            raise ValueError(f"{exp.name} ({exp.id}) stored no {split!r} predictions"
-                             + (" (a cross-validated run: use 'oof')" if split == "val" and exp.folds else "")
-                             + (" (a single run: use 'val')" if split == "oof" and not exp.folds else ""))
-        frames.append(frame.set_index("image_id"))
-    shared = frames[0].index
-    for frame in frames[1:]:
-        shared = shared.intersection(frame.index)
-    if shared.empty:
-        raise ValueError("the runs share no photo on this split")
-    shared = shared.sort_values()
-    first = frames[0].loc[shared]
-    probs = np.mean([np.stack(frame.loc[shared, "probs"].to_list()) for frame in frames], axis=0)
-    return pd.DataFrame({"image_id": shared.to_numpy(), "path": first["path"].to_numpy(),
-                         "count": first["true_count"].to_numpy(), "probs": list(probs)})
-
-
 def screen(store: Store, experiments: Sequence[Experiment], split: str = "val",
            label: str | None = None) -> ScreenedRun:
     """The figures of a run, or of the mean of several runs' probabilities, on `split`, overall
@@ -93,13 +72,13 @@ def screen(store: Store, experiments: Sequence[Experiment], split: str = "val",
     ((num_classes, open_top),) = shapes
     if num_classes is None:
         raise ValueError(f"{experiments[0].name} did not record its classes (not a model run)")
-    rows = _shared_predictions(store, experiments, split)
-    probs, truth = np.stack(rows["probs"].to_list()), rows["count"].to_numpy()
-    sources = np.array(photo_sources(rows["path"].to_list()))
+    rows = held_out(store, experiments, split)
+    probs, truth = rows.mean(), rows.counts
+    sources = np.array(photo_sources(rows.paths.tolist()))
     scored = truth < num_classes - 1 if open_top else np.ones(len(truth), dtype=bool)  # bins of 0..5 items
     by_source = {name: split_figures(truth[sources == name], probs[sources == name], num_classes, open_top)
                  for name in sorted(set(sources)) if (scored & (sources == name)).any()}
-    shown = pd.DataFrame({"image_id": rows["image_id"], "true_count": truth, "pred_count": decide(probs)})
+    shown = pd.DataFrame({"image_id": rows.image_ids, "true_count": truth, "pred_count": decide(probs)})
     return ScreenedRun(label or " + ".join(e.name for e in experiments), tuple(experiments), split,
                        split_figures(truth, probs, num_classes, open_top), by_source, shown)
 

@@ -5,11 +5,14 @@ N x S x S x 3) and returns the network's uncalibrated class probabilities, with 
 and the test-time flip averaging inside the graph (`core.cnn.predictor.export_graph`: the graph the
 counting service itself runs under ONNX Runtime), so it is `load_predictor`'s function in ONNX
 form. A cross-validated experiment exports one graph per fold; the counting service serves the
-mean of the folds' calibrated probabilities. The manifest says what a reader needs to use them.
+mean of the folds' calibrated probabilities. An ensemble of experiments (`core.training.ensemble`)
+exports each member as above into a folder of its own, beside the ensemble's calibration map and a
+manifest of members and weights. The manifest says what a reader needs to use them.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from core.cnn.predictor import INPUT, OPSET, OUTPUT, export_graph, load_model
@@ -36,10 +39,8 @@ def export_experiment(exp: Experiment, folders: list[Path], out: str | Path) -> 
     graphs = [GRAPH_FILE] if len(folders) == 1 else [f"fold-{k}/{GRAPH_FILE}" for k in range(len(folders))]
     configs = [_export_folder(folder, out / graph) for folder, graph in zip(folders, graphs, strict=True)]
     config = configs[0]
-    with atomic_path(out / CALIBRATION_FILE) as tmp:
-        tmp.write_text(json.dumps(exp.calibration.to_dict(), indent=2))
     num_classes = config["num_classes"]
-    manifest = {
+    return _write_manifest(exp, out, {
         "experiment": exp.id, "name": exp.name, "backbone": config["backbone"],
         "graphs": graphs,
         "ensemble": "mean of the graphs' calibrated probabilities" if len(graphs) > 1 else None,
@@ -53,14 +54,41 @@ def export_experiment(exp: Experiment, folders: list[Path], out: str | Path) -> 
         "normalization": {"mean": config["mean"], "std": config["std"], "scale": "pixels / 255, then (x - mean) / std",
                           "in_graph": True},
         "tta": {"horizontal_flip": bool(config["tta"]), "in_graph": True},
-        "classes": [exp.count_label(c) for c in range(num_classes)],
-        "open_top_class": exp.open_top,
-        "calibration": CALIBRATION_FILE,
-        "opset": OPSET,
-    }
+    })
+
+
+def _write_manifest(exp: Experiment, out: Path, manifest: dict) -> Path:
+    """Write `exp`'s calibration and `manifest`, with the classes and files every export names; returns its path."""
+    with atomic_path(out / CALIBRATION_FILE) as tmp:
+        tmp.write_text(json.dumps(exp.calibration.to_dict(), indent=2))
+    manifest = {**manifest, "classes": [exp.count_label(c) for c in range(exp.num_classes or 0)],
+                "open_top_class": exp.open_top, "calibration": CALIBRATION_FILE, "opset": OPSET}
     with atomic_path(out / MANIFEST_FILE) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
     return out / MANIFEST_FILE
+
+
+def export_ensemble(exp: Experiment, members: Sequence[tuple[Experiment, list[Path]]], out: str | Path) -> Path:
+    """Export ensemble `exp` to `out`: each member (an experiment and its model folders, in the order of
+    `exp.members`) as `export_experiment` writes it, into `members/<its id>/`, then the ensemble's
+    `calibration.json` and `manifest.json`; returns the manifest's path. Only CNN members export."""
+    not_cnn = [m.name for m, _ in members if m.family != "cnn"]
+    if not_cnn:
+        raise ValueError(f"{exp.name} ({exp.id}) mixes in {', '.join(not_cnn)}: only CNN models export to ONNX")
+    out = Path(out)
+    listed = []
+    for member, folders in members:
+        folder = f"members/{member.id}"
+        export_experiment(member, folders, out / folder)
+        listed.append({"experiment": member.id, "name": member.name, "folder": folder,
+                       "weight": exp.members[member.id], "image_size": member.image_size})
+    return _write_manifest(exp, out, {
+        "experiment": exp.id, "name": exp.name, "members": listed,
+        "ensemble": "each member's folder holds its own manifest: photos at its image_size in, its likelihoods out "
+                    "(its graphs' calibrated probabilities, the mean over its graphs); the ensemble's likelihoods "
+                    "are calibration.json's map, softmax(log p / temperature + bias), applied to the weighted mean "
+                    "p of the members' likelihoods (weights: times each was chosen), then normalised",
+    })
 
 
 def read_manifest(folder: str | Path) -> dict:

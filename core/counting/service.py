@@ -3,16 +3,18 @@
 Every model family exposes `load_predictor(folder, artifact, num_classes)`: uint8 RGB arrays
 at the experiment's `image_size` in, class probabilities out. The experiment's calibration
 turns them into likelihoods; a cross-validated experiment is K such models, served as the mean
-of their likelihoods. What a counter shows is the posterior under its stated prior
-(`core.evaluation.priors`: uniform by default, ABID's natural mix, or the batch's own mix, estimated), and the
-count shown is its most probable count (`core.evaluation.calibration.decide`). Photos reach the models
-through `core.data.images.load_rgb`, the same decoder that filled the training cache, so training
-and serving see identical pixels. Loading only loads: calibration happened when the experiment
-was trained.
+of their likelihoods. An ensemble (`core.training.ensemble`) is several experiments, each reading
+the photo decoded at its own size, served as the weighted mean of their likelihoods under the
+ensemble's own calibration map. What a counter shows is the posterior under its stated prior
+(`core.evaluation.priors`: uniform by default, ABID's natural mix, or the batch's own mix, estimated),
+and the count shown is its most probable count (`core.evaluation.calibration.decide`). Photos reach
+the models through `core.data.images.load_rgb`, the same decoder that filled the training cache, so
+training and serving see identical pixels. Loading only loads: calibration happened when the
+experiment was trained.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -27,9 +29,9 @@ from core.classical.predictor import load_predictor as load_classical
 from core.cnn.predictor import load_predictor as load_cnn
 from core.cnn.runtime import ENGINES
 from core.data.collection import load_collection
-from core.data.images import ImageError, ImageSource, decode_workers, decoded_batches, load_rgb
+from core.data.images import ImageError, ImageSource, decode_workers, decoded_batches, load_rgb_sizes
 from core.data.sources import photo_sources
-from core.evaluation.calibration import decide
+from core.evaluation.calibration import Calibration, decide
 from core.evaluation.metrics import SplitFigures, ece_by_prior, expected_count, split_figures
 from core.evaluation.priors import DEFAULT_PRIOR, PRIORS, BatchMix, batch_mix, stated_prior, with_prior
 from core.store.database import Store, best_of, same_root
@@ -66,7 +68,7 @@ def model_folders(store: Store, exp: Experiment) -> list[Path]:
 def resolve_experiment(store: Store, model: str = "best", data_root: str | Path | None = None) -> Experiment:
     """`best` (see `core.store.database.best_rule`: chosen on validation, among models on `data_root`),
     an experiment id, or the newest finished model of that name."""
-    models = [e for e in store.experiments("finished") if e.is_model and e.family in LOADERS]
+    models = [e for e in store.experiments("finished") if e.is_model]
     if model == "best":
         exp_id = best_of(models, data_root)
         if exp_id is None:
@@ -84,28 +86,51 @@ def resolve_experiment(store: Store, model: str = "best", data_root: str | Path 
     return match[0]
 
 
+@dataclass(frozen=True)
+class Member:
+    """One experiment of what a counter serves: its models (one, or one per fold), the size its photos
+    are decoded at, its calibration map and its weight in an ensemble."""
+
+    predictors: Sequence[Predictor]
+    image_size: int
+    calibration: Calibration
+    weight: float = 1.0
+
+    def likelihoods(self, images: np.ndarray) -> np.ndarray:
+        """The mean of its models' calibrated likelihoods for uint8 (N, S, S, 3) arrays at `image_size`."""
+        return np.mean([self.calibration.likelihood(p(images)) for p in self.predictors], axis=0)
+
+
+Photos = Mapping[int, np.ndarray]  # image size -> uint8 (N, S, S, 3) arrays of the same photos at that size
+
+
 class BinCounter:
     """A loaded model (or ensemble) with calibrated probabilities under a stated prior (`prior_name`,
-    one of `core.evaluation.priors.PRIORS`); `count` takes any photo the decoder accepts."""
+    one of `core.evaluation.priors.PRIORS`); `count` takes any photo the decoder accepts.
 
-    def __init__(self, exp: Experiment, predictors: Sequence[Predictor], prior: str = DEFAULT_PRIOR,
-                 precision: str = "fp32", engine: str = "torch", on_gpu: bool = False):
-        if exp.num_classes is None or exp.image_size is None:
-            raise ValueError(f"experiment {exp.id} has no image size or class count: not a counting model")
+    It serves `members`: one experiment, or an ensemble's, whose weighted mean likelihood is mapped by
+    `calibration` (no map for one experiment, whose member carries its own)."""
+
+    def __init__(self, exp: Experiment, members: Sequence[Member], prior: str = DEFAULT_PRIOR,
+                 precision: str = "fp32", engine: str = "torch", on_gpu: bool = False,
+                 calibration: Calibration | None = None):
+        if exp.num_classes is None or not members:
+            raise ValueError(f"experiment {exp.id} has no class count or no model: not a counting model")
         if prior not in PRIORS:
             raise ValueError(f"unknown prior {prior!r}: one of {', '.join(PRIORS)}")
         self.exp = exp
         self.exp_id, self.name = exp.id, exp.name
         self.num_classes: int = exp.num_classes
-        self.image_size: int = exp.image_size
-        self.calibration = exp.calibration
+        self.members = list(members)
+        self.sizes = tuple(sorted({m.image_size for m in self.members}))  # every size a photo is decoded at
+        self.image_size: int = self.sizes[-1]  # the largest
+        self.calibration = calibration or Calibration()
         self.prior_name = prior
         self.precision = precision  # what the network computes in: "bf16" or "fp32" ("float64": classical)
         self.engine = engine  # what runs it: "onnxruntime" or "torch" (CNN; "+"-joined if folds differ), "scikit-learn"
         self.on_gpu = on_gpu  # whether the network runs on a GPU, leaving every core to decoding
         self.batch_size = GPU_BATCH if on_gpu else CPU_BATCH  # photos scored at once by default
         self.workers = decode_workers(network_on_cpu=not on_gpu)  # decoding threads by default
-        self._predictors = list(predictors)
 
     @property
     def served_by(self) -> str:
@@ -114,11 +139,15 @@ class BinCounter:
 
     def with_prior(self, prior: str) -> BinCounter:
         """The same loaded models, showing posteriors under another prior."""
-        return BinCounter(self.exp, self._predictors, prior, self.precision, self.engine, self.on_gpu)
+        return BinCounter(self.exp, self.members, prior, self.precision, self.engine, self.on_gpu, self.calibration)
 
-    def likelihoods(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated likelihoods (normalised per photo) for a batch of uint8 (N, S, S, 3) arrays."""
-        return np.mean([self.calibration.likelihood(p(images)) for p in self._predictors], axis=0)
+    def likelihoods(self, images: np.ndarray | Photos) -> np.ndarray:
+        """Calibrated likelihoods (normalised per photo) for a batch of photos at each size of `sizes`
+        (one uint8 (N, S, S, 3) array will do for a counter of one size)."""
+        photos = images if isinstance(images, Mapping) else {self.image_size: images}
+        mean = np.average([m.likelihoods(photos[m.image_size]) for m in self.members], axis=0,
+                          weights=[m.weight for m in self.members])
+        return self.calibration.likelihood(mean)
 
     def shown(self, likelihoods: np.ndarray) -> list[CountResult]:
         """What is shown for photos of these likelihoods, counted together: the posteriors under the
@@ -132,13 +161,13 @@ class BinCounter:
         return [CountResult(int(c), r.tolist(), float(e), float(r[c]), prior_list, batch)
                 for c, r, e in zip(counts, rounded, expected_count(probs), strict=True)]
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """The probabilities shown for a batch of uint8 (N, S, S, 3) arrays, counted together."""
+    def probabilities(self, images: np.ndarray | Photos) -> np.ndarray:
+        """The probabilities shown for a batch of photos (as `likelihoods` takes them), counted together."""
         return np.array([r.probs for r in self.shown(self.likelihoods(images))])
 
     def count(self, source: ImageSource) -> CountResult:
         """Count one photo; raises `ImageError` for anything that is not a usable image."""
-        return self.shown(self.likelihoods(load_rgb(source, self.image_size)[None]))[0]
+        return self.shown(self.likelihoods({s: a[None] for s, a in load_rgb_sizes(source, self.sizes).items()}))[0]
 
     def iter_likelihoods(self, sources: Iterable[ImageSource], batch_size: int | None = None,
                          workers: int | None = None) -> Iterator[np.ndarray | ImageError]:
@@ -148,9 +177,9 @@ class BinCounter:
         `self.batch_size`) photos at a time."""
         batch_size = self.batch_size if batch_size is None else batch_size
         workers = self.workers if workers is None else workers
-        for decoded in decoded_batches(sources, self.image_size, batch_size, workers):
-            good = [d for d in decoded if isinstance(d, np.ndarray)]
-            scored = iter(self.likelihoods(np.stack(good)) if good else ())
+        for decoded in decoded_batches(sources, self.sizes, batch_size, workers):
+            good = [d for d in decoded if not isinstance(d, ImageError)]
+            scored = iter(self.likelihoods({s: np.stack([d[s] for d in good]) for s in self.sizes}) if good else ())
             yield from (d if isinstance(d, ImageError) else next(scored) for d in decoded)
 
     def _shown_in_place(self, items: Sequence[np.ndarray | ImageError]) -> list[CountResult | ImageError]:
@@ -188,15 +217,43 @@ def load_counter(model: str = "best", store: Store | None = None, data_root: str
     GPU counts `GPU_BATCH` photos at once, decoded by a thread per core (`BinCounter.on_gpu`)."""
     store = store or Store()
     exp = resolve_experiment(store, model, data_root)
+    if exp.family == "ensemble":
+        loaded = [_load_member(store, _member(store, exp, member_id), weight, precision, engine)
+                  for member_id, weight in exp.members.items()]
+    else:
+        loaded = [_load_member(store, exp, 1.0, precision, engine)]
+    precisions = "+".join(sorted({p for _, p, _ in loaded}))
+    engines = "+".join(sorted({e for _, _, used in loaded for e in used.split("+")}))
+    on_gpu = torch.cuda.is_available() and engine != "onnxruntime" and engines == "torch"
+    return BinCounter(exp, [m for m, _, _ in loaded], prior, precisions, engines, on_gpu,
+                      calibration=exp.calibration if exp.family == "ensemble" else None)
+
+
+def _member(store: Store, ensemble: Experiment, member_id: str) -> Experiment:
+    try:
+        member = store.experiment(member_id)
+    except KeyError:
+        member = None
+    if member is None or not member.is_model:
+        raise ModelNotFound(f"{ensemble.name} ({ensemble.id}) needs {member_id}, which is no longer a finished "
+                            "model in the store: build the ensemble again (`python train.py ensemble`)")
+    return member
+
+
+def _load_member(store: Store, exp: Experiment, weight: float, precision: str | None,
+                 engine: str | None) -> tuple[Member, str, str]:
+    """One experiment's models as a `Member`, with the precision and engine they count in."""
     folders = model_folders(store, exp)
+    if exp.image_size is None:
+        raise ValueError(f"experiment {exp.id} has no image size: not a counting model")
     if exp.family != "cnn":
         predictors = [LOADERS[exp.family](folder, exp.artifact, exp.num_classes or 0) for folder in folders]
-        return BinCounter(exp, predictors, prior, "float64", "scikit-learn")
+        return Member(predictors, exp.image_size, exp.calibration, weight), "float64", "scikit-learn"
     gpu = torch.cuda.is_available() and engine != "onnxruntime"  # where PyTorch counts, it counts on the GPU
     networks = [load_cnn(folder, exp.artifact, exp.num_classes or 0, batch_size=GPU_BATCH if gpu else CPU_BATCH,
                          precision=precision, engine=engine) for folder in folders]
     engines = "+".join(sorted({n.engine for n in networks}))  # both where a fold's graph failed to load (logged)
-    return BinCounter(exp, networks, prior, networks[0].precision, engines, on_gpu=gpu and engines == "torch")
+    return Member(networks, exp.image_size, exp.calibration, weight), networks[0].precision, engines
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -121,6 +121,13 @@ def load_rgb(source: ImageSource, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def load_rgb_sizes(source: ImageSource, sizes: Sequence[int]) -> dict[int, np.ndarray]:
+    """`load_rgb` at each of `sizes` (decoded once a size, so each array is the one `load_rgb` gives:
+    an ensemble's members read their own sizes, as they trained)."""
+    data = source if isinstance(source, (str, Path, bytes, bytearray)) else source.read()  # a stream reads once
+    return {size: load_rgb(data, size) for size in sizes}
+
+
 BESIDE_CPU_NETWORK = 4  # decoding threads at most where the network counts on the same cores
 
 
@@ -132,17 +139,21 @@ def decode_workers(network_on_cpu: bool = True) -> int:
     return max(1, min(BESIDE_CPU_NETWORK, usable) if network_on_cpu else usable)
 
 
-def _decoded(source: ImageSource, size: int) -> np.ndarray | ImageError:
+Decoded = np.ndarray | dict[int, np.ndarray]  # a photo at one size, or at each of several (`load_rgb_sizes`)
+
+
+def _decoded(source: ImageSource, size: int | tuple[int, ...]) -> Decoded | ImageError:
     try:
-        return load_rgb(source, size)
+        return load_rgb(source, size) if isinstance(size, int) else load_rgb_sizes(source, size)
     except (ImageError, OSError) as err:
         return err if isinstance(err, ImageError) else ImageError(str(err))
 
 
-def decoded_batches(sources: Iterable[ImageSource], size: int, batch_size: int,
-                    workers: int | None = None) -> Iterator[list[np.ndarray | ImageError]]:
+def decoded_batches(sources: Iterable[ImageSource], size: int | tuple[int, ...], batch_size: int,
+                    workers: int | None = None) -> Iterator[list[Decoded | ImageError]]:
     """`sources` in batches of `batch_size`, each photo decoded by `load_rgb` (a `size` px uint8
-    array) or the `ImageError` saying why it could not be, in the order given.
+    array; for a tuple of sizes, `load_rgb_sizes`' dict) or the `ImageError` saying why it could not
+    be, in the order given.
 
     With `workers` > 0 (default `decode_workers()`) a thread pool decodes the next batch while the
     caller works on the one yielded (Pillow decodes and resizes without holding the GIL), so the

@@ -26,6 +26,7 @@ def count_label(count: int, num_classes: int, open_top: bool, short: bool = Fals
 # Columns of the `experiments` table that are fields of the record as they are.
 COLUMN_FIELDS = ("id", "name", "family", "model", "params", "config_key", "dataset", "data_root", "status",
                  "started_at", "ended_at", "host", "pid", "device", "weights", "metrics", "error")
+MODEL_FAMILIES = ("classical", "cnn", "ensemble")  # runs that count photos (LR-finder sweeps do not)
 FIGURE_FIELDS = ("metrics", "val_metrics", "cv_metrics")  # stored as SplitFigures.to_dict(), {} for none
 
 
@@ -54,7 +55,7 @@ class Experiment:
 
     id: str
     name: str
-    family: str  # "classical", "cnn" or "lr_finder"
+    family: str  # "classical", "cnn", "ensemble" (of finished runs) or "lr_finder"
     model: str
     params: dict[str, Any]
     config_key: str
@@ -98,6 +99,8 @@ class Experiment:
     feature_seconds: float | None = None
     # LR-finder sweeps
     suggested_lr: float | None = None
+    # ensembles (`core.training.ensemble`): member experiment id -> times chosen (its weight)
+    members: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def detail_fields(cls) -> tuple[str, ...]:
@@ -117,7 +120,7 @@ class Experiment:
     @property
     def is_model(self) -> bool:
         """A finished run that counts photos (LR-finder sweeps do not)."""
-        return self.status == "finished" and self.family in ("classical", "cnn") and self.metrics is not None
+        return self.status == "finished" and self.family in MODEL_FAMILIES and self.metrics is not None
 
     @property
     def selection_metrics(self) -> SplitFigures | None:

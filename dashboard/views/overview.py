@@ -22,6 +22,8 @@ else:
     c4.metric("RMSE", f"{top['RMSE']:.2f}",
               help=f"typical error in items (root mean squared); 95% interval {top['RMSE (95% CI)']}")
     best = next((e for e in exps if e.id == state.best_id()), None)
+    if best is not None and (members := tables.members_caption(best)):
+        st.caption(members)
     if best is not None and (mistake := tables.confusion_line(best, best.metrics)):
         st.markdown(f"**{best.name}**'s {mistake}, on its test photos.")
     st.subheader("Leaderboard")
