@@ -28,7 +28,7 @@ from core.store.database import Store, config_key
 from core.store.layout import fold_dir
 
 FAMILY = "classical"
-VERSION = 4  # part of every experiment's key: bump when a change alters what a setting trains
+VERSION = 5  # part of every experiment's key: bump when a change alters what a setting trains (5: calibration, #27)
 
 
 def train_classical(dataset_root: str | Path, config: ClassicalConfig, store: Store | None = None,

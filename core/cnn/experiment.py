@@ -32,7 +32,7 @@ from core.store.layout import datasets_lock, fold_dir, frozen_features_dir
 
 FAMILY = "cnn"
 LR_FAMILY = "lr_finder"
-VERSION = 4  # part of every experiment's key: bump when a change alters what a recipe trains
+VERSION = 5  # part of every experiment's key: bump when a change alters what a recipe trains (5: calibration, #27)
 FOLD_PROBS = "probs.npz"  # a finished fold's held-out and test probabilities
 
 

@@ -4,8 +4,13 @@ A model's raw probabilities are often over- or under-confident, and class weight
 ordinal targets also shift which counts it favours, which one temperature cannot undo. A map
 turns them into a likelihood of each count, softmax(log p / T + b); the posterior under a prior
 pi is proportional to likelihood * pi (`core.evaluation.priors`). The map is fitted so that the posterior
-under the fitting photos' own count shares (`Calibration.fit_prior`) predicts their labels, so
-the likelihood carries neither the mix the network was trained on nor that of the fitting photos.
+under the uniform prior, what binsight shows by default, predicts the labels of the fitting photos
+with every count weighing alike (a photo weighs 1 / (K x its count's share): `count_weights`), so
+the likelihood carries neither the mix the network was trained on nor that of the fitting photos,
+and is right where it is shown. Fitted under the fitting photos' own mix instead (binsight before
+issue #27), the map was judged where an empty bin is 1 photo in 80 and shown where it is 1 in 7:
+its over-estimate of "empty" for one-item bins cost almost nothing in the fit, and under the
+uniform prior it called 36% of the one-item originals of the test split empty.
 Three maps are tried on held-out predictions (the validation split, or the out-of-fold
 predictions of a cross-validated run):
 
@@ -58,6 +63,7 @@ class Calibration:
     bias: tuple[float, ...] = ()  # per count, added to log p / T; empty: none
     fit_prior: tuple[float, ...] = ()  # count shares of the photos the map was fitted on; empty: not known
     n_fit: int = 0  # photos it was fitted on; 0: not fitted (a model of a release before calibration)
+    counts_alike: bool = False  # fitted with every count weighing alike (`count_weights`); False: an older binsight
     shown_prior: str = DEFAULT_PRIOR
     nll_by_method: Mapping[str, float] = field(default_factory=dict)  # cross-fitted
     ece_by_method: Mapping[str, float] = field(default_factory=dict)  # cross-fitted, under fit_prior
@@ -131,23 +137,30 @@ def label_shares(y_true, num_classes: int) -> np.ndarray:
     return (counts + FIT_PRIOR_PSEUDO_COUNT) / (counts.sum() + num_classes * FIT_PRIOR_PSEUDO_COUNT)
 
 
+def count_weights(y_true, num_classes: int) -> np.ndarray:
+    """Each photo's weight in a fit where every count weighs alike: 1 / (K x its count's share,
+    `label_shares`), normalised to sum to 1."""
+    y_true = np.asarray(y_true, dtype=int)
+    weights = 1.0 / (num_classes * label_shares(y_true, num_classes)[y_true])
+    return weights / weights.sum()
+
+
 def fit_map(probs: np.ndarray, y_true: np.ndarray, method: str) -> Calibration:
-    """The map's parameters minimising the negative log-likelihood of `y_true` under the
-    posterior with the fitting photos' own count shares as the prior."""
+    """The map's parameters minimising the negative log-likelihood of `y_true` under the posterior
+    with the uniform prior (the likelihood itself), every count weighing alike (`count_weights`)."""
     probs, y_true = np.asarray(probs, dtype=float), np.asarray(y_true, dtype=int)
     k = probs.shape[1]
-    prior = label_shares(y_true, k)
-    fit_prior = tuple(round(float(p), 6) for p in prior)
+    fit_prior = tuple(round(float(p), 6) for p in label_shares(y_true, k))
     if method == "none":
-        return Calibration("none", 1.0, (0.0,) * k, fit_prior, int(len(y_true)))
-    logp, log_prior, rows = _log(probs), np.log(prior), np.arange(len(y_true))
+        return Calibration("none", 1.0, (0.0,) * k, fit_prior, int(len(y_true)), counts_alike=True)
+    logp, weights, rows = _log(probs), count_weights(y_true, k), np.arange(len(y_true))
     with_bias = method == "temperature+bias"
 
     def loss(theta: np.ndarray) -> float:
         bias = theta[1:] if with_bias else 0.0
-        logits = logp / np.exp(theta[0]) + bias + log_prior
+        logits = logp / np.exp(theta[0]) + bias
         logits = logits - logits.max(axis=1, keepdims=True)
-        nll = -(logits[rows, y_true] - np.log(np.exp(logits).sum(axis=1))).mean()
+        nll = -(weights * (logits[rows, y_true] - np.log(np.exp(logits).sum(axis=1)))).sum()
         return float(nll + BIAS_PENALTY * np.sum(theta[1:] ** 2) / len(y_true))
 
     theta0 = np.zeros(1 + (k if with_bias else 0))
@@ -155,40 +168,38 @@ def fit_map(probs: np.ndarray, y_true: np.ndarray, method: str) -> Calibration:
     theta = minimize(loss, theta0, method="L-BFGS-B", bounds=bounds).x
     bias = theta[1:] - theta[1:].mean() if with_bias else np.zeros(k)
     return Calibration(method, float(np.exp(theta[0])), tuple(round(float(b), 5) for b in bias), fit_prior,
-                       int(len(y_true)))
-
-
-def fit_posterior(probs: np.ndarray, calibration: Calibration) -> np.ndarray:
-    """The calibrated posterior under the fitting photos' count mix (what the map was fitted to predict)."""
-    likelihood = calibration.likelihood(probs)
-    return with_prior(likelihood, calibration.fit_prior) if calibration.fit_prior else likelihood
+                       int(len(y_true)), counts_alike=True)
 
 
 def _cross_fitted(probs: np.ndarray, y_true: np.ndarray, method: str, seed: int) -> np.ndarray:
-    """Each half's posteriors by the map fitted on the other half (stratified by count; a count
+    """Each half's likelihoods by the map fitted on the other half (stratified by count; a count
     with a single photo is stratified with the rest)."""
     counts = np.bincount(y_true)
     labels = np.where(counts[y_true] >= 2, y_true, -1)
     if len(y_true) < 4 or np.bincount(labels + 1).min() < 2:
-        return fit_posterior(probs, fit_map(probs, y_true, method))
+        return fit_map(probs, y_true, method).likelihood(probs)
     out = np.empty_like(probs)
     for fit_idx, apply_idx in StratifiedKFold(2, shuffle=True, random_state=seed).split(probs, labels):
-        out[apply_idx] = fit_posterior(probs[apply_idx], fit_map(probs[fit_idx], y_true[fit_idx], method))
+        out[apply_idx] = fit_map(probs[fit_idx], y_true[fit_idx], method).likelihood(probs[apply_idx])
     return out
 
 
-def _nll(probs: np.ndarray, y_true: np.ndarray) -> float:
-    return float(-_log(probs[np.arange(len(y_true)), y_true]).mean())
+def _nll(likelihood: np.ndarray, y_true: np.ndarray) -> float:
+    """The negative log-likelihood of the labels, every count weighing alike (what `fit_map` minimises)."""
+    weights = count_weights(y_true, likelihood.shape[1])
+    return float(-(weights * _log(likelihood[np.arange(len(y_true)), y_true])).sum())
 
 
 def fit_calibration(probs: np.ndarray, y_true, seed: int = 0) -> Calibration:
     """Choose and fit the calibration map on held-out predictions (see the module docstring), with
-    the cross-fitted log-loss and ECE of every method and the chosen one's ECE before and after."""
+    the cross-fitted log-loss and ECE (of the posterior under the fitting photos' mix) of every method
+    and the chosen one's ECE before and after."""
     probs = np.asarray(probs, dtype=float)
     y_true = np.asarray(y_true, dtype=int)
+    shares = label_shares(y_true, probs.shape[1])
     crossed = {m: _cross_fitted(probs, y_true, m, seed) for m in METHODS}
     nll = {m: _nll(p, y_true) for m, p in crossed.items()}
-    ece = {m: expected_calibration_error(p, y_true) for m, p in crossed.items()}
+    ece = {m: expected_calibration_error(with_prior(p, shares), y_true) for m, p in crossed.items()}
     method = min(METHODS, key=lambda m: (round(nll[m], 3), METHODS.index(m)))  # ties: the simpler map
     return dataclasses.replace(
         fit_map(probs, y_true, method),
