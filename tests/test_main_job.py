@@ -28,16 +28,19 @@ def test_default_suite_trains_once_then_retrains_nothing(tmp_path):
     first = suite(data, store)
     assert first.returncode == 0, first.stderr[-3000:]
     finished = Store(store).experiments("finished")
-    assert {e.family for e in finished} == {"classical", "cnn", "lr_finder"} and len(finished) == 4
+    mixes = [e for e in finished if e.family == "ensemble"]  # recorded only where a mix holds on validation
+    trained = [e for e in finished if e.family != "ensemble"]
+    assert {e.family for e in trained} == {"classical", "cnn", "lr_finder"} and len(trained) == 4 and len(mixes) <= 1
     assert all(e.calibration.fitted for e in finished if e.is_model)  # calibrated when they were trained
     assert Store(store).lr_curves(next(e.id for e in finished if e.family == "lr_finder"))  # the LR page has a curve
-    assert first.stdout.count("trained in") == 4
+    assert first.stdout.count("trained in") == 4 + len(mixes)
+    assert first.stdout.splitlines()[-1].startswith("ensemble")  # the suite ends by saying whether a mix was kept
     cnn = next(e for e in finished if e.family == "cnn")
     assert cnn.params["frozen_stages"] and list((store / "datasets").glob("*/frozen-features/*.npy"))  # from the cache
 
     second = suite(data, store)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("already in the store") == 4 and "trained in" not in second.stdout
+    assert second.stdout.count("already in the store") == 4 + len(mixes) and "trained in" not in second.stdout
     assert len(Store(store).experiments()) == 4
 
 
