@@ -143,7 +143,8 @@ def counter_for(name: str, store_root: Path | None, data: Path | None = None, pr
     except ModelNotFound as err:
         sys.exit(str(err))
     if name == "best":
-        print(f"model: {counter.name} ({counter.exp_id}); {best_rule(trained_on)}", file=sys.stderr)
+        members = f" of {counter.exp.recipe_notes}" if counter.exp.family == "ensemble" else ""
+        print(f"model: {counter.name}{members} ({counter.exp_id}); {best_rule(trained_on)}", file=sys.stderr)
     return counter
 
 
