@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,38 @@ requires_sample = pytest.mark.skipif(
     not (SHARED_SAMPLE / "manifest.csv").is_file(),
     reason=f"the shared ABID sample is not at {SHARED_SAMPLE} (a clone outside the project's home)",
 )
+
+
+def weak_sample_classifier(keep: Callable[[pd.DataFrame], np.ndarray] | None, train: int,
+                           val: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """A weak classifier of the shared sample's photos, cheaply: ImageNet EfficientNet-Lite0's pooled
+    features at 96 px and a balanced logistic regression fitted on `train` photos of the training
+    split. The photos are those of the sample's collection `keep` selects (all when None), split as
+    training splits them; `val` photos of the validation split and the whole test split are scored.
+    Returns, per part ("val", "test"): (its probabilities, its counts, its paths)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from core.classical.features import extract, make_extractor
+    from core.data.collection import load_collection
+    from core.data.dataset import assign_splits
+    from core.data.images import load_rgb
+
+    table = load_collection(SHARED_SAMPLE, items=False, open_top=True).table
+    table = table if keep is None else table[keep(table)]
+    split = assign_splits(table["group"])
+    rng = np.random.default_rng(0)
+    rows = {"train": rng.choice(np.flatnonzero(split == "train"), train, replace=False),
+            "val": rng.choice(np.flatnonzero(split == "val"), val, replace=False),
+            "test": np.flatnonzero(split == "test")}
+    paths, counts = table["path"].to_numpy(), table["count"].to_numpy()
+    features = {part: extract(make_extractor("cnn"), np.stack([load_rgb(p, 96) for p in paths[r]]))
+                for part, r in rows.items()}
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000))
+    classifier.fit(features["train"], counts[rows["train"]])
+    return {part: (classifier.predict_proba(features[part]), counts[rows[part]], paths[rows[part]])
+            for part in ("val", "test")}
 
 
 def awkward_batch() -> tuple[list[tuple[str, bytes, str]], set[str], set[str]]:

@@ -18,7 +18,7 @@ from core.evaluation.calibration import (
 )
 from core.evaluation.metrics import expected_calibration_error
 from core.evaluation.priors import NATURAL_MIX, natural_prior, stated_prior, uniform_prior, with_prior
-from tests.builders import requires_sample
+from tests.builders import requires_sample, weak_sample_classifier
 
 K7 = 7  # counts 0..5 and "more than 5", as `make run`'s models count
 
@@ -205,31 +205,12 @@ def test_one_item_bins_are_not_called_empty_on_real_photos():
     test split. With every count weighing alike in the fit, fewer one-item bins are called empty
     (originals: 10% against 18% measured when this test was written; 224 px natural mix: 16% against
     31%), most empty bins are still named, and balanced accuracy does not fall."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from core.classical.features import extract, make_extractor
-    from core.config import SHARED_SAMPLE
-    from core.data.collection import load_collection
-    from core.data.dataset import assign_splits
-    from core.data.images import load_rgb
     from core.data.sources import ORIGINALS, photo_sources
     from core.evaluation.metrics import count_report
 
-    table = load_collection(SHARED_SAMPLE, items=False, open_top=True).table
-    split = assign_splits(table["group"])
-    rng = np.random.default_rng(0)
-    rows = {"train": rng.choice(np.flatnonzero(split == "train"), 2000, replace=False),
-            "val": rng.choice(np.flatnonzero(split == "val"), 1000, replace=False),
-            "test": np.flatnonzero(split == "test")}
-    paths, counts = table["path"].to_numpy(), table["count"].to_numpy()
-    features = {part: extract(make_extractor("cnn"), np.stack([load_rgb(p, 96) for p in paths[r]]))
-                for part, r in rows.items()}
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000))
-    classifier.fit(features["train"], counts[rows["train"]])
-    val_p, test_p = (classifier.predict_proba(features[part]) for part in ("val", "test"))
-    y, originals = counts[rows["test"]], np.array(photo_sources(paths[rows["test"]].tolist())) == ORIGINALS
+    scored = weak_sample_classifier(None, train=2000, val=1000)
+    (val_p, val_y, _), (test_p, y, test_paths) = scored["val"], scored["test"]
+    originals = np.array(photo_sources(test_paths.tolist())) == ORIGINALS
 
     def errors(calibration: Calibration) -> dict[str, float]:
         shown = decide(calibration.likelihood(test_p))  # under the uniform prior, the default
@@ -238,8 +219,8 @@ def test_one_item_bins_are_not_called_empty_on_real_photos():
                 "empty named": float(np.mean(shown[y == 0] == 0)),
                 "balanced": float(count_report(y, shown, K7).balanced_accuracy or 0)}
 
-    after = errors(fit_calibration(val_p, counts[rows["val"]]))
-    before = errors(_fitted_under_their_own_mix(val_p, counts[rows["val"]]))
+    after = errors(fit_calibration(val_p, val_y))
+    before = errors(_fitted_under_their_own_mix(val_p, val_y))
     figures = f"{int(((y == 1) & originals).sum())} one-item originals; before {before}; after {after}"
     assert ((y == 1) & originals).sum() > 100 and (y == 0).sum() >= 15, figures
     assert after["originals 1->0"] <= 0.13 and after["originals 1->0"] <= before["originals 1->0"] - 0.04, figures

@@ -17,7 +17,7 @@ from core.evaluation.priors import (
     uniform_prior,
     with_prior,
 )
-from tests.builders import requires_sample
+from tests.builders import requires_sample, weak_sample_classifier
 
 K = 7  # 0..5 items and "more than 5", as `make run`'s models count
 NATURAL = natural_prior(K, open_top=True)
@@ -114,35 +114,18 @@ def test_the_batch_mix_of_the_samples_natural_mix_test_split_holds():
     estimate costs no more than 0.05 of balanced accuracy beyond what knowing the true mix costs.
     """
     import pandas as pd
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from core.classical.features import extract, make_extractor
     from core.config import SHARED_SAMPLE
-    from core.data.collection import load_collection
-    from core.data.dataset import assign_splits
-    from core.data.images import load_rgb
     from core.evaluation.calibration import decide, fit_calibration
     from core.evaluation.metrics import count_report
 
     manifest = pd.read_csv(SHARED_SAMPLE / "manifest.csv")
     natural = {name.rsplit("/", 1)[-1] for name in manifest.loc[manifest["source_repo"] == "NubZoro/bin_validator",
                                                                   "file"]}
-    table = load_collection(SHARED_SAMPLE, items=False, open_top=True).table
-    table = table[[path.rsplit("/", 1)[-1] in natural for path in table["path"]]]
-    split = assign_splits(table["group"])
-    rng = np.random.default_rng(0)
-    rows = {"train": rng.choice(np.flatnonzero(split == "train"), 1200, replace=False),
-            "val": rng.choice(np.flatnonzero(split == "val"), 600, replace=False),
-            "test": np.flatnonzero(split == "test")}
-    paths, counts = table["path"].to_numpy(), table["count"].to_numpy()
-    features = {part: extract(make_extractor("cnn"), np.stack([load_rgb(p, 96) for p in paths[r]]))
-                for part, r in rows.items()}
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced", max_iter=3000))
-    classifier.fit(features["train"], counts[rows["train"]])
-    calibration = fit_calibration(classifier.predict_proba(features["val"]), counts[rows["val"]])
-    likelihood, y = calibration.likelihood(classifier.predict_proba(features["test"])), counts[rows["test"]]
+    scored = weak_sample_classifier(lambda table: np.array([p.rsplit("/", 1)[-1] in natural for p in table["path"]]),
+                                    train=1200, val=600)
+    calibration = fit_calibration(*scored["val"][:2])
+    likelihood, y = calibration.likelihood(scored["test"][0]), scored["test"][1]
 
     estimated = batch_mix(likelihood, open_top=True)
     priors = {"uniform": uniform_prior(K), "batch": np.array(estimated.mix), "true mix": shares(y)}
