@@ -138,17 +138,19 @@ class Mix:
 
     def apply(self, stack: np.ndarray) -> np.ndarray:
         """The mix's likelihoods for a stack of the library's likelihoods."""
-        indices = sorted(self.members)
-        mean = np.average(stack[indices], axis=0, weights=[self.members[i] for i in indices])
-        return self.calibration.likelihood(mean)
+        return self.calibration.likelihood(weighted_mean(stack, self.members))
+
+
+def weighted_mean(stack: np.ndarray, members: Counter[int]) -> np.ndarray:
+    """The mean of the chosen runs' likelihoods in `stack`, each weighing as often as it was chosen."""
+    indices = sorted(members)
+    return np.average(stack[indices], axis=0, weights=[members[i] for i in indices])
 
 
 def fit_mix(stack: np.ndarray, counts: np.ndarray, num_classes: int, open_top: bool,
             max_rounds: int = MAX_ROUNDS) -> Mix:
     members = select(stack, counts, num_classes, open_top, max_rounds)
-    indices = sorted(members)
-    mean = np.average(stack[indices], axis=0, weights=[members[i] for i in indices])
-    return Mix(members, fit_calibration(mean, counts))
+    return Mix(members, fit_calibration(weighted_mean(stack, members), counts))
 
 
 def cross_fitted(stack: np.ndarray, counts: np.ndarray, num_classes: int, open_top: bool,
